@@ -1,0 +1,37 @@
+"""cl2cm-hf: CL2CM cross-lingual cross-modal retrieval on the Hugging Face stack."""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_cl2cm import CL2CMCrossLingualConfig, CL2CMCrossModalConfig
+from .losses import gather_with_grad, info_nce, relational_distillation, sinkhorn_ot_loss, vse_triplet
+from .modeling_cl2cm import (
+    CL2CMCrossLingualModel,
+    CL2CMCrossLingualOutput,
+    CL2CMCrossModalModel,
+    CL2CMCrossModalOutput,
+)
+
+# In-process use: AutoConfig/AutoModel resolve our model types from the installed package.
+AutoConfig.register(CL2CMCrossLingualConfig.model_type, CL2CMCrossLingualConfig, exist_ok=True)
+AutoConfig.register(CL2CMCrossModalConfig.model_type, CL2CMCrossModalConfig, exist_ok=True)
+AutoModel.register(CL2CMCrossLingualConfig, CL2CMCrossLingualModel, exist_ok=True)
+AutoModel.register(CL2CMCrossModalConfig, CL2CMCrossModalModel, exist_ok=True)
+# Saved checkpoints: auto_map in config.json and the code files copied next to the weights.
+CL2CMCrossLingualConfig.register_for_auto_class()
+CL2CMCrossModalConfig.register_for_auto_class()
+CL2CMCrossLingualModel.register_for_auto_class("AutoModel")
+CL2CMCrossModalModel.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "CL2CMCrossLingualConfig",
+    "CL2CMCrossModalConfig",
+    "CL2CMCrossLingualModel",
+    "CL2CMCrossModalModel",
+    "CL2CMCrossLingualOutput",
+    "CL2CMCrossModalOutput",
+    "gather_with_grad",
+    "info_nce",
+    "vse_triplet",
+    "relational_distillation",
+    "sinkhorn_ot_loss",
+]

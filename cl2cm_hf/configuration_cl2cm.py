@@ -1,0 +1,146 @@
+"""Configurations of the two CL2CM dual encoders.
+
+This file is copied into every checkpoint, so it imports only the standard library, torch and
+transformers. Values are checked when the config is built, i.e. before any tensor of a model is
+allocated, so a broken ``config.json`` fails with a message naming the field.
+"""
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+POOLING_MODES = ("cls", "mean")
+VISUAL_ENCODER_TYPES = ("features", "backbone")
+
+
+def _check_choice(config_name: str, field: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{config_name}.{field}={value!r} is not supported; expected one of {list(choices)}")
+
+
+def _check_positive(config_name: str, field: str, value, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        expected = "a non-negative integer" if allow_zero else "a positive integer"
+        raise ValueError(f"{config_name}.{field}={value!r} is invalid; expected {expected}")
+
+
+class _CL2CMTextMixin:
+    """Fields and checks shared by both configs: the text tower, its pooling, the shared space."""
+
+    def _check_text_fields(self) -> None:
+        name = type(self).__name__
+        _check_choice(name, "pooling", self.pooling, POOLING_MODES)
+        _check_positive(name, "projection_dim", self.projection_dim)
+        if not isinstance(self.logit_scale_init_value, (int, float)) or self.logit_scale_init_value != self.logit_scale_init_value:
+            raise ValueError(f"{name}.logit_scale_init_value={self.logit_scale_init_value!r} is invalid; expected a float")
+        hidden = getattr(self.text_config, "hidden_size", None)
+        if hidden is not None:
+            _check_positive(f"{name}.text_config", "hidden_size", hidden)
+
+
+class CL2CMCrossLingualConfig(_CL2CMTextMixin, PreTrainedConfig):
+    r"""Configuration of [`CL2CMCrossLingualModel`], the stage-1 text-text dual encoder.
+
+    Args:
+        text_config (`dict` or `PreTrainedConfig`):
+            Config of any AutoModel text backbone (BERT, XLM-R, e5, mBERT, ...).
+        pooling (`str`, defaults to `"mean"`):
+            `"cls"` (first token) or `"mean"` (masked mean over tokens) sentence pooling.
+        projection_dim (`int`, defaults to 256):
+            Size of the shared embedding space.
+        logit_scale_init_value (`float`, defaults to 2.6592):
+            Initial log inverse temperature (CLIP's ``log(1 / 0.07)``).
+        learnable_logit_scale (`bool`, defaults to `True`):
+            Train the temperature; when `False` it stays at its initial value.
+        share_encoders (`bool`, defaults to `True`):
+            One text tower for both languages; `False` gives the target side its own tower.
+        text_prefix (`str`, defaults to `""`):
+            Prefix that the collators put before every text (e5 expects ``"query: "``).
+    """
+
+    model_type = "cl2cm_cross_lingual"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+
+    text_config: PreTrainedConfig | dict | None = None
+    pooling: str = "mean"
+    projection_dim: int = 256
+    logit_scale_init_value: float = 2.6592
+    learnable_logit_scale: bool = True
+    share_encoders: bool = True
+    text_prefix: str = ""
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check_text_fields()
+
+
+class CL2CMCrossModalConfig(_CL2CMTextMixin, PreTrainedConfig):
+    r"""Configuration of [`CL2CMCrossModalModel`], the stage-2 visual-text dual encoder.
+
+    Args:
+        text_config, pooling, projection_dim, logit_scale_init_value, learnable_logit_scale, text_prefix:
+            As in [`CL2CMCrossLingualConfig`].
+        visual_encoder_type (`str`, defaults to `"features"`):
+            `"features"`: precomputed features `(B, D)` per image or `(B, T, D)` frames per video.
+            `"backbone"`: a vision backbone from `vision_config` run on `pixel_values`.
+        visual_feature_dim (`int`, defaults to 2048):
+            `D` of the precomputed features (features mode).
+        visual_hidden_size (`int`, defaults to 512):
+            Width of the visual head in features mode (backbone mode uses the backbone's width).
+        visual_num_layers (`int`, defaults to 0):
+            Transformer layers over frames; 0 pools frames by a masked mean.
+        visual_num_heads (`int`, defaults to 4):
+            Attention heads of those layers.
+        visual_max_frames (`int`, defaults to 64):
+            Frame positions the temporal layers know (longer inputs are rejected).
+        visual_dropout (`float`, defaults to 0.1):
+            Dropout on the visual head.
+        vision_config (`dict` or `PreTrainedConfig`, *optional*):
+            CLIP vision or any AutoConfig vision backbone, for backbone mode.
+    """
+
+    model_type = "cl2cm_cross_modal"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model", optional=True),
+    }
+
+    text_config: PreTrainedConfig | dict | None = None
+    vision_config: PreTrainedConfig | dict | None = None
+    pooling: str = "mean"
+    projection_dim: int = 256
+    logit_scale_init_value: float = 2.6592
+    learnable_logit_scale: bool = True
+    text_prefix: str = ""
+    visual_encoder_type: str = "features"
+    visual_feature_dim: int = 2048
+    visual_hidden_size: int = 512
+    visual_num_layers: int = 0
+    visual_num_heads: int = 4
+    visual_max_frames: int = 64
+    visual_dropout: float = 0.1
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check_text_fields()
+        name = type(self).__name__
+        _check_choice(name, "visual_encoder_type", self.visual_encoder_type, VISUAL_ENCODER_TYPES)
+        _check_positive(name, "visual_feature_dim", self.visual_feature_dim)
+        _check_positive(name, "visual_hidden_size", self.visual_hidden_size)
+        _check_positive(name, "visual_num_layers", self.visual_num_layers, allow_zero=True)
+        _check_positive(name, "visual_num_heads", self.visual_num_heads)
+        _check_positive(name, "visual_max_frames", self.visual_max_frames)
+        if not 0.0 <= self.visual_dropout < 1.0:
+            raise ValueError(f"{name}.visual_dropout={self.visual_dropout!r} is invalid; expected a float in [0, 1)")
+        if self.visual_encoder_type == "backbone" and self.vision_config is None:
+            raise ValueError(f"{name}: visual_encoder_type='backbone' needs a vision_config")
+        width = self.vision_config.hidden_size if self.visual_encoder_type == "backbone" else self.visual_hidden_size
+        if self.visual_num_layers and width % self.visual_num_heads:
+            raise ValueError(
+                f"{name}: visual width {width} is not divisible by visual_num_heads={self.visual_num_heads}"
+            )
+
+
+__all__ = ["CL2CMCrossLingualConfig", "CL2CMCrossModalConfig"]

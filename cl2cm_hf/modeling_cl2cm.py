@@ -1,0 +1,434 @@
+"""CL2CM dual encoders: the stage-1 cross-lingual network and the stage-2 cross-modal network.
+
+Copied into every checkpoint with ``configuration_cl2cm.py`` and ``losses.py``; it imports only the
+standard library, torch, transformers and those two files (as ``from .x import y``, which
+``save_pretrained`` follows), so ``AutoModel.from_pretrained(..., trust_remote_code=True)`` runs it
+without this package installed.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_cl2cm import CL2CMCrossLingualConfig, CL2CMCrossModalConfig
+from .losses import info_nce
+
+LOGIT_SCALE_MAX = 100.0  # CLIP's clamp of the learned inverse temperature
+
+
+@dataclass
+class CL2CMCrossLingualOutput(ModelOutput):
+    """Output of [`CL2CMCrossLingualModel`].
+
+    Sentence embeddings are L2-normalised `(B, projection_dim)`; token embeddings are the projected,
+    unnormalised token states `(B, L, projection_dim)` with their masks, for word-level alignment.
+    """
+
+    loss: torch.FloatTensor | None = None
+    source_embeds: torch.FloatTensor | None = None
+    target_embeds: torch.FloatTensor | None = None
+    logit_scale: torch.FloatTensor | None = None
+    source_token_embeds: torch.FloatTensor | None = None
+    source_token_mask: torch.LongTensor | None = None
+    target_token_embeds: torch.FloatTensor | None = None
+    target_token_mask: torch.LongTensor | None = None
+
+
+@dataclass
+class CL2CMCrossModalOutput(ModelOutput):
+    """Output of [`CL2CMCrossModalModel`], CLIP-style.
+
+    `text_embeds` (`(B, d)`) embed `input_ids`; `target_text_embeds` embed the optional second
+    caption batch (`target_input_ids`, the MT side in stage 2) in the same forward pass, so one DDP
+    forward covers every text the loss needs. `logit_scale` is returned because DDP needs every
+    parameter of the loss to pass through `forward`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    logits_per_visual: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    visual_embeds: torch.FloatTensor | None = None
+    target_text_embeds: torch.FloatTensor | None = None
+    logit_scale: torch.FloatTensor | None = None
+
+
+def _check_mask(mask: torch.Tensor | None, expected: tuple, mask_name: str, input_name: str) -> None:
+    if mask is not None and tuple(mask.shape) != tuple(expected):
+        raise ValueError(f"{mask_name} has shape {tuple(mask.shape)} but {input_name} needs {tuple(expected)}")
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden` `(B, L, H)` over positions where `mask` `(B, L)` is set; all-masked rows give zeros."""
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class CL2CMTextTower(nn.Module):
+    """A text backbone, sentence pooling and a linear projection into the shared space."""
+
+    def __init__(self, config, backbone: nn.Module | None = None):
+        super().__init__()
+        self.pooling = config.pooling
+        self.backbone = backbone if backbone is not None else _text_backbone_from_config(config.text_config)
+        self.projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Return `(sentence (B, d) unnormalised, tokens (B, L, d), attention_mask (B, L))`."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        _check_mask(attention_mask, input_ids.shape, "attention_mask", "input_ids")
+        kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        pooled = hidden[:, 0] if self.pooling == "cls" else masked_mean(hidden, attention_mask)
+        return self.projection(pooled), self.projection(hidden), attention_mask
+
+
+def _text_backbone_from_config(text_config):
+    """Build the text backbone without its pooler head: CL2CM pools itself, and unused
+    parameters would trip DDP."""
+    try:
+        return AutoModel.from_config(text_config, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(text_config)
+
+
+class CL2CMFramePooler(nn.Module):
+    """Pools per-frame vectors `(B, T, H)` under a mask: a masked mean, after optional temporal
+    transformer layers. A single image is a one-frame video."""
+
+    def __init__(self, hidden_size: int, num_layers: int, num_heads: int, max_frames: int, dropout: float):
+        super().__init__()
+        self.max_frames = max_frames
+        self.position_embeddings = nn.Embedding(max_frames, hidden_size) if num_layers else None
+        self.layers = (
+            nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(
+                    hidden_size, num_heads, 4 * hidden_size, dropout, activation="gelu", batch_first=True, norm_first=True
+                ),
+                num_layers,
+                enable_nested_tensor=False,
+            )
+            if num_layers
+            else None
+        )
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.layers is not None:
+            if frames.shape[1] > self.max_frames:
+                raise ValueError(f"got {frames.shape[1]} frames but the model knows visual_max_frames={self.max_frames}")
+            positions = torch.arange(frames.shape[1], device=frames.device)
+            # A zero-length video keeps one attendable (zero) slot so attention stays finite.
+            attend = mask.bool().clone()
+            attend[:, 0] |= ~attend.any(1)
+            frames = self.layers(frames + self.position_embeddings(positions), src_key_padding_mask=~attend)
+        return masked_mean(frames, mask)
+
+
+class CL2CMPreTrainedModel(PreTrainedModel):
+    base_model_prefix = "cl2cm"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    # Per-batch mean losses: Trainer must not rescale them by the number of items.
+    loss_is_scaled_for_ga = False
+
+    def _init_weights(self, module):
+        """Heads get N(0, initializer_range); backbones keep their own init (transformers
+        dispatches each PreTrainedModel child to its own `_init_weights`)."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.MultiheadAttention):
+            module._reset_parameters()
+        if isinstance(module, (CL2CMCrossLingualModel, CL2CMCrossModalModel)):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+    def _make_logit_scale(self) -> nn.Parameter:
+        scale = torch.tensor(float(self.config.logit_scale_init_value))
+        return nn.Parameter(scale, requires_grad=bool(self.config.learnable_logit_scale))
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped as CLIP does: the inverse temperature of the similarity logits."""
+        return self.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)
+
+    @staticmethod
+    def _load_text_backbone(text: str | nn.Module, **kwargs) -> nn.Module:
+        if isinstance(text, nn.Module):
+            return text
+        try:
+            return AutoModel.from_pretrained(text, add_pooling_layer=False, **kwargs)
+        except TypeError:
+            return AutoModel.from_pretrained(text, **kwargs)
+
+
+class CL2CMCrossLingualModel(CL2CMPreTrainedModel):
+    """Stage 1: aligns source captions with their translations, sentence- and token-level.
+
+    One text tower serves both languages unless `config.share_encoders` is False (one module and a
+    flag, never one module under two names, which `save_pretrained` cannot store)."""
+
+    config_class = CL2CMCrossLingualConfig
+
+    def __init__(self, config: CL2CMCrossLingualConfig, text_model: nn.Module | None = None):
+        super().__init__(config)
+        self.text_model = CL2CMTextTower(config, backbone=text_model)
+        self.target_text_model = None if config.share_encoders else CL2CMTextTower(config)
+        self.logit_scale = self._make_logit_scale()
+        self.post_init()
+
+    @classmethod
+    def from_towers_pretrained(cls, text: str | nn.Module, **config_kwargs) -> "CL2CMCrossLingualModel":
+        """Build from a pretrained text backbone (path, hub id or module); heads start fresh.
+        With `share_encoders=False` the target tower starts from the same weights."""
+        backbone = cls._load_text_backbone(text)
+        config = cls.config_class(text_config=backbone.config.to_dict(), **config_kwargs)
+        model = cls(config, text_model=backbone)
+        if model.target_text_model is not None:
+            model.target_text_model.backbone.load_state_dict(backbone.state_dict())
+        return model
+
+    def _tower(self, language: str) -> CL2CMTextTower:
+        if language not in ("source", "target"):
+            raise ValueError(f"language must be 'source' or 'target', got {language!r}")
+        return self.target_text_model if language == "target" and self.target_text_model is not None else self.text_model
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, language: str = "source"):
+        """L2-normalised sentence embeddings `(B, projection_dim)` of one side."""
+        sentence, _, _ = self._tower(language)(input_ids, attention_mask, token_type_ids)
+        return nn.functional.normalize(sentence, dim=-1)
+
+    def get_token_features(self, input_ids, attention_mask=None, token_type_ids=None, language: str = "source"):
+        """Projected token embeddings `(B, L, projection_dim)` and their mask `(B, L)`."""
+        _, tokens, mask = self._tower(language)(input_ids, attention_mask, token_type_ids)
+        return tokens, mask
+
+    def forward(
+        self,
+        source_input_ids: torch.LongTensor,
+        target_input_ids: torch.LongTensor,
+        source_attention_mask: torch.Tensor | None = None,
+        target_attention_mask: torch.Tensor | None = None,
+        source_token_type_ids: torch.Tensor | None = None,
+        target_token_type_ids: torch.Tensor | None = None,
+        return_loss: bool = False,
+    ) -> CL2CMCrossLingualOutput:
+        if source_input_ids.shape[0] != target_input_ids.shape[0]:
+            raise ValueError(
+                f"source and target batch sizes differ: {source_input_ids.shape[0]} vs {target_input_ids.shape[0]}"
+            )
+        src, src_tokens, src_mask = self._tower("source")(source_input_ids, source_attention_mask, source_token_type_ids)
+        tgt, tgt_tokens, tgt_mask = self._tower("target")(target_input_ids, target_attention_mask, target_token_type_ids)
+        src, tgt = nn.functional.normalize(src, dim=-1), nn.functional.normalize(tgt, dim=-1)
+        logit_scale = self.scale()
+        loss = info_nce(src, tgt, 1.0 / logit_scale) if return_loss else None
+        return CL2CMCrossLingualOutput(
+            loss=loss,
+            source_embeds=src,
+            target_embeds=tgt,
+            logit_scale=logit_scale,
+            source_token_embeds=src_tokens,
+            source_token_mask=src_mask,
+            target_token_embeds=tgt_tokens,
+            target_token_mask=tgt_mask,
+        )
+
+
+class CL2CMFeatureEncoder(nn.Module):
+    """Visual tower for precomputed features: linear to hidden, frame pooling, projection."""
+
+    def __init__(self, config: CL2CMCrossModalConfig):
+        super().__init__()
+        self.feature_dim = config.visual_feature_dim
+        self.input_proj = nn.Sequential(
+            nn.Linear(config.visual_feature_dim, config.visual_hidden_size),
+            nn.LayerNorm(config.visual_hidden_size),
+            nn.GELU(),
+            nn.Dropout(config.visual_dropout),
+        )
+        self.frame_pooler = CL2CMFramePooler(
+            config.visual_hidden_size,
+            config.visual_num_layers,
+            config.visual_num_heads,
+            config.visual_max_frames,
+            config.visual_dropout,
+        )
+        self.projection = nn.Linear(config.visual_hidden_size, config.projection_dim, bias=False)
+
+    def forward(self, visual_features: torch.Tensor, visual_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if visual_features.dim() not in (2, 3):
+            raise ValueError(
+                f"visual_features must be (batch, {self.feature_dim}) or (batch, frames, {self.feature_dim}), "
+                f"got shape {tuple(visual_features.shape)}"
+            )
+        if visual_features.shape[-1] != self.feature_dim:
+            raise ValueError(
+                f"visual_features last dim is {visual_features.shape[-1]} but the model expects "
+                f"visual_feature_dim={self.feature_dim}"
+            )
+        frames, mask = _as_frames(visual_features, visual_mask, feature_dims=1)
+        return self.projection(self.frame_pooler(self.input_proj(frames), mask))
+
+
+class CL2CMBackboneEncoder(nn.Module):
+    """Visual tower on pixels: a HF vision backbone per frame, frame pooling, projection."""
+
+    def __init__(self, config: CL2CMCrossModalConfig, backbone: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone if backbone is not None else AutoModel.from_config(config.vision_config)
+        hidden = config.vision_config.hidden_size
+        self.frame_pooler = CL2CMFramePooler(
+            hidden, config.visual_num_layers, config.visual_num_heads, config.visual_max_frames, config.visual_dropout
+        )
+        self.projection = nn.Linear(hidden, config.projection_dim, bias=False)
+
+    def forward(self, pixel_values: torch.Tensor, visual_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if pixel_values.dim() not in (4, 5):
+            raise ValueError(
+                f"pixel_values must be (batch, 3, H, W) or (batch, frames, 3, H, W), got shape {tuple(pixel_values.shape)}"
+            )
+        frames, mask = _as_frames(pixel_values, visual_mask, feature_dims=3)
+        batch, num_frames = frames.shape[:2]
+        out = self.backbone(pixel_values=frames.flatten(0, 1))
+        pooled = out.pooler_output if getattr(out, "pooler_output", None) is not None else out.last_hidden_state[:, 0]
+        return self.projection(self.frame_pooler(pooled.reshape(batch, num_frames, -1), mask))
+
+
+def _as_frames(values: torch.Tensor, mask: torch.Tensor | None, feature_dims: int):
+    """View an image batch as one-frame videos and check or build the frame mask `(B, T)`."""
+    if values.dim() == 1 + feature_dims:
+        _check_mask(mask, values.shape[:1], "visual_mask", "a batch of single images")
+        values = values.unsqueeze(1)
+        mask = None
+    frames_shape = values.shape[:2]
+    if mask is None:
+        return values, torch.ones(frames_shape, dtype=torch.long, device=values.device)
+    _check_mask(mask, frames_shape, "visual_mask", "the frame batch")
+    return values, mask
+
+
+class CL2CMCrossModalModel(CL2CMPreTrainedModel):
+    """Stage 2: the visual-text dual encoder used at inference.
+
+    Text: `get_text_features(input_ids, attention_mask)`. Visual: `get_visual_features(...)` on
+    precomputed features (`visual_encoder_type="features"`, `(B, D)` images or `(B, T, D)` frames
+    with `visual_mask`) or on `pixel_values` (`"backbone"`, `(B, 3, H, W)` or `(B, T, 3, H, W)`).
+    """
+
+    config_class = CL2CMCrossModalConfig
+
+    def __init__(
+        self,
+        config: CL2CMCrossModalConfig,
+        text_model: nn.Module | None = None,
+        vision_model: nn.Module | None = None,
+    ):
+        super().__init__(config)
+        self.text_model = CL2CMTextTower(config, backbone=text_model)
+        if config.visual_encoder_type == "features":
+            self.visual_model = CL2CMFeatureEncoder(config)
+        else:
+            self.visual_model = CL2CMBackboneEncoder(config, backbone=vision_model)
+        self.logit_scale = self._make_logit_scale()
+        self.post_init()
+
+    @classmethod
+    def from_towers_pretrained(
+        cls, text: str | nn.Module, vision: str | nn.Module | None = None, **config_kwargs
+    ) -> "CL2CMCrossModalModel":
+        """Build from pretrained towers (paths, hub ids or modules), as
+        `VisionTextDualEncoderModel.from_vision_text_pretrained` does. Without `vision` the visual
+        tower reads precomputed features; a CLIP checkpoint contributes its vision half."""
+        text_backbone = cls._load_text_backbone(text)
+        vision_backbone = None
+        if vision is not None:
+            vision_backbone = vision if isinstance(vision, nn.Module) else _load_vision_backbone(vision)
+            config_kwargs.update(visual_encoder_type="backbone", vision_config=vision_backbone.config.to_dict())
+        config = cls.config_class(text_config=text_backbone.config.to_dict(), **config_kwargs)
+        return cls(config, text_model=text_backbone, vision_model=vision_backbone)
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """L2-normalised caption embeddings `(B, projection_dim)`."""
+        sentence, _, _ = self.text_model(input_ids, attention_mask, token_type_ids)
+        return nn.functional.normalize(sentence, dim=-1)
+
+    def get_visual_features(self, visual_features=None, visual_mask=None, pixel_values=None) -> torch.Tensor:
+        """L2-normalised visual embeddings `(B, projection_dim)` of images or videos."""
+        if self.config.visual_encoder_type == "features":
+            if visual_features is None:
+                raise ValueError("this model reads precomputed features: pass visual_features, not pixel_values")
+            embeds = self.visual_model(visual_features, visual_mask)
+        else:
+            if pixel_values is None:
+                raise ValueError("this model runs a vision backbone: pass pixel_values, not visual_features")
+            embeds = self.visual_model(pixel_values, visual_mask)
+        return nn.functional.normalize(embeds, dim=-1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        visual_features: torch.FloatTensor | None = None,
+        visual_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        target_input_ids: torch.LongTensor | None = None,
+        target_attention_mask: torch.Tensor | None = None,
+        target_token_type_ids: torch.Tensor | None = None,
+        return_loss: bool = False,
+    ) -> CL2CMCrossModalOutput:
+        visual = visual_features if visual_features is not None else pixel_values
+        if visual is not None and visual.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"text and visual batch sizes differ: {input_ids.shape[0]} vs {visual.shape[0]}")
+        if target_input_ids is not None and target_input_ids.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"input_ids and target_input_ids batch sizes differ: {input_ids.shape[0]} vs {target_input_ids.shape[0]}"
+            )
+        text_embeds = self.get_text_features(input_ids, attention_mask, token_type_ids)
+        visual_embeds = self.get_visual_features(visual_features, visual_mask, pixel_values)
+        target_embeds = (
+            self.get_text_features(target_input_ids, target_attention_mask, target_token_type_ids)
+            if target_input_ids is not None
+            else None
+        )
+        logit_scale = self.scale()
+        logits_per_text = logit_scale * text_embeds @ visual_embeds.t()
+        loss = info_nce(text_embeds, visual_embeds, 1.0 / logit_scale) if return_loss else None
+        return CL2CMCrossModalOutput(
+            loss=loss,
+            logits_per_text=logits_per_text,
+            logits_per_visual=logits_per_text.t(),
+            text_embeds=text_embeds,
+            visual_embeds=visual_embeds,
+            target_text_embeds=target_embeds,
+            logit_scale=logit_scale,
+        )
+
+
+def _load_vision_backbone(name_or_path: str) -> nn.Module:
+    """A vision backbone from a checkpoint; for a full CLIP checkpoint, its vision half."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    if getattr(config, "vision_config", None) is not None and config.model_type == "clip":
+        from transformers import CLIPVisionModel
+
+        return CLIPVisionModel.from_pretrained(name_or_path, config=config.vision_config)
+    return AutoModel.from_pretrained(name_or_path)
+
+
+__all__ = [
+    "CL2CMCrossLingualModel",
+    "CL2CMCrossModalModel",
+    "CL2CMCrossLingualOutput",
+    "CL2CMCrossModalOutput",
+    "CL2CMPreTrainedModel",
+]

@@ -154,9 +154,14 @@ class CL2CMPreTrainedModel(PreTrainedModel):
         if isinstance(module, (CL2CMCrossLingualModel, CL2CMCrossModalModel)):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
-    def _make_logit_scale(self) -> nn.Parameter:
+    def _make_logit_scale(self) -> None:
+        """`logit_scale`: a parameter when learnable, else a (saved) buffer. A frozen parameter would
+        not stay frozen: `from_pretrained` re-creates every loaded parameter with requires_grad=True."""
         scale = torch.tensor(float(self.config.logit_scale_init_value))
-        return nn.Parameter(scale, requires_grad=bool(self.config.learnable_logit_scale))
+        if self.config.learnable_logit_scale:
+            self.logit_scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("logit_scale", scale)
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped as CLIP does: the inverse temperature of the similarity logits."""
@@ -184,7 +189,7 @@ class CL2CMCrossLingualModel(CL2CMPreTrainedModel):
         super().__init__(config)
         self.text_model = CL2CMTextTower(config, backbone=text_model)
         self.target_text_model = None if config.share_encoders else CL2CMTextTower(config)
-        self.logit_scale = self._make_logit_scale()
+        self._make_logit_scale()
         self.post_init()
 
     @classmethod
@@ -195,7 +200,10 @@ class CL2CMCrossLingualModel(CL2CMPreTrainedModel):
         config = cls.config_class(text_config=backbone.config.to_dict(), **config_kwargs)
         model = cls(config, text_model=backbone)
         if model.target_text_model is not None:
-            model.target_text_model.backbone.load_state_dict(backbone.state_dict())
+            # A backbone passed as a module may carry a pooler, which the target tower is built without.
+            missing, _ = model.target_text_model.backbone.load_state_dict(backbone.state_dict(), strict=False)
+            if missing:
+                raise ValueError(f"the target text tower cannot take the backbone's weights: missing {missing}")
         return model
 
     def _tower(self, language: str) -> CL2CMTextTower:
@@ -339,7 +347,7 @@ class CL2CMCrossModalModel(CL2CMPreTrainedModel):
             self.visual_model = CL2CMFeatureEncoder(config)
         else:
             self.visual_model = CL2CMBackboneEncoder(config, backbone=vision_model)
-        self.logit_scale = self._make_logit_scale()
+        self._make_logit_scale()
         self.post_init()
 
     @classmethod

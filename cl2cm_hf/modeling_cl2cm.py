@@ -315,9 +315,9 @@ class CL2CMBackboneEncoder(nn.Module):
 def _as_frames(values: torch.Tensor, mask: torch.Tensor | None, feature_dims: int):
     """View an image batch as one-frame videos and check or build the frame mask `(B, T)`."""
     if values.dim() == 1 + feature_dims:
-        _check_mask(mask, values.shape[:1], "visual_mask", "a batch of single images")
+        if mask is not None:
+            raise ValueError("visual_mask is for frame sequences (B, T, ...); a batch of single images takes none")
         values = values.unsqueeze(1)
-        mask = None
     frames_shape = values.shape[:2]
     if mask is None:
         return values, torch.ones(frames_shape, dtype=torch.long, device=values.device)

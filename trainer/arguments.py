@@ -1,0 +1,211 @@
+"""Run configuration: dataclasses filled by `HfArgumentParser` from a YAML recipe plus `--key value`
+command-line overrides. Every loss weight, temperature and switch of the method lives here, so
+the paper's ablations are config files."""
+
+import dataclasses
+import importlib.util
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    text_model: str | None = field(
+        default=None, metadata={"help": "Pretrained text backbone (folder or hub id); None builds a small BERT from scratch."}
+    )
+    text_hidden_size: int = field(default=128, metadata={"help": "From-scratch text tower width."})
+    text_num_layers: int = field(default=2, metadata={"help": "From-scratch text tower depth."})
+    text_num_heads: int = field(default=4, metadata={"help": "From-scratch text tower attention heads."})
+    freeze_text_layers: int = field(
+        default=0, metadata={"help": "Freeze the embeddings and this many lower layers of the text backbone (-1: all)."}
+    )
+    pooling: str = field(default="mean", metadata={"help": "cls | mean"})
+    projection_dim: int = 256
+    logit_scale_init_value: float = 2.6592
+    learnable_logit_scale: bool = True
+    share_encoders: bool = field(default=True, metadata={"help": "Stage 1: one text tower for both languages."})
+    text_prefix: str = field(default="", metadata={"help": "Put before every text (e5 expects 'query: ')."})
+    visual_encoder_type: str = field(default="features", metadata={"help": "features | backbone"})
+    vision_model: str | None = field(default=None, metadata={"help": "Pretrained vision backbone for backbone mode."})
+    visual_hidden_size: int = 512
+    visual_num_layers: int = field(default=0, metadata={"help": "Temporal transformer layers (0: masked mean of frames)."})
+    visual_num_heads: int = 4
+    visual_max_frames: int = 64
+    visual_dropout: float = 0.1
+    init_text_from_cross_lingual: bool = field(
+        default=True, metadata={"help": "Stage 2 text tower starts from the stage-1 text tower (else from the backbone)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="demo", metadata={"help": "demo | multi30k_r50 | files"})
+    shared_root: str = field(default="../shared", metadata={"help": "multi30k_r50: folder holding data/."})
+    train_file: str | None = field(default=None, metadata={"help": "files: translated pairs (jsonl/csv/parquet)."})
+    validation_file: str | None = field(default=None, metadata={"help": "files: validation queries."})
+    test_file: str | None = field(default=None, metadata={"help": "files: test queries."})
+    features_file: str | None = field(default=None, metadata={"help": "files: visual feature store (.npy + ids, or safetensors)."})
+    target_langs: list[str] = field(default_factory=lambda: ["de", "fr"], metadata={"help": "Languages trained and evaluated."})
+    max_length: int = 32
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder; None trains one on the training text."})
+    tokenizer_vocab_size: int = 2000
+    demo_items: int = 1500
+    demo_validation_items: int = 200
+    demo_test_items: int = 300
+    demo_mt_noise: float = 0.3
+    demo_visual_kind: str = field(default="image", metadata={"help": "image | video"})
+    demo_feature_dim: int = 64
+    fold: int | None = field(default=None, metadata={"help": "multi30k_r50: cross-validation fold (0-4)."})
+    num_folds: int = 5
+    on_bad_row: str = field(default="error", metadata={"help": "error | skip (skipped rows are listed in the run folder)"})
+
+
+@dataclass
+class CL2CMArguments:
+    stage: str = field(default="both", metadata={"help": "cl | cm | both"})
+    loss: str = field(default="infonce", metadata={"help": "Contrastive loss: infonce | triplet"})
+    margin: float = field(default=0.2, metadata={"help": "VSE++ triplet margin."})
+    lambda_word: float = field(default=0.1, metadata={"help": "Stage 1: weight of the OT word alignment."})
+    ot_epsilon: float = field(default=0.1, metadata={"help": "Sinkhorn entropic regularisation."})
+    ot_iterations: int = field(default=50, metadata={"help": "Sinkhorn iterations."})
+    lambda_mt: float = field(default=1.0, metadata={"help": "Stage 2: weight of visual vs MT-caption contrastive loss."})
+    lambda_kt: float = field(default=1.0, metadata={"help": "Stage 2: weight of relational distillation."})
+    kt_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature T."})
+    precompute_teacher: bool = field(default=False, metadata={"help": "Encode the training set with the teacher once."})
+    cross_lingual_model: str | None = field(default=None, metadata={"help": "stage cm: an existing stage-1 folder as teacher."})
+    cl_num_train_epochs: float | None = field(default=None, metadata={"help": "Stage 1 epochs (default: num_train_epochs)."})
+    cl_learning_rate: float | None = field(default=None, metadata={"help": "Stage 1 learning rate (default: learning_rate)."})
+    on_nonfinite: str = field(default="stop", metadata={"help": "NaN/Inf loss: stop | skip (the batch, counted in logs)"})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last Trainer checkpoint of each stage."})
+    push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the final folder to this hub repo."})
+    query: str | None = field(default=None, metadata={"help": "After training: run this query against the test gallery."})
+    query_lang: str = "de"
+
+    def __post_init__(self):
+        for name, choices in (("stage", ("cl", "cm", "both")), ("loss", ("infonce", "triplet")), ("on_nonfinite", ("stop", "skip"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {list(choices)}")
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, CL2CMArguments, TrainingArguments)
+# Defaults this project prefers over Trainer's (a recipe can still set any of them).
+TRAINING_DEFAULTS = {
+    "output_dir": "runs/demo",
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "sumr",
+    "greater_is_better": True,
+    "remove_unused_columns": False,
+    "label_names": [],
+    "logging_steps": 10,
+    # TensorBoard event files when tensorboard is installed, plain Trainer logs otherwise.
+    "report_to": "tensorboard" if importlib.util.find_spec("tensorboard") else "none",
+    "use_cpu": False,
+}
+
+
+def _field_types() -> dict[str, typing.Any]:
+    hints = {}
+    for cls in ARGUMENT_CLASSES:
+        resolved = typing.get_type_hints(cls)
+        hints.update({f.name: resolved[f.name] for f in dataclasses.fields(cls) if f.init})
+    return hints
+
+
+def _check_type(key: str, value, hint, source: str):
+    """Return `value` if it fits `hint` (ints accepted for floats); raise naming the key otherwise."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return value
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(key, value, arg, source)
+            except ValueError:
+                continue
+        raise ValueError(f"{source}: key '{key}' expects {hint}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{source}: key '{key}' expects a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1] or (typing.Any,)
+        return [_check_type(key, v, item, source) for v in value]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{source}: key '{key}' expects a mapping, got {value!r}")
+        return value
+    if hint is typing.Any or not isinstance(hint, type):
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"{source}: key '{key}' expects true/false, got {value!r}")
+    if hint is int and isinstance(value, bool):
+        raise ValueError(f"{source}: key '{key}' expects an integer, got {value!r}")
+    if issubclass(hint, str) and not isinstance(value, str):
+        # Enum-typed Trainer fields (e.g. eval_strategy) are str subclasses that accept their values.
+        raise ValueError(f"{source}: key '{key}' expects a string, got {value!r}")
+    if hint in (int, float) and not isinstance(value, hint):
+        raise ValueError(f"{source}: key '{key}' expects {hint.__name__}, got {value!r}")
+    return value
+
+
+def _parse_overrides(argv: list[str]) -> dict:
+    """`--key value` pairs (value parsed as YAML, so 0.1, true, [de, fr] work); `--flag` alone is true."""
+    overrides, i = {}, 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--"):
+            raise ValueError(f"command line: expected --key value, got {token!r}")
+        key = token[2:].replace("-", "_")
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            raw, i = argv[i + 1], i + 2
+        else:
+            raw, i = "true", i + 1
+        overrides[key] = yaml.safe_load(raw)
+    return overrides
+
+
+def load_config(path: str | Path | None, argv: list[str] | None = None) -> dict:
+    """The merged, type-checked settings of a run: project defaults < YAML file < command line."""
+    values = dict(TRAINING_DEFAULTS)
+    types_by_key = _field_types()
+    sources = []
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+        sources.append((str(path), loaded))
+    sources.append(("command line", _parse_overrides(argv or [])))
+    for source, mapping in sources:
+        for key, value in mapping.items():
+            if key not in types_by_key:
+                raise ValueError(f"{source}: unknown key '{key}' (see trainer/arguments.py for the settings)")
+            values[key] = _check_type(key, value, types_by_key[key], source)
+    return values
+
+
+def parse_config(values: dict):
+    """Build the four argument dataclasses from merged settings."""
+    return HfArgumentParser(ARGUMENT_CLASSES).parse_dict(values, allow_extra_keys=False)
+
+
+def config_to_yaml(values: dict) -> str:
+    """The settings as a YAML recipe that reproduces the run."""
+    return yaml.safe_dump(values, sort_keys=True, allow_unicode=True)

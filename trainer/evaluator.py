@@ -1,0 +1,94 @@
+"""Retrieval evaluators called by the trainers (validation) and by run.py (test).
+
+Each returns flat metrics: `<lang>_t2v_r1 ... <lang>_sumr` per language and `sumr`, the mean
+SumR over languages, which selects the best checkpoint.
+"""
+
+from collections.abc import Sequence
+
+import torch
+
+from cl2cm_hf.inference import encode_texts, encode_visual
+from cl2cm_hf.retrieval import retrieval_metrics
+
+
+def _unique_in_order(ids: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+class _Evaluator:
+    def __init__(self, tokenizer, langs: Sequence[str], max_length: int, text_prefix: str = "", batch_size: int = 256):
+        self.tokenizer = tokenizer
+        self.langs = list(langs)
+        self.max_length = max_length
+        self.text_prefix = text_prefix
+        self.batch_size = batch_size
+
+    def _texts(self, encode, texts, device):
+        return encode_texts(
+            encode, self.tokenizer, texts, self.batch_size, self.max_length, self.text_prefix, device=device
+        )
+
+    @staticmethod
+    def _summarise(per_lang: dict[str, dict[str, float]]) -> dict[str, float]:
+        flat = {f"{lang}_{k}": v for lang, metrics in per_lang.items() for k, v in metrics.items()}
+        flat["sumr"] = sum(m["sumr"] for m in per_lang.values()) / len(per_lang)
+        return flat
+
+
+class CrossModalEvaluator(_Evaluator):
+    """Target-language captions vs the visual items they describe (several captions per item allowed)."""
+
+    def __init__(self, queries, feature_store, tokenizer, langs, max_length, text_prefix="", batch_size=256):
+        super().__init__(tokenizer, langs, max_length, text_prefix, batch_size)
+        self.feature_store = feature_store
+        self.by_lang = {}
+        for lang in self.langs:
+            rows = queries.filter(lambda lang_, lang=lang: lang_ == lang, input_columns="lang")
+            if len(rows) == 0:
+                raise ValueError(f"no evaluation queries in language {lang!r}")
+            self.by_lang[lang] = (list(rows["text"]), list(rows["visual_id"]))
+        self.gallery_ids = _unique_in_order(vid for _, ids in self.by_lang.values() for vid in ids)
+
+    @torch.no_grad()
+    def embed(self, model):
+        """Gallery embeddings and, per language, query embeddings with their gallery indices."""
+        device = next(model.parameters()).device
+        gallery = encode_visual(model, self.feature_store, self.gallery_ids, self.batch_size, device=device)
+        position = {vid: i for i, vid in enumerate(self.gallery_ids)}
+        queries = {
+            lang: (self._texts(model.get_text_features, texts, device), torch.tensor([position[v] for v in ids]))
+            for lang, (texts, ids) in self.by_lang.items()
+        }
+        return gallery, queries
+
+    def __call__(self, model) -> dict[str, float]:
+        gallery, queries = self.embed(model)
+        return self._summarise(
+            {lang: retrieval_metrics(q, gallery, text_to_visual) for lang, (q, text_to_visual) in queries.items()}
+        )
+
+
+class CrossLingualEvaluator(_Evaluator):
+    """Stage 1: target sentences retrieve their source sentences (t2v = target->source)."""
+
+    def __init__(self, pairs, tokenizer, langs, max_length, text_prefix="", batch_size=256):
+        super().__init__(tokenizer, langs, max_length, text_prefix, batch_size)
+        self.by_lang = {}
+        for lang in self.langs:
+            rows = pairs.filter(lambda lang_, lang=lang: lang_ == lang, input_columns="target_lang")
+            if len(rows) == 0:
+                raise ValueError(f"no validation pairs in language {lang!r}")
+            self.by_lang[lang] = (list(rows["source_text"]), list(rows["target_text"]))
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict[str, float]:
+        device = next(model.parameters()).device
+        per_lang = {}
+        for lang, (sources, targets) in self.by_lang.items():
+            unique_sources = _unique_in_order(sources)
+            position = {s: i for i, s in enumerate(unique_sources)}
+            source_emb = self._texts(lambda **kw: model.get_text_features(**kw, language="source"), unique_sources, device)
+            target_emb = self._texts(lambda **kw: model.get_text_features(**kw, language="target"), targets, device)
+            per_lang[lang] = retrieval_metrics(target_emb, source_emb, torch.tensor([position[s] for s in sources]))
+        return self._summarise(per_lang)

@@ -1,0 +1,160 @@
+"""The two CL2CM stages as thin `transformers.Trainer` subclasses.
+
+The losses are the pure functions of `cl2cm_hf.losses`; these classes only route a batch through
+the model, weight the terms, log each term, guard against non-finite values and replace Trainer's
+loss-based evaluation by retrieval metrics (an evaluator object, as sentence-transformers does).
+"""
+
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from cl2cm_hf.losses import info_nce, relational_distillation, sinkhorn_ot_loss, vse_triplet
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or Inf."""
+
+
+class _CL2CMTrainer(Trainer):
+    """Shared by both stages: weighted loss terms, their logging, retrieval evaluation."""
+
+    def __init__(self, *args, cl2cm_args, evaluator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cl2cm_args = cl2cm_args
+        self.evaluator = evaluator
+        self._term_sums = defaultdict(float)
+        self._term_steps = 0
+        self.skipped_batches = 0
+
+    def contrastive(self, a, b, logit_scale):
+        if self.cl2cm_args.loss == "triplet":
+            return vse_triplet(a, b, margin=self.cl2cm_args.margin)
+        return info_nce(a, b, 1.0 / logit_scale)
+
+    def combine(self, model, terms: dict[str, tuple[float, torch.Tensor]]) -> torch.Tensor:
+        """Weighted sum of named loss terms; non-finite terms stop the run or skip the batch."""
+        bad = [name for name, (_, value) in terms.items() if not torch.isfinite(value.detach()).all()]
+        if bad:
+            where = f"step {self.state.global_step + 1}, loss term(s) {', '.join(bad)}"
+            if self.cl2cm_args.on_nonfinite == "stop":
+                raise NonFiniteLossError(f"non-finite loss at {where}; set on_nonfinite: skip to skip such batches")
+            self.skipped_batches += 1
+            self._term_sums["skipped_batches"] += 1
+            # Zero loss attached to every trainable parameter: the step is a no-op for the
+            # weights, and DDP still sees a gradient for each parameter.
+            return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+        for name, (weight, value) in terms.items():
+            self._term_sums[f"loss_{name}"] += float(value.detach())
+        self._term_steps += 1
+        return sum(weight * value for weight, value in terms.values() if weight)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss term since the last log to Trainer's training logs."""
+        if "loss" in logs and self._term_steps:
+            for name, total in self._term_sums.items():
+                logs[name] = total if name == "skipped_batches" else round(total / self._term_steps, 6)
+            self._term_sums.clear()
+            self._term_steps = 0
+        super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Retrieval metrics of the evaluator (validation, target languages); `eval_sumr` picks the best checkpoint."""
+        if self.evaluator is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.evaluator(model).items()}
+        model.train(was_training)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class CrossLingualTrainer(_CL2CMTrainer):
+    """Stage 1: `contrastive(source, target) + lambda_word * sinkhorn_ot_loss(tokens)`."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.cl2cm_args
+        outputs = model(
+            source_input_ids=inputs["source_input_ids"],
+            source_attention_mask=inputs["source_attention_mask"],
+            target_input_ids=inputs["target_input_ids"],
+            target_attention_mask=inputs["target_attention_mask"],
+        )
+        terms = {"sentence": (1.0, self.contrastive(outputs.source_embeds, outputs.target_embeds, outputs.logit_scale))}
+        if args.lambda_word:
+            word = sinkhorn_ot_loss(
+                outputs.source_token_embeds,
+                outputs.source_token_mask,
+                outputs.target_token_embeds,
+                outputs.target_token_mask,
+                epsilon=args.ot_epsilon,
+                n_iter=args.ot_iterations,
+            )
+            terms["word"] = (args.lambda_word, word)
+        loss = self.combine(model, terms)
+        return (loss, outputs) if return_outputs else loss
+
+
+class CrossModalTrainer(_CL2CMTrainer):
+    """Stage 2: `contrastive(visual, source) + lambda_mt * contrastive(visual, MT)
+    + lambda_kt * relational_distillation(MT vs visual | teacher: MT vs source)`.
+
+    The teacher is the frozen stage-1 model: on the accelerator's device, in eval mode, without
+    gradients, outside the optimizer and outside DDP. With precomputed teacher embeddings the batch
+    carries them (`teacher_source_embeds`, `teacher_target_embeds`) and `teacher_scale` is fixed.
+    """
+
+    def __init__(self, *args, teacher_model=None, teacher_scale: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher_model = teacher_model
+        self.teacher_scale = teacher_scale
+        if teacher_model is not None:
+            teacher_model.requires_grad_(False)
+            teacher_model.eval()
+            self.teacher_model = teacher_model.to(self.args.device)
+        if self.cl2cm_args.lambda_kt and teacher_model is None and teacher_scale is None:
+            raise ValueError("lambda_kt > 0 needs a teacher: a stage-1 model or precomputed teacher embeddings")
+
+    @torch.no_grad()
+    def teacher_embeddings(self, inputs):
+        if "teacher_source_embeds" in inputs:
+            return inputs["teacher_source_embeds"], inputs["teacher_target_embeds"], self.teacher_scale
+        teacher = self.teacher_model
+        source = teacher.get_text_features(inputs["source_input_ids"], inputs["source_attention_mask"], language="source")
+        target = teacher.get_text_features(inputs["target_input_ids"], inputs["target_attention_mask"], language="target")
+        return source, target, teacher.scale()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.cl2cm_args
+        use_target = bool(args.lambda_mt or args.lambda_kt)
+        outputs = model(
+            input_ids=inputs["source_input_ids"],
+            attention_mask=inputs["source_attention_mask"],
+            visual_features=inputs.get("visual_features"),
+            visual_mask=inputs.get("visual_mask"),
+            pixel_values=inputs.get("pixel_values"),
+            target_input_ids=inputs["target_input_ids"] if use_target else None,
+            target_attention_mask=inputs["target_attention_mask"] if use_target else None,
+        )
+        visual, scale = outputs.visual_embeds, outputs.logit_scale
+        terms = {"source": (1.0, self.contrastive(visual, outputs.text_embeds, scale))}
+        if args.lambda_mt:
+            terms["mt"] = (args.lambda_mt, self.contrastive(visual, outputs.target_text_embeds, scale))
+        if args.lambda_kt:
+            teacher_source, teacher_target, teacher_scale = self.teacher_embeddings(inputs)
+            kt = relational_distillation(
+                outputs.target_text_embeds,
+                visual,
+                teacher_target.to(visual.dtype),
+                teacher_source.to(visual.dtype),
+                student_scale=scale,
+                teacher_scale=teacher_scale,
+                temperature=args.kt_temperature,
+            )
+            terms["kt"] = (args.lambda_kt, kt)
+        loss = self.combine(model, terms)
+        return (loss, outputs) if return_outputs else loss

@@ -133,7 +133,8 @@ def _check_type(key: str, value, hint, source: str):
                 return _check_type(key, value, arg, source)
             except ValueError:
                 continue
-        raise ValueError(f"{source}: key '{key}' expects {hint}, got {value!r}")
+        hint_text = " (YAML reads bare no/yes/on/off as booleans: quote it)" if isinstance(value, bool) else ""
+        raise ValueError(f"{source}: key '{key}' expects {hint}, got {value!r}{hint_text}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{source}: key '{key}' expects a list, got {value!r}")
@@ -159,8 +160,21 @@ def _check_type(key: str, value, hint, source: str):
     return value
 
 
+def _accepts_str(hint) -> bool:
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return any(isinstance(a, type) and issubclass(a, str) for a in args)
+
+
+def _from_command_line(raw: str, hint):
+    """A command-line value: kept as text for text settings (so `--eval_strategy no` stays "no"),
+    else read as YAML (so 0.1, true, null, [de, fr] work)."""
+    if raw in ("null", "None", "~"):
+        return None
+    return raw if _accepts_str(hint) else yaml.safe_load(raw)
+
+
 def _parse_overrides(argv: list[str]) -> dict:
-    """`--key value` pairs (value parsed as YAML, so 0.1, true, [de, fr] work); `--flag` alone is true."""
+    """`--key value` pairs as raw text; `--flag` alone is true."""
     overrides, i = {}, 0
     while i < len(argv):
         token = argv[i]
@@ -174,7 +188,7 @@ def _parse_overrides(argv: list[str]) -> dict:
             raw, i = argv[i + 1], i + 2
         else:
             raw, i = "true", i + 1
-        overrides[key] = yaml.safe_load(raw)
+        overrides[key] = raw
     return overrides
 
 
@@ -197,6 +211,8 @@ def load_config(path: str | Path | None, argv: list[str] | None = None) -> dict:
         for key, value in mapping.items():
             if key not in types_by_key:
                 raise ValueError(f"{source}: unknown key '{key}' (see trainer/arguments.py for the settings)")
+            if source == "command line":
+                value = _from_command_line(value, types_by_key[key])
             values[key] = _check_type(key, value, types_by_key[key], source)
     return values
 

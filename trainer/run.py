@@ -41,8 +41,10 @@ def stage_training_args(training_args: TrainingArguments, stage: str, **changes)
 
 
 def last_checkpoint(folder: str) -> str | None:
-    checkpoints = sorted(Path(folder).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(checkpoints[-1]) if checkpoints else None
+    """The newest complete Trainer checkpoint: Trainer writes `trainer_state.json` last, so a
+    checkpoint cut short by a kill lacks it and is passed over."""
+    complete = [p for p in Path(folder).glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
 
 def fit(trainer: Trainer, resume: bool) -> None:
@@ -67,6 +69,7 @@ def train_cross_lingual(args, data: RunData, out: Path):
     if cl2cm_args.resume and (folder / "config.json").exists():
         logger.info("stage 1 already complete in %s; loading it", folder)
         return AutoModel.from_pretrained(folder, trust_remote_code=True)
+    set_seed(training_args.seed)  # each stage starts from the same RNG state, resumed or not
     model = build_cross_lingual(model_args, data.tokenizer, data_args.max_length)
     stage_args = stage_training_args(
         training_args, "cl", num_train_epochs=cl2cm_args.cl_num_train_epochs, learning_rate=cl2cm_args.cl_learning_rate
@@ -101,6 +104,7 @@ def precompute_teacher(teacher, data: RunData, data_args, model_args, device):
 
 def train_cross_modal(args, data: RunData, out: Path, teacher):
     model_args, data_args, cl2cm_args, training_args = args
+    set_seed(training_args.seed)
     model = build_cross_modal(model_args, data.tokenizer, data_args.max_length, data.features.feature_dim, teacher)
     stage_args = stage_training_args(training_args, "cm")
     train_pairs, teacher_scale = data.train_pairs, None

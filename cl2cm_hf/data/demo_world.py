@@ -1,0 +1,179 @@
+"""The built-in demo world: a generated multilingual scene dataset, the embedded default (no download).
+
+`build_demo_world` samples distinct scenes (`demo_scenes`), splits them by visual item into
+train/validation/test, encodes them with the fixed random "vision backbone" plus Gaussian noise
+(images: one vector; videos: 4-12 frames in which objects enter and leave), writes English
+captions and their literal German/French translations with MT noise (`demo_grammar`,
+`demo_mt_noise`) as training pairs, and human-style German/French captions (templates the MT
+side never uses) plus the English captions as validation/test queries. Everything is determined
+by `seed`; the backbone only by its own seed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from datasets import DatasetDict
+
+from .demo_grammar import HUMAN_REALIZERS, MT_REALIZERS, detokenize, plan_caption, realize_en
+from .demo_mt_noise import add_mt_noise
+from .demo_scenes import BACKBONE_SEED, Scene, SceneEncoder, sample_scene, video_schedule
+from .features import VisualFeatureStore
+from .schemas import make_pairs, make_queries
+from .splits import RetrievalData
+
+SPLITS = ("train", "validation", "test")
+_STREAMS = {"scenes": 0, "captions": 1, "mt": 2, "human": 3, "features": 4, "frames": 5, "corpus": 6}
+
+
+@dataclass
+class DemoWorld(RetrievalData):
+    """Pairs (train/validation/test), queries (validation/test, langs en + targets), features,
+    plus the scenes behind the items and an extra text corpus."""
+
+    scenes: dict[str, Scene]
+    splits: dict[str, list[str]]  # split -> visual ids
+    corpus: list[str]  # monolingual en/de/fr text from other scenes (tokenizer training)
+    stats: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+    def tokenizer_corpus(self) -> list[str]:
+        """Texts to train a tokenizer on: training pairs (both sides) and the extra corpus."""
+        train = self.pairs["train"]
+        return list(train["source_text"]) + list(train["target_text"]) + self.corpus
+
+
+def _rng(seed: int, stream: str, *extra: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _STREAMS[stream], *extra])
+
+
+def _lang_key(lang: str) -> int:
+    return int.from_bytes(lang.encode("utf-8"), "little")
+
+
+def _sample_scenes(count: int, rng: np.random.Generator) -> list[Scene]:
+    scenes, seen = [], set()
+    while len(scenes) < count:
+        scene = sample_scene(rng)
+        if scene.key() not in seen:  # two identical items would make retrieval ambiguous
+            seen.add(scene.key())
+            scenes.append(scene)
+    return scenes
+
+
+def _features(scenes: list[Scene], ids: list[str], kind: str, encoder: SceneEncoder, noise: float, seed: int,
+              frames: tuple[int, int]) -> VisualFeatureStore:
+    rng = _rng(seed, "features")
+    name = f"demo world {kind} features (seed={seed})"
+    if kind == "image":
+        values = encoder(np.stack([encoder.code(s) for s in scenes]))
+        values += noise * rng.standard_normal(values.shape)
+        return VisualFeatureStore.from_arrays(ids, values.astype(np.float32), name=name)
+    schedule_rng = _rng(seed, "frames")
+    lengths = schedule_rng.integers(frames[0], frames[1] + 1, size=len(scenes))
+    codes = [encoder.code(scene, present) for scene, length in zip(scenes, lengths)
+             for present in video_schedule(scene, int(length), schedule_rng)]
+    values = encoder(np.stack(codes))  # one batched call: all frames of all items
+    values += noise * rng.standard_normal(values.shape)
+    array = np.zeros((len(scenes), frames[1], encoder.feature_dim), dtype=np.float32)
+    array[np.arange(frames[1])[None, :] < lengths[:, None]] = values
+    return VisualFeatureStore.from_arrays(ids, array, lengths, name=name)
+
+
+def build_demo_world(
+    seed: int = 0,
+    num_items: int = 1500,
+    mt_noise: float = 0.3,
+    visual_kind: str = "image",
+    feature_dim: int = 128,
+    target_langs: tuple[str, ...] = ("de", "fr"),
+    val_items: int = 200,
+    test_items: int = 300,
+    captions_per_item: int = 2,
+    human_captions_per_item: int = 1,
+    feature_noise: float = 0.1,
+    frames: tuple[int, int] = (4, 12),
+    corpus_items: int = 500,
+    backbone_seed: int = BACKBONE_SEED,
+) -> DemoWorld:
+    """Build the demo world.
+
+    Args:
+        num_items: training visual items (validation and test items come on top).
+        mt_noise: probability that an MT sentence is corrupted (1-3 edits).
+        visual_kind: ``"image"`` (features ``(N, feature_dim)``) or ``"video"`` (``(N, T, feature_dim)``
+            with ``T`` drawn from `frames`, objects entering and leaving).
+        captions_per_item: English captions per item; each gives one pair per target language.
+        human_captions_per_item: human-style target-language queries per item and language.
+        feature_noise: standard deviation of the Gaussian noise added to the backbone output.
+        corpus_items: scenes (outside every split) whose captions form the extra tokenizer corpus.
+    """
+    if visual_kind not in ("image", "video"):
+        raise ValueError(f"visual_kind={visual_kind!r}; expected 'image' or 'video'")
+    unknown = [lang for lang in target_langs if lang not in MT_REALIZERS]
+    if unknown:
+        raise ValueError(f"target_langs {unknown} have no demo grammar; available: {sorted(MT_REALIZERS)}")
+    if min(num_items, val_items, test_items, captions_per_item, human_captions_per_item) < 1:
+        raise ValueError("num_items, val_items, test_items and the captions per item must be >= 1")
+    if not 4 <= frames[0] <= frames[1]:
+        raise ValueError(f"frames={frames!r}; expected (min, max) with 4 <= min <= max")
+
+    sizes = {"train": num_items, "validation": val_items, "test": test_items}
+    scenes = _sample_scenes(sum(sizes.values()) + corpus_items, _rng(seed, "scenes"))
+    corpus_scenes, scenes = scenes[sum(sizes.values()):], scenes[: sum(sizes.values())]
+    prefix = "img" if visual_kind == "image" else "vid"
+    ids = [f"{prefix}{i:05d}" for i in range(len(scenes))]
+    bounds = np.cumsum([0, *sizes.values()])
+    splits = {split: ids[bounds[k] : bounds[k + 1]] for k, split in enumerate(SPLITS)}
+    by_id = dict(zip(ids, scenes))
+
+    caption_rng, human_rng = _rng(seed, "captions"), _rng(seed, "human")
+    mt_rngs = {lang: _rng(seed, "mt", _lang_key(lang)) for lang in target_langs}
+    edits: Counter = Counter()
+    corrupted = total_mt = 0
+    pairs, queries = {}, {}
+    for split in SPLITS:
+        rows = {k: [] for k in ("visual_id", "source_text", "target_text", "target_lang", "caption_id")}
+        query_rows = {k: [] for k in ("visual_id", "text", "lang")}
+        for visual_id in splits[split]:
+            scene = by_id[visual_id]
+            for k in range(captions_per_item):
+                plan = plan_caption(scene, caption_rng)
+                english = realize_en(scene, plan)
+                query_rows["visual_id"].append(visual_id)
+                query_rows["text"].append(english)
+                query_rows["lang"].append("en")
+                for lang in target_langs:
+                    target, applied = add_mt_noise(MT_REALIZERS[lang](scene, plan), mt_noise, mt_rngs[lang])
+                    edits.update(applied)
+                    corrupted += bool(applied)
+                    total_mt += 1
+                    for key, value in zip(rows, (visual_id, english, target, lang, f"{visual_id}#{k}")):
+                        rows[key].append(value)
+            for lang in target_langs:
+                for _ in range(human_captions_per_item):
+                    query_rows["visual_id"].append(visual_id)
+                    query_rows["text"].append(HUMAN_REALIZERS[lang](scene, human_rng))
+                    query_rows["lang"].append(lang)
+        pairs[split] = make_pairs(rows, f"demo world {split} pairs")
+        if split != "train":
+            queries[split] = make_queries(query_rows, f"demo world {split} queries")
+
+    corpus_rng = _rng(seed, "corpus")
+    corpus = []
+    for scene in corpus_scenes:
+        plan = plan_caption(scene, corpus_rng)
+        corpus.append(realize_en(scene, plan))
+        for lang in target_langs:
+            corpus += [detokenize(MT_REALIZERS[lang](scene, plan)), HUMAN_REALIZERS[lang](scene, corpus_rng)]
+
+    encoder = SceneEncoder(feature_dim, seed=backbone_seed)
+    store = _features(scenes, ids, visual_kind, encoder, feature_noise, seed, frames)
+    config = dict(seed=seed, num_items=num_items, val_items=val_items, test_items=test_items, mt_noise=mt_noise,
+                  visual_kind=visual_kind, feature_dim=feature_dim, target_langs=tuple(target_langs),
+                  captions_per_item=captions_per_item, human_captions_per_item=human_captions_per_item,
+                  feature_noise=feature_noise, frames=tuple(frames), corpus_items=corpus_items, backbone_seed=backbone_seed)
+    stats = {"mt_sentences": total_mt, "mt_corrupted": corrupted, "mt_edits": dict(edits)}
+    return DemoWorld(DatasetDict(pairs), DatasetDict(queries), store, by_id, splits, corpus, stats, config)

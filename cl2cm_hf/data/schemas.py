@@ -1,0 +1,126 @@
+"""Row types of the data layer (as `datasets.Features`) and their validation.
+
+- translated pair: ``visual_id, source_text, target_text, target_lang`` (+ optional ``caption_id``)
+- query: ``visual_id, text, lang`` (several rows per visual item allowed)
+- caption (NRCCR files): ``visual_id, text, caption_id``
+
+Validation errors name the source (file or dataset) and the row, so a broken file is found at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, Features, Value
+
+PAIR_COLUMNS = ("visual_id", "source_text", "target_text", "target_lang")
+QUERY_COLUMNS = ("visual_id", "text", "lang")
+CAPTION_COLUMNS = ("visual_id", "text", "caption_id")
+
+PAIR_FEATURES = Features({name: Value("string") for name in PAIR_COLUMNS})
+PAIR_FEATURES_WITH_CAPTION_ID = Features({**PAIR_FEATURES, "caption_id": Value("string")})
+QUERY_FEATURES = Features({name: Value("string") for name in QUERY_COLUMNS})
+CAPTION_FEATURES = Features({name: Value("string") for name in CAPTION_COLUMNS})
+
+# Columns that hold free text: an empty or whitespace-only value is an error.
+TEXT_COLUMNS = {"pair": ("source_text", "target_text"), "query": ("text",), "caption": ("text",)}
+REQUIRED_COLUMNS = {"pair": PAIR_COLUMNS, "query": QUERY_COLUMNS, "caption": CAPTION_COLUMNS}
+# Columns that must be non-empty identifiers (checked like text, reported as ids).
+ID_COLUMNS = {"pair": ("visual_id", "target_lang"), "query": ("visual_id", "lang"), "caption": ("visual_id", "caption_id")}
+
+
+class DataFormatError(ValueError):
+    """A data file or dataset does not have the expected shape; the message names where."""
+
+
+def check_text(text: str, where: str, column: str = "caption") -> str:
+    """Return `text` stripped; raise naming `where` (e.g. ``"file.gz line 7"``) if it is empty."""
+    stripped = text.strip()
+    if not stripped:
+        raise DataFormatError(f"{where}: empty {column} (expected a non-empty string)")
+    return stripped
+
+
+def _first_bad_row(table: pa.Table, column: str) -> int | None:
+    """Index of the first null or whitespace-only value of a string column, or None."""
+    values = table.column(column)
+    bad = pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0))
+    bad = pc.fill_null(bad, True)
+    if not pc.any(bad).as_py():
+        return None
+    return pc.index(bad, True).as_py()
+
+
+def validate_rows(dataset: Dataset, kind: str, source: str = "dataset", row_offset: int = 0, unit: str = "row") -> Dataset:
+    """Check that `dataset` has the columns of row type `kind` ("pair", "query" or "caption"), that
+    they are strings, and that no text or id is empty. Returns the dataset unchanged.
+
+    Errors name `source` (e.g. a file), the column and the position ``f"{unit} {index + row_offset}"``
+    (a jsonl file: ``unit="line", row_offset=1``; a csv file with a header: ``row_offset=2``).
+    """
+    if kind not in REQUIRED_COLUMNS:
+        raise ValueError(f"unknown row type {kind!r}; expected one of {sorted(REQUIRED_COLUMNS)}")
+    missing = [c for c in REQUIRED_COLUMNS[kind] if c not in dataset.column_names]
+    if missing:
+        raise DataFormatError(
+            f"{source}: missing column(s) {missing} for {kind} rows; expected {list(REQUIRED_COLUMNS[kind])}, "
+            f"found {dataset.column_names}"
+        )
+    for column in REQUIRED_COLUMNS[kind]:
+        feature = dataset.features[column]
+        if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
+            raise DataFormatError(f"{source}: column {column!r} has type {feature}; expected strings")
+    checked = TEXT_COLUMNS[kind] + ID_COLUMNS[kind]
+    table = dataset.select_columns(list(dict.fromkeys(("visual_id",) + checked))).with_format("arrow")[:]
+    for column in checked:
+        row = _first_bad_row(table, column)
+        if row is not None:
+            visual_id = table.column("visual_id")[row].as_py()
+            what = "text" if column in TEXT_COLUMNS[kind] else "id"
+            raise DataFormatError(
+                f"{source} {unit} {row + row_offset} (visual_id={visual_id!r}): empty {what} in column {column!r} "
+                "(expected a non-empty string)"
+            )
+    return dataset
+
+
+def validate_pairs(dataset: Dataset, source: str = "pairs") -> Dataset:
+    """`validate_rows` for translated pairs."""
+    return validate_rows(dataset, "pair", source)
+
+
+def validate_queries(dataset: Dataset, source: str = "queries") -> Dataset:
+    """`validate_rows` for queries."""
+    return validate_rows(dataset, "query", source)
+
+
+def _features_for(kind: str, columns: Mapping[str, Sequence]) -> Features:
+    base = {"pair": PAIR_FEATURES, "query": QUERY_FEATURES, "caption": CAPTION_FEATURES}[kind]
+    if kind == "pair" and "caption_id" in columns:
+        base = PAIR_FEATURES_WITH_CAPTION_ID
+    extra = [c for c in columns if c not in base]
+    if extra:
+        raise DataFormatError(f"unexpected column(s) {extra} for {kind} rows; expected {list(base)}")
+    return base
+
+
+def rows_to_dataset(kind: str, columns: Mapping[str, Sequence], source: str = "rows") -> Dataset:
+    """Build a validated Dataset of row type `kind` from column lists (all values strings)."""
+    features = _features_for(kind, columns)
+    ordered = {name: list(columns[name]) for name in features if name in columns}
+    missing = [name for name in features if name not in columns]
+    if missing:
+        raise DataFormatError(f"{source}: missing column(s) {missing} for {kind} rows")
+    return validate_rows(Dataset.from_dict(ordered, features=features), kind, source)
+
+
+def make_pairs(columns: Mapping[str, Sequence], source: str = "pairs") -> Dataset:
+    """Translated-pair Dataset from column lists (``caption_id`` optional)."""
+    return rows_to_dataset("pair", columns, source)
+
+
+def make_queries(columns: Mapping[str, Sequence], source: str = "queries") -> Dataset:
+    """Query Dataset from column lists."""
+    return rows_to_dataset("query", columns, source)

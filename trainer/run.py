@@ -171,7 +171,8 @@ def save_gallery(store, visual_ids, folder: Path) -> None:
 def run_query_in_fresh_process(folder: Path, query: str, captions: dict[str, str]) -> None:
     """Reload the final model in a new interpreter that cannot import cl2cm_hf (the checkpoint's own
     code runs) and search the test gallery with one query."""
-    script = Path(__file__).with_name("query.py")
+    script = Path(__file__).resolve().with_name("query.py")
+    folder = folder.resolve()
     shown = folder / "gallery_captions.json"
     atomic_write_text(shown, json.dumps(captions, ensure_ascii=False))
     subprocess.run(

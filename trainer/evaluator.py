@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from cl2cm_hf.inference import encode_texts, encode_visual
-from cl2cm_hf.retrieval import retrieval_metrics
+from cl2cm_hf.retrieval import metrics_from_ranks, ranks, retrieval_metrics
 
 
 def _unique_in_order(ids: Sequence[str]) -> list[str]:
@@ -62,11 +62,16 @@ class CrossModalEvaluator(_Evaluator):
         }
         return gallery, queries
 
-    def __call__(self, model) -> dict[str, float]:
+    def ranks(self, model) -> dict:
+        """Per language, the `RetrievalRanks` of both directions (for metrics, cards and plots)."""
         gallery, queries = self.embed(model)
-        return self._summarise(
-            {lang: retrieval_metrics(q, gallery, text_to_visual) for lang, (q, text_to_visual) in queries.items()}
-        )
+        return {lang: ranks(q, gallery, text_to_visual) for lang, (q, text_to_visual) in queries.items()}
+
+    def __call__(self, model) -> dict[str, float]:
+        return self.metrics(self.ranks(model))
+
+    def metrics(self, ranks_by_lang: dict) -> dict[str, float]:
+        return self._summarise({lang: metrics_from_ranks(r.t2v, r.v2t) for lang, r in ranks_by_lang.items()})
 
 
 class CrossLingualEvaluator(_Evaluator):

@@ -8,6 +8,7 @@ from transformers import BertConfig
 from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCrossModalConfig, CL2CMCrossModalModel
 
 from .arguments import ModelArguments
+from .text_cache import install_frozen_prefix_cache
 
 
 def _head_kwargs(args: ModelArguments) -> dict:
@@ -43,6 +44,8 @@ def build_cross_lingual(args: ModelArguments, tokenizer, max_length: int) -> CL2
     for tower in (model.text_model, model.target_text_model):
         if tower is not None:
             freeze_lower_layers(tower.backbone, args.freeze_text_layers)
+            if args.cache_frozen_text_layers:
+                install_frozen_prefix_cache(tower.backbone, args.freeze_text_layers)
     return model
 
 
@@ -75,6 +78,8 @@ def build_cross_modal(
     if from_stage1:
         model.text_model.projection.load_state_dict(cross_lingual.text_model.projection.state_dict())
     freeze_lower_layers(model.text_model.backbone, args.freeze_text_layers)
+    if args.cache_frozen_text_layers:
+        install_frozen_prefix_cache(model.text_model.backbone, args.freeze_text_layers)
     return model
 
 

@@ -19,9 +19,11 @@ from pathlib import Path
 
 from transformers import AutoModel, Trainer, TrainingArguments, set_seed
 
-from cl2cm_hf.atomic import atomic_directory, atomic_write_text
+from cl2cm_hf.atomic import atomic_directory, atomic_write_text, recover_directory
 from cl2cm_hf.data import PairCollator, VisualFeatureStore
+from cl2cm_hf.hub import build_card, rows_from_metrics
 from cl2cm_hf.inference import encode_texts
+from cl2cm_hf.modeling_cl2cm import check_safetensors_file
 
 from trainer.arguments import config_to_yaml, load_config, parse_config
 from trainer.evaluator import CrossLingualEvaluator, CrossModalEvaluator
@@ -41,10 +43,20 @@ def stage_training_args(training_args: TrainingArguments, stage: str, **changes)
 
 
 def last_checkpoint(folder: str) -> str | None:
-    """The newest complete Trainer checkpoint: Trainer writes `trainer_state.json` last, so a
-    checkpoint cut short by a kill lacks it and is passed over."""
-    complete = [p for p in Path(folder).glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
+    """The newest complete Trainer checkpoint. Checkpoints are renamed into place once complete
+    (trainers.py); one without `trainer_state.json` (an older, in-place layout cut short) or with a
+    damaged weight file is passed over, with a warning, for the one before."""
+    candidates = sorted(
+        (p for p in Path(folder).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for path in candidates:
+        damaged = [f"{f.name}: {why}" for f in path.glob("*.safetensors") if (why := check_safetensors_file(str(f)))]
+        if (path / "trainer_state.json").exists() and not damaged:
+            return str(path)
+        logger.warning("passing over incomplete checkpoint %s (%s)", path, "; ".join(damaged) or "no trainer_state.json")
+    return None
 
 
 def fit(trainer: Trainer, resume: bool) -> None:
@@ -66,6 +78,7 @@ def save_stage(trainer: Trainer, model, tokenizer, folder: Path) -> None:
 def train_cross_lingual(args, data: RunData, out: Path):
     model_args, data_args, cl2cm_args, training_args = args
     folder = out / STAGE_DIRS["cl"]
+    recover_directory(folder)  # a kill between the two renames of a folder swap
     if cl2cm_args.resume and (folder / "config.json").exists():
         logger.info("stage 1 already complete in %s; loading it", folder)
         return AutoModel.from_pretrained(folder, trust_remote_code=True)
@@ -145,7 +158,8 @@ def finish(trainer: CrossModalTrainer, data: RunData, args, values: dict, out: P
     test_evaluator = CrossModalEvaluator(
         data.test_queries, data.features, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix
     )
-    metrics = test_evaluator(model)
+    test_ranks = test_evaluator.ranks(model)
+    metrics = test_evaluator.metrics(test_ranks)
     folder = out / STAGE_DIRS["cm"]
     if trainer.is_world_process_zero():
         table = results_table(metrics, data_args.target_langs)
@@ -156,6 +170,8 @@ def finish(trainer: CrossModalTrainer, data: RunData, args, values: dict, out: P
             (tmp / "training_config.yaml").write_text(config_to_yaml(values))
             (tmp / "test_results.json").write_text(json.dumps(metrics, indent=2))
             save_gallery(data.features, test_evaluator.gallery_ids, tmp / "test_gallery")
+            rows = rows_from_metrics(metrics, dataset=data.name, model=str(folder))
+            build_card(tmp, results=rows, training_config=values, ranks=test_ranks)
         atomic_write_text(out / "test_results.md", table + "\n")
     trainer.accelerator.wait_for_everyone()
     return folder

@@ -1,17 +1,26 @@
 """The data of a run, whatever its source: translated training pairs, validation pairs and queries,
 test queries, the visual feature store and the tokenizer."""
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from transformers import AutoTokenizer
 
 from cl2cm_hf.data import (
+    SkippedRows,
     VisualFeatureStore,
     build_demo_world,
+    load_multi30k_r50,
     load_pairs,
     load_queries,
+    multi30k_pairs,
+    multi30k_queries,
+    multi30k_r50_fold,
+    nrccr_pairs,
+    nrccr_queries,
+    report_skipped_rows,
     train_demo_tokenizer,
 )
 
@@ -56,22 +65,129 @@ def _demo(data_args, seed: int):
     return "demo world", world.pairs, world.queries, world.features, world.tokenizer_corpus()
 
 
-def _files(data_args, seed: int):
+def _files(data_args, seed: int, skipped: SkippedRows | None = None):
     missing = [k for k in ("train_file", "validation_file", "test_file", "features_file") if not getattr(data_args, k)]
     if missing:
         raise ValueError(f"dataset: files needs {', '.join(missing)}")
-    pairs = load_pairs(data_args.train_file).train_test_split(test_size=0.05, seed=seed)
-    queries = {"validation": load_queries(data_args.validation_file), "test": load_queries(data_args.test_file)}
+    # Every row checked at load (on_bad_row: error stops naming file and line, skip lists the row).
+    policy = {"on_bad_row": data_args.on_bad_row, "skipped": skipped}
+    features = VisualFeatureStore.load(data_args.features_file, **policy)
+    pairs = load_pairs(data_args.train_file, visual_ids=features, **policy).train_test_split(test_size=0.05, seed=seed)
+    queries = {
+        split: load_queries(getattr(data_args, f"{split}_file"), visual_ids=features, **policy) for split in ("validation", "test")
+    }
     pairs = {"train": pairs["train"], "validation": pairs["test"]}
     texts = list(pairs["train"]["source_text"]) + list(pairs["train"]["target_text"])
-    return Path(data_args.train_file).stem, pairs, queries, VisualFeatureStore.load(data_args.features_file), texts
+    return Path(data_args.train_file).stem, pairs, queries, features, texts
+
+
+@functools.lru_cache(maxsize=4)
+def _load_r50(shared_root: str, langs: tuple[str, ...], first_caption_only: bool) -> dict:
+    """The offline benchmark's data, read once per process (a benchmark runs many folds and systems)."""
+    return load_multi30k_r50(shared_root, langs, first_caption_only=first_caption_only)
+
+
+def _multi30k_r50(data_args, seed: int):
+    """The offline real benchmark (1000 Multi30K test_2016 images under shared_root): one fold of the
+    cross-validation over images; validation images are carved from the fold's training images."""
+    if data_args.fold is None:
+        raise ValueError(f"dataset: multi30k_r50 needs fold (0..{data_args.num_folds - 1})")
+    if data_args.validation_items < 1:
+        raise ValueError("dataset: multi30k_r50 needs validation_items >= 1 (selection never looks at the test images)")
+    data = _load_r50(str(Path(data_args.shared_root).resolve()), tuple(data_args.target_langs), data_args.first_caption_only)
+    fold = multi30k_r50_fold(
+        data, data_args.fold, data_args.num_folds, seed=data_args.fold_seed, val_items=data_args.validation_items
+    )
+    pairs = {"train": fold.pairs["train"], "validation": fold.pairs["validation"]}
+    queries = {"validation": fold.queries["validation"], "test": fold.queries["test"]}
+    texts = list(pairs["train"]["source_text"]) + list(pairs["train"]["target_text"])
+    return f"multi30k_r50 fold {data_args.fold}", pairs, queries, fold.features, texts
+
+
+def _data_path(data_args, name: str) -> Path:
+    path = Path(name)
+    return path if path.is_absolute() or not data_args.data_root else Path(data_args.data_root) / path
+
+
+def _per_lang(data_args, key: str, lang: str) -> Path:
+    template = getattr(data_args, key)
+    if "{lang}" not in template and len(data_args.target_langs) > 1:
+        raise ValueError(f"{key}={template!r}: several target languages need a '{{lang}}' placeholder in the file name")
+    return _data_path(data_args, template.format(lang=lang))
+
+
+def _feature_store(data_args) -> VisualFeatureStore:
+    path = _data_path(data_args, data_args.features_file)
+    if path.suffix == ".npy":
+        if not data_args.features_ids_file:
+            raise ValueError(f"features_file={str(path)!r} is a .npy array: set features_ids_file (the id of each row)")
+        return VisualFeatureStore.from_npy(path, _data_path(data_args, data_args.features_ids_file))
+    return VisualFeatureStore.load(path)
+
+
+def _require(data_args, dataset: str, keys) -> None:
+    missing = [k for k in keys if not getattr(data_args, k)]
+    if missing:
+        raise ValueError(f"dataset: {dataset} needs {', '.join(missing)}")
+
+
+def _split_validation_pairs(pairs: Dataset, seed: int) -> dict[str, Dataset]:
+    held = pairs.train_test_split(test_size=min(0.05, 1000 / len(pairs)), seed=seed)
+    return {"train": held["train"], "validation": held["test"]}
+
+
+def _multi30k(data_args, seed: int):
+    """Multi30K in its raw layout (data_root = the dataset's data/ folder with task1/ and task2/): English
+    captions of source_task paired with the MT files, human task-1 translations as queries."""
+    _require(data_args, "multi30k", ("data_root", "mt_train_file", "features_file"))
+    root, langs = Path(data_args.data_root), data_args.target_langs
+
+    def pairs_of(split: str, key: str) -> Dataset:
+        return concatenate_datasets([
+            multi30k_pairs(
+                root, split, lang, translations=_per_lang(data_args, key, lang), task=data_args.source_task,
+                first_caption_only=data_args.first_caption_only,
+            )
+            for lang in langs
+        ])
+
+    train = pairs_of(data_args.train_split, "mt_train_file")
+    if data_args.mt_validation_file:
+        pairs = {"train": train, "validation": pairs_of(data_args.validation_split, "mt_validation_file")}
+    else:
+        pairs = _split_validation_pairs(train, seed)
+    queries = {
+        name: concatenate_datasets([multi30k_queries(root, split, lang, task=1) for lang in ("en", *langs)])
+        for name, split in (("validation", data_args.validation_split), ("test", data_args.test_split))
+    }
+    texts = list(pairs["train"]["source_text"]) + list(pairs["train"]["target_text"])
+    return f"multi30k {data_args.test_split}", pairs, queries, _feature_store(data_args), texts
+
+
+def _nrccr(data_args, seed: int):
+    """NRCCR caption files (`<visual_id>#<tag>#<k> <text>`): train_file holds the English training captions,
+    mt_train_file their MT per language, validation_file/test_file the human captions per language."""
+    _require(data_args, "nrccr", ("train_file", "mt_train_file", "validation_file", "test_file", "features_file"))
+    langs = data_args.target_langs
+    source = _data_path(data_args, data_args.train_file)
+    train = concatenate_datasets([nrccr_pairs(source, _per_lang(data_args, "mt_train_file", lang), lang) for lang in langs])
+    pairs = _split_validation_pairs(train, seed)
+    queries = {
+        name: concatenate_datasets([nrccr_queries(_per_lang(data_args, key, lang), lang) for lang in langs])
+        for name, key in (("validation", "validation_file"), ("test", "test_file"))
+    }
+    texts = list(pairs["train"]["source_text"]) + list(pairs["train"]["target_text"])
+    return f"nrccr {source.name}", pairs, queries, _feature_store(data_args), texts
 
 
 def build_run_data(data_args, model_args, training_args) -> RunData:
-    sources = {"demo": _demo, "files": _files}
+    sources = {"demo": _demo, "files": _files, "multi30k_r50": _multi30k_r50, "multi30k": _multi30k, "nrccr": _nrccr}
     if data_args.dataset not in sources:
         raise ValueError(f"dataset={data_args.dataset!r}; expected one of {sorted(sources)}")
-    name, pairs, queries, features, texts = sources[data_args.dataset](data_args, training_args.seed)
+    skipped = SkippedRows()  # rows left out under on_bad_row: skip, listed in <output_dir>/skipped_rows.jsonl
+    extra = {"skipped": skipped} if data_args.dataset == "files" else {}
+    name, pairs, queries, features, texts = sources[data_args.dataset](data_args, training_args.seed, **extra)
+    report_skipped_rows(skipped, data_args.on_bad_row, training_args.output_dir, write=training_args.should_save)
     tokenizer = _tokenizer(data_args, model_args, texts)
     return RunData(
         name=name,

@@ -5,20 +5,38 @@ the model, weight the terms, log each term, guard against non-finite values and 
 loss-based evaluation by retrieval metrics (an evaluator object, as sentence-transformers does).
 """
 
+import shutil
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from cl2cm_hf.atomic import replace_directory
 from cl2cm_hf.losses import info_nce, relational_distillation, sinkhorn_ot_loss, vse_triplet
+
+TRAINER_STATE_NAME = "trainer_state.json"
+# A pickle of TrainingArguments that Trainer writes into each checkpoint and never reads back; its
+# settings are in the run's training_config.yaml. Left out so checkpoints hold no arbitrary pickles.
+TRAINING_ARGS_NAME = "training_args.bin"
+STAGING_PREFIX = ".staging-"
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or Inf."""
+    """A loss term (or a gradient) became NaN or Inf."""
+
+
+def _grads_finite(optimizer) -> bool:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 class _CL2CMTrainer(Trainer):
-    """Shared by both stages: weighted loss terms, their logging, retrieval evaluation."""
+    """Shared by both stages: weighted loss terms, their logging, retrieval evaluation, atomic
+    checkpoints, and skipped optimizer steps for batches whose loss is not finite."""
 
     def __init__(self, *args, cl2cm_args, evaluator=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -27,6 +45,9 @@ class _CL2CMTrainer(Trainer):
         self._term_sums = defaultdict(float)
         self._term_steps = 0
         self.skipped_batches = 0
+        self.skipped_steps = 0
+        self._finite_batches = 0  # finite micro-batches since the last optimizer step
+        self._staging_dir = None
 
     def contrastive(self, a, b, logit_scale):
         if self.cl2cm_args.loss == "triplet":
@@ -42,22 +63,110 @@ class _CL2CMTrainer(Trainer):
                 raise NonFiniteLossError(f"non-finite loss at {where}; set on_nonfinite: skip to skip such batches")
             self.skipped_batches += 1
             self._term_sums["skipped_batches"] += 1
-            # Zero loss attached to every trainable parameter: the step is a no-op for the
-            # weights, and DDP still sees a gradient for each parameter.
+            # Zero loss attached to every trainable parameter: no gradient from this batch, and DDP
+            # still sees a gradient for each parameter. If no batch of the optimizer step was
+            # finite, the step itself is skipped (see `_guard_optimizer_step`): Adam's momentum
+            # and weight decay would otherwise still move the weights.
             return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
         for name, (weight, value) in terms.items():
             self._term_sums[f"loss_{name}"] += float(value.detach())
         self._term_steps += 1
+        if model.training:
+            self._finite_batches += 1
         return sum(weight * value for weight, value in terms.values() if weight)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the mean of each loss term since the last log to Trainer's training logs."""
-        if "loss" in logs and self._term_steps:
+        """Add the mean of each loss term since the last log (and the count of skipped batches) to
+        Trainer's training logs."""
+        if "loss" in logs and self._term_sums:
             for name, total in self._term_sums.items():
-                logs[name] = total if name == "skipped_batches" else round(total / self._term_steps, 6)
+                if name in ("skipped_batches", "skipped_steps"):
+                    logs[name] = int(total)
+                elif self._term_steps:
+                    logs[name] = round(total / self._term_steps, 6)
             self._term_sums.clear()
             self._term_steps = 0
         super().log(logs, start_time)
+
+    # --- non-finite batches: no optimizer step without a finite batch ----------------------------
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        self._guard_optimizer_step(self.optimizer)
+        return optimizer
+
+    def _guard_optimizer_step(self, optimizer) -> None:
+        """Wrap `optimizer.step`: skipped when no micro-batch since the last step had a finite loss
+        (on_nonfinite: skip), or when a gradient is not finite (stop: raise; skip: count). Under DDP
+        the decision is shared by all processes, so their weights stay equal."""
+        if getattr(optimizer, "_cl2cm_guarded", False):
+            return
+        step = optimizer.step
+
+        def guarded_step(*args, **kwargs):
+            finite_batches, finite_grads = self._finite_batches, _grads_finite(optimizer)
+            self._finite_batches = 0
+            flags = torch.tensor([finite_batches, 0 if finite_grads else 1], dtype=torch.float64)
+            if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+                device = self.args.device if torch.distributed.get_backend() == "nccl" else "cpu"
+                flags = flags.to(device)
+                torch.distributed.all_reduce(flags)
+                flags = flags.cpu()
+            if flags[1] > 0 and flags[0] > 0:
+                where = f"step {self.state.global_step + 1}: a gradient is NaN or Inf though every loss term was finite"
+                if self.cl2cm_args.on_nonfinite == "stop":
+                    raise NonFiniteLossError(f"non-finite gradient at {where}; set on_nonfinite: skip to skip such steps")
+            if flags[0] == 0 or flags[1] > 0:
+                self.skipped_steps += 1
+                self._term_sums["skipped_steps"] += 1
+                return None
+            return step(*args, **kwargs)
+
+        optimizer.step = guarded_step
+        optimizer._cl2cm_guarded = True
+
+    # --- checkpoints that never half-exist ------------------------------------------------------
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_dir if self._staging_dir is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, written into a hidden staging folder and renamed into place.
+
+        ``<run>/checkpoint-N`` therefore either holds a complete checkpoint or does not exist: a
+        kill during the save leaves ``<run>/.staging-checkpoint-N`` (removed by the next save) and
+        the previous checkpoints untouched. Rotation (`save_total_limit`) and best-model tracking
+        run on the real folder, after the rename."""
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = run_dir / f"{STAGING_PREFIX}{name}"
+        if self.args.should_save:
+            for stale in run_dir.glob(f"{STAGING_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        push, self.args.push_to_hub = self.args.push_to_hub, False  # never push a staging folder
+        self._staging_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+            self.args.push_to_hub = push
+        staged, final = staging / name, run_dir / name
+        if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint) == staged:
+            self.state.best_model_checkpoint = str(final)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            (staged / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+            self.state.save_to_json(str(staged / TRAINER_STATE_NAME))  # with the final best_model_checkpoint
+            replace_directory(staged, final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
+        self.accelerator.wait_for_everyone()
+        if push:
+            self._push_from_checkpoint(str(final))
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Retrieval metrics of the evaluator (validation, target languages); `eval_sumr` picks the best checkpoint."""

@@ -1,0 +1,181 @@
+"""Cache of the frozen lower part of a text backbone (`cache_frozen_text_layers`).
+
+With `freeze_text_layers: k` the embeddings and the lowest k transformer layers never change during a
+run, so their output for one token sequence is a constant. Training on a fixed dataset runs the same
+captions through them epoch after epoch (and stage after stage: the stage-2 text tower starts from
+the stage-1 tower, whose frozen part is the pretrained one). `install_frozen_prefix_cache` makes a
+backbone look each sequence up in a store (keyed by its token ids) and run only the upper layers;
+a sequence not yet in the store is computed once, in eval mode, and kept.
+
+Semantics: the frozen part runs without dropout (as in eval mode), for training and evaluation alike.
+The store is shared, in this process, by every backbone whose frozen part has the same weights (a
+fingerprint of the frozen tensors), so the stage-1 network, its frozen copy used as teacher and the
+stage-2 text tower all use one store. Nothing of this is saved with a model: the state dict, the
+config and `save_pretrained` are untouched; the patch lives on the module instances only (and
+follows `copy.deepcopy`, which rebinds it to the copy).
+
+Works for backbones with `embeddings` and `encoder.layer` (BERT, XLM-R, e5, MiniLM, mBERT ...), fed
+right-padded `input_ids` (rows in any other form, or calls with `inputs_embeds`, `position_ids` or
+`output_hidden_states`, take the ordinary uncached path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import types
+
+import torch
+from torch import nn
+
+_STORES: dict[str, dict[bytes, torch.Tensor]] = {}
+_ATTR = "_cl2cm_frozen_prefix"  # (store key, number of cached layers) on the backbone instance
+_MISS_BATCH = 128
+
+
+def _layers(backbone: nn.Module) -> nn.ModuleList:
+    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    if layers is None or getattr(backbone, "embeddings", None) is None:
+        raise ValueError(f"cache_frozen_text_layers: {type(backbone).__name__} has no embeddings/encoder.layer")
+    return layers
+
+
+def _fingerprint(backbone: nn.Module, num_layers: int) -> str:
+    """Identifies the frozen part's weights: architecture, depth and a strided sample of every tensor."""
+    digest = hashlib.sha1(f"{type(backbone).__name__}|{num_layers}|".encode())
+    modules = [backbone.embeddings, *list(_layers(backbone))[:num_layers]]
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            digest.update(name.encode() + str(tuple(tensor.shape)).encode())
+            digest.update(flat[::step].float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def install_frozen_prefix_cache(backbone: nn.Module, num_layers: int) -> str:
+    """Serve the output of `backbone`'s embeddings and lowest `num_layers` layers (-1: all layers)
+    from a per-process store. Those parts must be frozen for the run. Returns the store key."""
+    layers = _layers(backbone)
+    if num_layers < 0:
+        num_layers = len(layers)
+    if not 0 < num_layers <= len(layers):
+        raise ValueError(f"cache_frozen_text_layers needs 1..{len(layers)} frozen layers (freeze_text_layers), got {num_layers}")
+    trainable = [n for m in (backbone.embeddings, *list(layers)[:num_layers]) for n, p in m.named_parameters() if p.requires_grad]
+    if trainable:
+        raise ValueError(f"cache_frozen_text_layers: the cached part must be frozen, but {trainable[0]} is trainable")
+    key = _fingerprint(backbone, num_layers)
+    _STORES.setdefault(key, {})
+    backbone.__dict__[_ATTR] = (key, num_layers)
+    backbone.forward = types.MethodType(_backbone_forward, backbone)
+    backbone.embeddings.forward = types.MethodType(_embeddings_forward, backbone.embeddings)
+    for layer in list(layers)[:num_layers]:
+        layer.forward = types.MethodType(_layer_forward, layer)
+    return key
+
+
+def store_size(key: str) -> int:
+    """Number of sequences held by the store `key`."""
+    return len(_STORES.get(key, {}))
+
+
+def clear_frozen_prefix_caches() -> None:
+    _STORES.clear()
+
+
+def _embeddings_forward(self, *args, **kwargs):
+    states = self.__dict__.get("_cl2cm_states")
+    return states if states is not None else type(self).forward(self, *args, **kwargs)
+
+
+def _layer_forward(self, hidden_states, *args, **kwargs):
+    if self.__dict__.get("_cl2cm_skip"):
+        return hidden_states
+    return type(self).forward(self, hidden_states, *args, **kwargs)
+
+
+def _right_padded_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    if attention_mask is None:
+        return torch.full((input_ids.shape[0],), input_ids.shape[1], dtype=torch.long)
+    lengths = attention_mask.sum(1).long().cpu()
+    expected = torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]
+    return lengths if torch.equal(attention_mask.cpu().bool(), expected) else None
+
+
+def _row_keys(input_ids: torch.Tensor, lengths: torch.Tensor, token_type_ids: torch.Tensor | None) -> list[bytes]:
+    ids = input_ids.cpu().numpy()
+    types_ = None if token_type_ids is None or not bool(token_type_ids.any()) else token_type_ids.cpu().numpy()
+    keys = []
+    for i, n in enumerate(lengths.tolist()):
+        key = ids[i, :n].tobytes()
+        if types_ is not None:
+            key += b"|" + types_[i, :n].tobytes()
+        keys.append(key)
+    return keys
+
+
+@torch.no_grad()
+def _compute_misses(self, store, num_layers, rows: list[tuple[bytes, torch.Tensor, torch.Tensor | None]]) -> None:
+    """Run the frozen part (eval mode, only its layers) on sequences not yet stored."""
+    was_training = self.training
+    full = self.encoder.layer
+    self.eval()
+    self.encoder.layer = nn.ModuleList(list(full)[:num_layers])
+    try:
+        rows = sorted(rows, key=lambda r: len(r[1]))
+        for start in range(0, len(rows), _MISS_BATCH):
+            chunk = rows[start : start + _MISS_BATCH]
+            longest = max(len(r[1]) for r in chunk)
+            ids = torch.zeros(len(chunk), longest, dtype=torch.long)
+            mask = torch.zeros(len(chunk), longest, dtype=torch.long)
+            types_ = torch.zeros(len(chunk), longest, dtype=torch.long)
+            for i, (_, row_ids, row_types) in enumerate(chunk):
+                ids[i, : len(row_ids)] = row_ids
+                mask[i, : len(row_ids)] = 1
+                if row_types is not None:
+                    types_[i, : len(row_ids)] = row_types
+            device = self.embeddings.word_embeddings.weight.device if hasattr(self.embeddings, "word_embeddings") else None
+            out = type(self).forward(
+                self, input_ids=ids.to(device), attention_mask=mask.to(device), token_type_ids=types_.to(device)
+            ).last_hidden_state
+            for i, (key, row_ids, _) in enumerate(chunk):
+                store[key] = out[i, : len(row_ids)].detach().to("cpu", copy=True)
+    finally:
+        self.encoder.layer = full
+        self.train(was_training)
+
+
+def _backbone_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
+    key, num_layers = self.__dict__[_ATTR]
+    uncached = (
+        input_ids is None
+        or input_ids.dim() != 2
+        or any(kwargs.get(k) is not None for k in ("inputs_embeds", "position_ids", "output_hidden_states", "output_attentions"))
+    )
+    lengths = None if uncached else _right_padded_lengths(input_ids, attention_mask)
+    if lengths is None:
+        return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
+    store = _STORES.setdefault(key, {})
+    keys = _row_keys(input_ids, lengths, token_type_ids)
+    misses, seen = [], set()
+    for i, row_key in enumerate(keys):
+        if row_key not in store and row_key not in seen:
+            seen.add(row_key)
+            n = int(lengths[i])
+            row_types = None if token_type_ids is None else token_type_ids[i, :n].cpu()
+            misses.append((row_key, input_ids[i, :n].cpu(), row_types))
+    if misses:
+        _compute_misses(self, store, num_layers, misses)
+    first = store[keys[0]]
+    states = first.new_zeros((input_ids.shape[0], input_ids.shape[1], first.shape[-1]))
+    for i, row_key in enumerate(keys):
+        states[i, : int(lengths[i])] = store[row_key]
+    layers = list(self.encoder.layer)[:num_layers]
+    self.embeddings.__dict__["_cl2cm_states"] = states.to(input_ids.device)
+    for layer in layers:
+        layer.__dict__["_cl2cm_skip"] = True
+    try:
+        return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
+    finally:
+        self.embeddings.__dict__.pop("_cl2cm_states", None)
+        for layer in layers:
+            layer.__dict__.pop("_cl2cm_skip", None)

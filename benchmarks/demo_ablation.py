@@ -55,16 +55,24 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "demo_ablation"))
     args = parser.parse_args()
 
-    started = time.time()
-    rows = []
+    out = Path(args.out)
+    partial = out.with_suffix(".partial.json")
+    # Finished runs are kept after each run, so an interrupted benchmark continues where it stopped.
+    rows = json.loads(partial.read_text())["rows"] if partial.exists() else []
+    done = {(r["noise"], r["seed"], r["system"]) for r in rows if r.get("epochs") == args.epochs}
     for noise in args.noise:
         for seed in args.seeds:
             for system in SYSTEMS:
+                if (noise, seed, system) in done:
+                    continue
                 t0 = time.time()
                 metrics = run(system, noise, seed, args.epochs, Path(args.work))
-                rows.append({"noise": noise, "seed": seed, "system": system, "de_sumr": metrics["de_sumr"],
-                             "fr_sumr": metrics["fr_sumr"], "seconds": round(time.time() - t0, 1)})
+                rows.append({"noise": noise, "seed": seed, "system": system, "epochs": args.epochs,
+                             "de_sumr": metrics["de_sumr"], "fr_sumr": metrics["fr_sumr"],
+                             "seconds": round(time.time() - t0, 1)})
+                atomic_write_text(partial, json.dumps({"rows": rows}, indent=2))
                 print(json.dumps(rows[-1]), flush=True)
+    rows = [r for r in rows if r["noise"] in args.noise and r["seed"] in args.seeds and r.get("epochs") == args.epochs]
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     header = [
@@ -73,7 +81,7 @@ def main() -> None:
         f"Command: `python benchmarks/demo_ablation.py --seeds {' '.join(map(str, args.seeds))} "
         f"--noise {' '.join(map(str, args.noise))} --epochs {args.epochs:g}`  ",
         f"Commit {commit}; {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; "
-        f"total {(time.time() - started) / 60:.1f} min.",
+        f"{sum(r['seconds'] for r in rows) / 60:.1f} min of training in all.",
         "",
         "Mean ± standard deviation over seeds of SumR (max 600) on the demo test split (300 items,",
         "human-style target captions from templates the MT side never uses).",
@@ -93,10 +101,9 @@ def main() -> None:
             lines.append(f"| {noise:g} | {system} | {cells[0]} | {cells[1]} |")
     per_seed = ["", "Per seed:", "", "| MT noise | seed | system | de SumR | fr SumR | seconds |", "|---|---|---|---|---|---|"]
     per_seed += [f"| {r['noise']:g} | {r['seed']} | {r['system']} | {r['de_sumr']:.1f} | {r['fr_sumr']:.1f} | {r['seconds']} |" for r in rows]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".md"), "\n".join(header + lines + per_seed) + "\n")
     atomic_write_text(out.with_suffix(".json"), json.dumps({"commit": commit, "rows": rows}, indent=2))
+    partial.unlink()
     print("\n".join(header + lines))
 
 

@@ -24,6 +24,41 @@ def _check_positive(config_name: str, field: str, value, allow_zero: bool = Fals
         raise ValueError(f"{config_name}.{field}={value!r} is invalid; expected {expected}")
 
 
+# Sizes of a backbone sub-config that must be positive / non-negative integers where present, and
+# probabilities in [0, 1]: checked here because a bad value otherwise fails deep inside module
+# construction (a negative tensor dimension, a modulo by zero) or, worse, loads (no layers at all).
+_SUB_POSITIVE = (
+    "vocab_size", "hidden_size", "num_attention_heads", "intermediate_size", "max_position_embeddings",
+    "image_size", "patch_size", "num_channels",
+)
+_SUB_NON_NEGATIVE = ("num_hidden_layers", "type_vocab_size")
+_SUB_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
+def _check_sub_config_type(config_name: str, field: str, value) -> None:
+    if value is not None and not isinstance(value, (dict, PreTrainedConfig)):
+        raise ValueError(f"{config_name}.{field}={value!r} is invalid; expected a config (a mapping)")
+
+
+def _check_sub_config(config_name: str, field: str, sub) -> None:
+    """Sizes and probabilities of a backbone config (`text_config`, `vision_config`)."""
+    if sub is None:
+        return
+    where = f"{config_name}.{field}"
+    for name in _SUB_POSITIVE + _SUB_NON_NEGATIVE:
+        value = getattr(sub, name, None)
+        if value is not None:
+            _check_positive(where, name, value, allow_zero=name in _SUB_NON_NEGATIVE)
+    for name in _SUB_PROBABILITIES:
+        value = getattr(sub, name, None)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0):
+            raise ValueError(f"{where}.{name}={value!r} is invalid; expected a probability in [0, 1]")
+    hidden, heads = getattr(sub, "hidden_size", None), getattr(sub, "num_attention_heads", None)
+    explicit_head_dim = getattr(sub, "head_dim", None) is not None  # then widths need not divide
+    if isinstance(hidden, int) and isinstance(heads, int) and not explicit_head_dim and hidden % heads:
+        raise ValueError(f"{where}: hidden_size={hidden} is not divisible by num_attention_heads={heads}")
+
+
 class _CL2CMTextMixin:
     """Fields and checks shared by both configs: the text tower, its pooling, the shared space."""
 
@@ -33,9 +68,9 @@ class _CL2CMTextMixin:
         _check_positive(name, "projection_dim", self.projection_dim)
         if not isinstance(self.logit_scale_init_value, (int, float)) or self.logit_scale_init_value != self.logit_scale_init_value:
             raise ValueError(f"{name}.logit_scale_init_value={self.logit_scale_init_value!r} is invalid; expected a float")
-        hidden = getattr(self.text_config, "hidden_size", None)
-        if hidden is not None:
-            _check_positive(f"{name}.text_config", "hidden_size", hidden)
+        if not isinstance(self.learnable_logit_scale, bool):
+            raise ValueError(f"{name}.learnable_logit_scale={self.learnable_logit_scale!r} is invalid; expected true/false")
+        _check_sub_config(name, "text_config", self.text_config)
 
 
 class CL2CMCrossLingualConfig(_CL2CMTextMixin, PreTrainedConfig):
@@ -71,6 +106,7 @@ class CL2CMCrossLingualConfig(_CL2CMTextMixin, PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        _check_sub_config_type(type(self).__name__, "text_config", self.text_config)
         super().__post_init__(**kwargs)
         self._check_text_fields()
 
@@ -123,9 +159,12 @@ class CL2CMCrossModalConfig(_CL2CMTextMixin, PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        for sub in ("text_config", "vision_config"):
+            _check_sub_config_type(type(self).__name__, sub, getattr(self, sub))
         super().__post_init__(**kwargs)
         self._check_text_fields()
         name = type(self).__name__
+        _check_sub_config(name, "vision_config", self.vision_config)
         _check_choice(name, "visual_encoder_type", self.visual_encoder_type, VISUAL_ENCODER_TYPES)
         _check_positive(name, "visual_feature_dim", self.visual_feature_dim)
         _check_positive(name, "visual_hidden_size", self.visual_hidden_size)

@@ -46,7 +46,8 @@ VIDEO_DATASET_HINTS = ("vatex", "msrvtt", "msr-vtt", "msr_vtt", "msvd", "video",
 # the test gallery stay local), and training leftovers that are never published.
 PUBLISHED_SUFFIXES = (".json", ".safetensors", ".py", ".md", ".png", ".txt", ".model", ".yaml", ".yml", ".jinja", ".tiktoken")
 PUBLISHED_NAMES = ("LICENSE", "NOTICE")
-NEVER_PUBLISHED = ("trainer_state.json", "training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt")
+NEVER_PUBLISHED = ("trainer_state.json", "training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt",
+                   "gallery_captions.json")  # the last: test-set captions of the query demo (dataset licence)
 
 _METRIC_ALIASES = {"medr": "medr", "median_rank": "medr", "mnr": "mnr", "meanr": "mnr", "mean_rank": "mnr",
                    "sumr": "sumr", "rsum": "sumr", "sum_of_recalls": "sumr"}
@@ -77,9 +78,13 @@ class CheckpointError(ValueError):
 def _metric_key(metric: str, direction: str | None) -> tuple[str, str | None]:
     """('r1' | 'medr' | 'mnr' | 'sumr', direction) from the many spellings of a metric."""
     name = str(metric).strip().lower().replace(" ", "")
+    if direction is not None and str(direction).lower() in ("both", "", "none"):
+        direction = None
     for prefix in DIRECTIONS:
         if name.startswith(prefix + "_"):
-            name, direction = name[len(prefix) + 1 :], direction or prefix
+            if direction is not None and str(direction).lower() != prefix:
+                raise ValueError(f"metric {metric!r} contradicts direction {direction!r}")
+            name, direction = name[len(prefix) + 1 :], prefix
     match = re.fullmatch(r"(?:r|r@|recall@|recall_at_|recall)(\d+)", name)
     if match:
         key = f"r{int(match.group(1))}"
@@ -89,9 +94,7 @@ def _metric_key(metric: str, direction: str | None) -> tuple[str, str | None]:
         raise ValueError(f"unknown retrieval metric {metric!r}: expected r<K>, medr, mnr or sumr")
     if direction is not None:
         direction = str(direction).lower()
-        if direction in ("both", "", "none"):
-            direction = None
-        elif direction not in DIRECTIONS:
+        if direction not in DIRECTIONS:
             raise ValueError(f"direction must be 't2v', 'v2t' or 'both', got {direction!r}")
     if key == "sumr":
         direction = None
@@ -383,7 +386,7 @@ def usage_snippet(config: Mapping, repo_id: str, languages: list[str]) -> tuple[
         "",
         f'repo_id = "{repo_id}"',
         "model = AutoModel.from_pretrained(repo_id, trust_remote_code=True).eval()",
-        "tokenizer = AutoTokenizer.from_pretrained(repo_id)",
+        "tokenizer = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=True)  # the config class is custom code",
         "",
         f"captions = [{caption_list}]",
     ]
@@ -461,9 +464,21 @@ def _normalise_results(results, dataset: str, default_lang: str, folder: Path) -
     return [dict(row) for row in results]
 
 
+def _model_name_of(folder: Path) -> str:
+    """A model name from a checkpoint folder: its name, without the temporary wrapping of
+    `cl2cm_hf.atomic.atomic_directory` (``.<name>.<random>.tmp``); a run's stage folder
+    (``<run>/cross_modal``) is named after the run."""
+    folder = folder.resolve()
+    match = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", folder.name)
+    name = match.group(1) if match else folder.name
+    if name in ("cross_modal", "cross_lingual") and folder.parent.name:
+        return folder.parent.name
+    return name
+
+
 def build_card(folder: str | Path, results=None, training_config: Mapping | None = None, ranks=None,
-               repo_id: str | None = None, *, license: str = "apache-2.0", languages: list[str] | None = None,
-               visual_modality: str | None = None) -> ModelCard:
+               repo_id: str | None = None, *, model_name: str | None = None, license: str = "apache-2.0",
+               languages: list[str] | None = None, visual_modality: str | None = None) -> ModelCard:
     """Render the model card of the checkpoint in `folder` and write ``README.md`` and
     ``recall_at_k.png`` there (each atomically: a temporary file, then ``os.replace``).
 
@@ -474,7 +489,9 @@ def build_card(folder: str | Path, results=None, training_config: Mapping | None
         training_config: the run's recipe; None reads ``folder/training_config.yaml`` if present.
         ranks: per-query ranks for the plot (``{lang: RetrievalRanks}`` or
             ``{lang: {"t2v": ranks, "v2t": ranks}}``); without them the plot uses the R@K results.
-        repo_id: the Hub id used in the usage snippet (default: ``<your-org>/<folder name>``).
+        repo_id: the Hub id used in the usage snippet (default: ``<your-org>/<model name>``).
+        model_name: the ``model-index`` name (default: the repo name, else the folder's name, or
+            the run's name for a ``<run>/cross_modal`` folder).
         license, languages, visual_modality: metadata overrides.
     """
     folder = Path(folder)
@@ -490,7 +507,7 @@ def build_card(folder: str | Path, results=None, training_config: Mapping | None
     default_lang = next((lang for lang in (languages or recipe_langs) if lang != source), "und")
     rows = _normalise_results(results, str(training_config.get("dataset") or "unknown"), default_lang, folder)
     eval_results = eval_results_from_rows(rows, visual_modality)
-    model_name = (repo_id or folder.resolve().name).split("/")[-1]
+    model_name = model_name or (repo_id.split("/")[-1] if repo_id else _model_name_of(folder))
     repo_id = repo_id or f"<your-org>/{model_name}"
     if not languages:
         languages = _languages(training_config, rows)
@@ -562,18 +579,20 @@ def update_card_results(folder: str | Path, rows: Iterable[Mapping], ranks=None,
                         visual_modality: str | None = None) -> ModelCard:
     """Merge leaderboard `rows` into the card in `folder` (a result with the same task, dataset,
     language, split and metric is replaced; the others are kept), re-render its results table and
-    plot, and keep everything else of the card (metadata, text) as it was."""
+    plot, and keep everything else of the card (metadata, text) as it was. A folder without a
+    card gets a new one (`build_card` with these rows)."""
     folder = Path(folder)
     path = folder / README
+    rows = [dict(row) for row in rows]
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: build the card first (build_card)")
+        return build_card(folder, results=rows, ranks=ranks, visual_modality=visual_modality)
     card = ModelCard.load(path)
     merged = {_result_key(r): r for r in (card.data.eval_results or [])}
     for result in eval_results_from_rows(rows, visual_modality):
         merged[_result_key(result)] = result
     card.data.eval_results = list(merged.values()) or None
     if not card.data.model_name:
-        card.data.model_name = folder.resolve().name
+        card.data.model_name = _model_name_of(folder)
     has_plot = plot_recall_at_k(folder / PLOT_FILENAME, card.data.eval_results or [], ranks)
     section = _results_section(card.data.eval_results or [], has_plot)
     text = card.text

@@ -6,6 +6,9 @@ standard library, torch, transformers and those two files (as ``from .x import y
 without this package installed.
 """
 
+import json
+import os
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -131,12 +134,73 @@ class CL2CMFramePooler(nn.Module):
         return masked_mean(frames, mask)
 
 
+class CorruptCheckpointError(OSError):
+    """A weight file of a checkpoint is truncated or corrupted; the message names the file."""
+
+
+def check_safetensors_file(path: str) -> str | None:
+    """What is wrong with the safetensors file `path` (header and sizes, no tensor read), or None."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, shorter than a safetensors header"
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > size - 8:
+                return f"header of {header_len} bytes does not fit in the file ({size} bytes)"
+            header = json.loads(handle.read(header_len))
+    except (OSError, ValueError) as err:  # JSON and UTF-8 errors are ValueErrors
+        return f"unreadable header ({err})"
+    if not isinstance(header, dict):
+        return "header is not a JSON object"
+    try:
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, IndexError, ValueError):
+        return "header lists a tensor without valid data offsets"
+    if 8 + header_len + end != size:
+        return f"tensors need {8 + header_len + end} bytes but the file has {size}"
+    return None
+
+
+def _weight_files(name_or_path, kwargs) -> list[str]:
+    """The local safetensors files a `from_pretrained(name_or_path, **kwargs)` call reads."""
+    folder = os.path.join(str(name_or_path), kwargs.get("subfolder") or "")
+    if os.path.isdir(folder):
+        return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".safetensors"))
+    try:  # a hub id: the files in the local cache, if any
+        from transformers.utils import cached_file
+
+        found = cached_file(
+            name_or_path, "model.safetensors", cache_dir=kwargs.get("cache_dir"), revision=kwargs.get("revision"),
+            subfolder=kwargs.get("subfolder") or "", local_files_only=True, _raise_exceptions_for_missing_entries=False,
+        )
+    except Exception:  # noqa: BLE001 - only used to improve an error message
+        return []
+    return [found] if found else []
+
+
 class CL2CMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "cl2cm"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     # Per-batch mean losses: Trainer must not rescale them by the number of items.
     loss_is_scaled_for_ga = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a truncated or corrupted ``*.safetensors`` file raises
+        `CorruptCheckpointError` naming the file (safetensors' own message does not)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except Exception as err:
+            if type(err).__name__ != "SafetensorError":
+                raise
+            problems = [(f, check_safetensors_file(f)) for f in _weight_files(pretrained_model_name_or_path, kwargs)]
+            named = "; ".join(f"{f}: {p}" for f, p in problems if p) or f"a weight file of {pretrained_model_name_or_path}"
+            raise CorruptCheckpointError(
+                f"{named} (safetensors: {err}); the file is truncated or corrupted: save or download it again"
+            ) from err
 
     def _init_weights(self, module):
         """Heads get N(0, initializer_range); backbones keep their own init (transformers
@@ -434,6 +498,7 @@ def _load_vision_backbone(name_or_path: str) -> nn.Module:
 
 
 __all__ = [
+    "CorruptCheckpointError",
     "CL2CMCrossLingualModel",
     "CL2CMCrossModalModel",
     "CL2CMCrossLingualOutput",

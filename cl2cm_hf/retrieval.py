@@ -44,6 +44,14 @@ Tie rules:
   index first**.
 
 Non-finite embeddings are rejected with a ValueError (a NaN has no rank).
+
+Memory and speed
+----------------
+Working memory is bounded by ``memory_budget`` (default 256 MiB; tiles are also capped at 2**20
+scores, a size that runs fastest here): a 1,000 x (1,000,000 x 256) top-k needs ~100 MiB beyond
+the gallery and the outputs. Each tile costs one float32 matmul plus four compare-and-count passes
+(text-to-visual and visual-to-text share the tile). On CPU, tiles are spread over as many Python
+threads as torch has intra-op threads, each running single-threaded ops (see `_Compute`).
 """
 
 from __future__ import annotations
@@ -142,19 +150,18 @@ class _Rows:
     def __init__(self, data, name: str, device: torch.device | None = None):
         self.name = name
         if isinstance(data, torch.Tensor):
+            if data.is_complex() or data.dtype == torch.bool:
+                raise ValueError(f"{name} must hold real numbers, got dtype {data.dtype}")
             self._tensor, self._array = data.detach(), None
-            shape, is_float = tuple(data.shape), data.is_floating_point()
+            shape = tuple(data.shape)
             self.device = data.device if device is None else device
         else:
             array = data if isinstance(data, np.ndarray) else np.asarray(data)
-            self._tensor, self._array = None, array
-            shape, is_float = array.shape, array.dtype.kind == "f"
-            self.device = torch.device("cpu") if device is None else device
-            if not is_float and array.dtype.kind not in "iu":
+            if array.dtype.kind not in "fiu":
                 raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
-            is_float = True
-        if self._tensor is not None and not is_float and self._tensor.dtype in (torch.complex64, torch.complex128, torch.bool):
-            raise ValueError(f"{name} must hold real numbers, got dtype {self._tensor.dtype}")
+            self._tensor, self._array = None, array
+            shape = array.shape
+            self.device = torch.device("cpu") if device is None else device
         if len(shape) != 2:
             raise ValueError(f"{name} must be a 2-D (n, d) matrix of embeddings, got shape {shape}")
         if shape[0] == 0 or shape[1] == 0:
@@ -252,13 +259,17 @@ def _tile_sizes(n_query: int, n_gallery: int, chunk_size, query_chunk_size, memo
 
 
 class _Buffer:
-    """A reusable flat buffer handing out contiguous ``(r, c)`` views (no allocation per tile)."""
+    """A reusable flat buffer handing out contiguous ``(r, c)`` views (allocated once, grown on
+    demand: no allocation per tile)."""
 
-    def __init__(self, elements: int, dtype, device):
-        self._flat = torch.empty(elements, dtype=dtype, device=device)
+    def __init__(self, dtype, device):
+        self._dtype, self._device, self._flat = dtype, device, None
 
     def view(self, rows: int, cols: int) -> torch.Tensor:
-        return self._flat[: rows * cols].view(rows, cols)
+        size = rows * cols
+        if self._flat is None or self._flat.numel() < size:
+            self._flat = torch.empty(size, dtype=self._dtype, device=self._device)
+        return self._flat[:size].view(rows, cols)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,12 +277,12 @@ class _Buffer:
 # --------------------------------------------------------------------------------------------
 
 
-def _canonical_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _canonical_dot(a: torch.Tensor, b: torch.Tensor, workspace: dict | None = None) -> torch.Tensor:
     """Row-wise inner products of float32 rows in float64, with a fixed pairwise summation order.
 
     Every product of two float32 numbers is exact in float64; the sum uses the same tree for any
     number of rows, so a pair always gets the same bits wherever it is computed. Works in place in
-    two small float64 workspaces (fresh large allocations cost page faults)."""
+    two float64 workspaces, kept in `workspace` (a worker's state) for the next call when given."""
     n, d = a.shape
     out = torch.empty(n, dtype=torch.float64, device=a.device)
     if n == 0:
@@ -279,8 +290,14 @@ def _canonical_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     width = 1 << max(0, (d - 1).bit_length())
     batch = max(1, _PAIR_WORKSPACE // width)
     rows = min(n, batch)
-    prod_ws = torch.zeros(rows, width, dtype=torch.float64, device=a.device)  # padding stays zero
-    other_ws = torch.empty(rows, d, dtype=torch.float64, device=a.device)
+    cached = (workspace or {}).get("canonical")
+    if cached is not None and cached[0].shape[0] >= rows and cached[0].shape[1] == width and cached[0].device == a.device:
+        prod_ws, other_ws = cached
+    else:
+        prod_ws = torch.zeros(rows, width, dtype=torch.float64, device=a.device)  # padding stays zero
+        other_ws = torch.empty(rows, d, dtype=torch.float64, device=a.device)
+        if workspace is not None:
+            workspace["canonical"] = (prod_ws, other_ws)
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         prod = prod_ws[: stop - start]
@@ -500,7 +517,7 @@ def _float32_candidates(compute: _Compute, q, g_rows: _Rows, width, chunk_size, 
         kk = min(width, stop - start)
 
         def job(a, chunk=chunk, start=start, stop=stop, kk=kk):
-            state = compute.state(lambda: {"tile": _Buffer(rows * cols, torch.float32, q.device)})
+            state = compute.state(lambda: {"tile": _Buffer(torch.float32, q.device)})
             b = min(a + rows, n)
             tile = torch.mm(q[a:b], chunk.T, out=state["tile"].view(b - a, stop - start))
             vals, idx = torch.topk(tile, kk, dim=1, sorted=False)
@@ -557,7 +574,8 @@ def ranks(text_emb, visual_emb, text_to_visual, chunk_size: int | None = None, *
 
         def score_own_pairs(start):
             stop = min(start + _OWN_PAIR_BATCH, n_t)
-            correct[start:stop] = _canonical_dot(text[start:stop], v_rows.take(t2v[start:stop]))
+            workspace = compute.state(dict)
+            correct[start:stop] = _canonical_dot(text[start:stop], v_rows.take(t2v[start:stop]), workspace)
 
         compute.run(score_own_pairs, range(0, n_t, _OWN_PAIR_BATCH), work=64 * n_t * t_rows.d)
         best_score = torch.full((n_v,), -math.inf, dtype=torch.float64, device=device)
@@ -572,12 +590,13 @@ def ranks(text_emb, visual_emb, text_to_visual, chunk_size: int | None = None, *
         t2v_count = torch.zeros(n_t, dtype=torch.int64, device=device)
         block_starts = torch.arange(0, n_t + rows, rows, device=device).clamp_(max=n_t)
 
-        def worker_state():
-            return {
-                "tile": _Buffer(rows * cols, torch.float32, device),
-                "mask": _Buffer(rows * cols, torch.float32, device),  # 0/1 floats: float sums count fastest
-                "v2t": torch.zeros(n_v, dtype=torch.int64, device=device),  # partial counts of this worker
-            }
+        def tile_state():
+            state = compute.state(dict)
+            if "tile" not in state:
+                state["tile"] = _Buffer(torch.float32, device)
+                state["mask"] = _Buffer(torch.float32, device)  # 0/1 floats: float sums count fastest
+                state["v2t"] = torch.zeros(n_v, dtype=torch.int64, device=device)  # this worker's partial counts
+            return state
 
         for g0 in range(0, n_v, cols):
             g1 = min(g0 + cols, n_v)
@@ -609,7 +628,7 @@ def ranks(text_emb, visual_emb, text_to_visual, chunk_size: int | None = None, *
             def job(block, chunk=chunk, g0=g0, g1=g1, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi,
                     col_best=col_best, own_t=own_t, own_t_item=own_t_item, own_v_item=own_v_item,
                     own_v_caption=own_v_caption, t_bounds=t_bounds, v_bounds=v_bounds):
-                state = compute.state(worker_state)
+                state = tile_state()
                 a = block * rows
                 b = min(a + rows, n_t)
                 tile = torch.mm(text[a:b], chunk.T, out=state["tile"].view(b - a, g1 - g0))
@@ -619,16 +638,16 @@ def ranks(text_emb, visual_emb, text_to_visual, chunk_size: int | None = None, *
                 t2v_count[a:b] += _count_tile(  # row blocks are disjoint across workers
                     tile, mask, 0, row_lo[a:b], row_hi[a:b], correct[a:b],
                     own_t[t_own] - a, own_t_item[t_own],
-                    lambda q, g: _canonical_dot(text.index_select(0, a + q), chunk.index_select(0, g)),
+                    lambda q, g: _canonical_dot(text.index_select(0, a + q), chunk.index_select(0, g), state),
                 )
                 state["v2t"][g0:g1] += _count_tile(
                     tile, mask, 1, col_lo, col_hi, col_best,
                     own_v_item[v_own], own_v_caption[v_own] - a,
-                    lambda q, g: _canonical_dot(text.index_select(0, a + g), chunk.index_select(0, q)),
+                    lambda q, g: _canonical_dot(text.index_select(0, a + g), chunk.index_select(0, q), state),
                 )
 
             compute.run(job, range(len(block_starts) - 1), work=n_t * (g1 - g0) * t_rows.d)
-        v2t_count = sum(state["v2t"] for state in compute.states)
+        v2t_count = sum(state["v2t"] for state in compute.states if "v2t" in state)
 
     keep = has_caption.cpu().numpy()
     return RetrievalRanks(
@@ -661,8 +680,10 @@ def _count_tile(tile, mask, query_axis, lo, hi, threshold, own_q, own_g, rescore
         with_own = torch.nonzero(own_flagged >= 0)[:, 0]
         band[with_own, own_flagged[with_own]] = False
         pq, pg = torch.nonzero(band, as_tuple=True)
-        hits = rescore(flagged[pq], pg) >= threshold[flagged[pq]]
-        count.index_add_(0, flagged[pq], hits.to(count.dtype))
+        for start in range(0, pq.numel(), _PAIR_BATCH):  # bounded memory even if everything ties
+            q_pos, g_pos = flagged[pq[start : start + _PAIR_BATCH]], pg[start : start + _PAIR_BATCH]
+            hits = rescore(q_pos, g_pos) >= threshold[q_pos]
+            count.index_add_(0, q_pos, hits.to(count.dtype))
     return count
 
 
@@ -707,8 +728,8 @@ def build_faiss_index(gallery, index_type: str = "hnsw", *, nlist: int | None = 
     """An approximate inner-product index over `gallery` (tensor, array or memmap, added in chunks).
 
     ``index_type="hnsw"``: ``IndexHNSWFlat`` (M=`hnsw_m`, `ef_search`); ``"ivf_flat"``:
-    ``IndexIVFFlat`` with `nlist` lists (default ~4 sqrt(m)) trained on `train_size` random rows
-    (default ``min(m, 64 nlist)``), searched with `nprobe` lists (default ``max(1, nlist // 16)``).
+    ``IndexIVFFlat`` with `nlist` lists (default ~4 sqrt(m), at most m / 39) trained on `train_size` random rows
+    (default ``min(m, 64 nlist)``), searched with `nprobe` lists (default ``max(1, nlist // 8)``).
     ``"flat"``: the exact ``IndexFlatIP`` (a baseline). Compare with `faiss_recall_at_k`.
     """
     faiss = _faiss()
@@ -719,13 +740,14 @@ def build_faiss_index(gallery, index_type: str = "hnsw", *, nlist: int | None = 
         index.hnsw.efConstruction = int(ef_construction)
         index.hnsw.efSearch = int(ef_search)
     elif index_type == "ivf_flat":
-        nlist = int(nlist or max(1, min(rows.n, round(4 * math.sqrt(rows.n)))))
+        # faiss wants >= 39 training points per list: ~4 sqrt(m) lists, fewer for small galleries.
+        nlist = int(nlist or max(1, min(rows.n // 39, round(4 * math.sqrt(rows.n)))))
         quantizer = faiss.IndexFlatIP(rows.d)
         index = faiss.IndexIVFFlat(quantizer, rows.d, nlist, metric)
         size = min(rows.n, int(train_size or 64 * nlist))
         pick = np.sort(np.random.default_rng(seed).choice(rows.n, size=size, replace=False))
         index.train(_float32_numpy(rows.take(pick)))
-        index.nprobe = int(nprobe or max(1, nlist // 16))
+        index.nprobe = int(nprobe or max(1, nlist // 8))
     elif index_type == "flat":
         index = faiss.IndexFlatIP(rows.d)
     else:

@@ -29,6 +29,9 @@ class ModelArguments:
     freeze_text_layers: int = field(
         default=0, metadata={"help": "Freeze the embeddings and this many lower layers of the text backbone (-1: all)."}
     )
+    cl_freeze_text_layers: int | None = field(
+        default=None, metadata={"help": "Stage 1 only: freeze this many lower text layers (default: freeze_text_layers)."}
+    )
     pooling: str = field(default="mean", metadata={"help": "cls | mean"})
     projection_dim: int = 256
     logit_scale_init_value: float = 2.6592
@@ -42,6 +45,13 @@ class ModelArguments:
     visual_num_heads: int = 4
     visual_max_frames: int = 64
     visual_dropout: float = 0.1
+    text_dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Dropout of the text backbone (hidden and attention); None keeps the backbone's own (BERT: 0.1). "
+            "0 with visual_dropout 0 makes training deterministic (e.g. to compare 1 and N processes)."
+        },
+    )
     init_text_from_cross_lingual: bool = field(
         default=True, metadata={"help": "Stage 2 text tower starts from the stage-1 text tower (else from the backbone)."}
     )
@@ -56,8 +66,11 @@ class ModelArguments:
     def __post_init__(self):
         self.text_model = resolve_model_reference(self.text_model)
         self.vision_model = resolve_model_reference(self.vision_model)
-        if self.cache_frozen_text_layers and self.freeze_text_layers == 0:
-            raise ValueError("cache_frozen_text_layers needs frozen layers: set freeze_text_layers (k > 0, or -1 for all)")
+        if self.cache_frozen_text_layers and 0 in (self.freeze_text_layers, self.cl_freeze_text_layers):
+            raise ValueError(
+                "cache_frozen_text_layers needs frozen layers in both stages: freeze_text_layers and cl_freeze_text_layers "
+                "k > 0 (or -1 for all)"
+            )
 
 
 def resolve_model_reference(value: str | None) -> str | None:

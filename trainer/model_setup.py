@@ -3,12 +3,13 @@ scratch, stage-2 text tower from stage 1, frozen lower text layers."""
 
 import copy
 
+import torch
 from transformers import BertConfig
 
 from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCrossModalConfig, CL2CMCrossModalModel
 
 from .arguments import ModelArguments
-from .text_cache import install_frozen_prefix_cache
+from .text_cache import install_frozen_prefix_cache, register_prefix_store
 
 
 def _head_kwargs(args: ModelArguments) -> dict:
@@ -23,6 +24,8 @@ def _head_kwargs(args: ModelArguments) -> dict:
 
 def scratch_text_config(args: ModelArguments, tokenizer, max_length: int) -> dict:
     """A small BERT sized by the run's settings, for demo worlds with their own tokenizer."""
+    p = args.text_dropout
+    dropout = {} if p is None else {"hidden_dropout_prob": p, "attention_probs_dropout_prob": p}
     return BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=args.text_hidden_size,
@@ -31,7 +34,20 @@ def scratch_text_config(args: ModelArguments, tokenizer, max_length: int) -> dic
         intermediate_size=4 * args.text_hidden_size,
         max_position_embeddings=max(64, max_length + 2),
         pad_token_id=tokenizer.pad_token_id,
+        **dropout,
     ).to_dict()
+
+
+def set_text_dropout(backbone, p: float | None) -> None:
+    """Every dropout of a (pretrained) text backbone to `p`, in its modules and its config; None: unchanged."""
+    if p is None:
+        return
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+        if isinstance(getattr(backbone.config, key, None), float):
+            setattr(backbone.config, key, p)
 
 
 def build_cross_lingual(args: ModelArguments, tokenizer, max_length: int) -> CL2CMCrossLingualModel:
@@ -41,11 +57,13 @@ def build_cross_lingual(args: ModelArguments, tokenizer, max_length: int) -> CL2
     else:
         config = CL2CMCrossLingualConfig(text_config=scratch_text_config(args, tokenizer, max_length), **kwargs)
         model = CL2CMCrossLingualModel(config)
+    frozen = args.freeze_text_layers if args.cl_freeze_text_layers is None else args.cl_freeze_text_layers
     for tower in (model.text_model, model.target_text_model):
         if tower is not None:
-            freeze_lower_layers(tower.backbone, args.freeze_text_layers)
+            set_text_dropout(tower.backbone, args.text_dropout)
+            freeze_lower_layers(tower.backbone, frozen)
             if args.cache_frozen_text_layers:
-                install_frozen_prefix_cache(tower.backbone, args.freeze_text_layers)
+                install_frozen_prefix_cache(tower.backbone, frozen)
     return model
 
 
@@ -67,7 +85,7 @@ def build_cross_modal(
         raise ValueError("visual_encoder_type: backbone needs vision_model (a folder or hub id)")
     from_stage1 = cross_lingual is not None and args.init_text_from_cross_lingual
     # A copy: the stage-1 network stays the frozen teacher.
-    text = copy.deepcopy(cross_lingual.text_model.backbone) if from_stage1 else args.text_model
+    text = copy.deepcopy(cross_lingual.text_model.backbone).requires_grad_(True) if from_stage1 else args.text_model
     if text is not None:
         model = CL2CMCrossModalModel.from_towers_pretrained(text, args.vision_model, **kwargs)
     elif args.vision_model:
@@ -77,9 +95,21 @@ def build_cross_modal(
         model = CL2CMCrossModalModel(config)
     if from_stage1:
         model.text_model.projection.load_state_dict(cross_lingual.text_model.projection.state_dict())
+    set_text_dropout(model.text_model.backbone, args.text_dropout)
     freeze_lower_layers(model.text_model.backbone, args.freeze_text_layers)
     if args.cache_frozen_text_layers:
-        install_frozen_prefix_cache(model.text_model.backbone, args.freeze_text_layers)
+        depth = install_frozen_prefix_cache(model.text_model.backbone, args.freeze_text_layers)
+        stage1_depth = args.cl_freeze_text_layers or 0
+        if 0 < stage1_depth < depth:
+            # Stage 1 (of this run or another in this process) freezes fewer layers: keep that depth too.
+            register_prefix_store(model.text_model.backbone, stage1_depth)
+        if cross_lingual is not None:
+            # From here on the stage-1 network is the frozen teacher (CrossModalTrainer freezes it as well):
+            # serve all its text layers from the cache, so its embeddings cost one pass per distinct text.
+            cross_lingual.requires_grad_(False)
+            for tower in (cross_lingual.text_model, cross_lingual.target_text_model):
+                if tower is not None:
+                    install_frozen_prefix_cache(tower.backbone, -1)
     return model
 
 

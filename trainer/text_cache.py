@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 _STORES: dict[str, dict[bytes, torch.Tensor]] = {}
-_ATTR = "_cl2cm_frozen_prefix"  # (store key, number of cached layers) on the backbone instance
+_ATTR = "_cl2cm_frozen_prefix"  # (prefix keys by depth, number of cached layers) on the backbone instance
 _MISS_BATCH = 128
 
 
@@ -39,22 +39,25 @@ def _layers(backbone: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def _fingerprint(backbone: nn.Module, num_layers: int) -> str:
-    """Identifies the frozen part's weights: architecture, depth and a strided sample of every tensor."""
-    digest = hashlib.sha1(f"{type(backbone).__name__}|{num_layers}|".encode())
-    modules = [backbone.embeddings, *list(_layers(backbone))[:num_layers]]
-    for module in modules:
+def _prefix_keys(backbone: nn.Module, num_layers: int) -> list[str]:
+    """Store keys of the backbone's prefixes: entry k identifies the weights of the embeddings and the
+    lowest k layers (architecture, names, shapes and a strided sample of every tensor, chained), so two
+    backbones that share their lower layers (a fine-tuned copy) share those prefixes' keys."""
+    digest = hashlib.sha1(f"{type(backbone).__name__}|".encode())
+    keys = []
+    for module in [backbone.embeddings, *list(_layers(backbone))[:num_layers]]:
         for name, tensor in module.state_dict().items():
             flat = tensor.detach().reshape(-1)
             step = max(1, flat.numel() // 4096)
             digest.update(name.encode() + str(tuple(tensor.shape)).encode())
             digest.update(flat[::step].float().cpu().numpy().tobytes())
-    return digest.hexdigest()
+        keys.append(f"{digest.hexdigest()}-{len(keys)}")
+    return keys
 
 
-def install_frozen_prefix_cache(backbone: nn.Module, num_layers: int) -> str:
+def install_frozen_prefix_cache(backbone: nn.Module, num_layers: int) -> int:
     """Serve the output of `backbone`'s embeddings and lowest `num_layers` layers (-1: all layers)
-    from a per-process store. Those parts must be frozen for the run. Returns the store key."""
+    from a per-process store. Those parts must be frozen for the run. Returns the cached depth."""
     layers = _layers(backbone)
     if num_layers < 0:
         num_layers = len(layers)
@@ -63,14 +66,31 @@ def install_frozen_prefix_cache(backbone: nn.Module, num_layers: int) -> str:
     trainable = [n for m in (backbone.embeddings, *list(layers)[:num_layers]) for n, p in m.named_parameters() if p.requires_grad]
     if trainable:
         raise ValueError(f"cache_frozen_text_layers: the cached part must be frozen, but {trainable[0]} is trainable")
-    key = _fingerprint(backbone, num_layers)
-    _STORES.setdefault(key, {})
-    backbone.__dict__[_ATTR] = (key, num_layers)
+    keys = _prefix_keys(backbone, num_layers)
+    _STORES.setdefault(keys[num_layers], {})
+    backbone.__dict__[_ATTR] = (keys, num_layers)
     backbone.forward = types.MethodType(_backbone_forward, backbone)
     backbone.embeddings.forward = types.MethodType(_embeddings_forward, backbone.embeddings)
     for layer in list(layers)[:num_layers]:
         layer.forward = types.MethodType(_layer_forward, layer)
-    return key
+    return num_layers
+
+
+def register_prefix_store(backbone: nn.Module, depth: int) -> str:
+    """Keep a store for the output of `backbone`'s lowest `depth` layers too (its cache must be installed
+    deeper): sequences computed for the deeper store then pass through it, and a network that freezes
+    only those layers (stage 1 under `cl_freeze_text_layers`) finds them there."""
+    prefix_keys, num_layers = backbone.__dict__[_ATTR]
+    if not 0 < depth < num_layers:
+        raise ValueError(f"register_prefix_store: depth must be 1..{num_layers - 1}, got {depth}")
+    _STORES.setdefault(prefix_keys[depth], {})
+    return prefix_keys[depth]
+
+
+def store_key(backbone: nn.Module) -> str:
+    """The key of the store that serves `backbone` (its cache must be installed)."""
+    prefix_keys, num_layers = backbone.__dict__[_ATTR]
+    return prefix_keys[num_layers]
 
 
 def store_size(key: str) -> int:
@@ -78,8 +98,10 @@ def store_size(key: str) -> int:
     return len(_STORES.get(key, {}))
 
 
-def clear_frozen_prefix_caches() -> None:
-    _STORES.clear()
+def clear_frozen_prefix_caches(keep=()) -> None:
+    """Drop every store but those in `keep`."""
+    for key in [k for k in _STORES if k not in set(keep)]:
+        del _STORES[key]
 
 
 def _embeddings_forward(self, *args, **kwargs):
@@ -113,18 +135,36 @@ def _row_keys(input_ids: torch.Tensor, lengths: torch.Tensor, token_type_ids: to
     return keys
 
 
+def _assemble(store: dict, keys: list[bytes], lengths: list[int], length: int) -> torch.Tensor:
+    first = store[keys[0]]
+    states = first.new_zeros((len(keys), length, first.shape[-1]))
+    for i, (row_key, n) in enumerate(zip(keys, lengths)):
+        states[i, :n] = store[row_key]
+    return states
+
+
 @torch.no_grad()
-def _compute_misses(self, store, num_layers, rows: list[tuple[bytes, torch.Tensor, torch.Tensor | None]]) -> None:
-    """Run the frozen part (eval mode, only its layers) on sequences not yet stored."""
+def _compute_misses(self, prefix_keys: list[str], depth: int, rows: list[tuple[bytes, torch.Tensor, torch.Tensor | None]]) -> None:
+    """Store the depth-`depth` states of `rows` (eval mode, only the layers needed). They start from the
+    deepest shallower prefix that has a store (filled first, recursively), else from the embeddings."""
+    store = _STORES.setdefault(prefix_keys[depth], {})
+    base = next((k for k in range(depth - 1, 0, -1) if prefix_keys[k] in _STORES), 0)
+    if base:
+        base_store = _STORES[prefix_keys[base]]
+        missing = [r for r in rows if r[0] not in base_store]
+        if missing:
+            _compute_misses(self, prefix_keys, base, missing)
     was_training = self.training
     full = self.encoder.layer
+    skipped = list(full)[:base]
     self.eval()
-    self.encoder.layer = nn.ModuleList(list(full)[:num_layers])
+    self.encoder.layer = nn.ModuleList(list(full)[:depth])
     try:
         rows = sorted(rows, key=lambda r: len(r[1]))
         for start in range(0, len(rows), _MISS_BATCH):
             chunk = rows[start : start + _MISS_BATCH]
-            longest = max(len(r[1]) for r in chunk)
+            lengths = [len(r[1]) for r in chunk]
+            longest = max(lengths)
             ids = torch.zeros(len(chunk), longest, dtype=torch.long)
             mask = torch.zeros(len(chunk), longest, dtype=torch.long)
             types_ = torch.zeros(len(chunk), longest, dtype=torch.long)
@@ -133,10 +173,19 @@ def _compute_misses(self, store, num_layers, rows: list[tuple[bytes, torch.Tenso
                 mask[i, : len(row_ids)] = 1
                 if row_types is not None:
                     types_[i, : len(row_ids)] = row_types
-            device = self.embeddings.word_embeddings.weight.device if hasattr(self.embeddings, "word_embeddings") else None
-            out = type(self).forward(
-                self, input_ids=ids.to(device), attention_mask=mask.to(device), token_type_ids=types_.to(device)
-            ).last_hidden_state
+            device = next(self.parameters()).device
+            if base:
+                self.embeddings.__dict__["_cl2cm_states"] = _assemble(base_store, [r[0] for r in chunk], lengths, longest).to(device)
+                for layer in skipped:
+                    layer.__dict__["_cl2cm_skip"] = True
+            try:
+                out = type(self).forward(
+                    self, input_ids=ids.to(device), attention_mask=mask.to(device), token_type_ids=types_.to(device)
+                ).last_hidden_state
+            finally:
+                self.embeddings.__dict__.pop("_cl2cm_states", None)
+                for layer in skipped:
+                    layer.__dict__.pop("_cl2cm_skip", None)
             for i, (key, row_ids, _) in enumerate(chunk):
                 store[key] = out[i, : len(row_ids)].detach().to("cpu", copy=True)
     finally:
@@ -145,7 +194,7 @@ def _compute_misses(self, store, num_layers, rows: list[tuple[bytes, torch.Tenso
 
 
 def _backbone_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
-    key, num_layers = self.__dict__[_ATTR]
+    prefix_keys, num_layers = self.__dict__[_ATTR]
     uncached = (
         input_ids is None
         or input_ids.dim() != 2
@@ -154,21 +203,18 @@ def _backbone_forward(self, input_ids=None, attention_mask=None, token_type_ids=
     lengths = None if uncached else _right_padded_lengths(input_ids, attention_mask)
     if lengths is None:
         return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
-    store = _STORES.setdefault(key, {})
-    keys = _row_keys(input_ids, lengths, token_type_ids)
+    store = _STORES.setdefault(prefix_keys[num_layers], {})
+    lengths = lengths.tolist()
+    keys = _row_keys(input_ids, torch.tensor(lengths), token_type_ids)
     misses, seen = [], set()
     for i, row_key in enumerate(keys):
         if row_key not in store and row_key not in seen:
             seen.add(row_key)
-            n = int(lengths[i])
-            row_types = None if token_type_ids is None else token_type_ids[i, :n].cpu()
-            misses.append((row_key, input_ids[i, :n].cpu(), row_types))
+            row_types = None if token_type_ids is None else token_type_ids[i, : lengths[i]].cpu()
+            misses.append((row_key, input_ids[i, : lengths[i]].cpu(), row_types))
     if misses:
-        _compute_misses(self, store, num_layers, misses)
-    first = store[keys[0]]
-    states = first.new_zeros((input_ids.shape[0], input_ids.shape[1], first.shape[-1]))
-    for i, row_key in enumerate(keys):
-        states[i, : int(lengths[i])] = store[row_key]
+        _compute_misses(self, prefix_keys, num_layers, misses)
+    states = _assemble(store, keys, lengths, input_ids.shape[1])
     layers = list(self.encoder.layer)[:num_layers]
     self.embeddings.__dict__["_cl2cm_states"] = states.to(input_ids.device)
     for layer in layers:
@@ -179,3 +225,32 @@ def _backbone_forward(self, input_ids=None, attention_mask=None, token_type_ids=
         self.embeddings.__dict__.pop("_cl2cm_states", None)
         for layer in layers:
             layer.__dict__.pop("_cl2cm_skip", None)
+
+
+# --- persistence (a benchmark keeps the stores of pretrained weights between runs) -----------------
+def cache_keys(backbone: nn.Module) -> list[str]:
+    """Keys of the stores that `backbone`'s installed cache can use (its prefixes that have a store)."""
+    prefix_keys, _ = backbone.__dict__.get(_ATTR, ([], 0))
+    return [k for k in prefix_keys if k in _STORES]
+
+
+def save_store(key: str, path) -> None:
+    """Write store `key` to `path` (one file: concatenated states, lengths and the token keys)."""
+    store = _STORES[key]
+    keys = list(store)
+    states = torch.cat([store[k] for k in keys]) if keys else torch.zeros(0)
+    lengths = torch.tensor([len(store[k]) for k in keys], dtype=torch.long)
+    tmp = f"{path}.tmp"
+    torch.save({"key": key, "keys": keys, "lengths": lengths, "states": states}, tmp)
+    import os
+
+    os.replace(tmp, path)
+
+
+def load_store(path) -> str:
+    """Merge a saved store into this process's store of the same key; returns the key."""
+    saved = torch.load(path, weights_only=True)
+    store = _STORES.setdefault(saved["key"], {})
+    for row_key, part in zip(saved["keys"], torch.split(saved["states"], saved["lengths"].tolist())):
+        store.setdefault(row_key, part)
+    return saved["key"]

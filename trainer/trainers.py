@@ -5,13 +5,14 @@ the model, weight the terms, log each term, guard against non-finite values and 
 loss-based evaluation by retrieval metrics (an evaluator object, as sentence-transformers does).
 """
 
+import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from cl2cm_hf.atomic import replace_directory
 from cl2cm_hf.losses import info_nce, relational_distillation, sinkhorn_ot_loss, vse_triplet
@@ -21,6 +22,32 @@ TRAINER_STATE_NAME = "trainer_state.json"
 # settings are in the run's training_config.yaml. Left out so checkpoints hold no arbitrary pickles.
 TRAINING_ARGS_NAME = "training_args.bin"
 STAGING_PREFIX = ".staging-"
+DELETING_PREFIX = ".deleting-"
+
+
+def rotate_checkpoints(run_dir: Path, save_total_limit: int | None, best_model_checkpoint: str | None) -> None:
+    """Trainer's `save_total_limit` rotation (keep the newest and the best, delete the oldest), with
+    each deleted checkpoint first renamed to a hidden name: a kill during the deletion never leaves
+    a half-deleted ``checkpoint-N`` that looks loadable."""
+    if not save_total_limit or save_total_limit <= 0:
+        return
+    found = sorted(
+        (p for p in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    if len(found) <= save_total_limit:
+        return
+    protected = {found[-1]} | ({Path(best_model_checkpoint)} if best_model_checkpoint else set())
+    remaining, keep = len(found), max(save_total_limit, len(protected))
+    for checkpoint in found:
+        if remaining <= keep:
+            break
+        if checkpoint not in protected:
+            doomed = checkpoint.with_name(f"{DELETING_PREFIX}{checkpoint.name}")
+            shutil.rmtree(doomed, ignore_errors=True)
+            os.rename(checkpoint, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            remaining -= 1
 
 
 class NonFiniteLossError(RuntimeError):
@@ -139,7 +166,7 @@ class _CL2CMTrainer(Trainer):
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging = run_dir / f"{STAGING_PREFIX}{name}"
         if self.args.should_save:
-            for stale in run_dir.glob(f"{STAGING_PREFIX}*"):
+            for stale in [*run_dir.glob(f"{STAGING_PREFIX}*"), *run_dir.glob(f"{DELETING_PREFIX}*")]:
                 shutil.rmtree(stale, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         push, self.args.push_to_hub = self.args.push_to_hub, False  # never push a staging folder
@@ -158,12 +185,7 @@ class _CL2CMTrainer(Trainer):
             self.state.save_to_json(str(staged / TRAINER_STATE_NAME))  # with the final best_model_checkpoint
             replace_directory(staged, final)
             shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(
-                output_dir=str(run_dir),
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
-            )
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
         if push:
             self._push_from_checkpoint(str(final))

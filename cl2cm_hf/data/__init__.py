@@ -4,6 +4,7 @@ benchmark), visual stores, collators, the built-in demo world and its tokenizer.
 Every loader returns ``datasets.Dataset``/``DatasetDict`` with the row types of `schemas`.
 """
 
+from .badrows import ON_BAD_ROW, SKIPPED_ROWS_FILE, RowPolicy, SkippedRows, report_skipped_rows
 from .collators import PairCollator, TextCollator, VisualCollator
 from .demo_world import DemoWorld, build_demo_world
 from .features import MissingVisualIdError, NonFiniteFeatureError, VisualFeatureStore
@@ -28,6 +29,11 @@ from .tables import load_pairs, load_queries
 from .tokenizer import train_demo_tokenizer
 
 __all__ = [
+    "ON_BAD_ROW",
+    "SKIPPED_ROWS_FILE",
+    "RowPolicy",
+    "SkippedRows",
+    "report_skipped_rows",
     "CAPTION_FEATURES",
     "PAIR_FEATURES",
     "PAIR_FEATURES_WITH_CAPTION_ID",

@@ -12,10 +12,11 @@ video, ``lengths``) and ``ids.json``; each file is written to a temporary name a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,9 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from .textfiles import read_ids
+from .badrows import RowPolicy, SkippedRows
+from .schemas import DataFormatError
+from .textfiles import decode_utf8, read_bytes, read_ids
 
 FEATURES_FILE = "features.safetensors"
 IDS_FILE = "ids.json"
@@ -41,11 +44,14 @@ class NonFiniteFeatureError(ValueError):
     """A feature row holds NaN or Inf."""
 
 
-def index_ids(ids: Iterable[str], name: str) -> tuple[list[str], dict[str, int]]:
-    """The ids as strings and their row index; duplicates and empty ids raise naming both rows."""
-    ids = [str(i) for i in ids]
+def index_ids(ids: Iterable[str], name: str, exclude: Container[int] = ()) -> tuple[list[str], dict[str, int]]:
+    """The ids as strings and their row index (rows in `exclude` left out); duplicates and empty ids
+    raise naming both rows."""
+    ids = ["" if i is None else str(i) for i in ids]
     index: dict[str, int] = {}
     for row, visual_id in enumerate(ids):
+        if row in exclude:
+            continue
         if not visual_id.strip():
             raise ValueError(f"{name}: empty visual id at row {row}")
         if visual_id in index:
@@ -70,25 +76,47 @@ def read_id_list(ids: Sequence[str] | str | os.PathLike) -> list[str]:
     if not isinstance(ids, (str, os.PathLike)):
         return [str(i) for i in ids]
     path = Path(ids)
-    if path.suffix == ".json":
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-        return [str(i) for i in (loaded["ids"] if isinstance(loaded, dict) else loaded)]
-    return read_ids(path)
+    if path.suffix != ".json":
+        return read_ids(path)
+    try:
+        loaded = json.loads(decode_utf8(read_bytes(path), path))
+    except json.JSONDecodeError as err:
+        raise DataFormatError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    loaded = loaded.get("ids") if isinstance(loaded, dict) else loaded
+    if not isinstance(loaded, list):
+        raise DataFormatError(f"{path}: expected a list of ids or {{\"ids\": [...]}}")
+    for row, visual_id in enumerate(loaded):
+        if visual_id is not None and not (isinstance(visual_id, (str, int)) and not isinstance(visual_id, bool)):
+            raise DataFormatError(f"{path}: id at row {row} is {visual_id!r}; expected a string")
+    return ["" if i is None else str(i) for i in loaded]  # an empty id is reported as a bad row
 
 
 def _mmap_safetensors(path: Path, key: str) -> np.ndarray:
     """Memory-map tensor `key` of a safetensors file (read-only), using the header's offsets."""
+    size = path.stat().st_size
     with open(path, "rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(header_len))
+        head = handle.read(8)
+        header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else size
+        if header_len > size - 8:
+            raise DataFormatError(f"{path}: not a valid safetensors file (header longer than the file); truncated or corrupted")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataFormatError(f"{path}: not a valid safetensors file (header: {err}); truncated or corrupted") from None
     if key not in header:
         raise KeyError(f"{path}: no tensor {key!r} (found {sorted(k for k in header if k != '__metadata__')})")
     info = header[key]
     if info["dtype"] not in _SAFETENSORS_DTYPES:
         raise ValueError(f"{path}: tensor {key!r} has dtype {info['dtype']}; expected one of {sorted(_SAFETENSORS_DTYPES)}")
-    begin, _ = info["data_offsets"]
-    dtype, offset = _SAFETENSORS_DTYPES[info["dtype"]], 8 + header_len + begin
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(info["shape"]))
+    begin, end = info["data_offsets"]
+    dtype, offset, shape = _SAFETENSORS_DTYPES[info["dtype"]], 8 + header_len + begin, tuple(info["shape"])
+    if end - begin != int(np.prod(shape)) * np.dtype(dtype).itemsize or offset + end - begin > size:
+        raise DataFormatError(f"{path}: tensor {key!r} does not fit the file (truncated or corrupted)")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def _ids_digest(ids: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(ids), ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -101,6 +129,38 @@ def _atomic_write(path: Path, write) -> None:
             tmp.unlink()
 
 
+def _bad_store_rows(ids: Sequence[str], array: np.ndarray, lengths, chunk_bytes: int = 1 << 26) -> dict[int, str]:
+    """Row -> what is wrong, for every bad row of a store: empty or duplicate id (the later rows),
+    a length outside 1..T (video), NaN/Inf in the valid frames. Reads the array in chunks."""
+    bad: dict[int, str] = {}
+    first: dict[str, int] = {}
+    for row, visual_id in enumerate(ids):
+        if not str(visual_id).strip():
+            bad[row] = "empty visual id"
+        elif visual_id in first:
+            bad[row] = f"duplicate visual id (first at row {first[visual_id]})"
+        else:
+            first[visual_id] = row
+    if array.ndim == 3:
+        frames = array.shape[1]
+        lengths = np.full(len(ids), frames) if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(-1)
+        if lengths.shape != (len(ids),):
+            raise ValueError(f"lengths has shape {lengths.shape}; expected ({len(ids)},)")
+        for row in np.flatnonzero((lengths < 1) | (lengths > frames)):
+            bad.setdefault(int(row), f"length {lengths[row]}; expected 1..{frames}")
+    step = max(1, chunk_bytes // max(4 * int(np.prod(array.shape[1:])), 1))
+    for start in range(0, len(ids), step):
+        values = np.asarray(array[start : start + step], dtype=np.float32)
+        if array.ndim == 3:
+            valid = np.arange(values.shape[1])[None, :] < np.clip(lengths[start : start + step], 0, None)[:, None]
+            finite = (np.isfinite(values).all(axis=2) | ~valid).all(axis=1)
+        else:
+            finite = np.isfinite(values).all(axis=1)
+        for offset in np.flatnonzero(~finite):
+            bad.setdefault(start + int(offset), "features contain NaN or Inf")
+    return bad
+
+
 class VisualFeatureStore:
     """Feature rows addressed by visual id.
 
@@ -111,9 +171,18 @@ class VisualFeatureStore:
 
     output_key = "visual_features"  # batch key the collators use for the features
 
-    def __init__(self, ids: Sequence[str], array: np.ndarray, lengths: Sequence[int] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        ids: Sequence[str],
+        array: np.ndarray,
+        lengths: Sequence[int] | None = None,
+        name: str | None = None,
+        exclude: Iterable[int] = (),
+    ):
         self.name = name or f"in-memory feature store ({len(ids)} items)"
-        self._ids, self._index = index_ids(ids, self.name)
+        self._excluded = frozenset(int(row) for row in exclude)  # rows left out (on_bad_row: skip)
+        self._ids, self._index = index_ids(ids, self.name, self._excluded)
+        self._rows = np.array(sorted(self._index.values()), dtype=np.int64)  # the rows in use
         if array.ndim not in (2, 3):
             raise ValueError(f"{self.name}: features must be (N, D) or (N, T, D), got shape {array.shape}")
         if array.shape[0] != len(self._ids):
@@ -136,7 +205,9 @@ class VisualFeatureStore:
         lengths = np.full(len(self._ids), frames, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
         if lengths.shape != (len(self._ids),):
             raise ValueError(f"{self.name}: lengths has shape {lengths.shape}; expected ({len(self._ids)},)")
-        bad = np.flatnonzero((lengths < 1) | (lengths > frames))
+        out_of_range = (lengths < 1) | (lengths > frames)
+        out_of_range[list(self._excluded)] = False
+        bad = np.flatnonzero(out_of_range)
         if bad.size:
             row = int(bad[0])
             raise ValueError(
@@ -154,37 +225,94 @@ class VisualFeatureStore:
 
     @classmethod
     def from_npy(
-        cls, npy_path: str | os.PathLike, ids: Sequence[str] | str | os.PathLike, lengths=None, mmap: bool = True
+        cls,
+        npy_path: str | os.PathLike,
+        ids: Sequence[str] | str | os.PathLike,
+        lengths=None,
+        mmap: bool = True,
+        on_bad_row: str | None = None,
+        skipped: SkippedRows | None = None,
     ) -> "VisualFeatureStore":
-        """A store over a ``.npy`` array (memory-mapped by default); `ids` a list or an id file."""
-        array = np.load(npy_path, mmap_mode="r" if mmap else None)
-        return cls(read_id_list(ids), array, lengths, name=f"feature store {npy_path}")
+        """A store over a ``.npy`` array (memory-mapped by default); `ids` a list or an id file.
+        `on_bad_row`/`skipped`: see `load`."""
+        npy_path = Path(npy_path)
+        if not npy_path.is_file():
+            raise FileNotFoundError(f"{npy_path}: no such file")
+        try:
+            array = np.load(npy_path, mmap_mode="r" if mmap else None)  # allow_pickle stays False
+        except (ValueError, OSError, EOFError) as err:
+            raise DataFormatError(f"{npy_path}: not a readable .npy array ({err}); truncated or corrupted?") from None
+        if not isinstance(array, np.ndarray):
+            raise DataFormatError(f"{npy_path}: holds {type(array).__name__}, not one array")
+        return cls._with_policy(read_id_list(ids), array, lengths, f"feature store {npy_path}", on_bad_row, skipped)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, mmap: bool = True) -> "VisualFeatureStore":
-        """A store saved by `save` (the folder, or its ``features.safetensors``)."""
+    def load(
+        cls, path: str | os.PathLike, mmap: bool = True, on_bad_row: str | None = None, skipped: SkippedRows | None = None
+    ) -> "VisualFeatureStore":
+        """A store saved by `save` (the folder, or its ``features.safetensors``).
+
+        A truncated or corrupted file raises `DataFormatError` naming it. With `on_bad_row` set, every
+        row is checked now (else memory-mapped rows are checked when first read): ``"error"`` raises at
+        the first bad row (empty or duplicate id, NaN/Inf, impossible length), ``"skip"`` leaves such
+        rows out, logs them and adds them to `skipped` (a duplicate id keeps its first row)."""
         path = Path(path)
         folder = path.parent if path.suffix == ".safetensors" else path
         tensors = folder / FEATURES_FILE
         for needed in (tensors, folder / IDS_FILE):
             if not needed.is_file():
                 raise FileNotFoundError(f"{needed}: missing; a feature store folder holds {FEATURES_FILE} and {IDS_FILE}")
-        with safe_open(tensors, framework="np") as handle:
-            lengths = handle.get_tensor("lengths") if "lengths" in handle.keys() else None
-            array = None if mmap else handle.get_tensor("features")
+        try:
+            with safe_open(tensors, framework="np") as handle:
+                if "features" not in handle.keys():
+                    raise DataFormatError(f"{tensors}: no tensor 'features' (found {sorted(handle.keys())})")
+                lengths = handle.get_tensor("lengths") if "lengths" in handle.keys() else None
+                array = None if mmap else handle.get_tensor("features")
+                digest = (handle.metadata() or {}).get("ids_sha256")
+        except DataFormatError:
+            raise
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError
+            raise DataFormatError(f"{tensors}: not a valid safetensors file ({err}); truncated or corrupted") from None
         if mmap:
             array = _mmap_safetensors(tensors, "features")
-        return cls(read_id_list(folder / IDS_FILE), array, lengths, name=f"feature store {folder}")
+        ids = read_id_list(folder / IDS_FILE)
+        if digest is not None and digest != _ids_digest(ids):
+            raise DataFormatError(
+                f"{folder / IDS_FILE}: these ids are not the ones {tensors.name} was saved with "
+                "(an interrupted save, or a file edited by hand)"
+            )
+        return cls._with_policy(ids, array, lengths, f"feature store {folder}", on_bad_row, skipped)
+
+    @classmethod
+    def _with_policy(cls, ids, array, lengths, name, on_bad_row, skipped) -> "VisualFeatureStore":
+        if on_bad_row is None:
+            return cls(ids, array, lengths, name=name)
+        policy = RowPolicy(on_bad_row, skipped)
+        if not policy.skip:
+            return cls(ids, array, lengths, name=name).validate()
+        if getattr(array, "ndim", 0) not in (2, 3) or len(ids) != array.shape[0]:
+            return cls(ids, array, lengths, name=name)  # raises: a whole-store fault
+        bad = _bad_store_rows(ids, array, lengths)
+        for row, reason in sorted(bad.items()):
+            policy.bad(name, f"row {row}", reason, visual_id=ids[row])
+        store = cls(ids, array, lengths, name=name, exclude=bad)
+        policy.warn(name, len(store))
+        return store
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the store to folder `path` (created if needed); returns the folder."""
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {"features": np.ascontiguousarray(self._array)}
+        rows = self._rows if self._excluded else slice(None)
+        tensors = {"features": np.ascontiguousarray(self._array[rows])}
         if self._lengths is not None:
-            tensors["lengths"] = self._lengths
-        _atomic_write(folder / FEATURES_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "np"}))
-        _atomic_write(folder / IDS_FILE, lambda tmp: tmp.write_text(json.dumps({"ids": self._ids}), encoding="utf-8"))
+            tensors["lengths"] = np.ascontiguousarray(self._lengths[rows])
+        ids = self.ids
+        # The ids' digest in the tensors' metadata: a save cut between the two files (new features,
+        # old ids) is caught at load instead of pairing rows with the wrong ids.
+        metadata = {"format": "np", "ids_sha256": _ids_digest(ids)}
+        _atomic_write(folder / FEATURES_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        _atomic_write(folder / IDS_FILE, lambda tmp: tmp.write_text(json.dumps({"ids": ids}), encoding="utf-8"))
         return folder
 
     # --- checks -------------------------------------------------------------------------------
@@ -208,7 +336,11 @@ class VisualFeatureStore:
         step = max(1, chunk_bytes // max(row_bytes, 1))
         for start in range(0, len(self._ids), step):
             rows = np.arange(start, min(start + step, len(self._ids)))
-            self._check_rows(rows, self._valid_values(rows, self._array[start : start + len(rows)]))
+            values = self._array[start : start + len(rows)]
+            if self._excluded:
+                keep = ~np.isin(rows, list(self._excluded))
+                rows, values = rows[keep], values[keep]
+            self._check_rows(rows, self._valid_values(rows, values))
         return self
 
     # --- lookup -------------------------------------------------------------------------------
@@ -230,7 +362,7 @@ class VisualFeatureStore:
     # --- properties -----------------------------------------------------------------------
     @property
     def ids(self) -> list[str]:
-        return list(self._ids)
+        return [self._ids[row] for row in self._rows]
 
     @property
     def feature_dim(self) -> int:
@@ -249,7 +381,7 @@ class VisualFeatureStore:
         return None if self._lengths is None else self._lengths.copy()
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._index)
 
     def __contains__(self, visual_id: object) -> bool:
         return visual_id in self._index

@@ -1,16 +1,35 @@
 """Generic tabular files (jsonl/json, csv/tsv, parquet) of pairs or queries, read with the datasets
 library's packaged builders and checked column by column; extra columns (e.g. precomputed teacher
-embeddings) are kept."""
+embeddings) are kept.
+
+Every fault names the file and the line (jsonl, csv) or row (parquet): a line that is not JSON, a
+value of the wrong type in one row, bytes that are not UTF-8, a truncated gzip, a csv record with
+the wrong number of fields, an empty or null text, a duplicate ``caption_id`` (per target
+language) and, given a feature store, a ``visual_id`` it lacks. With ``on_bad_row="skip"`` such
+rows are left out, counted and listed (see `badrows`); whole-file faults (unreadable parquet,
+missing columns, a column of the wrong type throughout) raise in both modes.
+
+Well-formed files take the fast path (the datasets builders, Arrow-backed); only a file that fails
+there is read again line by line, to find and name the bad lines.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from pathlib import Path
 
-from datasets import Dataset, Value, concatenate_datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, Features, Value, concatenate_datasets
 
-from .schemas import ID_COLUMNS, REQUIRED_COLUMNS, DataFormatError, validate_rows
+from .badrows import RowPolicy, SkippedRows
+from .schemas import ID_COLUMNS, REQUIRED_COLUMNS, TEXT_COLUMNS, DataFormatError
+from .textfiles import read_bytes, split_lines
 
 _OPTIONAL_STRING_COLUMNS = ("caption_id",)
 
@@ -24,23 +43,232 @@ def _format_of(path: Path) -> str:
     return formats[kind]
 
 
-def _read_one(path: Path, kind: str, cache_dir: str | None) -> Dataset:
+# --- the fast path ---------------------------------------------------------------------------
+def _fast_read(path: Path, fmt: str, strings: Sequence[str], cache_dir: str | None) -> Dataset:
+    if fmt == "json":
+        return Dataset.from_json(str(path), cache_dir=cache_dir)
+    if fmt in ("csv", "tsv"):
+        # Every id/text column read as the literal string: no '007' -> 7, no 'NA' -> NaN, '' stays ''.
+        return Dataset.from_csv(
+            str(path), cache_dir=cache_dir, sep="\t" if fmt == "tsv" else ",",
+            converters={c: str for c in strings}, keep_default_na=False, na_filter=False,
+        )
+    return Dataset.from_parquet(str(path), cache_dir=cache_dir)
+
+
+def _string_like(feature) -> bool:
+    return getattr(feature, "dtype", None) in ("string", "large_string")
+
+
+def _invalid_utf8(dataset: Dataset) -> str | None:
+    """The first string column holding bytes that are not UTF-8 (arrow's json reader lets them in)."""
+    table = dataset.with_format("arrow")[:]
+    for name in table.column_names:
+        if pa.types.is_string(table.schema.field(name).type) or pa.types.is_large_string(table.schema.field(name).type):
+            try:
+                table.column(name).validate(full=True)
+            except pa.ArrowInvalid:
+                return name
+    return None
+
+
+def _mixed(feature) -> bool:
+    """A column the json builder could not type (e.g. strings in some rows, numbers in others)."""
+    return not isinstance(feature, Value)
+
+
+# --- the slow path: line by line, naming each bad line ----------------------------------------
+def _line_records(path: Path, policy: RowPolicy, keep_blank: bool = False) -> list[tuple[int, str]]:
+    """(line number, text) of the lines (blank ones only with `keep_blank`); lines that are not
+    UTF-8 or hold NUL bytes are bad rows."""
+    raw = read_bytes(path)
+    records = []
+    for number, line in enumerate(split_lines(raw.decode("latin-1")), start=1):
+        data = line.encode("latin-1")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            policy.bad(path, f"line {number}", f"not valid UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8",
+                       content=data.decode("utf-8", "replace"))
+            continue
+        if number == 1:
+            text = text.removeprefix("\ufeff")
+        if "\x00" in text:
+            policy.bad(path, f"line {number}", "NUL byte (binary data, not a text file)", content=text.replace("\x00", "\\0"))
+            continue
+        if keep_blank or text.strip():
+            records.append((number, text))
+    return records
+
+
+def _check_value(path: Path, position: str, row: dict, column: str, kind: str, policy: RowPolicy) -> bool:
+    """Coerce `row[column]` to a string in place (ints allowed for ids); False if the row is bad."""
+    value = row.get(column)
+    if value is None or isinstance(value, str):
+        return True  # null and empty values are reported with the others, below
+    if isinstance(value, int) and not isinstance(value, bool) and column in ID_COLUMNS[kind] + _OPTIONAL_STRING_COLUMNS:
+        row[column] = str(value)
+        return True
+    visual_id = row.get("visual_id") if isinstance(row.get("visual_id"), str) else None
+    policy.bad(path, position, f"column {column!r} holds {value!r} ({type(value).__name__}); expected a string",
+               visual_id=visual_id, content=row)
+    return False
+
+
+def _scan_json(path: Path, kind: str, strings: Sequence[str], policy: RowPolicy):
+    """Rows of a JSON-lines file (or a JSON array of objects), parsed one by one."""
+    records = _line_records(path, policy)
+    whole = None
+    if [s.lower() for s in path.suffixes if s.lower() != ".gz"][-1:] == [".json"]:
+        try:  # a .json file may hold one JSON array of objects instead of JSON lines
+            whole = json.loads("\n".join(t for _, t in records))
+        except json.JSONDecodeError:
+            whole = None
+    if isinstance(whole, list):
+        records = [(f"row {i}", item) for i, item in enumerate(whole)]
+    else:
+        parsed = []
+        for number, text in records:
+            try:
+                parsed.append((f"line {number}", json.loads(text)))
+            except json.JSONDecodeError as err:
+                policy.bad(path, f"line {number}", f"not valid JSON ({err.msg} at column {err.colno})", content=text)
+        records = parsed
+    rows, positions = [], []
+    for position, item in records:
+        if not isinstance(item, dict):
+            policy.bad(path, position, f"expected a JSON object with columns {list(REQUIRED_COLUMNS[kind])}, "
+                       f"got {type(item).__name__}", content=item)
+            continue
+        if all(_check_value(path, position, item, column, kind, policy) for column in strings if column in item):
+            rows.append(item)
+            positions.append(position)
+    return rows, positions
+
+
+def _scan_csv(path: Path, fmt: str, policy: RowPolicy):
+    """Rows of a csv/tsv file with the python csv module: a record with the wrong field count is bad."""
+    lines = _line_records(path, policy, keep_blank=True)
+    numbers = [n for n, _ in lines]  # file line of each line the csv reader sees
+    reader = csv.reader(io.StringIO("\n".join(t for _, t in lines), newline=""), delimiter="\t" if fmt == "tsv" else ",")
+
+    def file_line(seen: int) -> int:
+        return numbers[min(seen, len(numbers)) - 1] if numbers else seen
+
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataFormatError(f"{path}: empty file (expected a header line)") from None
+    except csv.Error as err:
+        raise DataFormatError(f"{path} line 1: not valid {fmt} ({err})") from None
+    rows, positions, seen = [], [], reader.line_num
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            raise DataFormatError(f"{path} line {file_line(reader.line_num)}: not valid {fmt} ({err})") from None
+        start, seen = file_line(seen + 1), reader.line_num
+        if not record or record == [""]:
+            continue  # a blank line
+        if len(record) != len(header):
+            policy.bad(path, f"line {start}", f"expected {len(header)} fields (as the header), found {len(record)}",
+                       content=record)
+            continue
+        rows.append(dict(zip(header, record)))
+        positions.append(f"line {start}")
+    return rows, positions
+
+
+def _csv_fields_consistent(path: Path, fmt: str) -> bool:
+    """Every record has the header's number of fields. pandas does not ensure it: a first data row
+    with one field too many silently becomes an index column and shifts every later row."""
+    text = read_bytes(path).decode("utf-8", "replace").removeprefix("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
+    try:
+        width = len(next(reader))
+        return all(len(record) == width or record in ([], [""]) for record in reader)
+    except (StopIteration, csv.Error):
+        return False
+
+
+def _rows_to_dataset(path: Path, rows: list[dict], strings: Sequence[str]) -> Dataset:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    try:
+        table = pa.table({
+            c: pa.array([row.get(c) for row in rows], type=pa.string() if c in strings else None) for c in columns
+        })
+        return Dataset(table)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as err:
+        raise DataFormatError(f"{path}: rows do not form a table ({err})") from None
+
+
+# --- row checks -------------------------------------------------------------------------------
+def _blank(column) -> np.ndarray:
+    bad = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0))
+    return pc.fill_null(bad, True).to_numpy(zero_copy_only=False)
+
+
+def _bad_rows(dataset: Dataset, kind: str, visual_ids: Container | None) -> dict[int, tuple[str, int | None]]:
+    """Row index -> (what is wrong, index of the row it duplicates or None), for every bad row."""
+    table = dataset.with_format("arrow")[:]
+    bad: dict[int, tuple[str, int | None]] = {}
+    for column in TEXT_COLUMNS[kind] + ID_COLUMNS[kind]:
+        what = "text" if column in TEXT_COLUMNS[kind] else "id"
+        for index in np.flatnonzero(_blank(table.column(column))):
+            bad.setdefault(int(index), (f"empty {what} in column {column!r} (expected a non-empty string)", None))
+    if kind == "pair" and "caption_id" in table.column_names:
+        seen: dict[tuple, int] = {}
+        keys = zip(table.column("caption_id").to_pylist(), table.column("target_lang").to_pylist())
+        for index, key in enumerate(keys):
+            if key[0] is None or index in bad:
+                continue
+            if key in seen:
+                bad[index] = (f"duplicate caption_id {key[0]!r} for target_lang {key[1]!r}", seen[key])
+            else:
+                seen[key] = index
+    if visual_ids is not None:
+        name = getattr(visual_ids, "name", "the feature store")
+        for index, visual_id in enumerate(table.column("visual_id").to_pylist()):
+            if visual_id is not None and index not in bad and visual_id not in visual_ids:
+                bad[index] = (f"visual_id {visual_id!r} is not in {name}", None)
+    return bad
+
+
+def _read_one(
+    path: Path, kind: str, cache_dir: str | None, policy: RowPolicy, visual_ids: Container | None = None
+) -> Dataset:
     """One file as a validated Dataset; errors name the file, the column and the line/row."""
     fmt = _format_of(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     strings = REQUIRED_COLUMNS[kind] + _OPTIONAL_STRING_COLUMNS
-    if fmt == "json":
-        dataset, unit, offset = Dataset.from_json(str(path), cache_dir=cache_dir), "line", 1
-    elif fmt in ("csv", "tsv"):
-        # Every id/text column read as the literal string: no '007' -> 7, no 'NA' -> NaN, '' stays ''.
-        dataset = Dataset.from_csv(
-            str(path), cache_dir=cache_dir, sep="\t" if fmt == "tsv" else ",",
-            converters={c: str for c in strings}, keep_default_na=False, na_filter=False,
-        )
-        unit, offset = "line", 2  # the header is line 1
-    else:
-        dataset, unit, offset = Dataset.from_parquet(str(path), cache_dir=cache_dir), "row", 0
+    dataset, positions, failure = None, None, None
+    try:
+        dataset = _fast_read(path, fmt, strings, cache_dir)
+    except Exception as err:  # noqa: BLE001 - every failure is re-read below to name the bad line
+        failure = err
+    if fmt == "parquet" and dataset is None:
+        raise DataFormatError(f"{path}: not a readable parquet file ({type(failure).__name__}: {failure})") from None
+    if dataset is not None and (column := _invalid_utf8(dataset)) is not None:
+        if fmt == "parquet":
+            raise DataFormatError(f"{path}: column {column!r} holds bytes that are not valid UTF-8")
+        dataset = None  # read again line by line to name the line
+    mixed = dataset is not None and any(_mixed(dataset.features[c]) for c in strings if c in dataset.column_names)
+    if dataset is not None and fmt in ("csv", "tsv") and not _csv_fields_consistent(path, fmt):
+        dataset = None
+    if dataset is None or mixed:
+        if fmt == "json":
+            rows, positions = _scan_json(path, kind, strings, policy)
+        else:
+            rows, positions = _scan_csv(path, fmt, policy)
+        dataset = _rows_to_dataset(path, rows, strings)
+    unit, offset = {"json": ("line", 1), "csv": ("line", 2), "tsv": ("line", 2), "parquet": ("row", 0)}[fmt]
+    if positions is None:
+        positions = [f"{unit} {i + offset}" for i in range(len(dataset))]
+    if len(dataset) == 0:
+        policy.warn(path, 0)  # raises: no rows
     missing = [c for c in REQUIRED_COLUMNS[kind] if c not in dataset.column_names]
     if missing:
         raise DataFormatError(
@@ -51,25 +279,48 @@ def _read_one(path: Path, kind: str, cache_dir: str | None) -> Dataset:
         if column not in dataset.column_names:
             continue
         feature = dataset.features[column]
-        dtype = getattr(feature, "dtype", None)
-        if dtype == "string":
+        if getattr(feature, "dtype", None) == "string":
             continue
+        dtype = getattr(feature, "dtype", None)
         ids_ok = column in ID_COLUMNS[kind] + _OPTIONAL_STRING_COLUMNS and dtype is not None and "int" in dtype
-        if not (dtype == "large_string" or ids_ok):
+        null = dtype == "null"  # every value of the column is null: reported row by row below
+        if not (_string_like(feature) or ids_ok or null):
             raise DataFormatError(f"{path}: column {column!r} has type {feature}; expected strings")
         dataset = dataset.cast_column(column, Value("string"))
-    return validate_rows(dataset, kind, f"{path}", row_offset=offset, unit=unit)
+    bad = _bad_rows(dataset, kind, visual_ids)
+    if bad:
+        visual = dataset.with_format("arrow")[:].column("visual_id").to_pylist()
+        for index in sorted(bad):
+            reason, first = bad[index]
+            if first is not None:
+                reason += f" (first on {positions[first]})"
+            policy.bad(path, positions[index], reason, visual_id=visual[index], content=dataset[index])
+        dataset = dataset.select([i for i in range(len(dataset)) if i not in bad])
+    policy.warn(path, len(dataset))
+    return dataset
 
 
 PathOrPaths = str | os.PathLike | Sequence[str | os.PathLike]
 
 
-def load_table(path_or_paths: PathOrPaths, kind: str, cache_dir: str | None = None) -> Dataset:
-    """Rows of type `kind` ("pair" or "query") from one or several files, concatenated in order."""
+def load_table(
+    path_or_paths: PathOrPaths,
+    kind: str,
+    cache_dir: str | None = None,
+    on_bad_row: str = "error",
+    skipped: SkippedRows | None = None,
+    visual_ids: Container | None = None,
+) -> Dataset:
+    """Rows of type `kind` ("pair" or "query") from one or several files, concatenated in order.
+
+    `on_bad_row`: ``"error"`` (raise naming file and line) or ``"skip"`` (leave the row out, log it and
+    add it to `skipped`). `visual_ids`: a container (e.g. a `VisualFeatureStore`) every row's
+    ``visual_id`` must be in."""
     paths = [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) else list(path_or_paths)
     if not paths:
         raise ValueError("no files given")
-    parts = [_read_one(Path(p), kind, cache_dir) for p in paths]
+    policy = RowPolicy(on_bad_row, skipped)
+    parts = [_read_one(Path(p), kind, cache_dir, policy, visual_ids) for p in paths]
     if len(parts) == 1:
         return parts[0]
     for path, part in zip(paths[1:], parts[1:]):
@@ -78,11 +329,13 @@ def load_table(path_or_paths: PathOrPaths, kind: str, cache_dir: str | None = No
     return concatenate_datasets(parts)
 
 
-def load_pairs(path_or_paths: PathOrPaths, cache_dir: str | None = None) -> Dataset:
-    """Translated pairs from jsonl/json/csv/tsv/parquet file(s) (``caption_id`` and extra columns optional)."""
-    return load_table(path_or_paths, "pair", cache_dir)
+def load_pairs(path_or_paths: PathOrPaths, cache_dir: str | None = None, **policy) -> Dataset:
+    """Translated pairs from jsonl/json/csv/tsv/parquet file(s) (``caption_id`` and extra columns optional).
+    Keyword arguments `on_bad_row`, `skipped`, `visual_ids`: see `load_table`."""
+    return load_table(path_or_paths, "pair", cache_dir, **policy)
 
 
-def load_queries(path_or_paths: PathOrPaths, cache_dir: str | None = None) -> Dataset:
-    """Queries ``(visual_id, text, lang)`` from jsonl/json/csv/tsv/parquet file(s)."""
-    return load_table(path_or_paths, "query", cache_dir)
+def load_queries(path_or_paths: PathOrPaths, cache_dir: str | None = None, **policy) -> Dataset:
+    """Queries ``(visual_id, text, lang)`` from jsonl/json/csv/tsv/parquet file(s).
+    Keyword arguments `on_bad_row`, `skipped`, `visual_ids`: see `load_table`."""
+    return load_table(path_or_paths, "query", cache_dir, **policy)

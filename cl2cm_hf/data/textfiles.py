@@ -1,24 +1,71 @@
-"""Reading line-oriented text files (plain or gzip) with errors that name the file and line."""
+"""Reading line-oriented text files (plain or gzip) with errors that name the file and line.
+
+A truncated or corrupted gzip file, bytes that are not UTF-8 and binary data (NUL bytes) all raise
+`DataFormatError` naming the file (and the line where there is one), never a bare
+``EOFError``/``UnicodeDecodeError``. Lines end at ``\\n``, ``\\r\\n`` or ``\\r`` only: the other
+characters that `str.splitlines` treats as line breaks (``\\u2028``, ``\\x0c``, ...) may occur inside
+a caption and must not shift the line alignment of caption files.
+"""
 
 from __future__ import annotations
 
 import gzip
 import os
+import re
+import zlib
 from pathlib import Path
 
 from .schemas import DataFormatError, check_text
 
+_LINE_BREAK = re.compile(r"\r\n|\n|\r")
+_GZIP_MAGIC = b"\x1f\x8b"
 
-def read_lines(path: str | os.PathLike) -> list[str]:
-    """All lines of a UTF-8 text file (``.gz`` read transparently), without line endings."""
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of `path`, decompressed when it is a gzip file (by suffix or magic number)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as handle:
-        text = handle.read()
-    lines = text.splitlines()  # handles \n, \r\n; a final newline adds no empty line
+    raw = path.read_bytes()
+    if path.suffix == ".gz" and not raw:
+        raise DataFormatError(f"{path}: not a complete gzip file (0 bytes); the file is truncated or corrupted")
+    if path.suffix == ".gz" or raw[:2] == _GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+            raise DataFormatError(
+                f"{path}: not a complete gzip file ({type(err).__name__}: {err}); the file is truncated or corrupted"
+            ) from None
+    return raw
+
+
+def decode_utf8(raw: bytes, path: str | os.PathLike) -> str:
+    """`raw` as UTF-8 text (a leading byte-order mark dropped); invalid bytes or NUL raise naming the line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = len(_LINE_BREAK.findall(raw[: err.start].decode("utf-8", "replace"))) + 1
+        raise DataFormatError(
+            f"{path} line {line}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+            "save the file as UTF-8"
+        ) from None
+    if "\x00" in text:
+        line = len(_LINE_BREAK.findall(text[: text.index("\x00")])) + 1
+        raise DataFormatError(f"{path} line {line}: NUL byte (binary data, not a text file)")
+    return text.removeprefix("\ufeff")
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines of `text` without their endings; a final line break adds no empty line."""
+    lines = _LINE_BREAK.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()
     return lines
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """All lines of a UTF-8 text file (``.gz`` read transparently), without line endings."""
+    return split_lines(decode_utf8(read_bytes(path), path))
 
 
 def read_captions(path: str | os.PathLike, expected: int | None = None, against: str | None = None) -> list[str]:

@@ -1,0 +1,511 @@
+#!/usr/bin/env python
+"""Quality benchmark on the offline real data: 5-fold cross-validation over the 1000 Multi30K
+test_2016 images (ResNet-50 features, NLLB translations, human de/fr queries), two text towers,
+four systems side by side:
+
+- ``untrained``: the cross-modal network as built, no training (the floor);
+- ``english_only``: trained on image-English pairs only; German/French queries are zero-shot;
+- ``mt_no_transfer``: image-English + image-MT pairs, no transfer (``lambda_kt: 0``, no stage 1);
+- ``cl2cm``: the full method (stage 1 on the fold's English/MT pairs, stage 2 with relational
+  distillation, text tower started from stage 1).
+
+Every system is a set of overrides of the same recipe (``trainer/configs/multi30k_r50_{e5,minilm}.yaml``)
+and runs through trainer/run.py's own stage functions in this process (data read once per fold,
+the frozen text layers' outputs computed once per distinct text for the whole run). Validation images
+are carved from each fold's training images; the test images of a fold are only used for the
+reported numbers, never for a choice.
+
+    python benchmarks/quality_multi30k_r50.py                        # the full run (writes the results)
+    python benchmarks/quality_multi30k_r50.py --folds 0 --quick      # a smoke run (nothing written)
+    python benchmarks/quality_multi30k_r50.py --tune --folds 0 \\
+        --variant cl2cm_kt0.5:base=cl2cm,lambda_kt=0.5              # validation SumR only (tuning, ablations)
+
+Writes ``benchmarks/results/multi30k_r50.{md,json}`` (``--out``), rewritten after every fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from transformers import set_seed  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from cl2cm_hf.retrieval import retrieval_metrics  # noqa: E402,F401  (the metric keys of the rows)
+from trainer.arguments import load_config, parse_config  # noqa: E402
+from trainer.evaluator import CrossModalEvaluator  # noqa: E402
+from trainer.model_setup import build_cross_modal  # noqa: E402
+from trainer.run import train_cross_lingual, train_cross_modal  # noqa: E402
+from trainer.run_data import build_run_data  # noqa: E402
+from trainer import text_cache  # noqa: E402
+
+TOWERS = {"e5": "trainer/configs/multi30k_r50_e5.yaml", "minilm": "trainer/configs/multi30k_r50_minilm.yaml"}
+ME5_DIR = REPO / "benchmarks" / "cache" / "me5-small"
+TEXT_CACHE_DIR = REPO / "benchmarks" / "cache" / "text_cache"
+SYSTEMS = ("untrained", "english_only", "mt_no_transfer", "cl2cm")
+# Each system is the recipe plus these settings.
+SYSTEM_SETTINGS = {
+    "untrained": {},
+    "english_only": {"stage": "cm", "lambda_mt": 0.0, "lambda_kt": 0.0},
+    "mt_no_transfer": {"stage": "cm", "lambda_kt": 0.0},
+    "cl2cm": {},
+}
+METRIC_KEYS = ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "t2v_mnr", "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr", "v2t_mnr", "sumr")
+TABLE_KEYS = ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "sumr")
+# Settings that do not change stage 1 (variants differing only in these reuse its network).
+STAGE2_ONLY = {
+    "output_dir", "lambda_mt", "lambda_kt", "kt_temperature", "precompute_teacher", "init_text_from_cross_lingual",
+    "visual_hidden_size", "visual_dropout", "visual_num_layers", "visual_num_heads",
+}
+# Stage-2 settings whose stage-1 counterpart (cl_<name>) replaces them in stage 1 when set.
+OVERRIDDEN_IN_STAGE1 = ("num_train_epochs", "learning_rate", "freeze_text_layers")
+# A smoke run: a few steps per stage.
+QUICK = {"max_steps": 4, "eval_strategy": "no", "logging_steps": 2}
+
+START = time.time()
+
+
+def say(message: str) -> None:
+    print(f"[{time.time() - START:7.0f}s] {message}", flush=True)
+
+
+def parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def parse_settings(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not _:
+            raise SystemExit(f"expected key=value, got {item!r}")
+        out[key] = parse_value(value)
+    return out
+
+
+def parse_variant(spec: str) -> tuple[str, str, dict]:
+    """``name:base=<system>,key=value,...`` -> (name, base system, settings)."""
+    name, _, rest = spec.partition(":")
+    settings = parse_settings([kv for kv in rest.split(",") if kv])
+    base = settings.pop("base", "cl2cm")
+    if base not in SYSTEMS:
+        raise SystemExit(f"variant {name}: base={base!r}; expected one of {SYSTEMS}")
+    return name, base, settings
+
+
+def as_argv(settings: dict) -> list[str]:
+    argv = []
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (list, tuple)):
+            text = "[" + ", ".join(str(v) for v in value) + "]"
+        elif value is None:
+            text = "null"
+        else:
+            text = str(value)
+        argv += [f"--{key}", text]
+    return argv
+
+
+def ensure_me5() -> None:
+    if (ME5_DIR / "config.json").exists():
+        return
+    say(f"building multilingual-e5-small into {ME5_DIR} (../shared/tools/build_me5_small.py, about 30 s)")
+    tool = REPO.parent / "shared" / "tools" / "build_me5_small.py"
+    subprocess.run([sys.executable, str(tool), str(ME5_DIR)], check=True)
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} (threads {torch.get_num_threads()}), {platform.platform()}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class Run:
+    """One tower x fold: the data and the evaluators, read once, shared by every system."""
+
+    def __init__(self, tower: str, fold: int, common: dict, work: Path, cl_pairs: str):
+        self.tower, self.fold, self.common, self.work = tower, fold, common, work
+        values = self.values({})
+        model_args, data_args, _, training_args = parse_config(values)
+        self.data = build_run_data(data_args, model_args, training_args)
+        # Stage 1 aligns sentences with their translations: caption 1 and its MT are the true pairs
+        # (captions 2-5 describe the same image but are not what was translated).
+        if cl_pairs == "caption1":
+            first = lambda ids: [i.endswith("#1") for i in ids]  # noqa: E731
+            self.stage1_data = dataclasses.replace(
+                self.data,
+                train_pairs=self.data.train_pairs.filter(first, input_columns="caption_id", batched=True),
+                validation_pairs=self.data.validation_pairs.filter(first, input_columns="caption_id", batched=True),
+            )
+        else:
+            self.stage1_data = self.data
+        evaluator = lambda queries: CrossModalEvaluator(  # noqa: E731
+            queries, self.data.features, self.data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix
+        )
+        self.validation = evaluator(self.data.validation_queries)
+        self.test = evaluator(self.data.test_queries)
+        self.langs = list(data_args.target_langs)
+        self.stage1_models = {}
+        # The recipe's untrained network: the "untrained" system, and the key of the pretrained tower's cache.
+        set_seed(training_args.seed)
+        self.untrained = build_cross_modal(model_args, self.data.tokenizer, data_args.max_length, self.data.features.feature_dim)
+
+    def values(self, settings: dict) -> dict:
+        out = str(self.work / self.tower / f"fold{self.fold}")
+        argv = as_argv({**self.common, "fold": self.fold, "output_dir": out, **settings})
+        return load_config(REPO / TOWERS[self.tower], argv)
+
+    def system(self, name: str, base: str, settings: dict, evaluate_test: bool) -> dict:
+        """Train (or build) one system; its validation and (optionally) test metrics and timings."""
+        values = self.values({**SYSTEM_SETTINGS[base], **settings})
+        values["output_dir"] = str(Path(values["output_dir"]) / name)
+        args = parse_config(values)
+        model_args, data_args, cl2cm_args, training_args = args
+        out = Path(training_args.output_dir)
+        started = time.time()
+        timings = {}
+        if base == "untrained":
+            model = self.untrained if not settings else build_cross_modal(
+                model_args, self.data.tokenizer, data_args.max_length, self.data.features.feature_dim
+            )
+        else:
+            teacher = None
+            if cl2cm_args.stage == "both":
+                # Variants that differ only in stage-2 settings share one stage-1 network (it is frozen from here on).
+                ignored = STAGE2_ONLY | {k for k in OVERRIDDEN_IN_STAGE1 if values.get(f"cl_{k}") is not None}
+                key = json.dumps({k: v for k, v in sorted(values.items()) if k not in ignored}, default=str)
+                if key not in self.stage1_models:
+                    self.stage1_models[key] = train_cross_lingual(args, self.stage1_data, out)
+                    timings["stage1_s"] = round(time.time() - started, 1)
+                teacher = self.stage1_models[key]
+            trainer = train_cross_modal(args, self.data, out, teacher)
+            model = trainer.accelerator.unwrap_model(trainer.model)
+        timings["train_s"] = round(time.time() - started, 1)
+        model.eval()
+        result = {"validation": self.validation(model), "timings": timings}
+        if evaluate_test:
+            result["test"] = self.test(model)
+        timings["total_s"] = round(time.time() - started, 1)
+        shutil.rmtree(out, ignore_errors=True)  # stage folders and logs of the run: not needed here
+        return result
+
+    def prefill(self) -> float:
+        """Run every text of the benchmark (all folds) through the pretrained tower's frozen layers once
+        (the cache then serves every fold and system); returns the seconds it took."""
+        from cl2cm_hf.inference import encode_texts
+        from trainer.run_data import _load_r50
+
+        started = time.time()
+        _, data_args, _, _ = parse_config(self.values({}))
+        everything = _load_r50(str(Path(data_args.shared_root).resolve()), tuple(data_args.target_langs), data_args.first_caption_only)
+        texts = list(dict.fromkeys([*everything["pairs"]["source_text"], *everything["pairs"]["target_text"], *everything["queries"]["text"]]))
+        model = self.untrained.eval()
+        encode_texts(model.get_text_features, self.data.tokenizer, texts, 128, data_args.max_length, model.config.text_prefix)
+        return time.time() - started
+
+    def pretrained_cache_keys(self) -> list[str]:
+        backbone = self.untrained.text_model.backbone
+        return text_cache.cache_keys(backbone) if self.untrained.text_model is not None else []
+
+
+def load_text_caches(folder: Path) -> dict[str, int]:
+    sizes = {}
+    for path in sorted(folder.glob("*.pt")):
+        key = text_cache.load_store(path)
+        sizes[key] = text_cache.store_size(key)
+    if sizes:
+        say(f"loaded {len(sizes)} frozen-text-layer caches from {folder} ({sum(sizes.values())} sequences)")
+    return sizes
+
+
+def save_text_caches(folder: Path, keys: list[str], sizes: dict[str, int]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for key in keys:
+        if text_cache.store_size(key) > sizes.get(key, 0):
+            text_cache.save_store(key, folder / f"{key}.pt")
+            sizes[key] = text_cache.store_size(key)
+
+
+def metric_row(tower, system, lang, fold, metrics: dict) -> dict:
+    return {"tower": tower, "system": system, "lang": lang, "fold": fold, **{k: round(float(metrics[k]), 3) for k in METRIC_KEYS}}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per-fold rows plus mean and std (sample, n-1) over folds per tower x system x lang."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if isinstance(row["fold"], int):
+            groups.setdefault((row["tower"], row["system"], row["lang"]), []).append(row)
+    out = [r for r in rows if isinstance(r["fold"], int)]
+    for (tower, system, lang), members in groups.items():
+        for stat in ("mean", "std"):
+            values = {}
+            for key in METRIC_KEYS:
+                xs = [m[key] for m in members]
+                if stat == "mean":
+                    values[key] = statistics.fmean(xs)
+                else:
+                    values[key] = statistics.stdev(xs) if len(xs) > 1 else 0.0
+            out.append(metric_row(tower, system, lang, stat, values))
+    return out
+
+
+def markdown(report: dict) -> str:
+    rows = report["rows"]
+    systems = [s for s in report["systems"]]
+    lines = [
+        "# Multi30K test_2016, ResNet-50 features: 5-fold cross-validation",
+        "",
+        "Generated by `benchmarks/quality_multi30k_r50.py`; do not edit by hand.",
+        "",
+        "**What the data is.** The 1000 Multi30K test_2016 images (Flickr30K) as real ResNet-50 "
+        "global-average-pool features (2048-d, one vector per image), their five English captions "
+        "(Task 2), NLLB-3.3B machine translations of English caption 1 into German and French as the "
+        "only target-language training text, and the human German/French translations (Task 1) as the "
+        "test queries. 5-fold cross-validation over images (800 train / 200 test per fold, permutation "
+        "seed 0); in each fold 100 of the 800 training images are held out for validation, so 700 "
+        "images train. Gallery per fold: 200 images, one human query per image and language.",
+        "",
+        "**What it is not.** Not the paper's setting (Multi30K train, 29k images with CLIP/ResNet "
+        "features or a fine-tuned backbone, mBERT, 1000-image test gallery): the training set here is "
+        "40 times smaller, the visual features are frozen ImageNet ResNet-50 vectors, and the gallery is "
+        "200 images. Numbers are not comparable with the paper's tables.",
+        "",
+        f"- command: `{report['command']}`",
+        f"- commit: `{report['commit']}`",
+        f"- machine: {report['machine']}",
+        f"- started: {report['started']}; runtime: {report['runtime_s'] / 60:.1f} min"
+        + ("" if report["complete"] else " (**partial: run still in progress or stopped**)"),
+        f"- folds: {report['folds']}; towers: {', '.join(report['towers'])}; systems: {', '.join(systems)}",
+        "",
+        "Recalls in percent; SumR = t2v R@1+5+10 + v2t R@1+5+10 (max 600). Mean ± std (sample) over folds.",
+        "",
+    ]
+    for tower in report["towers"]:
+        lines += [f"## {tower}: {report['tower_notes'].get(tower, '')}", ""]
+        for lang in report["langs"]:
+            lines += [f"### {tower}, {lang} queries", "", "| system | " + " | ".join(TABLE_KEYS) + " |", "|---" * (len(TABLE_KEYS) + 1) + "|"]
+            for system in systems:
+                mean = next((r for r in rows if (r["tower"], r["system"], r["lang"], r["fold"]) == (tower, system, lang, "mean")), None)
+                std = next((r for r in rows if (r["tower"], r["system"], r["lang"], r["fold"]) == (tower, system, lang, "std")), None)
+                if mean is None:
+                    continue
+                cells = [f"{mean[k]:.1f} ± {std[k]:.1f}" for k in TABLE_KEYS]
+                lines.append(f"| {system} | " + " | ".join(cells) + " |")
+            lines.append("")
+    lines += ["## SumR per fold", "", "| tower | lang | system | " + " | ".join(f"fold {f}" for f in report["folds"]) + " | mean | val SumR (mean) |",
+              "|---" * (len(report["folds"]) + 5) + "|"]
+    for tower in report["towers"]:
+        for lang in report["langs"]:
+            for system in systems:
+                by_fold = {r["fold"]: r["sumr"] for r in rows if (r["tower"], r["system"], r["lang"]) == (tower, system, lang)}
+                if "mean" not in by_fold:
+                    continue
+                vals = [report["validation"].get(f"{tower}|{system}|{lang}|{f}") for f in report["folds"]]
+                vals = [v for v in vals if v is not None]
+                val = f"{statistics.fmean(vals):.1f}" if vals else "-"
+                cells = [f"{by_fold[f]:.1f}" if f in by_fold else "-" for f in report["folds"]]
+                lines.append(f"| {tower} | {lang} | {system} | " + " | ".join(cells) + f" | {by_fold['mean']:.1f} | {val} |")
+    lines += ["", "## Settings", "", *report["settings_notes"], ""]
+    if report.get("extra_markdown"):
+        lines += [report["extra_markdown"], ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--towers", nargs="+", default=list(TOWERS), choices=list(TOWERS))
+    parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--variant", action="append", default=[], help="name:base=<system>,key=value,... (an extra system)")
+    parser.add_argument("--set", nargs="*", default=[], help="key=value settings for every system (after the recipe)")
+    parser.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test); writes nothing")
+    parser.add_argument("--tune", action="store_true", help="validation metrics only (never test); writes --tune-out")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "multi30k_r50"))
+    parser.add_argument("--tune-out", default=str(REPO / "benchmarks" / "cache" / "tuning.jsonl"))
+    parser.add_argument("--work", default=str(REPO / "benchmarks" / "cache" / "runs"))
+    parser.add_argument("--extra-markdown", default=None, help="a markdown file appended to the results page")
+    parser.add_argument("--cl-pairs", default="caption1", choices=["caption1", "all"],
+                        help="stage-1 training pairs: caption 1 with its MT (the translation pairs) or all five captions")
+    parser.add_argument("--no-disk-cache", action="store_true",
+                        help="do not read or write the frozen text layers' outputs under benchmarks/cache/text_cache")
+    parser.add_argument("--render-tuning", metavar="MD", help="write the --tune-out runs as markdown to MD and stop")
+    args = parser.parse_args(argv)
+    if args.render_tuning:
+        Path(args.render_tuning).write_text(render_tuning(Path(args.tune_out), "Tuning and ablations (fold 0, validation)") + "\n")
+        return
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if "e5" in args.towers:
+        ensure_me5()
+
+    common = {"disable_tqdm": True, **(QUICK if args.quick else {}), **parse_settings(args.set)}
+    variants = [(s, s, {}) for s in args.systems] + [parse_variant(v) for v in args.variant]
+    command = "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(REPO)) if Path(sys.argv[0]).exists() else sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
+    write = not args.quick and not args.tune
+    report = {
+        "command": command,
+        "commit": commit(),
+        "machine": machine(),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "runtime_s": 0.0,
+        "complete": False,
+        "towers": args.towers,
+        "folds": args.folds,
+        "systems": [name for name, _, _ in variants],
+        "langs": [],
+        "rows": [],
+        "validation": {},
+        "runs": [],
+        "tower_notes": {},
+        "prefill_s": {},
+        "settings_notes": [],
+        "extra_markdown": Path(args.extra_markdown).read_text() if args.extra_markdown else "",
+    }
+    per_fold_rows: list[dict] = []
+    cache_sizes = {} if args.no_disk_cache else load_text_caches(TEXT_CACHE_DIR)
+    report["disk_cache_at_start"] = sum(cache_sizes.values())
+    kept_caches: list[str] = list(cache_sizes)
+    for tower in args.towers:
+        recipe = load_config(REPO / TOWERS[tower], as_argv(common))
+        report["tower_notes"][tower] = (
+            f"`{TOWERS[tower]}` (text_model `{recipe['text_model']}`, freeze_text_layers {recipe['freeze_text_layers']}, "
+            f"cache_frozen_text_layers {recipe['cache_frozen_text_layers']})"
+        )
+        for fold in args.folds:
+            say(f"{tower} fold {fold}: reading data")
+            run = Run(tower, fold, common, Path(args.work), args.cl_pairs)
+            if fold == args.folds[0]:
+                seconds = run.prefill()
+                report["prefill_s"][tower] = round(seconds, 1)
+                say(f"{tower}: frozen text layers of every text of the benchmark computed or loaded in {seconds:.0f} s")
+                if not args.no_disk_cache:
+                    save_text_caches(TEXT_CACHE_DIR, run.pretrained_cache_keys(), cache_sizes)
+            report["langs"] = run.langs
+            for name, base, settings in variants:
+                say(f"{tower} fold {fold}: {name} ...")
+                result = run.system(name, base, settings, evaluate_test=not args.tune)
+                val = result["validation"]
+                line = f"{tower} fold {fold}: {name} done in {result['timings']['train_s']:.0f} s; validation SumR " + ", ".join(
+                    f"{lang} {val[f'{lang}_sumr']:.1f}" for lang in run.langs
+                )
+                if "test" in result:
+                    line += "; test SumR " + ", ".join(f"{lang} {result['test'][f'{lang}_sumr']:.1f}" for lang in run.langs)
+                say(line)
+                record = {"tower": tower, "fold": fold, "system": name, "base": base, "settings": {**common, **settings}, **result}
+                report["runs"].append({k: v for k, v in record.items() if k not in ("validation", "test")})
+                for lang in run.langs:
+                    report["validation"][f"{tower}|{name}|{lang}|{fold}"] = round(val[f"{lang}_sumr"], 3)
+                    if "test" in result:
+                        per_fold_rows.append(metric_row(tower, name, lang, fold, {k: result["test"][f"{lang}_{k}"] for k in METRIC_KEYS}))
+                if not args.no_disk_cache:  # a run stopped midway keeps what it computed
+                    save_text_caches(TEXT_CACHE_DIR, run.pretrained_cache_keys(), cache_sizes)
+                if args.tune:
+                    Path(args.tune_out).parent.mkdir(parents=True, exist_ok=True)
+                    with open(args.tune_out, "a") as f:
+                        f.write(json.dumps({"time": datetime.datetime.now().isoformat(timespec="seconds"), **record}) + "\n")
+            pretrained = run.pretrained_cache_keys()
+            if not args.no_disk_cache:
+                save_text_caches(TEXT_CACHE_DIR, pretrained, cache_sizes)
+            text_cache.clear_frozen_prefix_caches(keep=[*pretrained, *kept_caches])  # the fold's fine-tuned towers' caches go
+            kept_caches.extend(pretrained)
+            del run
+            report["rows"] = summarise(per_fold_rows)
+            report["runtime_s"] = round(time.time() - START, 1)
+            if write:
+                write_report(report, Path(args.out))
+    report["complete"] = True
+    report["runtime_s"] = round(time.time() - START, 1)
+    report["settings_notes"] = settings_notes(args, common)
+    if write:
+        write_report(report, Path(args.out))
+        say(f"wrote {args.out}.md and {args.out}.json")
+    if report["rows"]:
+        print(markdown(report))
+
+
+def settings_notes(args, common) -> list[str]:
+    notes = [f"- every system: the tower's recipe plus `{json.dumps(common)}`"]
+    for system, settings in SYSTEM_SETTINGS.items():
+        notes.append(f"- `{system}`: " + (f"`{json.dumps(settings)}`" if settings else "the recipe as is") +
+                     (" (built, not trained)" if system == "untrained" else ""))
+    for v in args.variant:
+        notes.append(f"- variant `{v}`")
+    return notes
+
+
+def render_tuning(jsonl: Path, title: str) -> str:
+    """The tuning/ablation runs (validation SumR of one fold, never test) as a markdown section."""
+    records = {}
+    for line in jsonl.read_text().splitlines():
+        r = json.loads(line)
+        key = (r["tower"], r["fold"], r["system"], json.dumps(r["settings"], sort_keys=True))
+        records[key] = r  # the latest run of each variant counts
+    lines = [f"## {title}", "",
+             "Validation split of the fold (100 images carved from its training images), never its test images. "
+             "Each row: a system or a variant of it (base system plus the listed settings, on top of the recipe).", ""]
+    for tower in dict.fromkeys(k[0] for k in records):
+        rows = [r for k, r in records.items() if k[0] == tower]
+        langs = sorted({k.split("_", 1)[0] for r in rows for k in r["validation"] if k.endswith("_sumr") and k != "sumr"})
+        lines += [f"**{tower}**", "", "| variant | base | settings | " + " | ".join(f"val {l} SumR" for l in langs) + " | mean | time (s) |",
+                  "|---" * (len(langs) + 5) + "|"]
+        for r in rows:
+            own = {k: v for k, v in r["settings"].items() if k not in ("disable_tqdm",)}
+            cells = [f"{r['validation'][f'{l}_sumr']:.1f}" for l in langs]
+            lines.append(f"| {r['system']} | {r['base']} | `{json.dumps(own)[1:-1] or '-'}` | " + " | ".join(cells)
+                         + f" | {r['validation']['sumr']:.1f} | {r['timings'].get('total_s', r['timings'].get('train_s', 0)):.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = copy.deepcopy(report)
+    if not report["settings_notes"]:
+        report["settings_notes"] = ["- (written at the end of the run)"]
+    tmp_md, tmp_json = out.with_suffix(".md.tmp"), out.with_suffix(".json.tmp")
+    tmp_md.write_text(markdown(report))
+    tmp_json.write_text(json.dumps({k: v for k, v in report.items() if k != "extra_markdown"}, indent=1) + "\n")
+    tmp_md.replace(out.with_suffix(".md"))
+    tmp_json.replace(out.with_suffix(".json"))
+
+
+if __name__ == "__main__":
+    main()

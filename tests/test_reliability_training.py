@@ -1,0 +1,79 @@
+"""Kill and resume, and determinism, through trainer/run.py on the tiny demo world.
+
+- SIGKILL at a random step of each stage (a seeded random checkpoint step plus a random delay, so
+  the kill may also land in the middle of a checkpoint save), then ``--resume``: the final weights
+  of both stages and the test metrics equal those of an uninterrupted run with the same seed.
+- Two runs with the same seed give identical test metrics and weights.
+
+The seed of the random choices is printed and can be fixed with ``CL2CM_KILL_SEED``.
+"""
+
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from test_training import _params, run_training
+
+# Every step saves (so "checkpoint-k exists" means "step k is done") and validates (so the resumed
+# run must also restore best-model tracking); three checkpoints kept.
+STEPS = ["--max_steps", "6", "--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps",
+         "--save_steps", "1", "--save_total_limit", "3", "--query", "null"]
+KILL_SEED = int(os.environ.get("CL2CM_KILL_SEED", random.SystemRandom().randrange(10**6)))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run (shared by the tests of this file)."""
+    out = tmp_path_factory.mktemp("reference")
+    run_training("demo.yaml", out, *STEPS)
+    return out
+
+
+def _kill_at(proc, checkpoint: Path, delay: float, what: str, timeout: float = 300) -> None:
+    """SIGKILL `proc` `delay` seconds after `checkpoint` appears (it appears complete: trainers.py)."""
+    start = time.time()
+    while not checkpoint.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"{what}: training ended before {checkpoint} appeared:\n{proc.stdout.read()[-3000:]}")
+        assert time.time() - start < timeout, what
+        time.sleep(0.02)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _assert_same_run(reference: Path, other: Path, what: str) -> None:
+    for stage in ("cross_lingual", "cross_modal"):
+        ref, got = _params(reference / stage), _params(other / stage)
+        assert ref.keys() == got.keys(), what
+        differ = [name for name in ref if not (ref[name] == got[name]).all()]
+        assert not differ, f"{what}: {stage} weights differ: {differ[:5]}"
+    ref_metrics = json.loads((reference / "cross_modal" / "test_results.json").read_text())
+    got_metrics = json.loads((other / "cross_modal" / "test_results.json").read_text())
+    assert ref_metrics == got_metrics, what
+
+
+def test_sigkill_at_random_steps_of_both_stages_then_resume_matches_uninterrupted_run(reference, tmp_path):
+    rng = random.Random(KILL_SEED)
+    plan = [(stage, rng.randint(1, 5), rng.uniform(0.0, 0.4)) for stage in ("cross_lingual", "cross_modal")]
+    what = f"CL2CM_KILL_SEED={KILL_SEED}: kills after (stage, checkpoint step, delay s) {plan}"
+    print(what)
+    out = tmp_path / "interrupted"
+    for index, (stage, step, delay) in enumerate(plan):
+        resume = ["--resume"] if index else []
+        proc = run_training("demo.yaml", out, *STEPS, *resume, wait=False)
+        _kill_at(proc, out / "checkpoints" / stage / f"checkpoint-{step}", delay, what)
+        assert not (out / "cross_modal" / "test_results.json").exists(), what
+        for folder in (out / "checkpoints" / stage).glob("checkpoint-*"):  # only complete checkpoints are visible
+            assert (folder / "trainer_state.json").exists() and (folder / "model.safetensors").exists(), f"{what}: {folder}"
+    run_training("demo.yaml", out, *STEPS, "--resume")
+    _assert_same_run(reference, out, what)
+
+
+def test_two_runs_with_the_same_seed_give_identical_metrics_and_weights(reference, tmp_path):
+    run_training("demo.yaml", tmp_path / "again", *STEPS)
+    _assert_same_run(reference, tmp_path / "again", "a second run with the same seed")

@@ -308,8 +308,12 @@ def markdown(report: dict) -> str:
         f"- command: `{report['command']}`",
         f"- commit: `{report['commit']}`",
         f"- machine: {report['machine']}",
-        f"- started: {report['started']}; runtime: {report['runtime_s'] / 60:.1f} min"
+        f"- started: {report['started']}; runtime: {report['runtime_s'] / 60:.1f} min (wall clock)"
         + ("" if report["complete"] else " (**partial: run still in progress or stopped**)"),
+        f"- machine load (1-min load average, 2 cores, shared with other jobs): {report.get('load_average', '?')}",
+        "- frozen text layers computed or loaded from the disk cache in: "
+        + ", ".join(f"{t} {v:.0f} s" for t, v in report.get("prefill_s", {}).items())
+        + f" ({report.get('disk_cache_at_start', 0)} sequences in benchmarks/cache/text_cache at start)",
         f"- folds: {report['folds']}; towers: {', '.join(report['towers'])}; systems: {', '.join(systems)}",
         "",
         "Recalls in percent; SumR = t2v R@1+5+10 + v2t R@1+5+10 (max 600). Mean ± std (sample) over folds.",
@@ -350,7 +354,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--towers", nargs="+", default=list(TOWERS), choices=list(TOWERS))
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--variant", action="append", default=[], help="name:base=<system>,key=value,... (an extra system)")
     parser.add_argument("--set", nargs="*", default=[], help="key=value settings for every system (after the recipe)")
     parser.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test); writes nothing")
@@ -364,7 +368,12 @@ def main(argv=None) -> None:
     parser.add_argument("--no-disk-cache", action="store_true",
                         help="do not read or write the frozen text layers' outputs under benchmarks/cache/text_cache")
     parser.add_argument("--render-tuning", metavar="MD", help="write the --tune-out runs as markdown to MD and stop")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="combine the results of runs made in parallel (e.g. one per tower) into --out and stop")
     args = parser.parse_args(argv)
+    if args.merge:
+        merge_reports([Path(m) for m in args.merge], Path(args.out), args.extra_markdown)
+        return
     if args.render_tuning:
         Path(args.render_tuning).write_text(render_tuning(Path(args.tune_out), "Tuning and ablations (fold 0, validation)") + "\n")
         return
@@ -396,6 +405,7 @@ def main(argv=None) -> None:
         "runs": [],
         "tower_notes": {},
         "prefill_s": {},
+        "load_average": f"at the start {os.getloadavg()[0]:.1f}",
         "settings_notes": [],
         "extra_markdown": Path(args.extra_markdown).read_text() if args.extra_markdown else "",
     }
@@ -453,6 +463,7 @@ def main(argv=None) -> None:
                 write_report(report, Path(args.out))
     report["complete"] = True
     report["runtime_s"] = round(time.time() - START, 1)
+    report["load_average"] += f", at the end {os.getloadavg()[0]:.1f}"
     report["settings_notes"] = settings_notes(args, common)
     if write:
         write_report(report, Path(args.out))
@@ -493,6 +504,23 @@ def render_tuning(jsonl: Path, title: str) -> str:
                          + f" | {r['validation']['sumr']:.1f} | {r['timings'].get('total_s', r['timings'].get('train_s', 0)):.0f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def merge_reports(paths: list[Path], out: Path, extra_markdown: str | None) -> None:
+    parts = [json.loads(p.read_text()) for p in paths]
+    merged = dict(parts[0])
+    merged["command"] = " ; ".join(p["command"] for p in parts) + "  (in parallel, then --merge)"
+    merged["runtime_s"] = max(p["runtime_s"] for p in parts)
+    merged["complete"] = all(p["complete"] for p in parts)
+    merged["load_average"] = "; ".join(f"{', '.join(p['towers'])}: {p.get('load_average', '?')}" for p in parts)
+    merged["disk_cache_at_start"] = max(p.get("disk_cache_at_start", 0) for p in parts)
+    for key in ("towers", "rows", "runs", "settings_notes"):
+        merged[key] = [x for p in parts for x in p[key] if key != "settings_notes" or x not in parts[0][key] or p is parts[0]]
+    for key in ("validation", "tower_notes", "prefill_s"):
+        merged[key] = {k: v for p in parts for k, v in p.get(key, {}).items()}
+    merged["extra_markdown"] = Path(extra_markdown).read_text() if extra_markdown else ""
+    write_report(merged, out)
+    say(f"wrote {out}.md and {out}.json from {len(parts)} runs")
 
 
 def write_report(report: dict, out: Path) -> None:

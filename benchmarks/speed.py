@@ -177,7 +177,7 @@ def bench_ot(args) -> None:
             row("ot", f"OT loss, {pairs} pairs {n}x{n} tokens (d={d}), eps {epsilon}, {n_iter} iterations",
                 f"{med(times['ours']) * 1e3:.1f} ms", f"POT loop {med(times['pot']) * 1e3:.0f} ms", speedup,
                 ">= 20x faster" if threads == 1 else None, speedup >= 20 if threads == 1 else None, threads,
-                f"|loss - POT| = {abs(ours - want):.1e}")
+                f"abs(loss - POT) = {abs(ours - want):.1e}")
             plan_speedup = median_ratio(times["pot_plan"], times["ours_plan"])
             row("ot", f"plan only (costs given), eps {epsilon}", f"{med(times['ours_plan']) * 1e3:.1f} ms",
                 f"POT loop {med(times['pot_plan']) * 1e3:.0f} ms", plan_speedup, None, None, threads)
@@ -531,7 +531,8 @@ def write_report(path: Path, header: list[str], notes: str) -> None:
              "| section | what | measured | reference | ratio | goal | met | threads | note |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in ROWS:
-        lines.append(f"| {r['section']} | {r['what']} | {r['measured']} | {r['reference']} | {r['ratio']:.3g} | {r['goal']} "
+        ratio = f"{r['ratio']:.3f}" if r["ratio"] < 10 else f"{r['ratio']:.1f}"
+        lines.append(f"| {r['section']} | {r['what']} | {r['measured']} | {r['reference']} | {ratio} | {r['goal']} "
                      f"| {r['met']} | {r['threads']} | {r['note']} |")
     lines += ["", "Ratios: `ot` = POT time / ours (speed-up); `eval` first row = ours / matmul alone, second = NRCCR / ours;",
               "`gallery` = achieved / machine GFLOP/s, then peak GiB beyond the gallery, then faiss / topk time;",
@@ -562,8 +563,11 @@ reference loop is timed with its cost matrices computed per pair in numpy, as in
 itself (normalise + a (128, 32, 256) x (128, 256, 32) bmm, about half of the loss time) and the
 per-op dispatch of 200 small ops for 50 iterations.
 
-**Evaluation (goal missed at 1.5x of the matmul; `cl2cm_hf/retrieval.py` is owned by another
-engineer, so it is unchanged here).** torch.profiler, 25,000 x 5,000 at 1 thread: `mm` 1.14 s (67 %),
+**Evaluation (goal: at most 1.5x the matmul; missed at 1,000 items, at or near the bound at 5,000
+(the ratios moved by up to 0.2 between runs on this shared machine). `cl2cm_hf/retrieval.py` is owned
+by another engineer, so it is unchanged here).** The matmul baseline writes into a
+preallocated output; against `t @ v.T` with a fresh output (what NRCCR-style code does) the ratio at
+25,000 x 5,000 is below 1, as the ranks never build the full matrix. torch.profiler, 25,000 x 5,000 at 1 thread: `mm` 1.14 s (67 %),
 the four compare passes per tile (`ge`/`gt` into a float mask, rows and columns) 0.23 s, their four
 sums 0.11 s, per-tile bookkeeping (index, copy, add_, slice, nonzero, view: 10-50 calls of each
 per tile, 120 tiles of 1042 x 1000) about 0.15 s. A separate micro-benchmark:
@@ -593,8 +597,8 @@ the gallery (about 1 GiB here) and searches at close to the matmul rate.
 
 **Stage-2 step (goals met).** The live teacher costs two forward passes of the text tower without
 gradient per step, against the student's two forward-backward passes (about 3x a forward each):
-the ratio is about 1 + 2/(2 x 3 + visual + optimizer), i.e. 1.28-1.33, close to the 1.35 bound for
-any tower. Running the teacher's two sides as one concatenated batch or under `inference_mode` did
+the ratio is about 1 + 2/(2 x 3 + visual + optimizer), i.e. about 1.3 for any tower, close to the
+1.35 bound (1.25-1.35 over the runs here). Running the teacher's two sides as one concatenated batch or under `inference_mode` did
 not help (measured: within noise). `precompute_teacher: true` removes it (ratio ~1.0).
 
 **Text embedding.** Length-sorted batches pad each batch only to its own longest text: 2-3x the

@@ -118,15 +118,15 @@ def sinkhorn_plan(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon:
     inside float32's range; the plan agrees with POT's float64 to ~1e-6 relative), else in float64.
     Should a scaling still under- or overflow (epsilon below about 0.003), the batch is redone in
     the log domain."""
-    support_rows, support_cols = a > 0, b > 0
-    support = support_rows[:, :, None] & support_cols[:, None, :]
-    col_min = cost.masked_fill(~support, float("inf")).amin(dim=1, keepdim=True)
+    support = (a > 0)[:, :, None] & (b > 0)[:, None, :]
+    work = cost if cost.dtype == torch.float64 else cost.float()  # half precision: float32 at least
+    col_min = work.masked_fill(~support, float("inf")).amin(dim=1, keepdim=True)
     col_min = torch.where(torch.isfinite(col_min), col_min, torch.zeros_like(col_min))
-    shifted = (cost - col_min).masked_fill_(~support, 0.0)
+    shifted = (work - col_min).masked_fill_(~support, 0.0)
     spread = float(shifted.amax()) if shifted.numel() else 0.0
     plan = None
-    if cost.dtype != torch.float64 and spread / epsilon <= _FLOAT32_MAX_SPREAD:
-        plan = _sinkhorn_plan_scaling(shifted.float(), a.float(), b.float(), support, epsilon, n_iter)
+    if work.dtype == torch.float32 and spread / epsilon <= _FLOAT32_MAX_SPREAD:
+        plan = _sinkhorn_plan_scaling(shifted, a.float(), b.float(), support, epsilon, n_iter)
     if plan is None or not _plan_ok(plan, a, b):
         shifted = (cost.double() - col_min.double()).masked_fill_(~support, 0.0)
         plan = _sinkhorn_plan_scaling(shifted, a.double(), b.double(), support, epsilon, n_iter)

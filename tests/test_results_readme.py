@@ -1,0 +1,47 @@
+"""The README's "Results" table says what the offline real benchmark's results file holds."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "multi30k_r50.json"
+ROW = re.compile(r"^\| (e5|minilm) \| (\w+) \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|", re.M)
+
+
+def readme_results() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("\n## Results\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
+
+
+def test_results_file_has_the_promised_rows():
+    if not RESULTS.exists():
+        pytest.skip(f"{RESULTS} not written yet (python benchmarks/quality_multi30k_r50.py)")
+    report = json.loads(RESULTS.read_text())
+    assert report["complete"] and report["folds"] == [0, 1, 2, 3, 4]
+    rows = report["rows"]
+    for row in rows:
+        assert row["tower"] in ("e5", "minilm") and row["system"] in ("untrained", "english_only", "mt_no_transfer", "cl2cm")
+        assert row["lang"] in ("de", "fr") and (row["fold"] in ("mean", "std") or row["fold"] in range(5))
+        assert {"t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "sumr"} <= row.keys()
+        recalls = sum(row[k] for k in ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10"))
+        assert row["sumr"] == pytest.approx(recalls, abs=0.01)
+    # every tower x system x lang: five folds plus mean and std
+    assert len(rows) == 2 * 4 * 2 * 7
+
+
+def test_readme_table_matches_the_results_file():
+    if not RESULTS.exists():
+        pytest.skip(f"{RESULTS} not written yet (python benchmarks/quality_multi30k_r50.py)")
+    report = json.loads(RESULTS.read_text())
+    stats = {(r["tower"], r["system"], r["lang"], r["fold"]): r["sumr"] for r in report["rows"] if isinstance(r["fold"], str)}
+    table = ROW.findall(readme_results())
+    assert len(table) == 8, "expected one README row per tower x system"
+    for tower, system, de_mean, de_std, fr_mean, fr_std in table:
+        for lang, mean, std in (("de", de_mean, de_std), ("fr", fr_mean, fr_std)):
+            assert float(mean) == pytest.approx(stats[tower, system, lang, "mean"], abs=0.051), (tower, system, lang)
+            assert float(std) == pytest.approx(stats[tower, system, lang, "std"], abs=0.051), (tower, system, lang)

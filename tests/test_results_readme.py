@@ -28,8 +28,9 @@ def test_results_file_has_the_promised_rows():
         assert row["tower"] in ("e5", "minilm") and row["system"] in ("untrained", "english_only", "mt_no_transfer", "cl2cm")
         assert row["lang"] in ("de", "fr") and (row["fold"] in ("mean", "std") or row["fold"] in range(5))
         assert {"t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "sumr"} <= row.keys()
-        recalls = sum(row[k] for k in ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10"))
-        assert row["sumr"] == pytest.approx(recalls, abs=0.01)
+        if row["fold"] != "std":  # SumR is the sum of the six recalls (a std is not)
+            recalls = sum(row[k] for k in ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10"))
+            assert row["sumr"] == pytest.approx(recalls, abs=0.01)
     # every tower x system x lang: five folds plus mean and std
     assert len(rows) == 2 * 4 * 2 * 7
 

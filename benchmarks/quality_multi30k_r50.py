@@ -252,6 +252,12 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def sumr_by_fold(rows: list[dict], tower: str, system: str, lang: str, folds_only: bool = False) -> dict:
+    """{fold: SumR} of one tower x system x lang (with the "mean"/"std" rows unless `folds_only`)."""
+    return {r["fold"]: r["sumr"] for r in rows if (r["tower"], r["system"], r["lang"]) == (tower, system, lang)
+            and (isinstance(r["fold"], int) or not folds_only)}
+
+
 def markdown(report: dict) -> str:
     rows = report["rows"]
     systems = [s for s in report["systems"]]
@@ -304,7 +310,7 @@ def markdown(report: dict) -> str:
     for tower in report["towers"]:
         for lang in report["langs"]:
             for system in systems:
-                by_fold = {r["fold"]: r["sumr"] for r in rows if (r["tower"], r["system"], r["lang"]) == (tower, system, lang)}
+                by_fold = sumr_by_fold(rows, tower, system, lang)
                 if "mean" not in by_fold:
                     continue
                 vals = [report["validation"].get(f"{tower}|{system}|{lang}|{f}") for f in report["folds"]]
@@ -318,11 +324,11 @@ def markdown(report: dict) -> str:
               "| tower | lang | system | mean difference | folds ahead |", "|---|---|---|---|---|"]
     for tower in report["towers"]:
         for lang in report["langs"]:
-            base = {r["fold"]: r["sumr"] for r in rows if (r["tower"], r["system"], r["lang"]) == (tower, "mt_no_transfer", lang) and isinstance(r["fold"], int)}
+            base = sumr_by_fold(rows, tower, "mt_no_transfer", lang, folds_only=True)
             for system in systems:
                 if system in ("mt_no_transfer", "untrained") or not base:
                     continue
-                own = {r["fold"]: r["sumr"] for r in rows if (r["tower"], r["system"], r["lang"]) == (tower, system, lang) and isinstance(r["fold"], int)}
+                own = sumr_by_fold(rows, tower, system, lang, folds_only=True)
                 diffs = [own[f] - base[f] for f in own if f in base]
                 if not diffs:
                     continue

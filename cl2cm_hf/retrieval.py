@@ -525,9 +525,10 @@ def _float32_candidates(compute: _Compute, q, g_rows: _Rows, width, chunk_size, 
             live = (tile.amax(dim=1) > run_vals[a:b].amin(dim=1)).nonzero().squeeze(1)
             if live.numel() == 0:
                 return
-            rows_at = slice(a, b) if live.numel() == b - a else live + a
             if live.numel() < b - a:
-                tile = tile[live]
+                tile, rows_at = tile[live], live + a
+            else:
+                rows_at = slice(a, b)
             vals, idx = torch.topk(tile, kk, dim=1, sorted=False)
             merged_vals = torch.cat([run_vals[rows_at], vals], dim=1)
             merged_idx = torch.cat([run_idx[rows_at], idx + start], dim=1)

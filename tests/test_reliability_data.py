@@ -85,20 +85,25 @@ def faulty_jsonl(rows, fault, position, bad_value) -> tuple[bytes, int]:
     return b"\n".join(lines) + b"\n", position + 1
 
 
+def load_pairs_with_one_bad_line(tmp_path, path, content: bytes, line: int):
+    """Write `content` to `path`; loading it must fail naming the file and `line`; loading it with
+    on_bad_row=skip returns (pairs, skipped rows)."""
+    path.write_bytes(content)
+    cache = str(tmp_path / "cache")
+    with pytest.raises(DataFormatError) as error:
+        load_pairs(path, cache_dir=cache)
+    assert_names(error.value, path, f"line {line}")
+    skipped = SkippedRows()
+    return load_pairs(path, cache_dir=cache, on_bad_row="skip", skipped=skipped), skipped
+
+
 @FAST
 @given(rows=st.lists(PAIR_ROW, min_size=1, max_size=8), fault=st.sampled_from(LINE_FAULTS), data=st.data(), bad_value=BAD_VALUE)
 def test_jsonl_line_faults_name_file_and_line_or_are_skipped_and_listed(tmp_path, rows, fault, data, bad_value):
     position = data.draw(st.integers(0, len(rows) - 1))
     content, line = faulty_jsonl(rows, fault, position, bad_value)
     path = fresh(tmp_path, "pairs.jsonl")
-    path.write_bytes(content)
-    cache = str(tmp_path / "cache")
-    with pytest.raises(DataFormatError) as error:
-        load_pairs(path, cache_dir=cache)
-    assert_names(error.value, path, f"line {line}")
-
-    skipped = SkippedRows()
-    pairs = load_pairs(path, cache_dir=cache, on_bad_row="skip", skipped=skipped)
+    pairs, skipped = load_pairs_with_one_bad_line(tmp_path, path, content, line)
     assert len(pairs) == len(rows) and len(skipped) == 1  # every row accounted for
     (record,) = skipped.records
     assert record["file"] == str(path) and record["line"] == line and record["reason"]
@@ -159,13 +164,8 @@ def test_csv_record_faults_name_file_and_line_or_are_listed(tmp_path, rows, data
         line = f'"{bad["visual_id"]}","café","b","de"'.encode("latin-1")
     records.insert(position, line)
     path = fresh(tmp_path, "pairs.csv")
-    path.write_bytes(header.encode() + b"\n" + b"\n".join(records) + b"\n")
-    cache = str(tmp_path / "cache")
-    with pytest.raises(DataFormatError) as error:
-        load_pairs(path, cache_dir=cache)
-    assert_names(error.value, path, f"line {position + 2}")
-    skipped = SkippedRows()
-    pairs = load_pairs(path, cache_dir=cache, on_bad_row="skip", skipped=skipped)
+    content = header.encode() + b"\n" + b"\n".join(records) + b"\n"
+    pairs, skipped = load_pairs_with_one_bad_line(tmp_path, path, content, position + 2)
     assert len(pairs) == len(rows) and [r["line"] for r in skipped.records] == [position + 2]
 
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.provenance import cpu_model, git_commit  # noqa: E402
 from cl2cm_hf.atomic import atomic_write_text  # noqa: E402
-from trainer.run import main as train  # noqa: E402
+from cl2cm_hf.training.run import main as train  # noqa: E402
 
 SYSTEMS = {
     "english_only": ["--stage", "cm", "--lambda_mt", "0", "--lambda_kt", "0"],

@@ -46,12 +46,12 @@ import torch  # noqa: E402
 from transformers import set_seed  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from trainer.arguments import load_config, parse_config  # noqa: E402
-from trainer.evaluator import CrossModalEvaluator  # noqa: E402
-from trainer.model_setup import build_cross_modal  # noqa: E402
-from trainer.run import train_cross_lingual, train_cross_modal  # noqa: E402
-from trainer.run_data import build_run_data  # noqa: E402
-from trainer import text_cache  # noqa: E402
+from cl2cm_hf.training.arguments import load_config, parse_config  # noqa: E402
+from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator  # noqa: E402
+from cl2cm_hf.training.model_setup import build_cross_modal  # noqa: E402
+from cl2cm_hf.training.run import train_cross_lingual, train_cross_modal  # noqa: E402
+from cl2cm_hf.training.data_sources import build_run_data  # noqa: E402
+from cl2cm_hf.training import frozen_layers as text_cache  # noqa: E402
 from benchmarks.provenance import git_commit, machine  # noqa: E402
 
 TOWERS = {"e5": "trainer/configs/multi30k_r50_e5.yaml", "minilm": "trainer/configs/multi30k_r50_minilm.yaml"}
@@ -194,8 +194,8 @@ class Run:
     def prefill(self) -> float:
         """Run every text of the benchmark (all folds) through the pretrained tower's frozen layers once
         (the cache then serves every fold and system); returns the seconds it took."""
-        from cl2cm_hf.inference import encode_texts
-        from trainer.run_data import _load_r50
+        from cl2cm_hf.evaluation.encoding import encode_texts
+        from cl2cm_hf.training.data_sources import _load_r50
 
         started = time.time()
         _, data_args, _, _ = parse_config(self.values({}))

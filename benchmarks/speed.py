@@ -370,8 +370,8 @@ def bench_step(args) -> None:
     from transformers import BertConfig, TrainingArguments
 
     from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCrossModalConfig, CL2CMCrossModalModel
-    from trainer.arguments import CL2CMArguments
-    from trainer.trainers import CrossModalTrainer
+    from cl2cm_hf.training.arguments import CL2CMArguments
+    from cl2cm_hf.training.trainers import CrossModalTrainer
 
     sizes = dict(list(STEP_SIZES.items())[:1]) if args.quick else STEP_SIZES
     work = REPO / "runs" / ".speed-bench"
@@ -448,7 +448,7 @@ def bench_encode(args) -> None:
 
     from cl2cm_hf import CL2CMCrossModalConfig, CL2CMCrossModalModel
     from cl2cm_hf.data import build_demo_world, train_demo_tokenizer
-    from cl2cm_hf.inference import encode_texts
+    from cl2cm_hf.evaluation.encoding import encode_texts
 
     count = 1000 if args.quick else 5000
     cases = []

@@ -17,6 +17,7 @@ are accepted too); optional ``split`` and ``dataset_name``.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 import os
@@ -29,11 +30,10 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-import hub_cards
 
 from .atomic import atomic_write_bytes, atomic_write_text
 
-TEMPLATE_PATH = hub_cards.MODEL_CARD_TEMPLATE
+TEMPLATE_PATH = Path(str(importlib.resources.files("cl2cm_hf.hub_cards") / "model_card.md"))  # edited in hub_cards/
 README = "README.md"
 PLOT_FILENAME = "recall_at_k.png"
 TAGS = ["custom_code", "cross-lingual", "cross-modal-retrieval", "cl2cm"]

@@ -8,7 +8,7 @@ from huggingface_hub import ModelCard
 
 from cl2cm_hf.data import VisualFeatureStore, make_queries
 from test_training import run_training
-from trainer.leaderboard import main as leaderboard
+from cl2cm_hf.evaluation.leaderboard import main as leaderboard
 
 DIRECTIONS = {"t2v", "v2t", None}
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import SHARED, tiny_bert_config
 
-from trainer import text_cache
-from trainer.arguments import ModelArguments, load_config, parse_config, resolve_model_reference
-from trainer.model_setup import freeze_lower_layers
+from cl2cm_hf.training import frozen_layers as text_cache
+from cl2cm_hf.training.arguments import ModelArguments, load_config, parse_config, resolve_model_reference
+from cl2cm_hf.training.model_setup import freeze_lower_layers
 
 CONFIGS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
 needs_data = pytest.mark.skipif(
@@ -49,7 +49,7 @@ def test_multi30k_r50_source_gives_a_fold(tmp_path):
     from conftest import build_wordpiece_tokenizer
 
     from cl2cm_hf.data import kfold_visual_ids, multi30k_image_ids
-    from trainer.run_data import build_run_data, first_caption_pairs
+    from cl2cm_hf.training.data_sources import build_run_data, first_caption_pairs
 
     values = load_config(CONFIGS / "multi30k_r50_e5.yaml", [
         "--fold", "1", "--shared_root", str(SHARED), "--output_dir", str(tmp_path),

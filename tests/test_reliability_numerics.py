@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 from test_reliability_outputs import pair_rows, tiny_trainer
 from transformers import TrainingArguments
 
-import trainer.trainers as trainers_module
+import cl2cm_hf.training.trainers as trainers_module
 from cl2cm_hf import CL2CMCrossLingualModel, CL2CMCrossModalModel
 from cl2cm_hf.data import PairCollator, VisualFeatureStore
 from cl2cm_hf.losses import info_nce, relational_distillation, sinkhorn_ot_loss
-from trainer.arguments import CL2CMArguments
-from trainer.trainers import CrossLingualTrainer, CrossModalTrainer, NonFiniteLossError
+from cl2cm_hf.training.arguments import CL2CMArguments
+from cl2cm_hf.training.trainers import CrossLingualTrainer, CrossModalTrainer, NonFiniteLossError
 
 SMALL = settings(max_examples=40, deadline=None)
 

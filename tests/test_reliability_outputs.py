@@ -35,9 +35,9 @@ from cl2cm_hf import CL2CMCrossLingualModel, CL2CMCrossModalModel
 from cl2cm_hf.atomic import atomic_directory, recover_directory
 from cl2cm_hf.data import PairCollator
 from cl2cm_hf.modeling_cl2cm import CorruptCheckpointError, check_safetensors_file
-from trainer.arguments import CL2CMArguments
-from trainer.run import last_checkpoint
-from trainer.trainers import CrossLingualTrainer
+from cl2cm_hf.training.arguments import CL2CMArguments
+from cl2cm_hf.training.run import last_checkpoint
+from cl2cm_hf.training.trainers import CrossLingualTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "a man woman dog cat plays guitar on the street with red blue ball runs in park".split()

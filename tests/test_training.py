@@ -13,7 +13,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from trainer.arguments import load_config, parse_config
+from cl2cm_hf.training.arguments import load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "trainer" / "configs"

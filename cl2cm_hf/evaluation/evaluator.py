@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from cl2cm_hf.inference import encode_texts, encode_visual
+from cl2cm_hf.evaluation.encoding import encode_texts, encode_visual
 from cl2cm_hf.retrieval import metrics_from_ranks, ranks, retrieval_metrics
 
 

@@ -9,7 +9,7 @@ from transformers import BertConfig
 from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCrossModalConfig, CL2CMCrossModalModel
 
 from .arguments import ModelArguments
-from .text_cache import install_frozen_prefix_cache, register_prefix_store
+from .frozen_layers import install_frozen_prefix_cache, register_prefix_store
 
 
 def _head_kwargs(args: ModelArguments) -> dict:

@@ -1,0 +1,160 @@
+"""Leaderboard: several checkpoints x test sets x languages, scored by the `evaluate` metric module.
+
+    python trainer/leaderboard.py --models runs/a/cross_modal org/cl2cm-demo --datasets demo multi30k_r50 \
+        --langs de fr --out leaderboard [--update-cards]
+
+Datasets: `demo` / `demo_video` (the test split of the demo world of trainer/configs/demo*.yaml),
+`multi30k_r50` (the 1000 Multi30K test_2016 images, ResNet-50 features, human de/fr queries; needs
+../shared), or `QUERIES@FEATURES` (a query table, jsonl/csv/parquet, and a feature-store folder).
+
+Writes `<out>.md` (a table) and `<out>.json` (one row per model x dataset x language x direction x
+metric) after every model, atomically, so a model that fails loses nothing already computed; the
+failures are listed in both files and the exit status is 1. `--update-cards` merges each model's
+rows into its README.md as `model-index` (local folders only).
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import evaluate
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from cl2cm_hf.atomic import atomic_write_text
+from cl2cm_hf.data import MissingVisualIdError, VisualFeatureStore, build_demo_world, load_multi30k_r50, load_queries
+from cl2cm_hf.hub import rows_from_metrics, update_card_results
+from cl2cm_hf.retrieval import METRIC_MODULE_PATH
+from cl2cm_hf.training.arguments import load_config, parse_config
+from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator
+
+REPO = Path(__file__).resolve().parents[2]
+TABLE_METRICS = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "sumr"]
+
+
+@dataclass
+class TestSet:
+    name: str
+    queries: object  # datasets.Dataset of (visual_id, text, lang)
+    features: VisualFeatureStore
+
+
+def _demo(recipe: str) -> Callable[[argparse.Namespace], TestSet]:
+    def build(_args) -> TestSet:
+        _, data_args, _, training_args = parse_config(load_config(REPO / "trainer" / "configs" / recipe))
+        world = build_demo_world(
+            seed=training_args.seed, num_items=data_args.demo_items, val_items=data_args.demo_validation_items,
+            test_items=data_args.demo_test_items, mt_noise=data_args.demo_mt_noise,
+            visual_kind=data_args.demo_visual_kind, feature_dim=data_args.demo_feature_dim,
+        )
+        return TestSet(recipe.removesuffix(".yaml"), world.queries["test"], world.features)
+
+    return build
+
+
+def _multi30k_r50(args) -> TestSet:
+    data = load_multi30k_r50(args.shared_root)
+    return TestSet("multi30k_r50", data["queries"], data["features"])
+
+
+DATASETS = {"demo": _demo("demo.yaml"), "demo_video": _demo("demo_video.yaml"), "multi30k_r50": _multi30k_r50}
+
+
+def load_test_set(spec: str, args) -> TestSet:
+    if spec in DATASETS:
+        return DATASETS[spec](args)
+    if "@" in spec:
+        queries, features = spec.split("@", 1)
+        return TestSet(Path(queries).stem, load_queries(queries), VisualFeatureStore.load(features))
+    raise ValueError(f"unknown dataset {spec!r}: expected one of {sorted(DATASETS)} or QUERIES@FEATURES")
+
+
+def load_checkpoint(name: str):
+    """Model and tokenizer of a CL2CM cross-modal checkpoint (folder or hub id), or a clear error."""
+    looks_local = Path(name).exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if looks_local and not Path(name).is_dir():
+        raise ValueError(f"{name} is not a checkpoint: no such folder")
+    if looks_local and not (Path(name) / "config.json").is_file():
+        raise ValueError(f"{name} is not a checkpoint: it has no config.json")
+    config = AutoConfig.from_pretrained(name, trust_remote_code=True)
+    if config.model_type != "cl2cm_cross_modal":
+        raise ValueError(f"{name} is a {config.model_type!r} checkpoint; the leaderboard needs a cl2cm_cross_modal one")
+    model = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
+    return model, AutoTokenizer.from_pretrained(name, trust_remote_code=True)
+
+
+def score(model_name: str, model, tokenizer, test_set: TestSet, langs, metric) -> list[dict]:
+    """Leaderboard rows of one model on one test set, metrics from the evaluate module."""
+    expected = model.config.visual_feature_dim
+    if model.config.visual_encoder_type == "features" and test_set.features.feature_dim != expected:
+        raise ValueError(
+            f"{test_set.name}: features have dim {test_set.features.feature_dim} but {model_name} expects {expected}"
+        )
+    evaluator = CrossModalEvaluator(
+        test_set.queries, test_set.features, tokenizer, langs, max_length=64, text_prefix=model.config.text_prefix
+    )
+    try:
+        ranks_by_lang = evaluator.ranks(model)
+    except MissingVisualIdError as err:
+        raise ValueError(f"{test_set.name}: {err}") from err
+    rows = []
+    for lang, result in ranks_by_lang.items():
+        predictions = [*result.t2v.tolist(), *result.v2t.tolist()]
+        directions = ["t2v"] * len(result.t2v) + ["v2t"] * len(result.v2t)
+        metrics = metric.compute(predictions=predictions, direction=directions)
+        rows += rows_from_metrics(metrics, dataset=test_set.name, lang=lang, model=model_name)
+    return rows
+
+
+def markdown(rows: list[dict], failures: dict[str, str]) -> str:
+    cells = {}
+    for row in rows:
+        key = (row["model"], row["dataset"], row["lang"])
+        name = row["metric"] if row["direction"] is None else f"{row['direction']}_{row['metric']}"
+        cells.setdefault(key, {})[name] = row["value"]
+    lines = ["| model | dataset | lang | " + " | ".join(TABLE_METRICS) + " |", "|---" * (len(TABLE_METRICS) + 3) + "|"]
+    for (model, dataset, lang), values in cells.items():
+        lines.append(f"| {model} | {dataset} | {lang} | " + " | ".join(f"{values.get(k, float('nan')):.1f}" for k in TABLE_METRICS) + " |")
+    if failures:
+        lines += ["", "Failed:", ""] + [f"- {model}: {error}" for model, error in failures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, rows: list[dict], failures: dict[str, str]) -> None:
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"rows": rows, "failures": failures}, indent=2))
+    atomic_write_text(out.with_suffix(".md"), markdown(rows, failures))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", required=True, help="checkpoint folders or hub ids")
+    parser.add_argument("--datasets", nargs="+", default=["demo"])
+    parser.add_argument("--langs", nargs="+", default=["de", "fr"])
+    parser.add_argument("--out", default="leaderboard", help="output path without suffix (.md and .json are written)")
+    parser.add_argument("--shared-root", default=str(REPO.parent / "shared"))
+    parser.add_argument("--update-cards", action="store_true", help="write results into each local model's README.md")
+    args = parser.parse_args(argv)
+
+    metric = evaluate.load(METRIC_MODULE_PATH)
+    test_sets = [load_test_set(spec, args) for spec in args.datasets]
+    out, rows, failures = Path(args.out), [], {}
+    for name in args.models:
+        try:
+            model, tokenizer = load_checkpoint(name)
+            model_rows = [row for test_set in test_sets for row in score(name, model, tokenizer, test_set, args.langs, metric)]
+        except Exception as err:  # one failing model must not lose the others' rows
+            failures[name] = f"{type(err).__name__}: {err}"
+            print(f"FAILED {name}: {failures[name]}", file=sys.stderr)
+        else:
+            rows += model_rows
+            if args.update_cards and Path(name).is_dir():
+                update_card_results(name, model_rows)
+        write(out, rows, failures)
+    print(markdown(rows, failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

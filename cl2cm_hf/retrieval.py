@@ -117,6 +117,11 @@ def _formula():
     return module
 
 
+METRIC_KEYS: tuple[str, ...] = _formula().METRIC_KEYS
+"""Every metric key, in table order (``t2v_r1 .. v2t_mnr, sumr``): the one list of them."""
+DIRECTIONS: tuple[str, ...] = _formula().DIRECTIONS
+
+
 def metrics_from_ranks(t2v_ranks, v2t_ranks) -> dict:
     """``t2v_r1, t2v_r5, t2v_r10, t2v_medr, t2v_mnr, v2t_r1, ..., v2t_mnr, sumr`` from 1-based ranks.
 

@@ -33,6 +33,15 @@ RESULT_NEUTRAL = frozenset({
     "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
 })
 
+# Trainer settings that change results even when left at Trainer's default (the run also records
+# every Trainer setting its recipe or command line sets).
+RESULT_TRAINING_FIELDS = (
+    "seed", "data_seed", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+    "lr_scheduler_type", "warmup_steps", "optim", "bf16", "fp16", "eval_strategy", "eval_steps", "save_strategy",
+    "save_steps", "load_best_model_at_end", "metric_for_best_model", "dataloader_drop_last",
+)
+
 
 class RunMismatchError(ValueError):
     """An output folder belongs to another run, or to this run with other settings."""
@@ -55,11 +64,13 @@ def _plain(value):
 
 def result_settings(parsed: Iterable, explicit: Mapping) -> dict:
     """The settings that change results: every field of the project's argument classes (with its
-    default) and the Trainer settings the recipe, the command line or the project's defaults set
-    (Trainer's other fields include per-process values such as the local rank)."""
+    default), the Trainer settings the recipe, the command line or the project's defaults set, and
+    Trainer's own `RESULT_TRAINING_FIELDS` (its other fields include per-process values such as
+    the local rank)."""
     *own, training_args = parsed
     settings = {f.name: getattr(args, f.name) for args in own for f in dataclasses.fields(args)}
-    settings.update({key: getattr(training_args, key) for key in explicit if hasattr(training_args, key) and key not in settings})
+    trainer_keys = [*RESULT_TRAINING_FIELDS, *explicit]
+    settings.update({key: getattr(training_args, key) for key in trainer_keys if hasattr(training_args, key) and key not in settings})
     return {key: _plain(value) for key, value in sorted(settings.items()) if key not in RESULT_NEUTRAL}
 
 

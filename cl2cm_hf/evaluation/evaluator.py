@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from cl2cm_hf.evaluation.encoding import encode_texts, encode_visual
+from cl2cm_hf.evaluation.encoding import as_processor, encode_texts, encode_visual
 from cl2cm_hf.retrieval import metrics_from_ranks, ranks, retrieval_metrics
 
 
@@ -18,16 +18,13 @@ def _unique_in_order(ids: Sequence[str]) -> list[str]:
 
 class _Evaluator:
     def __init__(self, tokenizer, langs: Sequence[str], max_length: int, text_prefix: str = "", batch_size: int = 256):
-        self.tokenizer = tokenizer
+        self.processor = as_processor(tokenizer, text_prefix)  # a tokenizer, or a checkpoint's processor
         self.langs = list(langs)
         self.max_length = max_length
-        self.text_prefix = text_prefix
         self.batch_size = batch_size
 
     def _texts(self, encode, texts, device):
-        return encode_texts(
-            encode, self.tokenizer, texts, self.batch_size, self.max_length, self.text_prefix, device=device
-        )
+        return encode_texts(encode, self.processor, texts, self.batch_size, self.max_length, device=device)
 
     @staticmethod
     def _summarise(per_lang: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -54,7 +51,9 @@ class CrossModalEvaluator(_Evaluator):
     def embed(self, model):
         """Gallery embeddings and, per language, query embeddings with their gallery indices."""
         device = next(model.parameters()).device
-        gallery = encode_visual(model, self.feature_store, self.gallery_ids, self.batch_size, device=device)
+        gallery = encode_visual(
+            model, self.feature_store, self.gallery_ids, self.batch_size, device=device, processor=self.processor
+        )
         position = {vid: i for i, vid in enumerate(self.gallery_ids)}
         queries = {
             lang: (self._texts(model.get_text_features, texts, device), torch.tensor([position[v] for v in ids]))

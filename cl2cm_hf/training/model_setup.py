@@ -68,13 +68,14 @@ def build_cross_lingual(args: ModelArguments, tokenizer, max_length: int) -> CL2
 
 
 def build_cross_modal(
-    args: ModelArguments, tokenizer, max_length: int, visual_feature_dim: int, cross_lingual=None
+    args: ModelArguments, tokenizer, max_length: int, visual_feature_dim: int | None, cross_lingual=None
 ) -> CL2CMCrossModalModel:
     """The stage-2 network; with `cross_lingual` and `init_text_from_cross_lingual` its text tower
-    (backbone and projection) starts as a copy of the stage-1 source tower."""
+    (backbone and projection) starts as a copy of the stage-1 source tower. `visual_feature_dim`:
+    None for pixels (backbone mode)."""
     kwargs = {
         **_head_kwargs(args),
-        "visual_feature_dim": visual_feature_dim,
+        **({} if visual_feature_dim is None else {"visual_feature_dim": visual_feature_dim}),
         "visual_hidden_size": args.visual_hidden_size,
         "visual_num_layers": args.visual_num_layers,
         "visual_num_heads": args.visual_num_heads,

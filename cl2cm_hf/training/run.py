@@ -12,17 +12,18 @@ and `--resume` continues from them.
 import dataclasses
 import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
 
 from transformers import AutoModel, Trainer, TrainingArguments, set_seed
 
 from cl2cm_hf.atomic import atomic_directory, atomic_write_text, recover_directory
-from cl2cm_hf.data import PairCollator, VisualFeatureStore
+from cl2cm_hf.data import ImagePathStore, PairCollator, VisualFeatureStore
 from cl2cm_hf.hub import build_card, rows_from_metrics
-from cl2cm_hf.evaluation.encoding import encode_texts
+from cl2cm_hf.evaluation.encoding import as_processor, encode_texts
+from cl2cm_hf.evaluation.query import load_gallery, load_model_and_processor, print_results, search
 from cl2cm_hf.modeling_cl2cm import check_safetensors_file
+from cl2cm_hf.processing_cl2cm import build_processor
 
 from cl2cm_hf.training.arguments import config_to_yaml, load_config, parse_config
 from cl2cm_hf.evaluation.evaluator import CrossLingualEvaluator, CrossModalEvaluator
@@ -108,7 +109,7 @@ def train_cross_lingual(args, data: RunData, out: Path):
 
 def precompute_teacher(teacher, data: RunData, data_args, model_args, device):
     """Teacher sentence embeddings of every training pair, computed once and carried by the batches."""
-    encode = dict(tokenizer=data.tokenizer, max_length=data_args.max_length, text_prefix=model_args.text_prefix, device=device)
+    encode = dict(processor=as_processor(data.tokenizer, model_args.text_prefix), max_length=data_args.max_length, device=device)
     teacher = teacher.to(device).eval()
     source = encode_texts(lambda **kw: teacher.get_text_features(**kw, language="source"), texts=data.train_pairs["source_text"], **encode)
     target = encode_texts(lambda **kw: teacher.get_text_features(**kw, language="target"), texts=data.train_pairs["target_text"], **encode)
@@ -167,7 +168,9 @@ def finish(trainer: CrossModalTrainer, data: RunData, args, values: dict, out: P
         print(f"\nTest retrieval ({data.name}, target-language queries):\n{table}\n", flush=True)
         with atomic_directory(folder) as tmp:
             model.save_pretrained(tmp)
-            data.tokenizer.save_pretrained(tmp)
+            # The processor (tokenizer, text prefix, image processor of an image store) saves the tokenizer too.
+            image_processor = getattr(data.features, "image_processor", None)
+            build_processor(data.tokenizer, model.config.text_prefix, image_processor).save_pretrained(tmp)
             (tmp / "training_config.yaml").write_text(config_to_yaml(values))
             (tmp / "test_results.json").write_text(json.dumps(metrics, indent=2))
             save_gallery(data.features, test_evaluator.gallery_ids, tmp / "test_gallery")
@@ -179,24 +182,21 @@ def finish(trainer: CrossModalTrainer, data: RunData, args, values: dict, out: P
 
 
 def save_gallery(store, visual_ids, folder: Path) -> None:
-    """The test gallery's features, so the query demo runs from the final folder alone."""
+    """The test gallery (features, or a copy of the image files), so the query demo runs from the final folder alone."""
+    if isinstance(store, ImagePathStore):
+        store.save(folder, visual_ids)
+        return
     features, mask = store.lookup(visual_ids)
     lengths = None if mask is None else mask.sum(1)
     VisualFeatureStore.from_arrays(visual_ids, features, lengths=lengths).save(folder)
 
 
-def run_query_in_fresh_process(folder: Path, query: str, captions: dict[str, str]) -> None:
-    """Reload the final model in a new interpreter that cannot import cl2cm_hf (the checkpoint's own
-    code runs) and search the test gallery with one query."""
-    script = Path(__file__).resolve().parents[1] / "evaluation" / "query.py"  # runs without cl2cm_hf
-    folder = folder.resolve()
-    shown = folder / "gallery_captions.json"
-    atomic_write_text(shown, json.dumps(captions, ensure_ascii=False))
-    subprocess.run(
-        [sys.executable, str(script), str(folder), query, "--gallery", str(folder / "test_gallery"), "--captions", str(shown)],
-        check=True,
-        cwd=str(folder),
-    )
+def run_query(folder: Path, query: str, captions: dict[str, str]) -> None:
+    """Reload the final folder (model and processor) and search its test gallery with one query,
+    through the library's encode path. That a folder works without cl2cm_hf (its own model and
+    processor code) is what tests/test_hub_roundtrip.py checks."""
+    model, processor = load_model_and_processor(str(folder))
+    print_results(model, query, search(model, processor, query, load_gallery(folder / "test_gallery")), captions)
 
 
 def train(argv: list[str]) -> dict:
@@ -230,7 +230,7 @@ def train(argv: list[str]) -> dict:
 
             push_checkpoint(folder, cl2cm_args.push_to_hub_id)
         if cl2cm_args.query:
-            run_query_in_fresh_process(folder, cl2cm_args.query, data.gallery_captions)
+            run_query(folder, cl2cm_args.query, data.gallery_captions)
     return json.loads((folder / "test_results.json").read_text())
 
 

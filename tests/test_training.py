@@ -66,7 +66,7 @@ def test_both_stages_write_loadable_folders(tmp_path, config):
         assert "transformers_modules" in load_standalone(folder)
     final = tmp_path / "cross_modal"
     records = load_records(final / "test_results.json")
-    assert {(r.lang, r.split) for r in records} == {("de", "test"), ("fr", "test")} and {r.dataset for r in records} == {"demo"}
+    assert {(r.lang, r.split) for r in records} == {("de", "test"), ("fr", "test")} and {r.dataset for r in records} == {"demo world"}
     assert {"de_sumr", "fr_sumr", "sumr"} <= flat_metrics(records).keys()
     assert (tmp_path / "test_results.md").read_text() == metrics_table(records) + "\n"  # the one table writer
     card = (final / "README.md").read_text()

@@ -48,6 +48,8 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from cl2cm_hf.training.arguments import load_config, parse_config  # noqa: E402
 from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator  # noqa: E402
+from cl2cm_hf.evaluation.records import flat_metrics  # noqa: E402
+from cl2cm_hf.retrieval import METRIC_KEYS  # noqa: E402
 from cl2cm_hf.training.model_setup import build_cross_modal  # noqa: E402
 from cl2cm_hf.training.run import train_cross_lingual, train_cross_modal  # noqa: E402
 from cl2cm_hf.training.data_sources import build_run_data  # noqa: E402
@@ -65,8 +67,7 @@ SYSTEM_SETTINGS = {
     "mt_no_transfer": {"stage": "cm", "lambda_kt": 0.0},
     "cl2cm": {},
 }
-METRIC_KEYS = ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "t2v_mnr", "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr", "v2t_mnr", "sumr")
-TABLE_KEYS = ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "sumr")
+TABLE_KEYS = tuple(k for k in METRIC_KEYS if k.rpartition("_")[2] not in ("medr", "mnr"))  # the recalls and SumR
 # Settings that do not change stage 1 (variants differing only in these reuse its network).
 STAGE2_ONLY = {
     "output_dir", "lambda_mt", "lambda_kt", "kt_temperature", "precompute_teacher", "init_text_from_cross_lingual",
@@ -141,11 +142,12 @@ class Run:
         values = self.values({})
         model_args, data_args, _, training_args = parse_config(values)
         self.data = build_run_data(data_args, model_args, training_args)
-        evaluator = lambda queries: CrossModalEvaluator(  # noqa: E731
-            queries, self.data.features, self.data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix
+        evaluator = lambda queries, split: CrossModalEvaluator(  # noqa: E731
+            queries, self.data.features, self.data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,
+            dataset=self.data.name, split=split,
         )
-        self.validation = evaluator(self.data.validation_queries)
-        self.test = evaluator(self.data.test_queries)
+        self.validation = evaluator(self.data.validation_queries, "validation")
+        self.test = evaluator(self.data.test_queries, "test")
         self.langs = list(data_args.target_langs)
         self.stage1_models = {}
         # The recipe's untrained network: the "untrained" system, and the key of the pretrained tower's cache.
@@ -184,9 +186,10 @@ class Run:
             model = trainer.accelerator.unwrap_model(trainer.model)
         timings["train_s"] = round(time.time() - started, 1)
         model.eval()
-        result = {"validation": self.validation(model), "timings": timings}
+        # Flat scalars ({"de_t2v_r1": ..., "sumr": mean SumR}): the form this report and the tuning log keep.
+        result = {"validation": flat_metrics(self.validation(model)), "timings": timings}
         if evaluate_test:
-            result["test"] = self.test(model)
+            result["test"] = flat_metrics(self.test(model))
         timings["total_s"] = round(time.time() - started, 1)
         shutil.rmtree(out, ignore_errors=True)  # stage folders and logs of the run: not needed here
         return result

@@ -10,7 +10,6 @@ and `--resume` continues from them.
 """
 
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -19,9 +18,10 @@ from transformers import AutoModel, Trainer, TrainingArguments, set_seed
 
 from cl2cm_hf.atomic import atomic_directory, atomic_write_text, recover_directory
 from cl2cm_hf.data import ImagePathStore, PairCollator, VisualFeatureStore
-from cl2cm_hf.hub import build_card, rows_from_metrics
 from cl2cm_hf.evaluation.encoding import as_processor, encode_texts
 from cl2cm_hf.evaluation.query import load_gallery, load_model_and_processor, print_results, search
+from cl2cm_hf.evaluation.records import TEST_RESULTS, MetricRecord, load_records, save_records
+from cl2cm_hf.hub import build_card, metrics_table
 from cl2cm_hf.modeling_cl2cm import check_safetensors_file
 from cl2cm_hf.processing_cl2cm import build_processor
 
@@ -90,7 +90,8 @@ def train_cross_lingual(args, data: RunData, out: Path):
         training_args, "cl", num_train_epochs=cl2cm_args.cl_num_train_epochs, learning_rate=cl2cm_args.cl_learning_rate
     )
     evaluator = CrossLingualEvaluator(
-        data.validation_pairs, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix
+        data.validation_pairs, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,
+        dataset=data.name, split="validation",
     )
     trainer = CrossLingualTrainer(
         model=model,
@@ -127,7 +128,8 @@ def train_cross_modal(args, data: RunData, out: Path, teacher):
         train_pairs, teacher_scale = precompute_teacher(teacher, data, data_args, model_args, stage_args.device)
         teacher = None
     evaluator = CrossModalEvaluator(
-        data.validation_queries, data.features, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix
+        data.validation_queries, data.features, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,
+        dataset=data.name, split="validation",
     )
     trainer = CrossModalTrainer(
         model=model,
@@ -145,26 +147,20 @@ def train_cross_modal(args, data: RunData, out: Path, teacher):
     return trainer
 
 
-def results_table(metrics: dict[str, float], langs) -> str:
-    keys = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "sumr"]
-    lines = ["| lang | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for lang in langs:
-        lines.append(f"| {lang} | " + " | ".join(f"{metrics[f'{lang}_{k}']:.1f}" for k in keys) + " |")
-    return "\n".join(lines)
-
-
 def finish(trainer: CrossModalTrainer, data: RunData, args, values: dict, out: Path) -> Path:
-    """Test-set evaluation, then the final folder: model, tokenizer, recipe, results, card."""
+    """Test-set evaluation, then the final folder: model, tokenizer, recipe, results
+    (`test_results.json`: a list of metric records), card."""
     model_args, data_args, cl2cm_args, _ = args
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
     test_evaluator = CrossModalEvaluator(
-        data.test_queries, data.features, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix
+        data.test_queries, data.features, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,
+        dataset=data.name, split="test",
     )
     test_ranks = test_evaluator.ranks(model)
-    metrics = test_evaluator.metrics(test_ranks)
+    records = test_evaluator.metrics(test_ranks)
     folder = out / STAGE_DIRS["cm"]
     if trainer.is_world_process_zero():
-        table = results_table(metrics, data_args.target_langs)
+        table = metrics_table(records)
         print(f"\nTest retrieval ({data.name}, target-language queries):\n{table}\n", flush=True)
         with atomic_directory(folder) as tmp:
             model.save_pretrained(tmp)
@@ -172,10 +168,10 @@ def finish(trainer: CrossModalTrainer, data: RunData, args, values: dict, out: P
             image_processor = getattr(data.features, "image_processor", None)
             build_processor(data.tokenizer, model.config.text_prefix, image_processor).save_pretrained(tmp)
             (tmp / "training_config.yaml").write_text(config_to_yaml(values))
-            (tmp / "test_results.json").write_text(json.dumps(metrics, indent=2))
+            save_records(records, tmp / TEST_RESULTS)
             save_gallery(data.features, test_evaluator.gallery_ids, tmp / "test_gallery")
-            rows = rows_from_metrics(metrics, dataset=data.name, model=str(folder))
-            build_card(tmp, results=rows, training_config=values, ranks=test_ranks)
+            build_card(tmp, records, training_config=values, ranks=test_ranks, model_name=out.resolve().name,
+                       target_languages=data_args.target_langs, visual_modality="video" if data.features.is_video else "image")
         atomic_write_text(out / "test_results.md", table + "\n")
     trainer.accelerator.wait_for_everyone()
     return folder
@@ -199,9 +195,9 @@ def run_query(folder: Path, query: str, captions: dict[str, str]) -> None:
     print_results(model, query, search(model, processor, query, load_gallery(folder / "test_gallery")), captions)
 
 
-def train(argv: list[str]) -> dict:
-    """Run the recipe `argv` (a YAML path and/or `--key value` overrides); returns the test metrics
-    (empty for a stage-1-only run)."""
+def train(argv: list[str]) -> list[MetricRecord]:
+    """Run the recipe `argv` (a YAML path and/or `--key value` overrides); returns the test metric
+    records (empty for a stage-1-only run; `records.flat_metrics` gives ``{"de_sumr": ...}``)."""
     argv = list(argv)
     config_path = argv.pop(0) if argv and not argv[0].startswith("--") else None
     values = load_config(config_path, argv)
@@ -220,7 +216,7 @@ def train(argv: list[str]) -> dict:
     elif cl2cm_args.lambda_kt:
         raise ValueError("stage cm with lambda_kt > 0 needs cross_lingual_model (a stage-1 folder)")
     if cl2cm_args.stage == "cl":
-        return {}
+        return []
 
     trainer = train_cross_modal(args, data, out, teacher)
     folder = finish(trainer, data, args, values, out)
@@ -231,7 +227,7 @@ def train(argv: list[str]) -> dict:
             push_checkpoint(folder, cl2cm_args.push_to_hub_id)
         if cl2cm_args.query:
             run_query(folder, cl2cm_args.query, data.gallery_captions)
-    return json.loads((folder / "test_results.json").read_text())
+    return load_records(folder / TEST_RESULTS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -210,7 +210,9 @@ class _CL2CMTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.evaluator(model).items()}
+        from cl2cm_hf.evaluation.records import flat_metrics
+
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in flat_metrics(self.evaluator(model)).items()}
         model.train(was_training)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

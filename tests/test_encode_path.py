@@ -115,11 +115,11 @@ def test_backbone_checkpoint_scored_and_queried_through_the_one_path(backbone_ru
                                encode_visual(model, gallery, ids, processor=processor), rtol=0, atol=1e-6)
     queries = make_queries({"visual_id": ["v20", "v21", "v20", "v22"], "text": ["ein rot hund", "ein rot auto", "un chien rouge", "un auto"],
                             "lang": ["de", "de", "fr", "fr"]})
-    ranks = CrossModalEvaluator(queries, gallery, processor, ["de", "fr"], max_length=12).ranks(model)
+    ranks = CrossModalEvaluator(queries, gallery, processor, ["de", "fr"], max_length=12, dataset="pixels", split="test").ranks(model)
     assert set(ranks) == {"de", "fr"} and len(ranks["de"].t2v) == 2
     metric = pytest.importorskip("evaluate").load(str(REPO / "cl2cm_hf" / "metrics" / "retrieval_recall"))
     rows = score(str(final), model, processor, TestSet("pixels", queries, gallery), ["de", "fr"], metric)
-    assert {row["lang"] for row in rows} == {"de", "fr"}
+    assert {record.lang for record in rows} == {"de", "fr"}
     hits = search(model, processor, "ein rot hund", gallery, top=3)
     assert len(hits) == 3 and {h[0] for h in hits} <= set(ids)
     # The run's own query demo went through the same search.

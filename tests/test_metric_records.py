@@ -100,4 +100,4 @@ def test_one_table_writer_and_one_metric_key_list():
         if '"t2v_r10"' in text or "'t2v_r10'" in text:
             listers.append(path.relative_to(REPO).as_posix())
     assert writers == ["cl2cm_hf/hub/results.py"]
-    assert listers == ["cl2cm_hf/metrics/retrieval_recall/retrieval_recall.py"]
+    assert listers == ["cl2cm_hf/retrieval/metrics.py"]

@@ -87,9 +87,12 @@ class FakeHubApi:
 
 
 def make_checkpoint(folder: Path, backbone: bool = False, **config_kwargs) -> Path:
-    """A tiny CL2CM model (precomputed features, or a tiny CLIP vision backbone) with a BERT
-    tokenizer, saved like a training run's output."""
-    from transformers import BertConfig, BertTokenizer, CLIPVisionConfig
+    """A tiny CL2CM model (precomputed features, or a tiny CLIP vision backbone) with its processor
+    (a BERT tokenizer, the text prefix, a CLIP image processor for the backbone), saved like a
+    training run's output."""
+    from transformers import BertConfig, BertTokenizer, CLIPImageProcessor, CLIPVisionConfig
+
+    from cl2cm_hf.processing_cl2cm import build_processor
 
     words = "ein hund rennt über eine wiese . zwei kinder spielen am strand query :".split()
     vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)}
@@ -102,7 +105,8 @@ def make_checkpoint(folder: Path, backbone: bool = False, **config_kwargs) -> Pa
     config = CL2CMCrossModalConfig(text_config=text_config.to_dict(), projection_dim=8, visual_feature_dim=12,
                                    visual_hidden_size=16, text_prefix="query: ", **config_kwargs)
     CL2CMCrossModalModel(config).save_pretrained(folder)
-    BertTokenizer(vocab=vocab).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}) if backbone else None
+    build_processor(BertTokenizer(vocab=vocab), config.text_prefix, image_processor).save_pretrained(folder)
     (folder / "training_config.yaml").write_text(yaml.safe_dump(TRAINING_CONFIG, sort_keys=False))
     (folder / "optimizer.pt").write_bytes(b"not published")
     (folder / "test_gallery").mkdir()
@@ -163,14 +167,15 @@ def test_card_has_metadata_model_index_and_plot(carded, ranks):
 def test_usage_snippet_follows_the_config():
     features = {"visual_encoder_type": "features", "visual_feature_dim": 2048, "text_prefix": "query: "}
     code, note = usage_snippet(features, "org/x", ["en", "de"])
-    assert 'repo_id = "org/x"' in code and "torch.randn(3, 2048)" in code and '"query: Ein Hund' in code
-    assert "trust_remote_code=True" in code and "feature extractor" in note
+    assert 'repo_id = "org/x"' in code and "torch.randn(3, 2048)" in code and '"Ein Hund' in code
+    assert "query: " not in code  # the processor adds the prefix
+    assert "AutoProcessor.from_pretrained(repo_id, trust_remote_code=True)" in code and "feature extractor" in note
     video = dict(features, visual_num_layers=2, visual_max_frames=4)
     code, _ = usage_snippet(video, "org/x", ["fr"])
     assert "torch.randn(3, 4, 2048)" in code and "visual_mask" in code and "Un chien" in code
     backbone = {"visual_encoder_type": "backbone", "vision_config": {"model_type": "clip_vision_model", "image_size": 224, "num_channels": 3}}
     code, note = usage_snippet(backbone, "org/x", [])
-    assert "pixel_values" in code and "torch.randn(3, 3, 224, 224)" in code and "clip_vision_model" in note
+    assert "processor(images=images" in code and "(224, 224)" in code and "clip_vision_model" in note
     compile(code, "<snippet>", "exec")
 
 
@@ -331,7 +336,7 @@ def test_push_then_load_by_repo_id_offline(carded, tmp_path):
         assert json.dumps(str(checkpoint)) in code
         (tmp_path / f"snippet_{name}.py").write_text(code)
         snippets.append(f"snippet_{name}.py")
-    assert "visual_mask" in snippet_of(video) and "pixel_values" in snippet_of(pixels)
+    assert "visual_mask" in snippet_of(video) and "processor(images=images" in snippet_of(pixels)
     script = textwrap.dedent(
         """
         import json, runpy, sys

@@ -87,12 +87,11 @@ def visual_inputs(config: Mapping) -> dict:
             "channels": int(vision.get("num_channels", 3))}
 
 
-def _caption_literals(config: Mapping, languages: Iterable[str]) -> list[str]:
+def _caption_literals(languages: Iterable[str]) -> list[str]:
     """Two example captions of the first target language that has some, as Python string literals
-    (with the checkpoint's text prefix, as the model saw its captions)."""
+    (the checkpoint's processor adds its text prefix)."""
     target = [lang for lang in languages if lang != SOURCE_LANGUAGE and lang in _EXAMPLE_CAPTIONS]
-    prefix = config.get("text_prefix") or ""
-    return [json.dumps(prefix + caption, ensure_ascii=False) for caption in _EXAMPLE_CAPTIONS[target[0] if target else "en"]]
+    return [json.dumps(caption, ensure_ascii=False) for caption in _EXAMPLE_CAPTIONS[target[0] if target else "en"]]
 
 
 def usage_snippet(config: Mapping, repo_id: str, languages: Iterable[str]) -> tuple[str, str]:
@@ -101,7 +100,7 @@ def usage_snippet(config: Mapping, repo_id: str, languages: Iterable[str]) -> tu
     ``usage_code`` and ``visual_input_note`` macros."""
     visual = visual_inputs(config)
     module = _template().make_module({"visual": visual, "text": {}})  # the body renders unused; the macros are kept
-    return str(module.usage_code(repo_id, _caption_literals(config, languages), visual)), str(module.visual_input_note(visual))
+    return str(module.usage_code(repo_id, _caption_literals(languages), visual)), str(module.visual_input_note(visual))
 
 
 def _flatten(config: Mapping, prefix: str = "") -> dict[str, object]:
@@ -274,7 +273,7 @@ def build_card(folder: str | Path, records: Iterable[MetricRecord] | None = None
         text={"model_type": text.get("model_type", "text"), "pooling": config.get("pooling", "mean"),
               "projection_dim": config.get("projection_dim", "?"), "prefix": config.get("text_prefix") or ""},
         visual=visual_inputs(config),
-        captions=_caption_literals(config, languages),
+        captions=_caption_literals(languages),
         training_summary=training_summary(training_config),
         training_yaml=yaml.safe_dump(training_config, sort_keys=False, allow_unicode=True).strip() if training_config else "",
         results_section=_results_section(records, has_plot),

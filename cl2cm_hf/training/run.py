@@ -29,7 +29,7 @@ from cl2cm_hf.evaluation.evaluator import CrossLingualEvaluator, CrossModalEvalu
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore
 from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal, prepare_teacher
 from cl2cm_hf.training.data_sources import RunData, build_run_data, first_caption_pairs
-from cl2cm_hf.training.trainers import CrossLingualTrainer, CrossModalTrainer
+from cl2cm_hf.training.trainers import CHECKPOINT_COMPLETE, CrossLingualTrainer, CrossModalTrainer
 
 logger = logging.getLogger("cl2cm")
 STAGE_DIRS = {"cl": "cross_lingual", "cm": "cross_modal"}
@@ -43,9 +43,10 @@ def stage_training_args(training_args: TrainingArguments, stage: str, **changes)
 
 
 def last_checkpoint(folder: str) -> str | None:
-    """The newest complete Trainer checkpoint. Checkpoints are renamed into place once complete
-    (trainers.py); one without `trainer_state.json` (an older, in-place layout cut short) or with a
-    damaged weight file is passed over, with a warning, for the one before."""
+    """The newest complete Trainer checkpoint: one marked complete once every process had written it
+    (`CHECKPOINT_COMPLETE`, trainers.py) and whose weight files are whole. Any other (a save cut
+    short, a checkpoint from before the mark existed, damaged weights) is passed over, with a warning,
+    for the one before."""
     candidates = sorted(
         (p for p in Path(folder).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
@@ -53,9 +54,9 @@ def last_checkpoint(folder: str) -> str | None:
     )
     for path in candidates:
         damaged = [f"{f.name}: {why}" for f in path.glob("*.safetensors") if (why := check_safetensors_file(str(f)))]
-        if (path / "trainer_state.json").exists() and not damaged:
+        if (path / CHECKPOINT_COMPLETE).exists() and not damaged:
             return str(path)
-        logger.warning("passing over incomplete checkpoint %s (%s)", path, "; ".join(damaged) or "no trainer_state.json")
+        logger.warning("passing over incomplete checkpoint %s (%s)", path, "; ".join(damaged) or f"no {CHECKPOINT_COMPLETE}")
     return None
 
 

@@ -86,9 +86,9 @@ class CompleteCheckpoints(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         PartialState().wait_for_everyone()  # every process has written its part (RNG state)
-        if args.should_save:
-            run_dir = Path(args.output_dir)
-            folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        run_dir = Path(args.output_dir)
+        folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if args.should_save and folder.is_dir():  # (hyperparameter-search trials save into subfolders: not marked)
             (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
             fsync_tree(folder)
             atomic_write_text(folder / CHECKPOINT_COMPLETE, json.dumps({"global_step": state.global_step}) + "\n")

@@ -27,9 +27,10 @@ from cl2cm_hf.processing_cl2cm import build_processor
 
 from cl2cm_hf.training.arguments import config_to_yaml, load_config, parse_config
 from cl2cm_hf.evaluation.evaluator import CrossLingualEvaluator, CrossModalEvaluator
-from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal
+from cl2cm_hf.training.frozen_layers import FrozenLayerStore
+from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal, prepare_teacher
 from cl2cm_hf.training.data_sources import RunData, build_run_data, first_caption_pairs
-from cl2cm_hf.training.trainers import CrossLingualTrainer, CrossModalTrainer
+from cl2cm_hf.training.trainers import CHECKPOINT_COMPLETE, CrossLingualTrainer, CrossModalTrainer
 
 logger = logging.getLogger("cl2cm")
 STAGE_DIRS = {"cl": "cross_lingual", "cm": "cross_modal"}
@@ -43,9 +44,10 @@ def stage_training_args(training_args: TrainingArguments, stage: str, **changes)
 
 
 def last_checkpoint(folder: str) -> str | None:
-    """The newest complete Trainer checkpoint. Checkpoints are renamed into place once complete
-    (trainers.py); one without `trainer_state.json` (an older, in-place layout cut short) or with a
-    damaged weight file is passed over, with a warning, for the one before."""
+    """The newest complete Trainer checkpoint: one marked complete once every process had written it
+    (`CHECKPOINT_COMPLETE`, trainers.py) and whose weight files are whole. Any other (a save cut
+    short, a checkpoint from before the mark existed, damaged weights) is passed over, with a warning,
+    for the one before."""
     candidates = sorted(
         (p for p in Path(folder).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
@@ -53,9 +55,9 @@ def last_checkpoint(folder: str) -> str | None:
     )
     for path in candidates:
         damaged = [f"{f.name}: {why}" for f in path.glob("*.safetensors") if (why := check_safetensors_file(str(f)))]
-        if (path / "trainer_state.json").exists() and not damaged:
+        if (path / CHECKPOINT_COMPLETE).exists() and not damaged:
             return str(path)
-        logger.warning("passing over incomplete checkpoint %s (%s)", path, "; ".join(damaged) or "no trainer_state.json")
+        logger.warning("passing over incomplete checkpoint %s (%s)", path, "; ".join(damaged) or f"no {CHECKPOINT_COMPLETE}")
     return None
 
 
@@ -75,7 +77,9 @@ def save_stage(trainer: Trainer, model, tokenizer, folder: Path) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def train_cross_lingual(args, data: RunData, out: Path):
+def train_cross_lingual(args, data: RunData, out: Path, frozen_layers: FrozenLayerStore | None = None):
+    """Stage 1; returns the trained network (loaded from its folder when `resume` finds it complete).
+    `frozen_layers`: the run's store under `cache_frozen_text_layers`."""
     model_args, data_args, cl2cm_args, training_args = args
     folder = out / STAGE_DIRS["cl"]
     recover_directory(folder)  # a kill between the two renames of a folder swap
@@ -85,7 +89,7 @@ def train_cross_lingual(args, data: RunData, out: Path):
     if cl2cm_args.cl_first_caption_only:
         data = first_caption_pairs(data)
     set_seed(training_args.seed)  # each stage starts from the same RNG state, resumed or not
-    model = build_cross_lingual(model_args, data.tokenizer, data_args.max_length)
+    model = build_cross_lingual(model_args, data.tokenizer, data_args.max_length, frozen_layers)
     stage_args = stage_training_args(
         training_args, "cl", num_train_epochs=cl2cm_args.cl_num_train_epochs, learning_rate=cl2cm_args.cl_learning_rate
     )
@@ -118,10 +122,16 @@ def precompute_teacher(teacher, data: RunData, data_args, model_args, device):
     return pairs.add_column("teacher_target_embeds", target.tolist()), float(teacher.scale())
 
 
-def train_cross_modal(args, data: RunData, out: Path, teacher):
+def train_cross_modal(args, data: RunData, out: Path, teacher, frozen_layers: FrozenLayerStore | None = None):
+    """Stage 2 from the stage-1 network `teacher` (None: no stage 1); returns its trainer. The stage-1
+    network becomes the frozen teacher (`prepare_teacher`) and the text tower starts as a copy of it."""
     model_args, data_args, cl2cm_args, training_args = args
     set_seed(training_args.seed)
-    model = build_cross_modal(model_args, data.tokenizer, data_args.max_length, data.features.feature_dim, teacher)
+    if teacher is not None:
+        teacher = prepare_teacher(teacher, model_args, frozen_layers)
+    model = build_cross_modal(
+        model_args, data.tokenizer, data_args.max_length, data.features.feature_dim, teacher, frozen_layers
+    )
     stage_args = stage_training_args(training_args, "cm")
     train_pairs, teacher_scale = data.train_pairs, None
     if cl2cm_args.lambda_kt and cl2cm_args.precompute_teacher:
@@ -208,9 +218,11 @@ def train(argv: list[str]) -> list[MetricRecord]:
     out = Path(training_args.output_dir)
     data = build_run_data(data_args, model_args, training_args)
 
+    # One store of frozen-layer outputs for the run: stage 1, stage 2 and the teacher share it.
+    frozen_layers = FrozenLayerStore() if model_args.cache_frozen_text_layers else None
     teacher = None
     if cl2cm_args.stage in ("cl", "both"):
-        teacher = train_cross_lingual(args, data, out)
+        teacher = train_cross_lingual(args, data, out, frozen_layers)
     elif cl2cm_args.cross_lingual_model:
         teacher = AutoModel.from_pretrained(cl2cm_args.cross_lingual_model, trust_remote_code=True)
     elif cl2cm_args.lambda_kt:
@@ -218,7 +230,7 @@ def train(argv: list[str]) -> list[MetricRecord]:
     if cl2cm_args.stage == "cl":
         return []
 
-    trainer = train_cross_modal(args, data, out, teacher)
+    trainer = train_cross_modal(args, data, out, teacher, frozen_layers)
     folder = finish(trainer, data, args, values, out)
     if trainer.is_world_process_zero():
         if cl2cm_args.push_to_hub_id:

@@ -160,7 +160,7 @@ def _car(p: _Pen) -> None:
 def _house(p: _Pen) -> None:
     p.rect(0.7, 0.06, 0.82, 0.3, p.shade(0.65))
     p.rect(0.12, 0.45, 0.88, 1.0)
-    p.poly(((0.0, 0.5), (0.5, 0.0), (1.0, 0.5)), p.shade(0.65))
+    p.poly(((0.0, 0.5), (0.5, 0.0), (1.0, 0.5)), p.shade(0.8))
     p.rect(0.42, 0.68, 0.58, 1.0, _WOOD)
     p.rect(0.2, 0.58, 0.34, 0.72, _PALE)
     p.rect(0.66, 0.58, 0.8, 0.72, _PALE)
@@ -258,26 +258,27 @@ class _Shape:
     aspect: float  # width / height
     height: float  # height of the plain (size-less) object in units
     room: float = 0.0  # fraction of the height free underneath (table, chair, umbrella)
+    top: float = 0.0  # where an object "on" it stands, from the top (an animal's back, a chair's seat)
 
 
 SHAPES = {
-    "dog": _Shape(_dog, 1.45, 0.8),
-    "cat": _Shape(_cat, 0.8, 0.85),
-    "horse": _Shape(_horse, 1.15, 1.2),
-    "bird": _Shape(_bird, 1.1, 0.65),
-    "cow": _Shape(_cow, 1.5, 0.9),
+    "dog": _Shape(_dog, 1.45, 0.8, top=0.3),
+    "cat": _Shape(_cat, 0.8, 0.85, top=0.1),
+    "horse": _Shape(_horse, 1.15, 1.2, top=0.3),
+    "bird": _Shape(_bird, 1.1, 0.65, top=0.3),
+    "cow": _Shape(_cow, 1.5, 0.9, top=0.26),
     "car": _Shape(_car, 1.9, 0.75),
     "house": _Shape(_house, 1.0, 1.4),
     "ball": _Shape(_ball, 1.0, 0.65),
     "tree": _Shape(_tree, 0.8, 1.5),
     "box": _Shape(_box, 1.1, 0.8),
-    "chair": _Shape(_chair, 0.7, 1.0, room=0.4),
+    "chair": _Shape(_chair, 0.7, 1.0, room=0.4, top=0.48),
     "lamp": _Shape(_lamp, 0.6, 1.2),
     "boat": _Shape(_boat, 1.6, 1.0),
     "flower": _Shape(_flower, 0.6, 0.9),
     "table": _Shape(_table, 1.6, 0.85, room=0.76),
     "cup": _Shape(_cup, 1.0, 0.65),
-    "book": _Shape(_book, 1.4, 0.65),
+    "book": _Shape(_book, 1.4, 0.65, top=0.1),
     "umbrella": _Shape(_umbrella, 1.0, 1.05, room=0.5),
 }
 assert set(SHAPES) == set(NOUNS), "every lexicon noun needs a silhouette"
@@ -341,12 +342,12 @@ def _layout(scene: Scene, rng: np.random.Generator) -> list[_Placed]:
     if len(scene.objects) == 1:
         (w, h), = sizes
         return [_Placed(0, scene.objects[0], w, h, 0.0, 0.0, facings[0])]
-    (aw, ah), room = sizes[1], SHAPES[scene.objects[1].noun].room
+    (aw, ah), anchor = sizes[1], SHAPES[scene.objects[1].noun]
     relations = {subject: rel for subject, rel, _ in scene.relations}
     side = 1 if rng.random() < 0.5 else -1
     sides = {0: side, 2: -side}  # the two subjects go to opposite sides of the anchor
     shared = len(relations) == 2 and relations[0] == relations[2]
-    gap = rng.uniform(0.08, 0.2)
+    gap = rng.uniform(0.18, 0.32)
 
     def centre(subject: int) -> float:
         w = sizes[subject][0]
@@ -356,9 +357,9 @@ def _layout(scene: Scene, rng: np.random.Generator) -> list[_Placed]:
     for subject in sorted(relations, key=lambda s: relations[s] != "under"):  # "under" sets the ground
         rel, (w, h) = relations[subject], sizes[subject]
         if rel == "on":
-            cx, base = centre(subject), -ah
+            cx, base = centre(subject), -(1.0 - anchor.top) * ah
         elif rel == "under":
-            cx, base = centre(subject), max(0.0, h - room * ah)
+            cx, base = centre(subject), max(0.0, h - anchor.room * ah)
             ground = max(ground, base)
         elif rel == "next to":
             cx, base = sides[subject] * ((aw + w) / 2 + gap), ground
@@ -467,3 +468,43 @@ def render_video(scene: Scene, schedule: Sequence[set[int]], size: int = 64,
 def render_scene(scene: Scene, size: int = 64, rng: np.random.Generator | None = None) -> Image.Image:
     """The whole scene as one RGB picture (`render_video` with every object present)."""
     return render_video(scene, [set(range(len(scene.objects)))], size, rng)[0]
+
+
+def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str], columns: int = 4, zoom: int = 3) -> Image.Image:
+    """Pictures (enlarged `zoom` times, pixels kept square) above their wrapped captions, for a look
+    at what the vision tower sees. Text uses Pillow's bundled font, not the system's."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=11)
+    side = images[0].width * zoom
+    cell_w, text_h = side + 12, 4 * 13 + 6
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * cell_w, rows * (side + text_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, (image, caption) in enumerate(zip(images, captions)):
+        x, y = (k % columns) * cell_w + 6, (k // columns) * (side + text_h) + 4
+        sheet.paste(image.resize((side, side), Image.Resampling.NEAREST), (x, y))
+        lines, line = [], ""
+        for word in caption.split():
+            if line and draw.textlength(f"{line} {word}", font=font) > side:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}".strip()
+        draw.multiline_text((x, y + side + 3), "\n".join([*lines, line][:4]), fill=(0, 0, 0), font=font, spacing=2)
+    return sheet
+
+
+def write_contact_sheet(out: str, size: int = 64, count: int = 16, seed: int = 0) -> None:
+    """The demo world's first `count` test pictures with their English captions, as `out` (PNG).
+    ``docs/demo_scenes.png`` is ``write_contact_sheet("docs/demo_scenes.png")``."""
+    from .demo_world import build_demo_world
+
+    world = build_demo_world(seed=seed)
+    ids = world.splits["test"][:count]
+    english = {}
+    for row in world.queries["test"]:
+        if row["lang"] == "en":
+            english.setdefault(row["visual_id"], row["text"])
+    images = dict(world.pictures(ids, size))
+    contact_sheet([images[i] for i in ids], [english[i] for i in ids]).save(out)

@@ -117,11 +117,22 @@ def test_three_objects_keep_both_relations():
     assert cat[0].mean() < table[0].mean() < ball[0].mean()
 
 
+def test_unrelated_objects_stand_side_by_side_and_bad_input_is_named():
+    (rows0, cols0), (rows1, cols1) = (rows_cols(m) for m in masks(Scene((DemoObject("dog", "red"), DemoObject("cat", "blue"))), 1))
+    assert abs(rows0.max() - rows1.max()) <= 2 and not set(cols0) & set(cols1)
+    with pytest.raises(ValueError, match=r"relation \(1, 'on', 0\)"):
+        render_scene(Scene((DemoObject("dog", "red"), DemoObject("cat", "blue")), ((1, "on", 0),)))
+    with pytest.raises(ValueError, match="schedule names objects \\[3\\]"):
+        render_video(one("dog"), [{0}, {3}])
+
+
 @pytest.mark.parametrize("action", sorted(ACTIONS))
 def test_actions_leave_a_visible_mark(action):
     plain = pixels(render_scene(one("dog"), SIZE, np.random.default_rng(3)))
     acting = pixels(render_scene(one("dog", action=action), SIZE, np.random.default_rng(3)))
-    magenta = lambda image: (np.abs(image - np.array(ACTION_RGB)).max(axis=-1) <= 40).sum()  # noqa: E731
+    def magenta(image):
+        return (np.abs(image - np.array(ACTION_RGB)).max(axis=-1) <= 40).sum()
+
     assert magenta(plain) == 0 and magenta(acting) >= 6, action
     others = [pixels(render_scene(one("dog", action=a), SIZE, np.random.default_rng(3))) for a in ACTIONS if a != action]
     assert all(np.abs(acting - other).max(axis=-1).astype(bool).sum() > 20 for other in others)

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
-from .demo_lexicon import COLOURS, NOUNS
+from .demo_lexicon import COLOURS, NOUNS, RELATIONS
 from .demo_scenes import DemoObject, Scene
 
 SUPERSAMPLE = 4
@@ -37,7 +37,7 @@ COLOUR_RGB = {
     "grey": (130, 130, 130),
 }
 SIZE_SCALE = {"small": 0.75, None: 1.0, "big": 1.3}
-ACTION_RGB = (214, 40, 190)
+ACTION_RGB = (214, 40, 190)  # magenta, the colour of every action mark
 _UNIT = 0.4  # height of a plain object of height factor 1, as a fraction of the side
 _MARGIN = 0.05  # free border around the group, as a fraction of the side
 _WALL, _FLOOR = (178, 168, 200), (200, 178, 140)
@@ -68,6 +68,7 @@ class _Pen:
         return (self.x0 + (1.0 - u if self.mirrored else u) * self.w, self.y0 + v * self.h)
 
     def shade(self, factor: float) -> tuple[int, int, int]:
+        """The colour darkened (factor < 1) or lightened (> 1, plus an offset so that black lightens too)."""
         return tuple(int(min(255, c * factor + (30 if factor > 1 else 0))) for c in self.colour)
 
     def _box(self, kind: str, u0: float, v0: float, u1: float, v1: float, fill, width: float = 0.0) -> None:
@@ -318,6 +319,8 @@ def _mark_ops(action: str | None, x0: float, base: float, w: float, h: float, fa
 
 
 # --- layout -------------------------------------------------------------------------------
+_LAYER = {"behind": 0, "under": 1, "on": 3, "next to": 3, "in front of": 4}  # drawing order; the anchor is 2
+assert set(_LAYER) == set(RELATIONS), "every lexicon relation needs a placement"
 @dataclass(frozen=True)
 class _Placed:
     index: int
@@ -343,7 +346,11 @@ def _layout(scene: Scene, rng: np.random.Generator) -> list[_Placed]:
         (w, h), = sizes
         return [_Placed(0, scene.objects[0], w, h, 0.0, 0.0, facings[0])]
     (aw, ah), anchor = sizes[1], SHAPES[scene.objects[1].noun]
-    relations = {subject: rel for subject, rel, _ in scene.relations}
+    relations = {subject: "next to" for subject in range(0, len(scene.objects), 2)}  # unrelated: beside it
+    for subject, rel, obj in scene.relations:
+        if obj != 1 or subject not in relations or rel not in _LAYER:
+            raise ValueError(f"relation {(subject, rel, obj)} of {scene}: expected (0 or 2, one of {sorted(_LAYER)}, 1)")
+        relations[subject] = rel
     side = 1 if rng.random() < 0.5 else -1
     sides = {0: side, 2: -side}  # the two subjects go to opposite sides of the anchor
     shared = len(relations) == 2 and relations[0] == relations[2]
@@ -359,7 +366,8 @@ def _layout(scene: Scene, rng: np.random.Generator) -> list[_Placed]:
         if rel == "on":
             cx, base = centre(subject), -(1.0 - anchor.top) * ah
         elif rel == "under":
-            cx, base = centre(subject), max(0.0, h - anchor.room * ah)
+            top = (1.0 - SHAPES[scene.objects[subject].noun].top) * h  # the anchor rests on its surface
+            cx, base = centre(subject), max(0.0, top - anchor.room * ah)
             ground = max(ground, base)
         elif rel == "next to":
             cx, base = sides[subject] * ((aw + w) / 2 + gap), ground
@@ -368,8 +376,7 @@ def _layout(scene: Scene, rng: np.random.Generator) -> list[_Placed]:
             cx, base = sides[subject] * rng.uniform(0.25, 0.45) * aw, ground + depth
         placed[subject] = _Placed(subject, scene.objects[subject], w, h, cx, base, facings[subject])
     placed[1] = _Placed(1, scene.objects[1], aw, ah, 0.0, 0.0, facings[1])
-    layer = {"behind": 0, "under": 1, "on": 3, "next to": 3, "in front of": 4}
-    return sorted(placed.values(), key=lambda p: (2 if p.index == 1 else layer[relations[p.index]], p.index))
+    return sorted(placed.values(), key=lambda p: (2 if p.index == 1 else _LAYER[relations[p.index]], p.index))
 
 
 def _object_ops(p: _Placed) -> list[_Op]:
@@ -381,7 +388,8 @@ def _object_ops(p: _Placed) -> list[_Op]:
 
 
 # --- drawing -------------------------------------------------------------------------------
-def _draw(draw: ImageDraw.ImageDraw, op: _Op, transform: Callable, scale: float, outline: tuple | None = None) -> None:
+def _draw(draw: ImageDraw.ImageDraw, op: _Op, transform: Callable[[float, float], tuple[float, float]], scale: float,
+          outline: tuple[int, int, int] | None = None) -> None:
     """Draw `op`; with `outline`, draw its contour pass instead (the op grown by one pixel in that colour)."""
     points = [transform(x, y) for x, y in op.points]
     pad = SUPERSAMPLE if outline else 0
@@ -473,8 +481,6 @@ def render_scene(scene: Scene, size: int = 64, rng: np.random.Generator | None =
 def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str], columns: int = 4, zoom: int = 3) -> Image.Image:
     """Pictures (enlarged `zoom` times, pixels kept square) above their wrapped captions, for a look
     at what the vision tower sees. Text uses Pillow's bundled font, not the system's."""
-    from PIL import ImageFont
-
     font = ImageFont.load_default(size=11)
     side = images[0].width * zoom
     cell_w, text_h = side + 12, 4 * 13 + 6

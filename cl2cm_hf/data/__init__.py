@@ -6,6 +6,7 @@ Every loader returns ``datasets.Dataset``/``DatasetDict`` with the row types of 
 
 from .badrows import ON_BAD_ROW, SKIPPED_ROWS_FILE, RowPolicy, SkippedRows, report_skipped_rows
 from .collators import PairCollator, TextCollator, VisualCollator
+from .demo_render import render_scene, render_video
 from .demo_world import DemoWorld, build_demo_world
 from .features import MissingVisualIdError, NonFiniteFeatureError, VisualFeatureStore
 from .image_paths import ImagePathStore
@@ -64,6 +65,8 @@ __all__ = [
     "multi30k_r50_fold",
     "nrccr_pairs",
     "nrccr_queries",
+    "render_scene",
+    "render_video",
     "select_visual",
     "train_demo_tokenizer",
     "validate_pairs",

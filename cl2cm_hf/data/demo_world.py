@@ -11,21 +11,32 @@ by `seed`; the backbone only by its own seed.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import PIL
 from datasets import DatasetDict
+from PIL import Image
 
+from ..atomic import atomic_directory
+from . import demo_render
 from .demo_grammar import HUMAN_REALIZERS, MT_REALIZERS, detokenize, plan_caption, realize_en
 from .demo_mt_noise import add_mt_noise
 from .demo_scenes import BACKBONE_SEED, Scene, SceneEncoder, sample_scene, video_schedule
-from .features import VisualFeatureStore
+from .features import MissingVisualIdError, VisualFeatureStore
+from .image_paths import ImagePathStore
 from .schemas import make_pairs, make_queries
 from .splits import RetrievalData
 
 SPLITS = ("train", "validation", "test")
-_STREAMS = {"scenes": 0, "captions": 1, "mt": 2, "human": 3, "features": 4, "frames": 5, "corpus": 6}
+RENDER_MANIFEST = "render.json"  # what a folder of pictures was rendered from: size, world, items, renderer, Pillow
+_STREAMS = {"scenes": 0, "captions": 1, "mt": 2, "human": 3, "features": 4, "frames": 5, "corpus": 6, "pixels": 7}
 
 
 @dataclass
@@ -43,6 +54,70 @@ class DemoWorld(RetrievalData):
         """Texts to train a tokenizer on: training pairs (both sides) and the extra corpus."""
         train = self.pairs["train"]
         return list(train["source_text"]) + list(train["target_text"]) + self.corpus
+
+    def _schedules(self) -> list[list[set[int]]] | None:
+        """Per item, the objects present in each frame (the frame features' schedule); None for images."""
+        missing = [key for key in ("seed", "visual_kind", "frames") if key not in self.config]
+        if missing:
+            raise ValueError(f"DemoWorld.config lacks {missing}; pictures need a world made by build_demo_world")
+        if self.config["visual_kind"] != "video":
+            return None
+        return _video_schedules(list(self.scenes.values()), self.config["seed"], tuple(self.config["frames"]))
+
+    def pictures(self, visual_ids: Sequence[str] | None = None, size: int = 64) -> Iterator[tuple[str, Image.Image | list[Image.Image]]]:
+        """``(visual_id, picture)`` for `visual_ids` (default: every item), drawn one at a time: an image
+        item's picture, or a video item's frames, whose objects enter and leave on the schedule of its
+        frame features. Item ``row`` draws from its own generator ``(seed, "pixels", row)``, so a
+        picture does not depend on which other items are drawn."""
+        schedules, scenes = self._schedules(), list(self.scenes.values())
+        rows = {visual_id: row for row, visual_id in enumerate(self.scenes)}
+        unknown = [i for i in visual_ids or () if i not in rows]
+        if unknown:
+            raise MissingVisualIdError(f"visual ids {unknown[:5]} are not items of this demo world ({len(rows)} items)")
+        for visual_id in self.scenes if visual_ids is None else visual_ids:
+            row = rows[visual_id]
+            rng = _rng(self.config["seed"], "pixels", row)
+            if schedules is None:
+                yield visual_id, demo_render.render_scene(scenes[row], size, rng)
+            else:
+                yield visual_id, demo_render.render_video(scenes[row], schedules[row], size, rng)
+
+    def render_images(self, folder: str | os.PathLike, size: int = 64) -> dict[str, Path | list[Path]]:
+        """Every item's `pictures` as PNG files, for a vision tower that reads pixels.
+
+        ``<id>.png`` per image item, ``<id>/<frame>.png`` per video frame. Returns visual id -> path
+        (video: list of frame paths), the mapping `ImagePathStore` takes. The folder is written whole
+        (`atomic_directory`: a killed run leaves no half folder); one already rendered from the same
+        items at the same size by the same renderer and Pillow is reused, so runs pay the rendering once.
+        """
+        folder, schedules = Path(folder), self._schedules()
+        paths = {visual_id: folder / f"{visual_id}.png" if schedules is None
+                 else [folder / visual_id / f"{t:02d}.png" for t in range(len(schedules[row]))]
+                 for row, visual_id in enumerate(self.scenes)}
+        manifest = json.dumps({"size": size, **{key: self.config[key] for key in ("seed", "visual_kind", "frames")},
+                               "items_sha256": _sha256(repr(list(self.scenes.items()))),
+                               "renderer_sha256": _sha256(Path(demo_render.__file__).read_text(encoding="utf-8")),
+                               "pillow": PIL.__version__})
+        if (folder / RENDER_MANIFEST).is_file() and (folder / RENDER_MANIFEST).read_text(encoding="utf-8") == manifest:
+            return paths
+        with atomic_directory(folder) as tmp:
+            for visual_id, picture in self.pictures(size=size):
+                if isinstance(picture, list):
+                    (tmp / visual_id).mkdir()
+                    for frame, path in zip(picture, paths[visual_id]):
+                        frame.save(tmp / path.relative_to(folder))
+                else:
+                    picture.save(tmp / paths[visual_id].relative_to(folder))
+            (tmp / RENDER_MANIFEST).write_text(manifest, encoding="utf-8")
+        return paths
+
+    def image_store(self, folder: str | os.PathLike, size: int = 64, image_processor=None) -> ImagePathStore:
+        """An `ImagePathStore` over `render_images(folder, size)`: the pixel counterpart of `features`."""
+        return ImagePathStore(self.render_images(folder, size), image_processor, name=f"demo world pictures {folder} ({size} px)")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _rng(seed: int, stream: str, *extra: int) -> np.random.Generator:
@@ -63,6 +138,14 @@ def _sample_scenes(count: int, rng: np.random.Generator) -> list[Scene]:
     return scenes
 
 
+def _video_schedules(scenes: list[Scene], seed: int, frames: tuple[int, int]) -> list[list[set[int]]]:
+    """Objects present per frame of each video (its length drawn from `frames`): one source for the
+    frame features and the rendered frames, so both show the same objects entering and leaving."""
+    rng = _rng(seed, "frames")
+    lengths = rng.integers(frames[0], frames[1] + 1, size=len(scenes))
+    return [video_schedule(scene, int(length), rng) for scene, length in zip(scenes, lengths)]
+
+
 def _features(scenes: list[Scene], ids: list[str], kind: str, encoder: SceneEncoder, noise: float, seed: int,
               frames: tuple[int, int]) -> VisualFeatureStore:
     rng = _rng(seed, "features")
@@ -71,10 +154,9 @@ def _features(scenes: list[Scene], ids: list[str], kind: str, encoder: SceneEnco
         values = encoder(np.stack([encoder.code(s) for s in scenes]))
         values += noise * rng.standard_normal(values.shape)
         return VisualFeatureStore.from_arrays(ids, values.astype(np.float32), name=name)
-    schedule_rng = _rng(seed, "frames")
-    lengths = schedule_rng.integers(frames[0], frames[1] + 1, size=len(scenes))
-    codes = [encoder.code(scene, present) for scene, length in zip(scenes, lengths)
-             for present in video_schedule(scene, int(length), schedule_rng)]
+    schedules = _video_schedules(scenes, seed, frames)
+    lengths = np.array([len(schedule) for schedule in schedules])
+    codes = [encoder.code(scene, present) for scene, schedule in zip(scenes, schedules) for present in schedule]
     values = encoder(np.stack(codes))  # one batched call: all frames of all items
     values += noise * rng.standard_normal(values.shape)
     array = np.zeros((len(scenes), frames[1], encoder.feature_dim), dtype=np.float32)

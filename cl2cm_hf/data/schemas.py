@@ -9,6 +9,7 @@ Validation errors name the source (file or dataset) and the row, so a broken fil
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
@@ -33,6 +34,22 @@ ID_COLUMNS = {"pair": ("visual_id", "target_lang"), "query": ("visual_id", "lang
 
 class DataFormatError(ValueError):
     """A data file or dataset does not have the expected shape; the message names where."""
+
+
+# Language codes are compared as written, so "DE" or "de " would silently be another language (no
+# queries evaluated, no MT pairs found): they must be lower case, without spaces, ISO 639 letters
+# with optional subtags ("de", "zh", "pt-br"). Settings and data rows that break the rule are refused.
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:[-_][a-z0-9]{1,8})*")
+LANGUAGE_CODE_RULE = "a language code in lower case without spaces, e.g. 'de', 'zh' or 'pt-br'"
+
+
+def language_code_problem(code) -> str | None:
+    """Why `code` is not a language code (see `LANGUAGE_CODE_RULE`), or None if it is one."""
+    if not isinstance(code, str) or LANGUAGE_CODE.fullmatch(code):
+        return None if isinstance(code, str) else f"{code!r} is not a string"
+    hint = code.strip().lower()
+    suggestion = f" (did you mean {hint!r}?)" if LANGUAGE_CODE.fullmatch(hint) else ""
+    return f"{code!r} is not {LANGUAGE_CODE_RULE}{suggestion}"
 
 
 def check_text(text: str, where: str, column: str = "caption") -> str:

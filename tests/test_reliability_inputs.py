@@ -2,6 +2,7 @@
 rules in cl2cm_hf/data/tables.py), duplicate header columns, language codes, invisible captions,
 float video lengths and zero-width features."""
 
+import json
 import random
 
 import numpy as np
@@ -90,7 +91,8 @@ def test_language_codes_with_case_or_spaces_are_refused_in_data_rows(tmp_path, c
 @pytest.mark.parametrize("text", ["\u200b", "\u200b \u200d", "\ufeff\u2060", "\u00ad", " \u200c\t"])
 def test_invisible_captions_are_empty(tmp_path, text):
     path = tmp_path / "q.jsonl"
-    path.write_text('{"visual_id": "v1", "text": "dog", "lang": "de"}\n' + f'{{"visual_id": "v2", "text": "{text}", "lang": "de"}}\n')
+    rows = [{"visual_id": "v1", "text": "dog", "lang": "de"}, {"visual_id": "v2", "text": text, "lang": "de"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(DataFormatError, match=r"q\.jsonl line 2 .*empty text"):
         load_queries(path)
     with pytest.raises(DataFormatError, match="empty text"):
@@ -117,7 +119,7 @@ def test_float_video_lengths_are_refused_not_truncated(tmp_path):
     store = VisualFeatureStore.from_arrays(["a", "b"], frames, lengths=np.array([2.0, 4.0]))  # whole floats are fine
     assert store.lengths.tolist() == [2, 4]
     with pytest.raises(ValueError, match="lengths"):
-        VisualFeatureStore.from_arrays(["a", "b"], frames, lengths=[True, 4])
+        VisualFeatureStore.from_arrays(["a", "b"], frames, lengths=np.array([True, True]))
 
 
 @pytest.mark.parametrize("shape", [(3, 0), (3, 4, 0), (3, 0, 5)])

@@ -34,13 +34,11 @@ import os
 from collections.abc import Container, Sequence
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from datasets import Dataset, Features, Value, concatenate_datasets
 
 from .badrows import RowPolicy, SkippedRows
-from .schemas import ID_COLUMNS, REQUIRED_COLUMNS, TEXT_COLUMNS, DataFormatError
+from .schemas import ID_COLUMNS, REQUIRED_COLUMNS, DataFormatError, row_problems
 from .textfiles import read_bytes, split_lines
 
 _OPTIONAL_STRING_COLUMNS = ("caption_id",)
@@ -271,19 +269,10 @@ def _rows_to_dataset(path: Path, rows: list[dict], strings: Sequence[str]) -> Da
 
 
 # --- row checks -------------------------------------------------------------------------------
-def _blank(column) -> np.ndarray:
-    bad = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0))
-    return pc.fill_null(bad, True).to_numpy(zero_copy_only=False)
-
-
 def _bad_rows(dataset: Dataset, kind: str, visual_ids: Container | None) -> dict[int, tuple[str, int | None]]:
     """Row index -> (what is wrong, index of the row it duplicates or None), for every bad row."""
     table = dataset.with_format("arrow")[:]
-    bad: dict[int, tuple[str, int | None]] = {}
-    for column in TEXT_COLUMNS[kind] + ID_COLUMNS[kind]:
-        what = "text" if column in TEXT_COLUMNS[kind] else "id"
-        for index in np.flatnonzero(_blank(table.column(column))):
-            bad.setdefault(int(index), (f"empty {what} in column {column!r} (expected a non-empty string)", None))
+    bad: dict[int, tuple[str, int | None]] = {index: (reason, None) for index, reason in row_problems(table, kind).items()}
     if kind == "pair" and "caption_id" in table.column_names:
         seen: dict[tuple, int] = {}
         keys = zip(table.column("caption_id").to_pylist(), table.column("target_lang").to_pylist())

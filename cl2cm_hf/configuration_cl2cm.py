@@ -73,7 +73,8 @@ _SUB_ARCHITECTURE = (
 
 def _check_saved_sub_config(config_name: str, field: str, sub) -> None:
     where = f"{config_name}.{field}"
-    if not isinstance(sub, dict):
+    _check_sub_config_type(config_name, field, sub)
+    if sub is None:
         raise ValueError(f"{where} is missing from the saved config; expected the backbone's config (a mapping)")
     model_type = sub.get("model_type")
     if not isinstance(model_type, str):

@@ -104,7 +104,7 @@ def _mmap_safetensors(path: Path, key: str) -> np.ndarray:
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DataFormatError(f"{path}: not a valid safetensors file (header: {err}); truncated or corrupted") from None
     if key not in header:
-        raise KeyError(f"{path}: no tensor {key!r} (found {sorted(k for k in header if k != '__metadata__')})")
+        raise DataFormatError(f"{path}: no tensor {key!r} (found {sorted(k for k in header if k != '__metadata__')})")
     info = header[key]
     if info["dtype"] not in _SAFETENSORS_DTYPES:
         raise ValueError(f"{path}: tensor {key!r} has dtype {info['dtype']}; expected one of {sorted(_SAFETENSORS_DTYPES)}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from transformers import TrainingArguments
 
-from cl2cm_hf.data.schemas import LANGUAGE_CODE_RULE, language_code_problem
+from cl2cm_hf.data.schemas import language_code_problem
 
 
 @dataclass(frozen=True)

@@ -62,11 +62,16 @@ def language_code_problem(code) -> str | None:
     return f"{code!r} is not {LANGUAGE_CODE_RULE}{suggestion}"
 
 
+def is_blank(text: str) -> bool:
+    """True if `text` holds nothing but whitespace and invisible characters (see above)."""
+    return _BLANK.fullmatch(text) is not None
+
+
 def check_text(text: str, where: str, column: str = "caption") -> str:
     """Return `text` stripped; raise naming `where` (e.g. ``"file.gz line 7"``) if it is empty
     (whitespace and invisible characters only) or holds a NUL character."""
     stripped = text.strip()
-    if _BLANK.fullmatch(stripped):
+    if is_blank(stripped):
         raise DataFormatError(f"{where}: empty {column} (expected a non-empty string)")
     if "\x00" in stripped:
         raise DataFormatError(f"{where}: NUL character in the {column} (binary data?)")

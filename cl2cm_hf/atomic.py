@@ -4,6 +4,16 @@ A reader sees either the previous complete version or the new complete one: a pr
 writing leaves the previous version (plus a hidden temporary that the next write removes), and a
 kill between the two renames of a folder swap is undone by `recover_directory`. Contents are
 fsynced before the rename, so after a power cut the renamed file or folder is not empty either.
+
+Permissions: a written file or folder gets the mode the process umask gives any new file or folder
+(``0o666 & ~umask`` and ``0o777 & ~umask``), although `tempfile` creates its temporaries private
+(0600/0700) and some writers (transformers' ``model.safetensors``) make theirs private too: a
+folder is given those modes throughout just before it is renamed into place, so outputs are as readable to other users as anything else the user writes.
+
+The target of a folder write must be a folder or absent: a symlink is followed deliberately (the
+folder it points to is replaced; the link stays) and a regular file, a dangling link or another
+kind of path is refused with `NotADirectoryError` before anything is written, so a bad target never
+leaves the output folder in a state that breaks the next run.
 """
 
 import contextlib
@@ -12,6 +22,7 @@ import ctypes.util
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -50,6 +61,22 @@ def exchange_paths(a: str | Path, b: str | Path) -> bool:
     raise OSError(errno, os.strerror(errno), f"{a} <-> {b}")
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc where there is one: setting it to read it back is not
+    thread-safe)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(folder: bool) -> int:
+    return (0o777 if folder else 0o666) & ~current_umask()
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
         fd = os.open(folder, os.O_RDONLY)
@@ -69,6 +96,21 @@ def fsync_tree(folder: str | Path) -> None:
         _fsync_dir(Path(root))
 
 
+def apply_umask_modes(folder: str | Path) -> None:
+    """Give `folder`, its sub-folders and files the modes a new folder or file gets under the umask
+    (an executable file stays executable); symlinks are left alone."""
+    folder_mode, file_mode = _default_mode(folder=True), _default_mode(folder=False)
+    os.chmod(folder, folder_mode)
+    for root, folders, files in os.walk(folder):
+        for name in folders + files:
+            path = os.path.join(root, name)
+            info = os.lstat(path)
+            if stat.S_ISDIR(info.st_mode):
+                os.chmod(path, folder_mode)
+            elif stat.S_ISREG(info.st_mode):
+                os.chmod(path, folder_mode if info.st_mode & 0o111 else file_mode)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` via a temporary file in the same folder and `os.replace`."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -79,6 +121,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _default_mode(folder=False))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -95,11 +138,45 @@ def _backup_of(folder: Path) -> Path:
     return folder.with_name(f".{folder.name}.previous")
 
 
+def _remove(path: Path) -> None:
+    """Remove whatever `path` is (folder, file, symlink; a link, not its target); absent is fine."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def folder_target(folder: str | Path) -> Path:
+    """The folder a write to `folder` replaces: `folder` itself, or the folder a symlink points to.
+    A regular file, a dangling or looping link, or any other non-folder raises `NotADirectoryError`
+    naming the path and what it is."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        try:
+            target = folder.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise NotADirectoryError(
+                f"{folder}: a symlink to {os.readlink(folder)!r}, which does not exist; expected a folder "
+                "(remove the link or point it at a folder)"
+            ) from None
+        if not target.is_dir():
+            raise NotADirectoryError(f"{folder}: a symlink to {target}, which is not a folder; expected a folder")
+        return target
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"{folder}: exists and is not a folder (a file or a special file); expected a folder or nothing "
+            "(move it away or choose another output_dir)"
+        )
+    return folder
+
+
 def recover_directory(folder: str | Path) -> None:
     """Put back the previous version of `folder` if a swap was interrupted between its two renames."""
     folder = Path(folder)
+    if folder.is_symlink():
+        folder = folder_target(folder)
     backup = _backup_of(folder)
-    if backup.exists() and not folder.exists():
+    if backup.is_dir() and not backup.is_symlink() and not os.path.lexists(folder):
         os.rename(backup, folder)
 
 
@@ -108,12 +185,14 @@ def replace_directory(source: str | Path, folder: str | Path) -> None:
 
     On Linux the two folders are exchanged in one atomic step, so `folder` is never missing, even
     to a concurrent reader. Elsewhere the old version is renamed aside, the new one renamed in and
-    the old one removed; `recover_directory` undoes a kill between the two renames."""
-    source, folder = Path(source), Path(folder)
+    the old one removed; `recover_directory` undoes a kill between the two renames. A symlink
+    `folder` is followed (see `folder_target`); a file there is refused before anything moves."""
+    source, folder = Path(source), folder_target(folder)
+    apply_umask_modes(source)
     fsync_tree(source)
     recover_directory(folder)
     backup = _backup_of(folder)
-    shutil.rmtree(backup, ignore_errors=True)
+    _remove(backup)
     if folder.exists() and exchange_paths(source, folder):
         os.rename(source, backup)  # `source` now holds the old version
     else:
@@ -121,7 +200,7 @@ def replace_directory(source: str | Path, folder: str | Path) -> None:
             os.rename(folder, backup)
         os.rename(source, folder)
     _fsync_dir(folder.parent)
-    shutil.rmtree(backup, ignore_errors=True)
+    _remove(backup)
 
 
 def remove_stale_temporaries(parent: str | Path, name: str) -> None:
@@ -129,7 +208,7 @@ def remove_stale_temporaries(parent: str | Path, name: str) -> None:
     parent = Path(parent)
     if parent.is_dir():
         for stale in parent.glob(f".{name}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+            _remove(stale)
 
 
 def final_path(path: str | Path) -> Path:
@@ -148,7 +227,7 @@ def atomic_directory(folder: str | Path):
     The old version is renamed aside, the new one renamed in, the old one removed: a process
     killed while writing leaves the previous complete version in place (and a kill between the two
     renames is undone by `recover_directory`, called here and by loaders)."""
-    folder = Path(folder)
+    folder = folder_target(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(folder)
     remove_stale_temporaries(folder.parent, folder.name)

@@ -3,6 +3,10 @@
 This file is copied into every checkpoint, so it imports only the standard library, torch and
 transformers. Values are checked when the config is built, i.e. before any tensor of a model is
 allocated, so a broken ``config.json`` fails with a message naming the field.
+
+A saved config (read through `from_dict`, as `from_pretrained` does) must state every field that
+decides the architecture: a missing one would silently take its default and the weights would
+load with layers dropped or left random. Configs built in code keep their defaults.
 """
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -59,8 +63,56 @@ def _check_sub_config(config_name: str, field: str, sub) -> None:
         raise ValueError(f"{where}: hidden_size={hidden} is not divisible by num_attention_heads={heads}")
 
 
+# Fields of a backbone sub-config that decide its architecture; a saved sub-config must state each
+# one its model type has.
+_SUB_ARCHITECTURE = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "max_position_embeddings", "type_vocab_size", "image_size", "patch_size", "num_channels",
+)
+
+
+def _check_saved_sub_config(config_name: str, field: str, sub) -> None:
+    where = f"{config_name}.{field}"
+    _check_sub_config_type(config_name, field, sub)
+    if sub is None:
+        raise ValueError(f"{where} is missing from the saved config; expected the backbone's config (a mapping)")
+    model_type = sub.get("model_type")
+    if not isinstance(model_type, str):
+        raise ValueError(f"{where}.model_type is missing from the saved config; expected the backbone's model type")
+    try:
+        defaults = AutoConfig.for_model(model_type)
+    except ValueError:
+        raise ValueError(f"{where}.model_type={model_type!r} is not a model type this transformers knows") from None
+    missing = [name for name in _SUB_ARCHITECTURE if hasattr(defaults, name) and name not in sub]
+    if missing:
+        raise ValueError(
+            f"{where}.{missing[0]} is missing from the saved config (also missing: {missing[1:]}); it decides the "
+            "architecture, so loading without it would drop layers or leave them random"
+        )
+
+
 class _CL2CMTextMixin:
     """Fields and checks shared by both configs: the text tower, its pooling, the shared space."""
+
+    # Top-level fields a saved config must state (they decide the architecture or the embeddings).
+    architecture_fields: tuple = ()
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """`PreTrainedConfig.from_dict`, refusing a saved config that lacks an architecture field."""
+        name = cls.__name__
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"{name}: expected a mapping of config fields, got {type(config_dict).__name__}")
+        missing = [field for field in cls.architecture_fields if field not in config_dict]
+        if missing:
+            raise ValueError(
+                f"{name}.{missing[0]} is missing from the saved config (also missing: {missing[1:]}); it decides the "
+                "architecture, so loading without it would drop layers or leave them random"
+            )
+        _check_saved_sub_config(name, "text_config", config_dict["text_config"])
+        if config_dict.get("visual_encoder_type") == "backbone":
+            _check_saved_sub_config(name, "vision_config", config_dict.get("vision_config"))
+        return super().from_dict(config_dict, **kwargs)
 
     def _check_text_fields(self) -> None:
         name = type(self).__name__
@@ -95,6 +147,7 @@ class CL2CMCrossLingualConfig(_CL2CMTextMixin, PreTrainedConfig):
 
     model_type = "cl2cm_cross_lingual"
     sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+    architecture_fields = ("text_config", "pooling", "projection_dim", "share_encoders", "learnable_logit_scale")
 
     text_config: PreTrainedConfig | dict | None = None
     pooling: str = "mean"
@@ -141,6 +194,10 @@ class CL2CMCrossModalConfig(_CL2CMTextMixin, PreTrainedConfig):
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
         "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model", optional=True),
     }
+    architecture_fields = (
+        "text_config", "pooling", "projection_dim", "learnable_logit_scale", "visual_encoder_type",
+        "visual_feature_dim", "visual_hidden_size", "visual_num_layers", "visual_num_heads", "visual_max_frames",
+    )
 
     text_config: PreTrainedConfig | dict | None = None
     vision_config: PreTrainedConfig | dict | None = None

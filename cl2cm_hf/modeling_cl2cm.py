@@ -134,6 +134,10 @@ class CL2CMFramePooler(nn.Module):
         return masked_mean(frames, mask)
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights do not match the model its config describes."""
+
+
 class CorruptCheckpointError(OSError):
     """A weight file of a checkpoint is truncated or corrupted; the message names the file."""
 
@@ -190,9 +194,14 @@ class CL2CMPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained`; a truncated or corrupted ``*.safetensors`` file raises
-        `CorruptCheckpointError` naming the file (safetensors' own message does not)."""
+        `CorruptCheckpointError` naming the file (safetensors' own message does not), and weights
+        that do not fit the config (missing, unexpected or of another shape) raise
+        `CheckpointMismatchError` instead of transformers' warning (missing ones would stay random)."""
+        wants_info = kwargs.pop("output_loading_info", False)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
         except Exception as err:
             if type(err).__name__ != "SafetensorError":
                 raise
@@ -201,6 +210,17 @@ class CL2CMPreTrainedModel(PreTrainedModel):
             raise CorruptCheckpointError(
                 f"{named} (safetensors: {err}); the file is truncated or corrupted: save or download it again"
             ) from err
+        problems = [
+            f"{kind.split('_')[0]} {sorted(map(str, keys))[:5]}{' ...' if len(keys) > 5 else ''} ({len(keys)} in all)"
+            for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+            if (keys := info.get(kind))
+        ]
+        if problems:
+            raise CheckpointMismatchError(
+                f"{pretrained_model_name_or_path}: the weights do not fit {cls.__name__} as its config.json describes it: "
+                f"{'; '.join(problems)} weight(s); the config or the weights were changed (or belong to another model)"
+            )
+        return (model, info) if wants_info else model
 
     def _init_weights(self, module):
         """Heads get N(0, initializer_range); backbones keep their own init (transformers

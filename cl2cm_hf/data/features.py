@@ -104,7 +104,7 @@ def _mmap_safetensors(path: Path, key: str) -> np.ndarray:
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DataFormatError(f"{path}: not a valid safetensors file (header: {err}); truncated or corrupted") from None
     if key not in header:
-        raise KeyError(f"{path}: no tensor {key!r} (found {sorted(k for k in header if k != '__metadata__')})")
+        raise DataFormatError(f"{path}: no tensor {key!r} (found {sorted(k for k in header if k != '__metadata__')})")
     info = header[key]
     if info["dtype"] not in _SAFETENSORS_DTYPES:
         raise ValueError(f"{path}: tensor {key!r} has dtype {info['dtype']}; expected one of {sorted(_SAFETENSORS_DTYPES)}")
@@ -129,6 +129,19 @@ def _atomic_write(path: Path, write) -> None:
             tmp.unlink()
 
 
+def as_lengths(lengths, name: str) -> np.ndarray:
+    """Frame counts as int64. Counts written as floats must be whole numbers (2.0, not 2.5: a cast
+    would silently drop frames); booleans and other kinds are refused."""
+    values = np.asarray(lengths)
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+            bad = values[~(np.isfinite(values) & (values == np.round(values)))].reshape(-1)[0]
+            raise ValueError(f"{name}: lengths must be whole numbers of frames, got {bad!r}")
+    elif values.dtype.kind not in "iu":
+        raise ValueError(f"{name}: lengths must be whole numbers of frames, got dtype {values.dtype}")
+    return values.astype(np.int64)
+
+
 def _bad_store_rows(ids: Sequence[str], array: np.ndarray, lengths, chunk_bytes: int = 1 << 26) -> dict[int, str]:
     """Row -> what is wrong, for every bad row of a store: empty or duplicate id (the later rows),
     a length outside 1..T (video), NaN/Inf in the valid frames. Reads the array in chunks."""
@@ -143,7 +156,7 @@ def _bad_store_rows(ids: Sequence[str], array: np.ndarray, lengths, chunk_bytes:
             first[visual_id] = row
     if array.ndim == 3:
         frames = array.shape[1]
-        lengths = np.full(len(ids), frames) if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(-1)
+        lengths = np.full(len(ids), frames) if lengths is None else as_lengths(lengths, "lengths").reshape(-1)
         if lengths.shape != (len(ids),):
             raise ValueError(f"lengths has shape {lengths.shape}; expected ({len(ids)},)")
         for row in np.flatnonzero((lengths < 1) | (lengths > frames)):
@@ -183,8 +196,10 @@ class VisualFeatureStore:
         self._excluded = frozenset(int(row) for row in exclude)  # rows left out (on_bad_row: skip)
         self._ids, self._index = index_ids(ids, self.name, self._excluded)
         self._rows = np.array(sorted(self._index.values()), dtype=np.int64)  # the rows in use
-        if array.ndim not in (2, 3):
-            raise ValueError(f"{self.name}: features must be (N, D) or (N, T, D), got shape {array.shape}")
+        if array.ndim not in (2, 3) or 0 in array.shape[1:]:
+            raise ValueError(
+                f"{self.name}: features must be (N, D) or (N, T, D) with D and T at least 1, got shape {array.shape}"
+            )
         if array.shape[0] != len(self._ids):
             raise ValueError(f"{self.name}: {len(self._ids)} ids but {array.shape[0]} feature rows; expected one row per id")
         if not np.issubdtype(array.dtype, np.floating):
@@ -202,7 +217,7 @@ class VisualFeatureStore:
                 raise ValueError(f"{self.name}: lengths are only for frame features (N, T, D)")
             return None
         frames = self._array.shape[1]
-        lengths = np.full(len(self._ids), frames, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
+        lengths = np.full(len(self._ids), frames, dtype=np.int64) if lengths is None else as_lengths(lengths, self.name)
         if lengths.shape != (len(self._ids),):
             raise ValueError(f"{self.name}: lengths has shape {lengths.shape}; expected ({len(self._ids)},)")
         out_of_range = (lengths < 1) | (lengths > frames)

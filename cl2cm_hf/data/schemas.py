@@ -9,8 +9,10 @@ Validation errors name the source (file or dataset) and the row, so a broken fil
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, Features, Value
@@ -29,28 +31,71 @@ TEXT_COLUMNS = {"pair": ("source_text", "target_text"), "query": ("text",), "cap
 REQUIRED_COLUMNS = {"pair": PAIR_COLUMNS, "query": QUERY_COLUMNS, "caption": CAPTION_COLUMNS}
 # Columns that must be non-empty identifiers (checked like text, reported as ids).
 ID_COLUMNS = {"pair": ("visual_id", "target_lang"), "query": ("visual_id", "lang"), "caption": ("visual_id", "caption_id")}
+# Columns holding language codes (see LANGUAGE_CODE).
+LANGUAGE_COLUMNS = {"pair": ("target_lang",), "query": ("lang",), "caption": ()}
+
+# A text or id is empty when nothing but whitespace and invisible characters (zero-width space,
+# joiners, word joiner, byte-order mark, soft hyphen) is left: such a caption tokenizes to
+# [CLS][SEP] and would train as a real one. NUL characters are refused anywhere in a text or id.
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+_BLANK = re.compile(f"[\\s{_INVISIBLE}]*")
+_BLANK_ARROW = "^[\\s\\x{200B}\\x{200C}\\x{200D}\\x{2060}\\x{FEFF}\\x{00AD}]*$"
 
 
 class DataFormatError(ValueError):
     """A data file or dataset does not have the expected shape; the message names where."""
 
 
+# Language codes are compared as written, so "DE" or "de " would silently be another language (no
+# queries evaluated, no MT pairs found): they must be lower case, without spaces, ISO 639 letters
+# with optional subtags ("de", "zh", "pt-br"). Settings and data rows that break the rule are refused.
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:[-_][a-z0-9]{1,8})*")
+LANGUAGE_CODE_RULE = "a language code in lower case without spaces, e.g. 'de', 'zh' or 'pt-br'"
+
+
+def language_code_problem(code) -> str | None:
+    """Why `code` is not a language code (see `LANGUAGE_CODE_RULE`), or None if it is one."""
+    if not isinstance(code, str) or LANGUAGE_CODE.fullmatch(code):
+        return None if isinstance(code, str) else f"{code!r} is not a string"
+    hint = code.strip().lower()
+    suggestion = f" (did you mean {hint!r}?)" if LANGUAGE_CODE.fullmatch(hint) else ""
+    return f"{code!r} is not {LANGUAGE_CODE_RULE}{suggestion}"
+
+
+def is_blank(text: str) -> bool:
+    """True if `text` holds nothing but whitespace and invisible characters (see above)."""
+    return _BLANK.fullmatch(text) is not None
+
+
 def check_text(text: str, where: str, column: str = "caption") -> str:
-    """Return `text` stripped; raise naming `where` (e.g. ``"file.gz line 7"``) if it is empty."""
+    """Return `text` stripped; raise naming `where` (e.g. ``"file.gz line 7"``) if it is empty
+    (whitespace and invisible characters only) or holds a NUL character."""
     stripped = text.strip()
-    if not stripped:
+    if is_blank(stripped):
         raise DataFormatError(f"{where}: empty {column} (expected a non-empty string)")
+    if "\x00" in stripped:
+        raise DataFormatError(f"{where}: NUL character in the {column} (binary data?)")
     return stripped
 
 
-def _first_bad_row(table: pa.Table, column: str) -> int | None:
-    """Index of the first null or whitespace-only value of a string column, or None."""
-    values = table.column(column)
-    bad = pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0))
-    bad = pc.fill_null(bad, True)
-    if not pc.any(bad).as_py():
-        return None
-    return pc.index(bad, True).as_py()
+def row_problems(table: pa.Table, kind: str) -> dict[int, str]:
+    """Row index -> what is wrong with its texts and ids (the first problem of the row): null,
+    empty or invisible-only values, NUL characters, language codes that break `LANGUAGE_CODE`."""
+    problems: dict[int, str] = {}
+    for column in TEXT_COLUMNS[kind] + ID_COLUMNS[kind]:
+        values = table.column(column)
+        what = "text" if column in TEXT_COLUMNS[kind] else "id"
+        blank = pc.fill_null(pc.match_substring_regex(values, _BLANK_ARROW), True).to_numpy(zero_copy_only=False)
+        for index in np.flatnonzero(blank):
+            problems.setdefault(int(index), f"empty {what} in column {column!r} (expected a non-empty string)")
+        nul = pc.fill_null(pc.match_substring(values, "\x00"), False).to_numpy(zero_copy_only=False)
+        for index in np.flatnonzero(nul):
+            problems.setdefault(int(index), f"NUL character in column {column!r} (binary data?)")
+        if column in LANGUAGE_COLUMNS[kind]:
+            codes = pc.fill_null(pc.match_substring_regex(values, f"^{LANGUAGE_CODE.pattern}$"), True)
+            for index in np.flatnonzero(~codes.to_numpy(zero_copy_only=False)):
+                problems.setdefault(int(index), f"column {column!r}: {language_code_problem(values[int(index)].as_py())}")
+    return problems
 
 
 def validate_rows(dataset: Dataset, kind: str, source: str = "dataset", row_offset: int = 0, unit: str = "row") -> Dataset:
@@ -74,15 +119,11 @@ def validate_rows(dataset: Dataset, kind: str, source: str = "dataset", row_offs
             raise DataFormatError(f"{source}: column {column!r} has type {feature}; expected strings")
     checked = TEXT_COLUMNS[kind] + ID_COLUMNS[kind]
     table = dataset.select_columns(list(dict.fromkeys(("visual_id",) + checked))).with_format("arrow")[:]
-    for column in checked:
-        row = _first_bad_row(table, column)
-        if row is not None:
-            visual_id = table.column("visual_id")[row].as_py()
-            what = "text" if column in TEXT_COLUMNS[kind] else "id"
-            raise DataFormatError(
-                f"{source} {unit} {row + row_offset} (visual_id={visual_id!r}): empty {what} in column {column!r} "
-                "(expected a non-empty string)"
-            )
+    problems = row_problems(table, kind)
+    if problems:
+        row = min(problems)
+        visual_id = table.column("visual_id")[row].as_py()
+        raise DataFormatError(f"{source} {unit} {row + row_offset} (visual_id={visual_id!r}): {problems[row]}")
     return dataset
 
 

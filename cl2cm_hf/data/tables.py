@@ -11,24 +11,34 @@ missing columns, a column of the wrong type throughout) raise in both modes.
 
 Well-formed files take the fast path (the datasets builders, Arrow-backed); only a file that fails
 there is read again line by line, to find and name the bad lines.
+
+CSV/TSV rules (one record per line, so a stray quote can never merge lines):
+
+- A line break always ends a record; a blank or whitespace-only line (without a separator) is
+  not a record. The first
+  other line is the header; a duplicate column name in it is an error naming the column.
+- Fields are separated by ``,`` (csv) or a tab (tsv). A field that starts with ``"`` and ends with
+  the matching ``"`` right before the separator or the line end is *quoted*: the quotes are removed,
+  ``""`` inside stands for one ``"``, and separators inside are text (``"a, b"`` -> ``a, b``).
+- Any other ``"`` is an ordinary character: ``"Quoted" dog`` and ``say "hi"`` keep their quotes.
+- A field that starts with ``"`` and has no other ``"`` up to the separator or the line end opens
+  a quote that is never closed: the record is a bad row (reported by line, or skipped and listed).
+
+So every line after the header is loaded or reported: loaded + skipped = the non-blank data lines.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections.abc import Container, Sequence
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from datasets import Dataset, Features, Value, concatenate_datasets
 
 from .badrows import RowPolicy, SkippedRows
-from .schemas import ID_COLUMNS, REQUIRED_COLUMNS, TEXT_COLUMNS, DataFormatError
+from .schemas import ID_COLUMNS, REQUIRED_COLUMNS, DataFormatError, row_problems
 from .textfiles import read_bytes, split_lines
 
 _OPTIONAL_STRING_COLUMNS = ("caption_id",)
@@ -146,51 +156,105 @@ def _scan_json(path: Path, kind: str, strings: Sequence[str], policy: RowPolicy)
     return rows, positions
 
 
-def _scan_csv(path: Path, fmt: str, policy: RowPolicy):
-    """Rows of a csv/tsv file with the python csv module: a record with the wrong field count is bad."""
-    lines = _line_records(path, policy, keep_blank=True)
-    numbers = [n for n, _ in lines]  # file line of each line the csv reader sees
-    reader = csv.reader(io.StringIO("\n".join(t for _, t in lines), newline=""), delimiter="\t" if fmt == "tsv" else ",")
+def _delimiter(fmt: str) -> str:
+    return "\t" if fmt == "tsv" else ","
 
-    def file_line(seen: int) -> int:
-        return numbers[min(seen, len(numbers)) - 1] if numbers else seen
 
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DataFormatError(f"{path}: empty file (expected a header line)") from None
-    except csv.Error as err:
-        raise DataFormatError(f"{path} line 1: not valid {fmt} ({err})") from None
-    rows, positions, seen = [], [], reader.line_num
+def split_record(line: str, delimiter: str) -> list[str]:
+    """The fields of one csv/tsv line by the quoting rules of this module; a quote that is opened
+    and never closed raises ValueError naming the field."""
+    fields, start, end = [], 0, len(line)
     while True:
+        if line.startswith('"', start):
+            value, after = _quoted_field(line, start, delimiter)
+            if value is None:  # not a quoted field: its quotes are text
+                after = line.find(delimiter, start)
+                after = end if after < 0 else after
+                value = line[start:after]
+                if value.count('"') < 2:
+                    raise ValueError(f"field {len(fields) + 1} opens a quote that is not closed on its line")
+        else:
+            after = line.find(delimiter, start)
+            after = end if after < 0 else after
+            value = line[start:after]
+        fields.append(value)
+        if after >= end:
+            return fields
+        start = after + 1
+
+
+def _quoted_field(line: str, start: int, delimiter: str) -> tuple[str | None, int]:
+    """A quoted field opening at `start` and its end, or (None, start) if the closing quote is
+    missing or not followed by the delimiter or the line end."""
+    parts, position = [], start + 1
+    while True:
+        close = line.find('"', position)
+        if close < 0:
+            return None, start
+        if line.startswith('"', close + 1):  # "" stands for one quote
+            parts.append(line[position : close + 1])
+            position = close + 2
+            continue
+        if close + 1 == len(line) or line.startswith(delimiter, close + 1):
+            parts.append(line[position:close])
+            return "".join(parts), close + 1
+        return None, start
+
+
+def _csv_header(path: Path, fmt: str, number: int, text: str) -> list[str]:
+    try:
+        header = split_record(text, _delimiter(fmt))
+    except ValueError as err:
+        raise DataFormatError(f"{path} line {number}: the header is not valid {fmt} ({err})") from None
+    seen: dict[str, int] = {}
+    for index, name in enumerate(header, start=1):
+        if name in seen:
+            raise DataFormatError(
+                f"{path} line {number}: duplicate column {name!r} in the header (fields {seen[name]} and {index}); "
+                "column names must be unique"
+            )
+        seen[name] = index
+    return header
+
+
+def _scan_csv(path: Path, fmt: str, policy: RowPolicy):
+    """Rows of a csv/tsv file, line by line (see the rules above): a record with an unclosed quote
+    or the wrong number of fields is bad."""
+    delimiter = _delimiter(fmt)
+    lines = [(n, t) for n, t in _line_records(path, policy, keep_blank=True) if t.strip() or delimiter in t]
+    if not lines:
+        raise DataFormatError(f"{path}: empty file (expected a header line)")
+    header = _csv_header(path, fmt, *lines[0])
+    rows, positions = [], []
+    for number, text in lines[1:]:
         try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as err:
-            raise DataFormatError(f"{path} line {file_line(reader.line_num)}: not valid {fmt} ({err})") from None
-        start, seen = file_line(seen + 1), reader.line_num
-        if not record or record == [""]:
-            continue  # a blank line
+            record = split_record(text, delimiter)
+        except ValueError as err:
+            policy.bad(path, f"line {number}", f"not valid {fmt}: {err}", content=text)
+            continue
         if len(record) != len(header):
-            policy.bad(path, f"line {start}", f"expected {len(header)} fields (as the header), found {len(record)}",
+            policy.bad(path, f"line {number}", f"expected {len(header)} fields (as the header), found {len(record)}",
                        content=record)
             continue
         rows.append(dict(zip(header, record)))
-        positions.append(f"line {start}")
+        positions.append(f"line {number}")
     return rows, positions
 
 
-def _csv_fields_consistent(path: Path, fmt: str) -> bool:
-    """Every record has the header's number of fields. pandas does not ensure it: a first data row
-    with one field too many silently becomes an index column and shifts every later row."""
+def _csv_takes_fast_path(path: Path, fmt: str) -> bool:
+    """True when pandas reads the file exactly as the rules above: no quote character, no blank
+    line before the end (the fast path numbers rows by position) and every record as wide as the
+    header (pandas would turn a first data row with a field too many into an index column and
+    shift every later row). A header with a duplicate column raises."""
     text = read_bytes(path).decode("utf-8", "replace").removeprefix("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
-    try:
-        width = len(next(reader))
-        return all(len(record) == width or record in ([], [""]) for record in reader)
-    except (StopIteration, csv.Error):
+    lines = split_lines(text)
+    if not lines or not lines[0].strip():
         return False
+    header = _csv_header(path, fmt, 1, lines[0])
+    delimiter = _delimiter(fmt)
+    return '"' not in text and all(
+        (line.strip() or delimiter in line) and line.count(delimiter) == len(header) - 1 for line in lines[1:]
+    )
 
 
 def _rows_to_dataset(path: Path, rows: list[dict], strings: Sequence[str]) -> Dataset:
@@ -205,19 +269,10 @@ def _rows_to_dataset(path: Path, rows: list[dict], strings: Sequence[str]) -> Da
 
 
 # --- row checks -------------------------------------------------------------------------------
-def _blank(column) -> np.ndarray:
-    bad = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0))
-    return pc.fill_null(bad, True).to_numpy(zero_copy_only=False)
-
-
 def _bad_rows(dataset: Dataset, kind: str, visual_ids: Container | None) -> dict[int, tuple[str, int | None]]:
     """Row index -> (what is wrong, index of the row it duplicates or None), for every bad row."""
     table = dataset.with_format("arrow")[:]
-    bad: dict[int, tuple[str, int | None]] = {}
-    for column in TEXT_COLUMNS[kind] + ID_COLUMNS[kind]:
-        what = "text" if column in TEXT_COLUMNS[kind] else "id"
-        for index in np.flatnonzero(_blank(table.column(column))):
-            bad.setdefault(int(index), (f"empty {what} in column {column!r} (expected a non-empty string)", None))
+    bad: dict[int, tuple[str, int | None]] = {index: (reason, None) for index, reason in row_problems(table, kind).items()}
     if kind == "pair" and "caption_id" in table.column_names:
         seen: dict[tuple, int] = {}
         keys = zip(table.column("caption_id").to_pylist(), table.column("target_lang").to_pylist())
@@ -246,7 +301,10 @@ def _read_one(
     strings = REQUIRED_COLUMNS[kind] + _OPTIONAL_STRING_COLUMNS
     dataset, positions, failure = None, None, None
     try:
-        dataset = _fast_read(path, fmt, strings, cache_dir)
+        if fmt not in ("csv", "tsv") or _csv_takes_fast_path(path, fmt):
+            dataset = _fast_read(path, fmt, strings, cache_dir)
+    except DataFormatError:
+        raise
     except Exception as err:  # noqa: BLE001 - every failure is re-read below to name the bad line
         failure = err
     if fmt == "parquet" and dataset is None:
@@ -256,8 +314,6 @@ def _read_one(
             raise DataFormatError(f"{path}: column {column!r} holds bytes that are not valid UTF-8")
         dataset = None  # read again line by line to name the line
     mixed = dataset is not None and any(_mixed(dataset.features[c]) for c in strings if c in dataset.column_names)
-    if dataset is not None and fmt in ("csv", "tsv") and not _csv_fields_consistent(path, fmt):
-        dataset = None
     if dataset is None or mixed:
         if fmt == "json":
             rows, positions = _scan_json(path, kind, strings, policy)

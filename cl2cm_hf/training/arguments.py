@@ -1,17 +1,93 @@
-"""Run configuration: dataclasses filled by `HfArgumentParser` from a YAML recipe plus `--key value`
-command-line overrides. Every loss weight, temperature and switch of the method lives here, so
-the paper's ablations are config files."""
+"""Run configuration: dataclasses filled from a YAML recipe plus `--key value` command-line
+overrides. Every loss weight, temperature and switch of the method lives here, so
+the paper's ablations are config files.
+
+Every setting has a checked range: its field declares ``metadata={"allowed": ...}`` (an `Allowed`),
+the Trainer settings the recipes use are listed in `TRAINING_ALLOWED`, and `check_allowed` refuses
+a value outside it at parse time, naming the key, the value and what is allowed. Numbers must be
+finite. A number that YAML 1.1 reads as text (``1e-3``) is read as the number it means.
+"""
 
 import dataclasses
 import importlib
 import importlib.util
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
+
+from cl2cm_hf.data.schemas import language_code_problem
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The values a setting may take. Numbers: finite and within ``low``..``high`` (an open end
+    excluded); `choices`: one of these; `language_code`: see `cl2cm_hf.data.schemas.LANGUAGE_CODE`;
+    a list: at least `min_items` items, each allowed by the rest. None (an unset optional) passes."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple = ()
+    language_code: bool = False
+    min_items: int | None = None
+    why: str = ""
+
+    def problem(self, value) -> str | None:
+        """What is wrong with `value`, or None."""
+        if value is None:
+            return None
+        if isinstance(value, (list, tuple)):
+            if self.min_items is not None and len(value) < self.min_items:
+                return f"expected at least {self.min_items} item(s)"
+            problems = [p for p in (self.problem(item) for item in value) if p]
+            return problems[0] if problems else None
+        if self.choices:
+            return None if value in self.choices else f"expected one of {list(self.choices)}"
+        if self.language_code:
+            return language_code_problem(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                return f"expected a finite number ({self.describe()})"
+            return None if self._in_range(value) else f"expected {self.describe()}"
+        return None
+
+    def _in_range(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def describe(self) -> str:
+        if self.low is None and self.high is None:
+            text = "a finite number"
+        elif self.high is None:
+            text = f"a number {'>' if self.low_open else '>='} {self.low}"
+        elif self.low is None:
+            text = f"a number {'<' if self.high_open else '<='} {self.high}"
+        else:
+            text = f"a number in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        return f"{text} ({self.why})" if self.why else text
+
+
+def at_least(low: float, why: str = "") -> Allowed:
+    return Allowed(low=low, why=why)
+
+
+def above(low: float, why: str = "") -> Allowed:
+    return Allowed(low=low, low_open=True, why=why)
+
+
+def one_of(*choices) -> Allowed:
+    return Allowed(choices=choices)
+
+
+LANGUAGE_CODES = Allowed(language_code=True, min_items=1)
 
 
 @dataclass
@@ -23,33 +99,48 @@ class ModelArguments:
             "None builds a small BERT from scratch."
         },
     )
-    text_hidden_size: int = field(default=128, metadata={"help": "From-scratch text tower width."})
-    text_num_layers: int = field(default=2, metadata={"help": "From-scratch text tower depth."})
-    text_num_heads: int = field(default=4, metadata={"help": "From-scratch text tower attention heads."})
+    text_hidden_size: int = field(default=128, metadata={"help": "From-scratch text tower width.", "allowed": at_least(1)})
+    text_num_layers: int = field(default=2, metadata={"help": "From-scratch text tower depth.", "allowed": at_least(1)})
+    text_num_heads: int = field(
+        default=4, metadata={"help": "From-scratch text tower attention heads.", "allowed": at_least(1)}
+    )
     freeze_text_layers: int = field(
-        default=0, metadata={"help": "Freeze the embeddings and this many lower layers of the text backbone (-1: all)."}
+        default=0,
+        metadata={
+            "help": "Freeze the embeddings and this many lower layers of the text backbone (-1: all).",
+            "allowed": at_least(-1),
+        },
     )
     cl_freeze_text_layers: int | None = field(
-        default=None, metadata={"help": "Stage 1 only: freeze this many lower text layers (default: freeze_text_layers)."}
+        default=None,
+        metadata={
+            "help": "Stage 1 only: freeze this many lower text layers (default: freeze_text_layers).",
+            "allowed": at_least(-1),
+        },
     )
-    pooling: str = field(default="mean", metadata={"help": "cls | mean"})
-    projection_dim: int = 256
-    logit_scale_init_value: float = 2.6592
+    pooling: str = field(default="mean", metadata={"help": "cls | mean", "allowed": one_of("cls", "mean")})
+    projection_dim: int = field(default=256, metadata={"allowed": at_least(1)})
+    logit_scale_init_value: float = field(default=2.6592, metadata={"allowed": Allowed()})
     learnable_logit_scale: bool = True
     share_encoders: bool = field(default=True, metadata={"help": "Stage 1: one text tower for both languages."})
     text_prefix: str = field(default="", metadata={"help": "Put before every text (e5 expects 'query: ')."})
-    visual_encoder_type: str = field(default="features", metadata={"help": "features | backbone"})
+    visual_encoder_type: str = field(
+        default="features", metadata={"help": "features | backbone", "allowed": one_of("features", "backbone")}
+    )
     vision_model: str | None = field(default=None, metadata={"help": "Pretrained vision backbone for backbone mode."})
-    visual_hidden_size: int = 512
-    visual_num_layers: int = field(default=0, metadata={"help": "Temporal transformer layers (0: masked mean of frames)."})
-    visual_num_heads: int = 4
-    visual_max_frames: int = 64
-    visual_dropout: float = 0.1
+    visual_hidden_size: int = field(default=512, metadata={"allowed": at_least(1)})
+    visual_num_layers: int = field(
+        default=0, metadata={"help": "Temporal transformer layers (0: masked mean of frames).", "allowed": at_least(0)}
+    )
+    visual_num_heads: int = field(default=4, metadata={"allowed": at_least(1)})
+    visual_max_frames: int = field(default=64, metadata={"allowed": at_least(1)})
+    visual_dropout: float = field(default=0.1, metadata={"allowed": Allowed(0, 1, high_open=True)})
     text_dropout: float | None = field(
         default=None,
         metadata={
             "help": "Dropout of the text backbone (hidden and attention); None keeps the backbone's own (BERT: 0.1). "
-            "0 with visual_dropout 0 makes training deterministic (e.g. to compare 1 and N processes)."
+            "0 with visual_dropout 0 makes training deterministic (e.g. to compare 1 and N processes).",
+            "allowed": Allowed(0, 1, high_open=True),
         },
     )
     init_text_from_cross_lingual: bool = field(
@@ -64,6 +155,7 @@ class ModelArguments:
     )
 
     def __post_init__(self):
+        check_allowed(self)
         self.text_model = resolve_model_reference(self.text_model)
         self.vision_model = resolve_model_reference(self.vision_model)
         if self.cache_frozen_text_layers and 0 in (self.freeze_text_layers, self.cl_freeze_text_layers):
@@ -94,7 +186,13 @@ def resolve_model_reference(value: str | None) -> str | None:
 
 @dataclass
 class DataArguments:
-    dataset: str = field(default="demo", metadata={"help": "demo | multi30k_r50 | multi30k | nrccr | files"})
+    dataset: str = field(
+        default="demo",
+        metadata={
+            "help": "demo | multi30k_r50 | multi30k | nrccr | files",
+            "allowed": one_of("demo", "multi30k_r50", "multi30k", "nrccr", "files"),
+        },
+    )
     shared_root: str = field(default="../shared", metadata={"help": "multi30k_r50: folder holding data/."})
     data_root: str | None = field(
         default=None, metadata={"help": "multi30k | nrccr: folder that relative data file names are read from."}
@@ -113,26 +211,42 @@ class DataArguments:
         default=None,
         metadata={"help": "files | multi30k | nrccr: visual feature store (a saved store folder, or .npy + features_ids_file)."},
     )
-    target_langs: list[str] = field(default_factory=lambda: ["de", "fr"], metadata={"help": "Languages trained and evaluated."})
-    max_length: int = 32
+    target_langs: list[str] = field(
+        default_factory=lambda: ["de", "fr"],
+        metadata={"help": "Languages trained and evaluated.", "allowed": LANGUAGE_CODES},
+    )
+    max_length: int = field(
+        default=32,
+        metadata={"help": "Tokens per text, [CLS] and [SEP] included.", "allowed": at_least(3, "room for one token")},
+    )
     tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder; None trains one on the training text."})
-    tokenizer_vocab_size: int = 2000
-    demo_items: int = 1500
-    demo_validation_items: int = 200
-    demo_test_items: int = 300
-    demo_mt_noise: float = 0.3
-    demo_visual_kind: str = field(default="image", metadata={"help": "image | video"})
-    demo_feature_dim: int = 64
-    fold: int | None = field(default=None, metadata={"help": "multi30k_r50: cross-validation fold (0-4)."})
-    num_folds: int = 5
-    fold_seed: int = field(default=0, metadata={"help": "multi30k_r50: seed of the image permutation behind the folds."})
+    tokenizer_vocab_size: int = field(default=2000, metadata={"allowed": at_least(6, "5 special tokens and a word")})
+    demo_items: int = field(default=1500, metadata={"allowed": at_least(1)})
+    demo_validation_items: int = field(default=200, metadata={"allowed": at_least(1)})
+    demo_test_items: int = field(default=300, metadata={"allowed": at_least(1)})
+    demo_mt_noise: float = field(default=0.3, metadata={"allowed": Allowed(0, 1)})
+    demo_visual_kind: str = field(default="image", metadata={"help": "image | video", "allowed": one_of("image", "video")})
+    demo_feature_dim: int = field(default=64, metadata={"allowed": at_least(1)})
+    fold: int | None = field(
+        default=None,
+        metadata={"help": "multi30k_r50: cross-validation fold (0 to num_folds - 1).", "allowed": at_least(0)},
+    )
+    num_folds: int = field(default=5, metadata={"allowed": at_least(2)})
+    fold_seed: int = field(
+        default=0,
+        metadata={"help": "multi30k_r50: seed of the image permutation behind the folds.", "allowed": at_least(0)},
+    )
     validation_items: int = field(
-        default=100, metadata={"help": "multi30k_r50: training images of the fold held out for validation."}
+        default=100,
+        metadata={"help": "multi30k_r50: training images of the fold held out for validation.", "allowed": at_least(1)},
     )
     first_caption_only: bool = field(
         default=False, metadata={"help": "multi30k_r50 | multi30k: pair only English caption 1 with each image's MT line."}
     )
-    source_task: int = field(default=2, metadata={"help": "multi30k: English captions of task 1 (one per image) or task 2 (five)."})
+    source_task: int = field(
+        default=2,
+        metadata={"help": "multi30k: English captions of task 1 (one per image) or task 2 (five).", "allowed": one_of(1, 2)},
+    )
     train_split: str = field(default="train", metadata={"help": "multi30k: training split name."})
     validation_split: str = field(default="val", metadata={"help": "multi30k: validation split name."})
     test_split: str = field(default="test_2016_flickr", metadata={"help": "multi30k: test split name."})
@@ -150,41 +264,59 @@ class DataArguments:
     features_ids_file: str | None = field(
         default=None, metadata={"help": "features_file as .npy: the visual ids of its rows (one per line, or JSON)."}
     )
-    on_bad_row: str = field(default="error", metadata={"help": "error | skip (skipped rows are listed in the run folder)"})
+    on_bad_row: str = field(
+        default="error",
+        metadata={"help": "error | skip (skipped rows are listed in the run folder)", "allowed": one_of("error", "skip")},
+    )
 
     def __post_init__(self):
-        if self.on_bad_row not in ("error", "skip"):
-            raise ValueError(f"on_bad_row={self.on_bad_row!r}; expected one of ['error', 'skip']")
+        check_allowed(self)
+        if self.fold is not None and self.fold >= self.num_folds:
+            raise ValueError(f"fold={self.fold!r} is out of range; expected 0 to num_folds - 1 = {self.num_folds - 1}")
 
 
 @dataclass
 class CL2CMArguments:
-    stage: str = field(default="both", metadata={"help": "cl | cm | both"})
-    loss: str = field(default="infonce", metadata={"help": "Contrastive loss: infonce | triplet"})
-    margin: float = field(default=0.2, metadata={"help": "VSE++ triplet margin."})
-    lambda_word: float = field(default=0.1, metadata={"help": "Stage 1: weight of the OT word alignment."})
-    ot_epsilon: float = field(default=0.1, metadata={"help": "Sinkhorn entropic regularisation."})
-    ot_iterations: int = field(default=50, metadata={"help": "Sinkhorn iterations."})
-    lambda_mt: float = field(default=1.0, metadata={"help": "Stage 2: weight of visual vs MT-caption contrastive loss."})
-    lambda_kt: float = field(default=1.0, metadata={"help": "Stage 2: weight of relational distillation."})
-    kt_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature T."})
+    stage: str = field(default="both", metadata={"help": "cl | cm | both", "allowed": one_of("cl", "cm", "both")})
+    loss: str = field(
+        default="infonce", metadata={"help": "Contrastive loss: infonce | triplet", "allowed": one_of("infonce", "triplet")}
+    )
+    margin: float = field(default=0.2, metadata={"help": "VSE++ triplet margin.", "allowed": at_least(0)})
+    lambda_word: float = field(
+        default=0.1, metadata={"help": "Stage 1: weight of the OT word alignment.", "allowed": at_least(0)}
+    )
+    ot_epsilon: float = field(default=0.1, metadata={"help": "Sinkhorn entropic regularisation.", "allowed": above(0)})
+    ot_iterations: int = field(default=50, metadata={"help": "Sinkhorn iterations.", "allowed": at_least(1)})
+    lambda_mt: float = field(
+        default=1.0,
+        metadata={"help": "Stage 2: weight of visual vs MT-caption contrastive loss.", "allowed": at_least(0)},
+    )
+    lambda_kt: float = field(
+        default=1.0, metadata={"help": "Stage 2: weight of relational distillation.", "allowed": at_least(0)}
+    )
+    kt_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature T.", "allowed": above(0)})
     precompute_teacher: bool = field(default=False, metadata={"help": "Encode the training set with the teacher once."})
     cross_lingual_model: str | None = field(default=None, metadata={"help": "stage cm: an existing stage-1 folder as teacher."})
-    cl_num_train_epochs: float | None = field(default=None, metadata={"help": "Stage 1 epochs (default: num_train_epochs)."})
-    cl_learning_rate: float | None = field(default=None, metadata={"help": "Stage 1 learning rate (default: learning_rate)."})
+    cl_num_train_epochs: float | None = field(
+        default=None, metadata={"help": "Stage 1 epochs (default: num_train_epochs).", "allowed": above(0)}
+    )
+    cl_learning_rate: float | None = field(
+        default=None, metadata={"help": "Stage 1 learning rate (default: learning_rate).", "allowed": above(0)}
+    )
     cl_first_caption_only: bool = field(default=False, metadata={
         "help": "Stage 1 trains on caption 1 and its translation only (caption_id '<visual_id>#1'): where one MT line "
                 "per image (of caption 1) is paired with all of the image's captions, only that pair is a translation."})
-    on_nonfinite: str = field(default="stop", metadata={"help": "NaN/Inf loss: stop | skip (the batch, counted in logs)"})
+    on_nonfinite: str = field(
+        default="stop",
+        metadata={"help": "NaN/Inf loss: stop | skip (the batch, counted in logs)", "allowed": one_of("stop", "skip")},
+    )
     resume: bool = field(default=False, metadata={"help": "Continue from the last Trainer checkpoint of each stage."})
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the final folder to this hub repo."})
     query: str | None = field(default=None, metadata={"help": "After training: run this query against the test gallery."})
-    query_lang: str = "de"
+    query_lang: str = field(default="de", metadata={"allowed": LANGUAGE_CODES})
 
     def __post_init__(self):
-        for name, choices in (("stage", ("cl", "cm", "both")), ("loss", ("infonce", "triplet")), ("on_nonfinite", ("stop", "skip"))):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {list(choices)}")
+        check_allowed(self)
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, CL2CMArguments, TrainingArguments)
@@ -204,6 +336,54 @@ TRAINING_DEFAULTS = {
     "report_to": "tensorboard" if importlib.util.find_spec("tensorboard") else "none",
     "use_cpu": False,
 }
+
+
+# Ranges of the Trainer settings the recipes use (TrainingArguments' own fields carry none).
+TRAINING_ALLOWED = {
+    "per_device_train_batch_size": at_least(1),
+    "per_device_eval_batch_size": at_least(1),
+    "gradient_accumulation_steps": at_least(1),
+    "eval_accumulation_steps": at_least(1),
+    "num_train_epochs": above(0),
+    "max_steps": at_least(-1, "-1: use num_train_epochs"),
+    "learning_rate": above(0),
+    "weight_decay": at_least(0),
+    "warmup_steps": at_least(0, "below 1: a fraction of the steps"),
+    "max_grad_norm": at_least(0),
+    "adam_beta1": Allowed(0, 1, high_open=True),
+    "adam_beta2": Allowed(0, 1, high_open=True),
+    "adam_epsilon": above(0),
+    "label_smoothing_factor": Allowed(0, 1, high_open=True),
+    "logging_steps": above(0),
+    "eval_steps": above(0),
+    "save_steps": above(0),
+    "save_total_limit": at_least(1),
+    "seed": at_least(0),
+    "data_seed": at_least(0),
+    "dataloader_num_workers": at_least(0),
+    "dataloader_prefetch_factor": at_least(1),
+    "eval_delay": at_least(0),
+}
+
+
+def _allowed_by_key() -> dict[str, Allowed]:
+    allowed = dict(TRAINING_ALLOWED)
+    for cls in ARGUMENT_CLASSES[:-1]:
+        allowed.update({f.name: f.metadata["allowed"] for f in dataclasses.fields(cls) if "allowed" in f.metadata})
+    return allowed
+
+
+def _check_value(key: str, value, allowed: Allowed | None, source: str) -> None:
+    problem = allowed.problem(value) if allowed is not None else None
+    if problem:
+        raise ValueError(f"{source}: key {key}={value!r} is not allowed; {problem}")
+
+
+def check_allowed(settings) -> None:
+    """Refuse a field of the argument dataclass `settings` whose value its `Allowed` excludes."""
+    for f in dataclasses.fields(settings):
+        if "allowed" in f.metadata:
+            _check_value(f.name, getattr(settings, f.name), f.metadata["allowed"], type(settings).__name__)
 
 
 def _field_types() -> dict[str, typing.Any]:
@@ -243,6 +423,8 @@ def _check_type(key: str, value, hint, source: str):
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint in (int, float) and isinstance(value, str):
+        value = _number_from_text(value, hint)
     if hint is bool and not isinstance(value, bool):
         raise ValueError(f"{source}: key '{key}' expects true/false, got {value!r}")
     if hint is int and isinstance(value, bool):
@@ -253,6 +435,18 @@ def _check_type(key: str, value, hint, source: str):
     if hint in (int, float) and not isinstance(value, hint):
         raise ValueError(f"{source}: key '{key}' expects {hint.__name__}, got {value!r}")
     return value
+
+
+def _number_from_text(text: str, hint: type):
+    """`text` as the number it spells (YAML 1.1 reads ``1e-3`` and ``1e3`` as text); else unchanged.
+    An integer setting takes only whole numbers (``1e3`` -> 1000)."""
+    try:
+        number = float(text.strip().replace("_", ""))
+    except ValueError:
+        return text
+    if hint is int:
+        return int(number) if number.is_integer() else text
+    return number
 
 
 def _accepts_str(hint) -> bool:
@@ -291,6 +485,7 @@ def load_config(path: str | Path | None, argv: list[str] | None = None) -> dict:
     """The merged, type-checked settings of a run: project defaults < YAML file < command line."""
     values = dict(TRAINING_DEFAULTS)
     types_by_key = _field_types()
+    allowed_by_key = _allowed_by_key()
     sources = []
     if path is not None:
         path = Path(path)
@@ -305,18 +500,61 @@ def load_config(path: str | Path | None, argv: list[str] | None = None) -> dict:
     for source, mapping in sources:
         for key, value in mapping.items():
             if key not in types_by_key:
-                raise ValueError(f"{source}: unknown key '{key}' (see trainer/arguments.py for the settings)")
+                raise ValueError(f"{source}: unknown key '{key}' (see cl2cm_hf/training/arguments.py for the settings)")
             if source == "command line":
                 value = _from_command_line(value, types_by_key[key])
             values[key] = _check_type(key, value, types_by_key[key], source)
+            _check_value(key, values[key], allowed_by_key.get(key), source)
     return values
 
 
 def parse_config(values: dict):
-    """Build the four argument dataclasses from merged settings."""
-    return HfArgumentParser(ARGUMENT_CLASSES).parse_dict(values, allow_extra_keys=False)
+    """Build the four argument dataclasses from merged settings (as `HfArgumentParser.parse_dict`
+    does; its argparse set-up would reject the fields' ``allowed`` metadata)."""
+    unknown = set(values) - set(_field_types())
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} (see cl2cm_hf/training/arguments.py for the settings)")
+    return tuple(
+        cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values})
+        for cls in ARGUMENT_CLASSES
+    )
 
 
-def config_to_yaml(values: dict) -> str:
-    """The settings as a YAML recipe that reproduces the run."""
-    return yaml.safe_dump(values, sort_keys=True, allow_unicode=True)
+def _publishable(value, root: Path, shortened: list[str], key: str):
+    if isinstance(value, (list, tuple)):
+        return [_publishable(v, root, shortened, key) for v in value]
+    if isinstance(value, dict):
+        return {k: _publishable(v, root, shortened, f"{key}.{k}") for k, v in value.items()}
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    path = Path(os.path.normpath(value))
+    if path == root or root in path.parents:
+        return path.relative_to(root).as_posix() or "."
+    shortened.append(key)
+    return path.name
+
+
+def publishable_settings(values: dict, root: str | Path | None = None) -> tuple[dict, list[str]]:
+    """The settings without the machine's absolute paths, for files that are published (the
+    recipe in the model folder, the card), and the keys that lost part of a path.
+
+    Rule: an absolute path inside `root` (default: the working directory, where recipes are run
+    from) is written relative to it; any other absolute path is cut to its last component (so the
+    recipe names the file but not where it lay). Relative paths and other values are kept."""
+    root = Path(os.path.abspath(root if root is not None else os.getcwd()))
+    shortened: list[str] = []
+    clean = {key: _publishable(value, root, shortened, key) for key, value in values.items()}
+    return clean, shortened
+
+
+def config_to_yaml(values: dict, root: str | Path | None = None) -> str:
+    """The settings as a YAML recipe that reproduces the run, with absolute paths made relative or
+    cut as `publishable_settings` says (a comment lists the keys cut)."""
+    clean, shortened = publishable_settings(values, root)
+    header = ""
+    if shortened:
+        header = (
+            "# Absolute paths outside the run's working directory were cut to their last component: "
+            f"{', '.join(shortened)}\n"
+        )
+    return header + yaml.safe_dump(clean, sort_keys=True, allow_unicode=True)

@@ -1,0 +1,109 @@
+"""Every setting has a checked range at parse time (cl2cm_hf/training/arguments.py), numbers YAML 1.1
+reads as text are read as numbers, and the published recipe holds no absolute path of the machine."""
+
+import dataclasses
+import os
+
+import pytest
+import yaml
+from transformers import TrainingArguments
+
+from cl2cm_hf.training.arguments import (
+    ARGUMENT_CLASSES,
+    TRAINING_ALLOWED,
+    CL2CMArguments,
+    config_to_yaml,
+    load_config,
+    parse_config,
+)
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("lambda_word", "-0.1", ">= 0"),
+        ("lambda_mt", "-1", ">= 0"),
+        ("lambda_kt", "-1", ">= 0"),
+        ("kt_temperature", "0", "> 0"),
+        ("ot_epsilon", "0", "> 0"),
+        ("ot_iterations", "0", ">= 1"),
+        ("margin", "-0.2", ">= 0"),
+        ("max_length", "2", ">= 3"),
+        ("per_device_train_batch_size", "0", ">= 1"),
+        ("per_device_train_batch_size", "-4", ">= 1"),
+        ("per_device_eval_batch_size", "0", ">= 1"),
+        ("gradient_accumulation_steps", "0", ">= 1"),
+        ("num_train_epochs", "nan", "finite"),
+        ("num_train_epochs", ".inf", "finite"),
+        ("cl_num_train_epochs", "0", "> 0"),
+        ("learning_rate", "-1e-3", "> 0"),
+        ("learning_rate", ".nan", "finite"),
+        ("cl_learning_rate", "inf", "finite"),
+        ("weight_decay", "-0.01", ">= 0"),
+        ("visual_dropout", "1.0", "[0, 1)"),
+        ("text_dropout", "-0.1", "[0, 1)"),
+        ("projection_dim", "0", ">= 1"),
+        ("visual_num_layers", "-1", ">= 0"),
+        ("freeze_text_layers", "-2", ">= -1"),
+        ("demo_mt_noise", "1.5", "[0, 1]"),
+        ("num_folds", "1", ">= 2"),
+        ("seed", "-1", ">= 0"),
+        ("target_langs", "[]", "at least 1"),
+        ("target_langs", "['de ', fr]", "did you mean 'de'"),
+        ("target_langs", "[DE]", "did you mean 'de'"),
+        ("query_lang", "FR", "did you mean 'fr'"),
+        ("dataset", "multi30", "one of"),
+        ("pooling", "max", "one of"),
+        ("source_task", "3", "one of"),
+    ],
+)
+def test_out_of_range_settings_are_refused_naming_key_value_and_range(key, value, expected):
+    with pytest.raises(ValueError) as caught:
+        parse_config(load_config(None, [f"--{key}", value]))
+    message = str(caught.value)
+    assert f"key {key}=" in message and "not allowed" in message and expected in message, message
+
+
+def test_the_same_checks_apply_to_recipe_files_and_direct_construction(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("kt_temperature: 0\n")
+    with pytest.raises(ValueError, match=r"recipe\.yaml: key kt_temperature=0\.0 is not allowed"):
+        load_config(recipe)
+    with pytest.raises(ValueError, match="key lambda_kt=-1 is not allowed"):
+        CL2CMArguments(lambda_kt=-1)
+    with pytest.raises(ValueError, match="fold=5 is out of range"):
+        parse_config(load_config(None, ["--dataset", "multi30k_r50", "--fold", "5"]))
+
+
+def test_every_setting_declares_its_range():
+    for cls in ARGUMENT_CLASSES[:-1]:
+        for f in dataclasses.fields(cls):
+            text_like = f.type in (str, "str", str | None, "str | None", bool, "bool")
+            assert text_like or "allowed" in f.metadata, f"{cls.__name__}.{f.name} has no range"
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    assert set(TRAINING_ALLOWED) <= names
+
+
+def test_yaml_1_1_numbers_written_as_text_are_read_as_numbers(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: 1e-3\ncl_learning_rate: 5E-5\nweight_decay: 1e-2\nmax_steps: 1e3\n")
+    values = load_config(recipe)
+    assert values["learning_rate"] == 0.001 and values["cl_learning_rate"] == 5e-5 and values["weight_decay"] == 0.01
+    assert values["max_steps"] == 1000 and isinstance(values["max_steps"], int)
+    assert load_config(None, ["--learning_rate", "2e-4"])["learning_rate"] == 2e-4
+    recipe.write_text("max_steps: 1.5e0\n")
+    with pytest.raises(ValueError, match="key 'max_steps' expects"):
+        load_config(recipe)
+
+
+def test_the_published_recipe_holds_no_absolute_path(tmp_path):
+    inside = os.path.join(os.getcwd(), "runs", "demo")
+    values = load_config(None, ["--output_dir", inside, "--dataset", "files", "--train_file", "/home/someone/data/train.jsonl",
+                                "--features_file", "relative/store", "--learning_rate", "1e-3"])
+    text = config_to_yaml(values)
+    assert os.getcwd() not in text and "/home/someone" not in text
+    published = yaml.safe_load(text)
+    assert published["output_dir"] == "runs/demo" and published["train_file"] == "train.jsonl"
+    assert published["features_file"] == "relative/store" and published["learning_rate"] == 1e-3
+    assert text.startswith("# Absolute paths outside") and "train_file" in text.splitlines()[0]
+    assert load_config(None) == yaml.safe_load(config_to_yaml(load_config(None)))  # nothing else changes

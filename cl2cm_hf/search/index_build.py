@@ -376,11 +376,7 @@ def _read_cache(out: Path, namespace: str) -> tuple[dict[str, np.ndarray], dict[
     from safetensors import safe_open
 
     done, bad = {}, {}
-    try:
-        metadata = json.loads((out / METADATA_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        metadata = {}
-    if metadata.get("namespace") == namespace:
+    if _read_json(out / METADATA_FILE).get("namespace") == namespace:
         try:
             columns, embeddings = load_rows(out)
             done.update((key, row) for key, row in zip(columns["key"], embeddings) if key)
@@ -473,7 +469,7 @@ def _faiss_part(embeddings: np.ndarray, folder: Path, faiss_type: str) -> dict |
     info = {"type": index_type, "file": FAISS_FILE, "recall@10": recall, "recall_k": k, "recall_queries": len(pick),
             "recall_query_source": "gallery rows (seeded sample)"}
     if index_type == "hnsw":
-        info.update(hnsw_m=index.hnsw.nb_neighbors(1) // 2, ef_search=index.hnsw.efSearch)
+        info.update(hnsw_m=index.hnsw.nb_neighbors(1), ef_search=index.hnsw.efSearch)
     return info
 
 
@@ -532,10 +528,17 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     chunks = _chunks(pending, chunk_size)
     mine = [chunk for n, chunk in enumerate(chunks) if n % state.num_processes == state.process_index]
     _encode_chunks(loaded_model, processor, items, source, mine, out / SHARDS_DIR, namespace, batch_size,
-                             num_workers, max_pixels, device, progress and state.is_main_process)
+                   num_workers, max_pixels, device, progress and state.is_main_process)
     state.wait_for_everyone()
-    report = IndexReport(out, reused=len(items) - len(pending), removed=len(previous - {item.key for item in items}))
-    if state.is_main_process:
+    keys = {item.key for item in items}
+    report = IndexReport(out, reused=len(items) - len(pending), removed=len(previous - keys))
+    unchanged = not pending and previous == keys and not (out / SHARDS_DIR).exists()
+    if state.is_main_process and unchanged and _read_json(out / METADATA_FILE).get("faiss_request") == faiss:
+        # Nothing changed since the last complete build: keep it (a faiss rebuild can take minutes).
+        report.metadata = json.loads((out / METADATA_FILE).read_text(encoding="utf-8"))
+        report.count = report.metadata["count"]
+        report.skipped = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))["skipped"]
+    elif state.is_main_process:
         done, bad, _ = _read_cache(out, namespace)
         missing = [item.id for item in items if item.key not in done and item.key not in bad]
         if missing:
@@ -544,7 +547,7 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
             "format": INDEX_FORMAT, "model": _model_name(model), "model_revision": revision, "namespace": namespace,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": source_info,
             "cache_key": "path + size + mtime (files); sha256 of the content (dataset bytes, feature rows)",
-            "max_pixels": max_pixels,
+            "max_pixels": max_pixels, "faiss_request": faiss,
         }
         with atomic_directory(out) as tmp:
             report.count, report.skipped = _write_index(tmp, items, done, bad, metadata, faiss)
@@ -553,6 +556,13 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     state.wait_for_everyone()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _model_name(model) -> str:

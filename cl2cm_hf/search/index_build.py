@@ -525,6 +525,7 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
 
     done, bad, previous = _read_cache(out, namespace)
     pending = [i for i, item in enumerate(items) if item.key not in done and item.key not in bad]
+    state.wait_for_everyone()  # every process has read the cache before any writes a shard: the same plan
     chunks = _chunks(pending, chunk_size)
     mine = [chunk for n, chunk in enumerate(chunks) if n % state.num_processes == state.process_index]
     _encode_chunks(loaded_model, processor, items, source, mine, out / SHARDS_DIR, namespace, batch_size,

@@ -417,6 +417,8 @@ def _encode_chunks(model, processor, items, source, chunks, shards: Path, namesp
     local = [items[i] for i in order]
     if source is not None and hasattr(source, "lookup"):
         dataset, collate = _StoreIds(local), _StoreBatch(source, processor, local)
+        if source.output_key == "visual_features":
+            num_workers = 0  # nothing to decode; a worker would get a pickled copy of the whole array
     else:
         dataset, collate = _Decode(local, source, max_pixels), _ImageBatch(processor)
     batches, start = [], 0

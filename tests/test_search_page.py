@@ -1,0 +1,294 @@
+"""The search page in a real browser: `cl2cm-app` served on 127.0.0.1 in a subprocess, driven by
+headless Chromium through selenium. German and French queries typed into the page must show the
+Python API's top-k (ids and order), clicking or uploading a picture must show its "more like
+this" top-k with the picture itself first, the page must name its model and index, and nothing
+may be fetched from outside 127.0.0.1. A screenshot is saved (to $CL2CM_SCREENSHOT when set).
+
+Needs the `app` extra (gradio), selenium (`dev` extra) and Debian's chromium and chromium-driver
+(.ci/run installs them); skipped with the reason when one is missing.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+gradio = pytest.importorskip("gradio", reason="gradio is not installed (pip install 'cl2cm-hf[app]')")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install 'cl2cm-hf[dev]')")
+
+from PIL import Image, ImageDraw  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+    reason="Debian's chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver)",
+)
+
+TOP_K = 6
+# The demo world's words, so the tiny tokenizer knows them; several queries per language.
+QUERIES = {
+    "de": ["ein roter Hund neben einem Auto", "eine blaue Katze unter dem Tisch", "ein Mann spielt Gitarre"],
+    "fr": ["un chien rouge à côté d'une voiture", "un chat bleu sous la table", "un homme joue de la guitare"],
+}
+COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "gray", "brown", "pink", "cyan"]
+
+
+# --- a stand-in SearchIndex (same methods as cl2cm_hf.search.SearchIndex) over a tiny random model ---
+
+
+class StandInHit:
+    def __init__(self, id, path, score, caption):
+        self.id, self.path, self.score, self.caption = id, path, score, caption
+
+
+class StandInIndex:
+    """`SearchIndex`'s contract (metadata, search, search_image) on the contract's folder layout."""
+
+    def __init__(self, folder: Path):
+        from datasets import load_from_disk
+        from transformers import AutoModel, AutoProcessor
+
+        self.folder = Path(folder)
+        self.metadata = json.loads((self.folder / "metadata.json").read_text())
+        rows = load_from_disk(str(self.folder / "data"))
+        self.ids, self.paths, self.captions = rows["id"], rows["path"], rows["caption"]
+        self.embeddings = torch.tensor(rows["embedding"], dtype=torch.float32)
+        self.model = AutoModel.from_pretrained(self.metadata["model"], trust_remote_code=True).eval()
+        self.processor = AutoProcessor.from_pretrained(self.metadata["model"], trust_remote_code=True)
+
+    @classmethod
+    def load(cls, folder):
+        return cls(folder)
+
+    def _hits(self, query: torch.Tensor, top_k: int):
+        from cl2cm_hf.retrieval import topk
+
+        scores, rows = topk(query, self.embeddings, top_k)
+        return [StandInHit(self.ids[r], self.paths[r], s, self.captions[r]) for r, s in zip(rows[0].tolist(), scores[0].tolist())]
+
+    def search(self, text: str, top_k: int = 10):
+        from cl2cm_hf.evaluation.encoding import encode_texts
+
+        return self._hits(encode_texts(self.model.get_text_features, self.processor, [text]), top_k)
+
+    def search_image(self, image, top_k: int = 10):
+        from cl2cm_hf.evaluation.encoding import encode_visual
+
+        return self._hits(encode_visual(self.model, [image], processor=self.processor), top_k)
+
+
+def picture(i: int) -> Image.Image:
+    """Item i: a coloured shape on a coloured ground, all different."""
+    image = Image.new("RGB", (64, 48), COLOURS[(i * 5) % len(COLOURS)])
+    draw = ImageDraw.Draw(image)
+    box = (8 + 3 * (i % 4), 6 + 2 * (i % 3), 40 + 2 * (i % 5), 40)
+    (draw.ellipse if i % 2 else draw.rectangle)(box, fill=COLOURS[i % len(COLOURS)], outline="black")
+    return image
+
+
+def build_stand_in_index(root: Path, n: int = 12) -> Path:
+    from datasets import Dataset
+    from transformers import ViTImageProcessorPil
+
+    from cl2cm_hf import CL2CMCrossModalModel, build_processor
+    from cl2cm_hf.evaluation.encoding import encode_visual
+    from conftest import IMAGE_SIZE, backbone_config, build_wordpiece_tokenizer
+
+    words = sorted({w for qs in QUERIES.values() for q in qs for w in re.findall(r"\w+", q.lower())})
+    torch.manual_seed(0)
+    model = CL2CMCrossModalModel(backbone_config()).eval()
+    processor = build_processor(build_wordpiece_tokenizer(words), image_processor=ViTImageProcessorPil(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}))
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    (root / "images").mkdir()
+    paths = []
+    for i in range(n):
+        paths.append(str(root / "images" / f"item{i:02d}.png"))
+        picture(i).save(paths[-1])
+    images = [Image.open(p).convert("RGB") for p in paths]
+    embeddings = encode_visual(model, images, processor=processor)
+    index = root / "index"
+    Dataset.from_dict({
+        "id": [f"item{i:02d}" for i in range(n)], "path": paths, "embedding": embeddings.tolist(),
+        "caption": [f"a {COLOURS[i % len(COLOURS)]} shape" if i % 3 else None for i in range(n)],
+    }).save_to_disk(str(index / "data"))
+    (index / "metadata.json").write_text(json.dumps({
+        "model": str(root / "model"), "model_revision": "0" * 40, "dim": embeddings.shape[1], "count": n,
+        "created": "2026-01-01T00:00:00Z",
+    }))
+    return index
+
+
+# --- the server and the browser ---
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def index_folder(tmp_path_factory):
+    return build_stand_in_index(tmp_path_factory.mktemp("search_page"))
+
+
+@pytest.fixture(scope="module")
+def index(index_folder):
+    return StandInIndex.load(index_folder)
+
+
+@pytest.fixture(scope="module")
+def page_url(index_folder, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(log.parent / "gradio")}
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, __file__, str(index_folder), str(port)], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"the page's server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the page did not answer on {url} within 180 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(page_url, tmp_path_factory):
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        driver.get(page_url)
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#query textarea, #query input"))
+        yield driver
+    finally:
+        driver.quit()
+
+
+def shown_ids(driver) -> list[str]:
+    """Ids of the results on screen, in order, from their captions ("rank. id · score · caption")."""
+    labels = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#results .caption-label, #results .thumbnail-item'))"
+        ".map(e => e.textContent.trim()).filter(t => /^\\d+\\. /.test(t));")
+    ids, seen = [], set()
+    for label in labels:
+        rank, rest = label.split(". ", 1)
+        if rank not in seen:
+            seen.add(rank)
+            ids.append(rest.split(" · ")[0])
+    return ids
+
+
+def wait_for_results(driver, want: list[str], what: str) -> list[str]:
+    try:
+        WebDriverWait(driver, 60, poll_frequency=0.2).until(lambda d: shown_ids(d) == want)
+    except Exception:
+        pytest.fail(f"{what}: the page shows {shown_ids(driver)}, the Python API's top-{TOP_K} is {want}")
+    return want
+
+
+def type_query(driver, text: str) -> None:
+    box = driver.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
+    box.clear()
+    box.send_keys(text)
+    driver.find_element(By.CSS_SELECTOR, "#go").click()
+
+
+# --- the tests ---
+
+
+def test_page_names_its_model_and_index(browser, index):
+    info = browser.find_element(By.CSS_SELECTOR, "#model-info").text
+    meta = index.metadata
+    assert meta["model"] in info and f"{meta['count']} items" in info and f"dim {meta['dim']}" in info, info
+
+
+@pytest.mark.parametrize("lang", sorted(QUERIES))
+def test_typed_queries_show_the_api_top_k(browser, index, lang):
+    for query in QUERIES[lang]:
+        want = [hit.id for hit in index.search(query, top_k=TOP_K)]
+        type_query(browser, query)
+        wait_for_results(browser, want, f"{lang} query {query!r}")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#results img")) >= TOP_K
+
+
+def test_click_a_result_for_more_like_this(browser, index):
+    query = QUERIES["de"][0]
+    hits = index.search(query, top_k=TOP_K)
+    type_query(browser, query)
+    wait_for_results(browser, [hit.id for hit in hits], query)
+    picked = hits[2]
+    with Image.open(picked.path) as image:
+        want = [hit.id for hit in index.search_image(image.convert("RGB"), top_k=TOP_K)]
+    assert want[0] == picked.id  # a picture is its own best match
+    browser.find_elements(By.CSS_SELECTOR, "#results img")[2].click()
+    wait_for_results(browser, want, f"click on result 3 ({picked.id})")
+
+
+def test_upload_an_image_for_more_like_this(browser, index, tmp_path):
+    upload = tmp_path / "query.png"
+    picture(7).save(upload)
+    with Image.open(upload) as image:
+        want = [hit.id for hit in index.search_image(image.convert("RGB"), top_k=TOP_K)]
+    assert want[0] == "item07"
+    clear = browser.find_elements(By.CSS_SELECTOR, "#image-query button[aria-label='Clear'], #image-query button[title='Clear']")
+    if clear:
+        clear[0].click()
+    browser.find_element(By.CSS_SELECTOR, "#image-query input[type=file]").send_keys(str(upload))
+    wait_for_results(browser, want, "uploaded picture of item07")
+
+
+def test_nothing_is_fetched_from_outside_and_screenshot(browser, page_url, tmp_path):
+    type_query(browser, QUERIES["de"][0])
+    time.sleep(1)
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+    outside = [r for r in resources if not r.startswith(page_url.rstrip("/")) and not r.startswith(("data:", "blob:"))]
+    assert not outside, outside
+    shot = Path(os.environ.get("CL2CM_SCREENSHOT") or tmp_path / "search_page.png")
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+if __name__ == "__main__":  # the server the tests start: python tests/test_search_page.py INDEX PORT
+    from cl2cm_hf.search.app import serve
+
+    serve(StandInIndex.load(sys.argv[1]), port=int(sys.argv[2]), top_k=TOP_K)

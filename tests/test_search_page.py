@@ -8,10 +8,9 @@ Needs the `app` extra (gradio), selenium (`dev` extra) and Debian's chromium and
 (.ci/run installs them); skipped with the reason when one is missing.
 """
 
-import json
+import contextlib
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -45,50 +44,6 @@ QUERIES = {
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "gray", "brown", "pink", "cyan"]
 
 
-# --- a stand-in SearchIndex (same methods as cl2cm_hf.search.SearchIndex) over a tiny random model ---
-
-
-class StandInHit:
-    def __init__(self, id, path, score, caption):
-        self.id, self.path, self.score, self.caption = id, path, score, caption
-
-
-class StandInIndex:
-    """`SearchIndex`'s contract (metadata, search, search_image) on the contract's folder layout."""
-
-    def __init__(self, folder: Path):
-        from datasets import load_from_disk
-        from transformers import AutoModel, AutoProcessor
-
-        self.folder = Path(folder)
-        self.metadata = json.loads((self.folder / "metadata.json").read_text())
-        rows = load_from_disk(str(self.folder / "data"))
-        self.ids, self.paths, self.captions = rows["id"], rows["path"], rows["caption"]
-        self.embeddings = torch.tensor(rows["embedding"], dtype=torch.float32)
-        self.model = AutoModel.from_pretrained(self.metadata["model"], trust_remote_code=True).eval()
-        self.processor = AutoProcessor.from_pretrained(self.metadata["model"], trust_remote_code=True)
-
-    @classmethod
-    def load(cls, folder):
-        return cls(folder)
-
-    def _hits(self, query: torch.Tensor, top_k: int):
-        from cl2cm_hf.retrieval import topk
-
-        scores, rows = topk(query, self.embeddings, top_k)
-        return [StandInHit(self.ids[r], self.paths[r], s, self.captions[r]) for r, s in zip(rows[0].tolist(), scores[0].tolist())]
-
-    def search(self, text: str, top_k: int = 10):
-        from cl2cm_hf.evaluation.encoding import encode_texts
-
-        return self._hits(encode_texts(self.model.get_text_features, self.processor, [text]), top_k)
-
-    def search_image(self, image, top_k: int = 10):
-        from cl2cm_hf.evaluation.encoding import encode_visual
-
-        return self._hits(encode_visual(self.model, [image], processor=self.processor), top_k)
-
-
 def picture(i: int) -> Image.Image:
     """Item i: a coloured shape on a coloured ground, all different."""
     image = Image.new("RGB", (64, 48), COLOURS[(i * 5) % len(COLOURS)])
@@ -98,38 +53,32 @@ def picture(i: int) -> Image.Image:
     return image
 
 
-def build_stand_in_index(root: Path, n: int = 12) -> Path:
+def build_tiny_index(root: Path, n: int = 12) -> Path:
+    """`cl2cm-index` over n pictures (a datasets folder with id, path, caption) with a tiny random
+    vision-backbone checkpoint: the page must show what the API answers, whatever the model."""
     from datasets import Dataset
     from transformers import ViTImageProcessorPil
 
     from cl2cm_hf import CL2CMCrossModalModel, build_processor
-    from cl2cm_hf.evaluation.encoding import encode_visual
+    from cl2cm_hf.search import build_index
     from conftest import IMAGE_SIZE, backbone_config, build_wordpiece_tokenizer
 
     words = sorted({w for qs in QUERIES.values() for q in qs for w in re.findall(r"\w+", q.lower())})
     torch.manual_seed(0)
-    model = CL2CMCrossModalModel(backbone_config()).eval()
     processor = build_processor(build_wordpiece_tokenizer(words), image_processor=ViTImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}))
-    model.save_pretrained(root / "model")
+    CL2CMCrossModalModel(backbone_config()).save_pretrained(root / "model")
     processor.save_pretrained(root / "model")
     (root / "images").mkdir()
-    paths = []
-    for i in range(n):
-        paths.append(str(root / "images" / f"item{i:02d}.png"))
-        picture(i).save(paths[-1])
-    images = [Image.open(p).convert("RGB") for p in paths]
-    embeddings = encode_visual(model, images, processor=processor)
-    index = root / "index"
+    paths = [str(root / "images" / f"item{i:02d}.png") for i in range(n)]
+    for i, path in enumerate(paths):
+        picture(i).save(path)
     Dataset.from_dict({
-        "id": [f"item{i:02d}" for i in range(n)], "path": paths, "embedding": embeddings.tolist(),
+        "id": [f"item{i:02d}" for i in range(n)], "path": paths,
         "caption": [f"a {COLOURS[i % len(COLOURS)]} shape" if i % 3 else None for i in range(n)],
-    }).save_to_disk(str(index / "data"))
-    (index / "metadata.json").write_text(json.dumps({
-        "model": str(root / "model"), "model_revision": "0" * 40, "dim": embeddings.shape[1], "count": n,
-        "created": "2026-01-01T00:00:00Z",
-    }))
-    return index
+    }).save_to_disk(str(root / "pictures"))
+    build_index(root / "model", root / "index", images=root / "pictures", faiss="none", num_workers=0, progress=False)
+    return root / "index"
 
 
 # --- the server and the browser ---
@@ -143,23 +92,27 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def index_folder(tmp_path_factory):
-    return build_stand_in_index(tmp_path_factory.mktemp("search_page"))
+    return build_tiny_index(tmp_path_factory.mktemp("search_page"))
 
 
 @pytest.fixture(scope="module")
 def index(index_folder):
-    return StandInIndex.load(index_folder)
+    from cl2cm_hf.search import SearchIndex
+
+    return SearchIndex.load(index_folder)
 
 
-@pytest.fixture(scope="module")
-def page_url(index_folder, tmp_path_factory):
+@contextlib.contextmanager
+def served_page(index_folder: Path, workdir: Path):
+    """`cl2cm-app INDEX` (its main) on a free port of 127.0.0.1 in a subprocess; yields the URL and
+    stops that process at the end."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(log.parent / "gradio")}
+    log = workdir / "server.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(workdir / "gradio")}
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, __file__, str(index_folder), str(port)], env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)
+        server = subprocess.Popen([sys.executable, "-m", "cl2cm_hf.search.app", str(index_folder), "--port", str(port),
+                                   "--top", str(TOP_K)], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 180
@@ -186,7 +139,14 @@ def page_url(index_folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def page_url(index_folder, tmp_path_factory):
+    with served_page(index_folder, tmp_path_factory.mktemp("server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def browser(page_url, tmp_path_factory):
+    """Headless Chromium on the page, with a fresh profile and Chrome's own network calls off."""
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
@@ -198,11 +158,15 @@ def browser(page_url, tmp_path_factory):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
-        driver.get(page_url)
-        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#query textarea, #query input"))
+        open_page(driver, page_url)
         yield driver
     finally:
         driver.quit()
+
+
+def open_page(driver, url: str) -> None:
+    driver.get(url)
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#query textarea, #query input"))
 
 
 def shown_ids(driver) -> list[str]:
@@ -288,7 +252,47 @@ def test_nothing_is_fetched_from_outside_and_screenshot(browser, page_url, tmp_p
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 
 
-if __name__ == "__main__":  # the server the tests start: python tests/test_search_page.py INDEX PORT
-    from cl2cm_hf.search.app import serve
+# --- a trained model: the top-1 of typed demo test-split queries is their own scene ---
 
-    serve(StandInIndex.load(sys.argv[1]), port=int(sys.argv[2]), top_k=TOP_K)
+DEMO_RUN = Path(os.environ.get("CL2CM_DEMO_RUN") or REPO / "runs" / "demo_pixels") / "cross_modal"
+QUERIES_PER_LANG = 5
+
+
+def demo_test_queries(final: Path, langs=("de", "fr")) -> list[tuple[str, str, str]]:
+    """(lang, text, visual id) of the first test-split queries of each language, one per scene,
+    rebuilt from the run's own recipe (the same data path training used)."""
+    from cl2cm_hf.training.arguments import load_config, parse_config
+    from cl2cm_hf.training.data_sources import build_run_data
+
+    model_args, data_args, _, training_args = parse_config(load_config(final / "training_config.yaml"))
+    queries = build_run_data(data_args, model_args, training_args).test_queries
+    picked, seen = [], set()
+    for row in queries:
+        key = (row["lang"], row["visual_id"])
+        if row["lang"] in langs and key not in seen and sum(lang == row["lang"] for lang, _, _ in picked) < QUERIES_PER_LANG:
+            seen.add(key)
+            picked.append((row["lang"], row["text"], row["visual_id"]))
+    return picked
+
+
+@pytest.mark.skipif(not (DEMO_RUN / "config.json").is_file(),
+                    reason=f"no trained demo pixel run at {DEMO_RUN} (`make app` trains one; or set CL2CM_DEMO_RUN)")
+def test_demo_queries_find_their_scene(browser, tmp_path):
+    from cl2cm_hf.search import SearchIndex, build_index
+
+    build_index(DEMO_RUN, tmp_path / "index", features=DEMO_RUN / "test_gallery", faiss="none", num_workers=0,
+                progress=False)
+    index = SearchIndex.load(tmp_path / "index")
+    queries = demo_test_queries(DEMO_RUN)
+    assert {lang for lang, _, _ in queries} == {"de", "fr"}, queries
+    with served_page(tmp_path / "index", tmp_path) as url:
+        open_page(browser, url)
+        right = []
+        for lang, text, visual_id in queries:
+            want = [hit.id for hit in index.search(text, top_k=TOP_K)]
+            type_query(browser, text)
+            wait_for_results(browser, want, f"{lang} query {text!r}")
+            right.append(want[0] == visual_id)
+        shot = Path(os.environ.get("CL2CM_SCREENSHOT") or tmp_path / "search_page.png")
+        assert browser.save_screenshot(str(shot))
+    assert sum(right) > len(right) / 2, f"top-1 right for {sum(right)} of {len(right)} queries: {list(zip(queries, right))}"

@@ -30,7 +30,7 @@ EXAMPLE_QUERY = "ein großer roter Hund neben einem Auto"
 def model_info(metadata: dict) -> str:
     """One Markdown line: which model (and revision) and which index the page serves."""
     revision = metadata.get("model_revision")
-    model = f"`{metadata.get('model', '?')}`" + (f" (revision `{str(revision)[:12]}`)" if revision else "")
+    model = f"`{metadata.get('model', '?')}`" + (f" (revision `{str(revision).split(':')[-1][:12]}`)" if revision else "")
     parts = [f"**Model** {model}", f"**index** {metadata.get('count', '?')} items", f"dim {metadata.get('dim', '?')}",
              f"built {metadata.get('created', '?')}"]
     faiss = metadata.get("faiss")
@@ -52,13 +52,8 @@ def gallery_value(hits) -> list[tuple[str, str]]:
 
 
 def image_folders(index) -> list[str]:
-    """Folders holding the index's images: Gradio serves files only from folders it is allowed."""
-    paths = getattr(index, "paths", None)
-    if paths is None:
-        from datasets import load_from_disk  # the on-disk format: INDEX/data with a `path` column
-
-        paths = load_from_disk(str(Path(index.folder) / "data"))["path"]
-    return sorted({str(Path(p).resolve().parent) for p in paths if p})
+    """Folders holding the index's images: Gradio serves only files in folders it is allowed."""
+    return sorted({str(Path(path).resolve().parent) for path in index.paths if path})
 
 
 def build_app(index, top_k: int = DEFAULT_TOP_K) -> gr.Blocks:
@@ -87,15 +82,15 @@ def build_app(index, top_k: int = DEFAULT_TOP_K) -> gr.Blocks:
     with gr.Blocks(title="CL2CM search") as page:
         gr.Markdown("## Search images with a caption in any trained language")
         gr.Markdown(model_info(index.metadata), elem_id="model-info")
-        with gr.Row(equal_height=True):
-            query = gr.Textbox(label="Caption", placeholder=EXAMPLE_QUERY, elem_id="query", scale=5, lines=1, max_lines=1)
-            go = gr.Button("Search", variant="primary", elem_id="go", scale=1)
         with gr.Row():
-            image_query = gr.Image(label="More like this: drop an image (or click a result)", type="pil",
-                                   sources=["upload", "clipboard"], elem_id="image-query", height=200, scale=1)
-            results = gr.Gallery(label="Results (rank. id · score · caption); click one for more like it",
-                                 elem_id="results", columns=4, height="auto", object_fit="contain",
+            query = gr.Textbox(label="Caption", placeholder=EXAMPLE_QUERY, elem_id="query", scale=6, lines=1, max_lines=1)
+            go = gr.Button("Search", variant="primary", elem_id="go", scale=1, min_width=100)
+        with gr.Row():
+            results = gr.Gallery(label="Results: rank. id · score · caption (click one for more like it)",
+                                 elem_id="results", columns=3, height="auto", object_fit="contain",
                                  allow_preview=False, scale=4)
+            image_query = gr.Image(label="More like this", type="pil", sources=["upload", "clipboard"],
+                                   elem_id="image-query", height=240, scale=1, min_width=200)
         shown = gr.State([])  # paths of the results on screen, in order, for "more like this"
 
         go.click(by_text, query, [results, shown])
@@ -105,8 +100,10 @@ def build_app(index, top_k: int = DEFAULT_TOP_K) -> gr.Blocks:
     return page
 
 
-def serve(index, host: str = "127.0.0.1", port: int | None = None, top_k: int = DEFAULT_TOP_K) -> None:
-    """Build the page and serve it until interrupted (Gradio allowed to serve the index's images)."""
+def serve(index, host: str | None = "127.0.0.1", port: int | None = None, top_k: int = DEFAULT_TOP_K) -> None:
+    """Build the page and serve it until interrupted, Gradio allowed to serve the index's images.
+    `host`/`port` None: Gradio's variables ``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` (as a Space
+    sets them), else 127.0.0.1 and 7860 or the next free port."""
     build_app(index, top_k).launch(server_name=host, server_port=port, allowed_paths=image_folders(index),
                                    ssr_mode=False, footer_links=[])
 

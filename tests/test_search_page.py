@@ -2,7 +2,10 @@
 headless Chromium through selenium. German and French queries typed into the page must show the
 Python API's top-k (ids and order), clicking or uploading a picture must show its "more like
 this" top-k with the picture itself first, the page must name its model and index, and nothing
-may be fetched from outside 127.0.0.1. A screenshot is saved (to $CL2CM_SCREENSHOT when set).
+may be fetched from outside 127.0.0.1. The index is built by `build_index` with a tiny random
+checkpoint (the page must show what the API answers, whatever the model); when a trained demo pixel
+run exists (`make app` trains runs/demo_pixels; or $CL2CM_DEMO_RUN), its test-split queries must
+also find their own scene first for most queries. A screenshot is saved (to $CL2CM_SCREENSHOT when set).
 
 Needs the `app` extra (gradio), selenium (`dev` extra) and Debian's chromium and chromium-driver
 (.ci/run installs them); skipped with the reason when one is missing.
@@ -36,11 +39,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 TOP_K = 6
-# The demo world's words, so the tiny tokenizer knows them; several queries per language.
-QUERIES = {
-    "de": ["ein roter Hund neben einem Auto", "eine blaue Katze unter dem Tisch", "ein Mann spielt Gitarre"],
-    "fr": ["un chien rouge à côté d'une voiture", "un chat bleu sous la table", "un homme joue de la guitare"],
-}
+QUERIES_PER_LANG = 3
+
+
+def demo_world_queries(langs=("de", "fr")) -> dict[str, list[str]]:
+    """German and French captions from a small demo world's test split."""
+    from cl2cm_hf.data.demo_world import build_demo_world
+
+    test = build_demo_world(seed=0, num_items=20, val_items=4, test_items=QUERIES_PER_LANG, corpus_items=5).queries["test"]
+    return {lang: [row["text"] for row in test if row["lang"] == lang][:QUERIES_PER_LANG] for lang in langs}
+
+
+QUERIES = demo_world_queries()
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "gray", "brown", "pink", "cyan"]
 
 
@@ -63,7 +73,7 @@ def build_tiny_index(root: Path, n: int = 12) -> Path:
     from cl2cm_hf.search import build_index
     from conftest import IMAGE_SIZE, backbone_config, build_wordpiece_tokenizer
 
-    words = sorted({w for qs in QUERIES.values() for q in qs for w in re.findall(r"\w+", q.lower())})
+    words = sorted({w for texts in QUERIES.values() for text in texts for w in re.findall(r"\w+", text.lower())})
     torch.manual_seed(0)
     processor = build_processor(build_wordpiece_tokenizer(words), image_processor=ViTImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}))
@@ -255,7 +265,7 @@ def test_nothing_is_fetched_from_outside_and_screenshot(browser, page_url, tmp_p
 # --- a trained model: the top-1 of typed demo test-split queries is their own scene ---
 
 DEMO_RUN = Path(os.environ.get("CL2CM_DEMO_RUN") or REPO / "runs" / "demo_pixels") / "cross_modal"
-QUERIES_PER_LANG = 5
+DEMO_QUERIES_PER_LANG = 5
 
 
 def demo_test_queries(final: Path, langs=("de", "fr")) -> list[tuple[str, str, str]]:
@@ -269,7 +279,7 @@ def demo_test_queries(final: Path, langs=("de", "fr")) -> list[tuple[str, str, s
     picked, seen = [], set()
     for row in queries:
         key = (row["lang"], row["visual_id"])
-        if row["lang"] in langs and key not in seen and sum(lang == row["lang"] for lang, _, _ in picked) < QUERIES_PER_LANG:
+        if row["lang"] in langs and key not in seen and sum(lang == row["lang"] for lang, _, _ in picked) < DEMO_QUERIES_PER_LANG:
             seen.add(key)
             picked.append((row["lang"], row["text"], row["visual_id"]))
     return picked

@@ -109,7 +109,7 @@ def serve(index, host: str | None = "127.0.0.1", port: int | None = None, top_k:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve the CL2CM search page over an index (cl2cm-index makes one).")
+    parser = argparse.ArgumentParser(prog="cl2cm-app", description="Serve the CL2CM search page over an index (cl2cm-index makes one).")
     parser.add_argument("index", help="an index folder written by cl2cm-index")
     parser.add_argument("--port", type=int, default=None, help="default: Gradio's (7860, or the next free one)")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")

@@ -30,3 +30,21 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# `make app`: the search page over the demo pixel model's test pictures, on http://127.0.0.1:$(APP_PORT).
+# The first time it trains trainer/configs/demo_pixels.yaml and indexes the run's test gallery; each
+# step runs only when its output is missing (or the model is newer than the index).
+APP_RUN ?= runs/demo_pixels
+APP_MODEL := $(APP_RUN)/cross_modal
+APP_INDEX := $(APP_RUN)/index
+APP_PORT ?= 7860
+
+.PHONY: app
+app: $(APP_INDEX)/metadata.json
+	GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/cl2cm-app $(APP_INDEX) --host 127.0.0.1 --port $(APP_PORT)
+
+$(APP_MODEL)/config.json: | $(STAMP)
+	$(PY) trainer/run.py trainer/configs/demo_pixels.yaml --output_dir $(APP_RUN)
+
+$(APP_INDEX)/metadata.json: $(APP_MODEL)/config.json
+	$(VENV)/bin/cl2cm-index $(APP_MODEL) --features $(APP_MODEL)/test_gallery --out $(APP_INDEX)

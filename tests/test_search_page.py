@@ -1,0 +1,308 @@
+"""The search page in a real browser: `cl2cm-app` served on 127.0.0.1 in a subprocess, driven by
+headless Chromium through selenium. German and French queries typed into the page must show the
+Python API's top-k (ids and order), clicking or uploading a picture must show its "more like
+this" top-k with the picture itself first, the page must name its model and index, and nothing
+may be fetched from outside 127.0.0.1. The index is built by `build_index` with a tiny random
+checkpoint (the page must show what the API answers, whatever the model); when a trained demo pixel
+run exists (`make app` trains runs/demo_pixels; or $CL2CM_DEMO_RUN), its test-split queries must
+also find their own scene first for most queries. A screenshot is saved (to $CL2CM_SCREENSHOT when set).
+
+Needs the `app` extra (gradio), selenium (`dev` extra) and Debian's chromium and chromium-driver
+(.ci/run installs them); skipped with the reason when one is missing.
+"""
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+gradio = pytest.importorskip("gradio", reason="gradio is not installed (pip install 'cl2cm-hf[app]')")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install 'cl2cm-hf[dev]')")
+
+from PIL import Image, ImageDraw  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+    reason="Debian's chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver)",
+)
+
+TOP_K = 6
+QUERIES_PER_LANG = 3
+
+
+def demo_world_queries(langs=("de", "fr")) -> dict[str, list[str]]:
+    """German and French captions from a small demo world's test split."""
+    from cl2cm_hf.data.demo_world import build_demo_world
+
+    test = build_demo_world(seed=0, num_items=20, val_items=4, test_items=QUERIES_PER_LANG, corpus_items=5).queries["test"]
+    return {lang: [row["text"] for row in test if row["lang"] == lang][:QUERIES_PER_LANG] for lang in langs}
+
+
+QUERIES = demo_world_queries()
+COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "gray", "brown", "pink", "cyan"]
+
+
+def picture(i: int) -> Image.Image:
+    """Item i: a coloured shape on a coloured ground, all different."""
+    image = Image.new("RGB", (64, 48), COLOURS[(i * 5) % len(COLOURS)])
+    draw = ImageDraw.Draw(image)
+    box = (8 + 3 * (i % 4), 6 + 2 * (i % 3), 40 + 2 * (i % 5), 40)
+    (draw.ellipse if i % 2 else draw.rectangle)(box, fill=COLOURS[i % len(COLOURS)], outline="black")
+    return image
+
+
+def build_tiny_index(root: Path, n: int = 12) -> Path:
+    """`cl2cm-index` over n pictures (a datasets folder with id, path, caption) with a tiny random
+    vision-backbone checkpoint: the page must show what the API answers, whatever the model."""
+    from datasets import Dataset
+    from transformers import ViTImageProcessorPil
+
+    from cl2cm_hf import CL2CMCrossModalModel, build_processor
+    from cl2cm_hf.search import build_index
+    from conftest import IMAGE_SIZE, backbone_config, build_wordpiece_tokenizer
+
+    words = sorted({w for texts in QUERIES.values() for text in texts for w in re.findall(r"\w+", text.lower())})
+    torch.manual_seed(0)
+    processor = build_processor(build_wordpiece_tokenizer(words), image_processor=ViTImageProcessorPil(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}))
+    CL2CMCrossModalModel(backbone_config()).save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    (root / "images").mkdir()
+    paths = [str(root / "images" / f"item{i:02d}.png") for i in range(n)]
+    for i, path in enumerate(paths):
+        picture(i).save(path)
+    Dataset.from_dict({
+        "id": [f"item{i:02d}" for i in range(n)], "path": paths,
+        "caption": [f"a {COLOURS[i % len(COLOURS)]} shape" if i % 3 else None for i in range(n)],
+    }).save_to_disk(str(root / "pictures"))
+    build_index(root / "model", root / "index", images=root / "pictures", faiss="none", num_workers=0, progress=False)
+    return root / "index"
+
+
+# --- the server and the browser ---
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def index_folder(tmp_path_factory):
+    return build_tiny_index(tmp_path_factory.mktemp("search_page"))
+
+
+@pytest.fixture(scope="module")
+def index(index_folder):
+    from cl2cm_hf.search import SearchIndex
+
+    return SearchIndex.load(index_folder)
+
+
+@contextlib.contextmanager
+def served_page(index_folder: Path, workdir: Path):
+    """`cl2cm-app INDEX` (its main) on a free port of 127.0.0.1 in a subprocess; yields the URL and
+    stops that process at the end."""
+    port = free_port()
+    log = workdir / "server.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(workdir / "gradio")}
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "cl2cm_hf.search.app", str(index_folder), "--port", str(port),
+                                   "--top", str(TOP_K)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"the page's server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the page did not answer on {url} within 180 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="module")
+def page_url(index_folder, tmp_path_factory):
+    with served_page(index_folder, tmp_path_factory.mktemp("server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser(page_url, tmp_path_factory):
+    """Headless Chromium on the page, with a fresh profile and Chrome's own network calls off."""
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        open_page(driver, page_url)
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_page(driver, url: str) -> None:
+    driver.get(url)
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#query textarea, #query input"))
+
+
+def shown_ids(driver) -> list[str]:
+    """Ids of the results on screen, in order, from their captions ("rank. id · score · caption")."""
+    labels = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#results .caption-label, #results .thumbnail-item'))"
+        ".map(e => e.textContent.trim()).filter(t => /^\\d+\\. /.test(t));")
+    ids, seen = [], set()
+    for label in labels:
+        rank, rest = label.split(". ", 1)
+        if rank not in seen:
+            seen.add(rank)
+            ids.append(rest.split(" · ")[0])
+    return ids
+
+
+def wait_for_results(driver, want: list[str], what: str) -> list[str]:
+    try:
+        WebDriverWait(driver, 60, poll_frequency=0.2).until(lambda d: shown_ids(d) == want)
+    except Exception:
+        pytest.fail(f"{what}: the page shows {shown_ids(driver)}, the Python API's top-{TOP_K} is {want}")
+    return want
+
+
+def type_query(driver, text: str) -> None:
+    box = driver.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
+    box.clear()
+    box.send_keys(text)
+    driver.find_element(By.CSS_SELECTOR, "#go").click()
+
+
+# --- the tests ---
+
+
+def test_page_names_its_model_and_index(browser, index):
+    info = browser.find_element(By.CSS_SELECTOR, "#model-info").text
+    meta = index.metadata
+    assert meta["model"] in info and f"{meta['count']} items" in info and f"dim {meta['dim']}" in info, info
+
+
+@pytest.mark.parametrize("lang", sorted(QUERIES))
+def test_typed_queries_show_the_api_top_k(browser, index, lang):
+    for query in QUERIES[lang]:
+        want = [hit.id for hit in index.search(query, top_k=TOP_K)]
+        type_query(browser, query)
+        wait_for_results(browser, want, f"{lang} query {query!r}")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#results img")) >= TOP_K
+
+
+def test_click_a_result_for_more_like_this(browser, index):
+    query = QUERIES["de"][0]
+    hits = index.search(query, top_k=TOP_K)
+    type_query(browser, query)
+    wait_for_results(browser, [hit.id for hit in hits], query)
+    picked = hits[2]
+    with Image.open(picked.path) as image:
+        want = [hit.id for hit in index.search_image(image.convert("RGB"), top_k=TOP_K)]
+    assert want[0] == picked.id  # a picture is its own best match
+    browser.find_elements(By.CSS_SELECTOR, "#results img")[2].click()
+    wait_for_results(browser, want, f"click on result 3 ({picked.id})")
+
+
+def test_upload_an_image_for_more_like_this(browser, index, tmp_path):
+    upload = tmp_path / "query.png"
+    picture(7).save(upload)
+    with Image.open(upload) as image:
+        want = [hit.id for hit in index.search_image(image.convert("RGB"), top_k=TOP_K)]
+    assert want[0] == "item07"
+    clear = browser.find_elements(By.CSS_SELECTOR, "#image-query button[aria-label='Clear'], #image-query button[title='Clear']")
+    if clear:
+        clear[0].click()
+    browser.find_element(By.CSS_SELECTOR, "#image-query input[type=file]").send_keys(str(upload))
+    wait_for_results(browser, want, "uploaded picture of item07")
+
+
+def test_nothing_is_fetched_from_outside_and_screenshot(browser, page_url, tmp_path):
+    type_query(browser, QUERIES["de"][0])
+    time.sleep(1)
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+    outside = [r for r in resources if not r.startswith(page_url.rstrip("/")) and not r.startswith(("data:", "blob:"))]
+    assert not outside, outside
+    shot = Path(os.environ.get("CL2CM_SCREENSHOT") or tmp_path / "search_page.png")
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+# --- a trained model: the top-1 of typed demo test-split queries is their own scene ---
+
+DEMO_RUN = Path(os.environ.get("CL2CM_DEMO_RUN") or REPO / "runs" / "demo_pixels") / "cross_modal"
+DEMO_QUERIES_PER_LANG = 5
+
+
+def demo_test_queries(final: Path, langs=("de", "fr")) -> list[tuple[str, str, str]]:
+    """(lang, text, visual id) of the first test-split queries of each language, one per scene,
+    rebuilt from the run's own recipe (the same data path training used)."""
+    from cl2cm_hf.training.arguments import load_config, parse_config
+    from cl2cm_hf.training.data_sources import build_run_data
+
+    model_args, data_args, _, training_args = parse_config(load_config(final / "training_config.yaml"))
+    queries = build_run_data(data_args, model_args, training_args).test_queries
+    picked, seen = [], set()
+    for row in queries:
+        key = (row["lang"], row["visual_id"])
+        if row["lang"] in langs and key not in seen and sum(lang == row["lang"] for lang, _, _ in picked) < DEMO_QUERIES_PER_LANG:
+            seen.add(key)
+            picked.append((row["lang"], row["text"], row["visual_id"]))
+    return picked
+
+
+@pytest.mark.skipif(not (DEMO_RUN / "config.json").is_file(),
+                    reason=f"no trained demo pixel run at {DEMO_RUN} (`make app` trains one; or set CL2CM_DEMO_RUN)")
+def test_demo_queries_find_their_scene(browser, tmp_path):
+    from cl2cm_hf.search import SearchIndex, build_index
+
+    build_index(DEMO_RUN, tmp_path / "index", features=DEMO_RUN / "test_gallery", faiss="none", num_workers=0,
+                progress=False)
+    index = SearchIndex.load(tmp_path / "index")
+    queries = demo_test_queries(DEMO_RUN)
+    assert {lang for lang, _, _ in queries} == {"de", "fr"}, queries
+    with served_page(tmp_path / "index", tmp_path) as url:
+        open_page(browser, url)
+        right = []
+        for lang, text, visual_id in queries:
+            want = [hit.id for hit in index.search(text, top_k=TOP_K)]
+            type_query(browser, text)
+            wait_for_results(browser, want, f"{lang} query {text!r}")
+            right.append(want[0] == visual_id)
+        shot = Path(os.environ.get("CL2CM_SCREENSHOT") or tmp_path / "search_page.png")
+        assert browser.save_screenshot(str(shot))
+    assert sum(right) > len(right) / 2, f"top-1 right for {sum(right)} of {len(right)} queries: {list(zip(queries, right))}"

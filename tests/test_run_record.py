@@ -74,3 +74,32 @@ def test_unreadable_record_and_foreign_stage_folder_are_named(tmp_path):
         check_owned(stage, record, "stage folder")
     write_record(stage, record)
     check_owned(stage, record, "stage folder")
+
+
+def test_a_run_continues_only_its_own_run(tmp_path):
+    """Through trainer/run.py: a fresh run over another run's outputs, a resume with changed settings
+    and a resume with nothing to resume all stop before training, naming what is wrong."""
+    import subprocess
+    import sys
+
+    from test_training import CONFIGS, REPO, TINY, run_training
+
+    def attempt(out, *overrides):
+        cmd = [sys.executable, str(REPO / "trainer" / "run.py"), str(CONFIGS / "demo.yaml"), "--output_dir", str(out), *TINY,
+               "--stage", "cl", "--max_steps", "2", *overrides]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+    out = tmp_path / "run"
+    run_training("demo.yaml", out, "--stage", "cl", "--max_steps", "2")
+    record = json.loads((out / RUN_RECORD).read_text())
+    assert json.loads((out / "cross_lingual" / RUN_RECORD).read_text())["run_id"] == record["run_id"]
+    fresh = attempt(out)
+    assert fresh.returncode != 0 and "another run's outputs" in fresh.stderr and "Traceback" not in fresh.stderr
+    changed = attempt(out, "--resume", "true", "--lambda_word", "0.5", "--seed", "7")
+    assert changed.returncode != 0 and "lambda_word: 0.1 -> 0.5" in changed.stderr and "seed: 42 -> 7" in changed.stderr
+    nothing = attempt(tmp_path / "empty", "--resume", "true")
+    assert nothing.returncode != 0 and "nothing to resume" in nothing.stderr
+    assert json.loads((out / RUN_RECORD).read_text()) == record  # refused attempts change nothing
+    replaced = attempt(out, "--overwrite_output_dir", "true", "--lambda_word", "0.5")
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert json.loads((out / RUN_RECORD).read_text())["run_id"] != record["run_id"]

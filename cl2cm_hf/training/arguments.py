@@ -310,7 +310,13 @@ class CL2CMArguments:
         default="stop",
         metadata={"help": "NaN/Inf loss: stop | skip (the batch, counted in logs)", "allowed": one_of("stop", "skip")},
     )
-    resume: bool = field(default=False, metadata={"help": "Continue from the last Trainer checkpoint of each stage."})
+    resume: bool = field(default=False, metadata={
+        "help": "Continue this output_dir's run from its last Trainer checkpoint of each stage; refused when the "
+                "settings that change results differ from the recorded ones (run.json)."})
+    resume_allow_changes: list[str] = field(default_factory=list, metadata={
+        "help": "Settings that --resume may accept with a new value (recorded in run.json).", "allowed": Allowed()})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start a new run in an output_dir that holds another run's outputs, replacing them."})
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the final folder to this hub repo."})
     query: str | None = field(default=None, metadata={"help": "After training: run this query against the test gallery."})
     query_lang: str = field(default="de", metadata={"allowed": LANGUAGE_CODES})
@@ -558,3 +564,19 @@ def config_to_yaml(values: dict, root: str | Path | None = None) -> str:
             f"{', '.join(shortened)}\n"
         )
     return header + yaml.safe_dump(clean, sort_keys=True, allow_unicode=True)
+
+
+def settings_help() -> str:
+    """Every setting of a recipe with its default, range and help (what `cl2cm-train --help` prints)."""
+    lines = []
+    for cls in ARGUMENT_CLASSES[:-1]:
+        lines.append(f"\n{cls.__name__}:")
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            allowed = f.metadata.get("allowed")
+            rule = f"; {allowed.describe()}" if allowed is not None and (allowed.low is not None or allowed.high is not None) else ""
+            choices = f"; one of {list(allowed.choices)}" if allowed is not None and allowed.choices else ""
+            lines.append(f"  --{f.name} (default {default!r}{rule}{choices})  {f.metadata.get('help', '')}".rstrip())
+    lines.append("\nTrainer settings (transformers.TrainingArguments), e.g. --learning_rate, --num_train_epochs, --seed;")
+    lines.append("project defaults: " + ", ".join(f"{k}={v!r}" for k, v in TRAINING_DEFAULTS.items()))
+    return "\n".join(lines)

@@ -11,25 +11,26 @@ and `--resume` continues from them.
 
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
 from transformers import AutoModel, Trainer, TrainingArguments, set_seed
 
-from cl2cm_hf.atomic import atomic_directory, atomic_write_text, recover_directory
+from cl2cm_hf.atomic import atomic_directory, atomic_write_text, folder_target, recover_directory
 from cl2cm_hf.data import ImagePathStore, PairCollator, VisualFeatureStore
 from cl2cm_hf.evaluation.encoding import as_processor, encode_texts
+from cl2cm_hf.evaluation.evaluator import CrossLingualEvaluator, CrossModalEvaluator
 from cl2cm_hf.evaluation.query import load_gallery, load_model_and_processor, print_results, search
 from cl2cm_hf.evaluation.records import TEST_RESULTS, MetricRecord, load_records, save_records
 from cl2cm_hf.hub import build_card, metrics_table
 from cl2cm_hf.modeling_cl2cm import check_safetensors_file
 from cl2cm_hf.processing_cl2cm import build_processor
-
-from cl2cm_hf.training.arguments import config_to_yaml, load_config, parse_config
-from cl2cm_hf.evaluation.evaluator import CrossLingualEvaluator, CrossModalEvaluator
+from cl2cm_hf.training.arguments import config_to_yaml, load_config, parse_config, publishable_settings, settings_help
+from cl2cm_hf.training.data_sources import RunData, build_run_data, first_caption_pairs
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore
 from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal, prepare_teacher
-from cl2cm_hf.training.data_sources import RunData, build_run_data, first_caption_pairs
+from cl2cm_hf.training.run_record import check_owned, copy_record, read_record, result_settings, take_output_dir
 from cl2cm_hf.training.trainers import CHECKPOINT_COMPLETE, CrossLingualTrainer, CrossModalTrainer
 
 logger = logging.getLogger("cl2cm")
@@ -69,11 +70,12 @@ def fit(trainer: Trainer, resume: bool) -> None:
 
 
 def save_stage(trainer: Trainer, model, tokenizer, folder: Path) -> None:
-    """Write an AutoModel-loadable folder atomically (main process only)."""
+    """Write an AutoModel-loadable folder atomically (main process only), with the run's record."""
     if trainer.is_world_process_zero():
         with atomic_directory(folder) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            copy_record(folder.parent, tmp)
     trainer.accelerator.wait_for_everyone()
 
 
@@ -84,6 +86,7 @@ def train_cross_lingual(args, data: RunData, out: Path, frozen_layers: FrozenLay
     folder = out / STAGE_DIRS["cl"]
     recover_directory(folder)  # a kill between the two renames of a folder swap
     if cl2cm_args.resume and (folder / "config.json").exists():
+        check_owned(folder, read_record(out), "stage-1 folder")
         logger.info("stage 1 already complete in %s; loading it", folder)
         return AutoModel.from_pretrained(folder, trust_remote_code=True)
     if cl2cm_args.cl_first_caption_only:
@@ -178,9 +181,10 @@ def finish(trainer: CrossModalTrainer, data: RunData, args, values: dict, out: P
             image_processor = getattr(data.features, "image_processor", None)
             build_processor(data.tokenizer, model.config.text_prefix, image_processor).save_pretrained(tmp)
             (tmp / "training_config.yaml").write_text(config_to_yaml(values))
+            copy_record(out, tmp)
             save_records(records, tmp / TEST_RESULTS)
             save_gallery(data.features, test_evaluator.gallery_ids, tmp / "test_gallery")
-            build_card(tmp, records, training_config=values, ranks=test_ranks, model_name=out.resolve().name,
+            build_card(tmp, records, training_config=publishable_settings(values)[0], ranks=test_ranks, model_name=out.resolve().name,
                        target_languages=data_args.target_langs, visual_modality="video" if data.features.is_video else "image")
         atomic_write_text(out / "test_results.md", table + "\n")
     trainer.accelerator.wait_for_everyone()
@@ -216,6 +220,12 @@ def train(argv: list[str]) -> list[MetricRecord]:
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
     out = Path(training_args.output_dir)
+    for stage_dir in STAGE_DIRS.values():
+        folder_target(out / stage_dir)  # a stage path that is a file or a dangling link: refused before training
+    take_output_dir(
+        out, result_settings(args, values), resume=cl2cm_args.resume, overwrite=cl2cm_args.overwrite_output_dir,
+        allow_changes=cl2cm_args.resume_allow_changes,
+    )
     data = build_run_data(data_args, model_args, training_args)
 
     # One store of frozen-layer outputs for the run: stage 1, stage 2 and the teacher share it.
@@ -242,7 +252,26 @@ def train(argv: list[str]) -> list[MetricRecord]:
     return load_records(folder / TEST_RESULTS)
 
 
+USAGE = """usage: cl2cm-train [RECIPE.yaml] [--key value ...]
+       accelerate launch trainer/run.py [RECIPE.yaml] [--key value ...]
+
+Train CL2CM (stage 1 cross-lingual, stage 2 cross-modal) from a YAML recipe; any setting can be
+given or overridden on the command line."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: exit status 0 after a successful run (errors raise, so non-zero)."""
-    train(sys.argv[1:] if argv is None else argv)
+    """Console entry point. Exit status 0 after a successful run; 2 with a one-line message for a
+    problem with the recipe, the data, a checkpoint or the output folder (``CL2CM_DEBUG=1`` shows the
+    traceback); 1 for anything else (its traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(USAGE + "\n" + settings_help())
+        return 0
+    try:
+        train(argv)
+    except (ValueError, OSError) as err:  # what a user's input causes: named, without a traceback
+        if os.environ.get("CL2CM_DEBUG"):
+            raise
+        print(f"cl2cm-train: error: {err}", file=sys.stderr)
+        return 2
     return 0

@@ -30,7 +30,7 @@ RESULT_NEUTRAL = frozenset({
     "output_dir", "resume", "overwrite_output_dir", "resume_allow_changes", "push_to_hub_id", "query", "query_lang",
     "logging_steps", "logging_strategy", "logging_first_step", "report_to", "run_name", "disable_tqdm",
     "save_total_limit", "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor",
-    "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
+    "cpu_threads", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
 })
 
 # Trainer settings that change results even when left at Trainer's default (the run also records
@@ -102,6 +102,14 @@ def write_record(folder: Path, record: Mapping) -> None:
     atomic_write_text(Path(folder) / RUN_RECORD, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
 
+def copy_record(out: Path, folder: Path) -> None:
+    """Stamp `folder` (a stage folder being written) with the record of the run in `out`, if any
+    (stage functions called outside a run, as the benchmark does, have none)."""
+    record = read_record(out)
+    if record is not None:
+        write_record(folder, record)
+
+
 def _existing_outputs(out: Path) -> list[str]:
     return [name for name in RUN_OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
 
@@ -163,3 +171,21 @@ def check_owned(folder: Path, record: Mapping, what: str) -> None:
             f"--resume: {what} {folder} belongs to another run ({owner}, this run is {record['run_id']}); "
             "remove it or start a new run in another output_dir"
         )
+
+
+def take_output_dir(out: Path, settings: Mapping, *, resume: bool, overwrite: bool, allow_changes: Iterable[str] = ()) -> dict:
+    """`claim_output_dir` on every process, then the main process clears (`overwrite`) and writes the
+    record; returns it. Every process checks before any writes, so none sees the new record as
+    another run's."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    record = claim_output_dir(out, settings, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        if overwrite and not resume:
+            clear_outputs(out)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_record(out, record)
+    state.wait_for_everyone()
+    return read_record(out)

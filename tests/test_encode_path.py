@@ -20,7 +20,8 @@ from cl2cm_hf import CL2CMCrossModalModel, CL2CMProcessor, CL2CMTextProcessor, b
 from cl2cm_hf.data import ImagePathStore, VisualFeatureStore, make_queries
 from cl2cm_hf.evaluation.encoding import as_processor, encode_texts, encode_visual, tokenize
 from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator
-from cl2cm_hf.evaluation.query import load_gallery, load_model_and_processor, search
+from cl2cm_hf.evaluation.checkpoints import load_model_and_processor
+from cl2cm_hf.evaluation.query import load_gallery, search
 
 REPO = Path(__file__).resolve().parents[1]
 COLORS = {"red": ("rot", "rouge", (220, 30, 30)), "blue": ("blau", "bleu", (30, 30, 220)), "green": ("grün", "vert", (30, 200, 30))}

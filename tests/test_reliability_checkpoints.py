@@ -126,3 +126,32 @@ def test_a_config_that_is_not_json_is_named(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(UnsafeCheckpointError, match=r"config\.json: not valid JSON"):
         check_auto_map(tmp_path)
+
+
+def test_every_way_the_project_loads_a_checkpoint_refuses_outside_code(tmp_path):
+    """The leaderboard, query, search and the push check all go through the same checks."""
+    from conftest import build_wordpiece_tokenizer
+
+    from cl2cm_hf.evaluation.checkpoints import load_model_and_processor
+    from cl2cm_hf.evaluation.leaderboard import main as leaderboard
+    from cl2cm_hf.hub import CheckpointError, check_checkpoint
+    from cl2cm_hf.processing_cl2cm import build_processor
+    from cl2cm_hf.search import load_checkpoint
+
+    folder = tmp_path / "ckpt"
+    _saved(folder, CL2CMCrossModalModel, features_config())
+    build_processor(build_wordpiece_tokenizer()).save_pretrained(folder)
+    load_model_and_processor(folder)  # as saved: loads
+    evil = tmp_path / "evil.py"
+    evil.write_text("raise SystemExit('outside code ran')\n")
+    _edit_config(folder, lambda config: config["auto_map"].update(AutoModel=f"{tmp_path}/evil.Evil"))
+    for load in (load_model_and_processor, load_checkpoint):
+        with pytest.raises(UnsafeCheckpointError, match=r"auto_map\['AutoModel'\]"):
+            load(folder)
+    with pytest.raises(CheckpointError, match=r"auto_map\['AutoModel'\]"):
+        check_checkpoint(folder)
+    assert leaderboard(["--models", str(folder), "--datasets", "demo", "--out", str(tmp_path / "board")]) == 1
+    assert "auto_map['AutoModel']" in json.loads((tmp_path / "board.json").read_text())["failures"][str(folder)]
+    with pytest.raises(ValueError, match="cl2cm_cross_lingual.*expected a 'cl2cm_cross_modal'"):
+        _saved(tmp_path / "stage1", CL2CMCrossLingualModel, cross_lingual_config())
+        load_model_and_processor(tmp_path / "stage1")

@@ -28,7 +28,6 @@ import pytest
 import torch
 from conftest import build_wordpiece_tokenizer, cross_lingual_config, features_config
 from datasets import Dataset
-from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, TrainingArguments
 
 from cl2cm_hf import CL2CMCrossLingualModel, CL2CMCrossModalModel

@@ -1,7 +1,6 @@
 """Outputs get the permissions the umask gives any file, and a stage folder path that is a symlink
 or a file never breaks the atomic swap (cl2cm_hf/atomic.py)."""
 
-import os
 import stat
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cl2cm_hf.atomic import atomic_directory, atomic_write_text, replace_directory
+from cl2cm_hf.atomic import atomic_directory, replace_directory
 
 
 def _mode(path: Path) -> int:

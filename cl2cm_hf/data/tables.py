@@ -35,7 +35,7 @@ from collections.abc import Container, Sequence
 from pathlib import Path
 
 import pyarrow as pa
-from datasets import Dataset, Features, Value, concatenate_datasets
+from datasets import Dataset, Value, concatenate_datasets
 
 from .badrows import RowPolicy, SkippedRows
 from .schemas import ID_COLUMNS, REQUIRED_COLUMNS, DataFormatError, row_problems

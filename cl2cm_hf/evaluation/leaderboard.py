@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import evaluate
-from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from cl2cm_hf.atomic import atomic_write_text
 from cl2cm_hf.data import MissingVisualIdError, VisualFeatureStore, build_demo_world, load_multi30k_r50, load_queries
+from cl2cm_hf.evaluation.checkpoints import load_model_and_processor
+from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator
 from cl2cm_hf.evaluation.records import MetricRecord, records_from_metrics
 from cl2cm_hf.hub import metrics_table, update_card_results
 from cl2cm_hf.retrieval import METRIC_MODULE_PATH
 from cl2cm_hf.training.arguments import load_config, parse_config
-from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator
 
 REPO = Path(__file__).resolve().parents[2]
 SPLIT = "test"  # every test set of the leaderboard is a test split
@@ -75,20 +75,6 @@ def load_test_set(spec: str, args) -> TestSet:
         queries, features = spec.split("@", 1)
         return TestSet(Path(queries).stem, load_queries(queries), VisualFeatureStore.load(features))
     raise ValueError(f"unknown dataset {spec!r}: expected one of {sorted(DATASETS)} or QUERIES@FEATURES")
-
-
-def load_checkpoint(name: str):
-    """Model and tokenizer of a CL2CM cross-modal checkpoint (folder or hub id), or a clear error."""
-    looks_local = Path(name).exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1
-    if looks_local and not Path(name).is_dir():
-        raise ValueError(f"{name} is not a checkpoint: no such folder")
-    if looks_local and not (Path(name) / "config.json").is_file():
-        raise ValueError(f"{name} is not a checkpoint: it has no config.json")
-    config = AutoConfig.from_pretrained(name, trust_remote_code=True)
-    if config.model_type != "cl2cm_cross_modal":
-        raise ValueError(f"{name} is a {config.model_type!r} checkpoint; the leaderboard needs a cl2cm_cross_modal one")
-    model = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
-    return model, AutoTokenizer.from_pretrained(name, trust_remote_code=True)
 
 
 def score(model_name: str, model, tokenizer, test_set: TestSet, langs, metric) -> list[MetricRecord]:
@@ -144,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     out, rows, failures = Path(args.out), [], {}
     for name in args.models:
         try:
-            model, tokenizer = load_checkpoint(name)
+            model, tokenizer = load_model_and_processor(name)
             scored = [(test_set, score(name, model, tokenizer, test_set, args.langs, metric)) for test_set in test_sets]
         except Exception as err:  # one failing model must not lose the others' rows
             failures[name] = f"{type(err).__name__}: {err}"

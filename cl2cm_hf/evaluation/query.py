@@ -13,19 +13,11 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoProcessor
 
 from cl2cm_hf.data import ImagePathStore, VisualFeatureStore
 from cl2cm_hf.data.image_paths import IMAGES_FILE
-from cl2cm_hf.evaluation.encoding import as_processor, encode_texts, encode_visual
-
-
-def load_model_and_processor(name: str):
-    """A cross-modal checkpoint (folder or hub id) in eval mode and its processor; a checkpoint
-    saved before processors were (tokenizer only) gets one built from its config's text prefix."""
-    model = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
-    return model, as_processor(processor, model.config.text_prefix)
+from cl2cm_hf.evaluation.checkpoints import load_model_and_processor
+from cl2cm_hf.evaluation.encoding import encode_texts, encode_visual
 
 
 def load_gallery(folder: str | Path):

@@ -14,13 +14,16 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..checkpoint_safety import UnsafeCheckpointError, check_auto_map
+
 README = "README.md"
 # Files a checkpoint folder may publish (top level only; subfolders such as trainer checkpoints or
 # the test gallery stay local), and training leftovers that are never published.
 PUBLISHED_SUFFIXES = (".json", ".safetensors", ".py", ".md", ".png", ".txt", ".model", ".yaml", ".yml", ".jinja", ".tiktoken")
 PUBLISHED_NAMES = ("LICENSE", "NOTICE")
-NEVER_PUBLISHED = ("trainer_state.json", "training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt",
-                   "gallery_captions.json")  # the last: test-set captions of the query demo (dataset licence)
+# run.json: the local run record (its settings may hold local paths; the card and
+# training_config.yaml carry the publishable recipe).
+NEVER_PUBLISHED = ("trainer_state.json", "training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "run.json")
 
 
 class CheckpointError(ValueError):
@@ -87,6 +90,10 @@ def check_checkpoint(folder: str | Path) -> None:
             code.add(module.replace(".", "/") + ".py")
     if not (folder / README).is_file():
         problems.append("README.md (build_card writes it)")
+    try:
+        check_auto_map(folder)
+    except UnsafeCheckpointError as err:
+        problems.append(f"code inside the checkpoint only ({err})")
     if problems:
         raise CheckpointError(f"{folder} cannot be pushed, it lacks: " + "; ".join(problems))
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from cl2cm_hf.atomic import recover_directory
+from cl2cm_hf.evaluation.checkpoints import load_model_and_processor
 from cl2cm_hf.evaluation.encoding import encode_texts, encode_visual
 from cl2cm_hf.retrieval import faiss_search, topk
 
@@ -68,8 +69,6 @@ def load_checkpoint(name: str | os.PathLike, device: torch.device | str | None =
 
     Every path through which the search package loads a model goes through here, so what a
     checkpoint is allowed to run is decided in this one function."""
-    from cl2cm_hf.evaluation.query import load_model_and_processor
-
     model, processor = load_model_and_processor(str(name))
     return (model.to(device) if device is not None else model), processor
 

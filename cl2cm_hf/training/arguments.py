@@ -150,7 +150,7 @@ class ModelArguments:
         default=False,
         metadata={
             "help": "Compute the frozen part of the text backbone (embeddings + freeze_text_layers layers) once per "
-            "distinct text and reuse it (runs without dropout there); see trainer/text_cache.py."
+            "distinct text and reuse it (runs without dropout there); see cl2cm_hf/training/frozen_layers.py."
         },
     )
 

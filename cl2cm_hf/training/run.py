@@ -21,7 +21,8 @@ from cl2cm_hf.atomic import atomic_directory, atomic_write_text, folder_target, 
 from cl2cm_hf.data import ImagePathStore, PairCollator, VisualFeatureStore
 from cl2cm_hf.evaluation.encoding import as_processor, encode_texts
 from cl2cm_hf.evaluation.evaluator import CrossLingualEvaluator, CrossModalEvaluator
-from cl2cm_hf.evaluation.query import load_gallery, load_model_and_processor, print_results, search
+from cl2cm_hf.evaluation.checkpoints import load_model_and_processor
+from cl2cm_hf.evaluation.query import load_gallery, print_results, search
 from cl2cm_hf.evaluation.records import TEST_RESULTS, MetricRecord, load_records, save_records
 from cl2cm_hf.hub import build_card, metrics_table
 from cl2cm_hf.modeling_cl2cm import check_safetensors_file

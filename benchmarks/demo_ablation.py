@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.provenance import cpu_model, git_commit  # noqa: E402
 from cl2cm_hf.atomic import atomic_write_text  # noqa: E402
-from cl2cm_hf.training.run import main as train  # noqa: E402
+from cl2cm_hf.evaluation.records import flat_metrics  # noqa: E402
+from cl2cm_hf.training.run import train  # noqa: E402
 
 SYSTEMS = {
     "english_only": ["--stage", "cm", "--lambda_mt", "0", "--lambda_kt", "0"],
@@ -42,7 +43,8 @@ def run(system: str, noise: float, seed: int, epochs: float, work: Path) -> dict
         "--disable_tqdm", "true", "--log_level", "warning", "--save_total_limit", "1",
         *SYSTEMS[system],
     ]
-    return train([str(REPO / "trainer" / "configs" / "demo.yaml"), *overrides])
+    # Finished runs are skipped by the caller (the partial results file); a folder left by a cut-short run is redone.
+    return flat_metrics(train([str(REPO / "trainer" / "configs" / "demo.yaml"), *overrides, "--overwrite_output_dir", "true"]))
 
 
 def main() -> None:

@@ -202,7 +202,7 @@ class Run:
     def prefill(self) -> float:
         """Run every text of the benchmark (all folds) through the pretrained tower's frozen layers once
         (the cache then serves every fold and system); returns the seconds it took."""
-        from cl2cm_hf.evaluation.encoding import encode_texts
+        from cl2cm_hf.evaluation.encoding import as_processor, encode_texts
         from cl2cm_hf.training.data_sources import _load_r50
 
         started = time.time()
@@ -210,7 +210,7 @@ class Run:
         everything = _load_r50(str(Path(data_args.shared_root).resolve()), tuple(data_args.target_langs), data_args.first_caption_only)
         texts = list(dict.fromkeys([*everything["pairs"]["source_text"], *everything["pairs"]["target_text"], *everything["queries"]["text"]]))
         model = self.untrained.eval()
-        encode_texts(model.get_text_features, self.data.tokenizer, texts, 128, data_args.max_length, model.config.text_prefix)
+        encode_texts(model.get_text_features, as_processor(self.data.tokenizer, model.config.text_prefix), texts, 128, data_args.max_length)
         return time.time() - started
 
     def pretrained_cache_keys(self) -> list[str]:

@@ -310,6 +310,14 @@ class CL2CMArguments:
         default="stop",
         metadata={"help": "NaN/Inf loss: stop | skip (the batch, counted in logs)", "allowed": one_of("stop", "skip")},
     )
+    max_skipped_fraction: float = field(
+        default=0.05,
+        metadata={
+            "help": "on_nonfinite: skip: a stage that skipped more than this fraction of its optimizer steps fails at its "
+            "end, naming the non-finite loss terms, and publishes nothing.",
+            "allowed": Allowed(0, 1),
+        },
+    )
     resume: bool = field(default=False, metadata={"help": "Continue from the last Trainer checkpoint of each stage."})
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the final folder to this hub repo."})
     query: str | None = field(default=None, metadata={"help": "After training: run this query against the test gallery."})

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import features_config
 from test_reliability_outputs import tiny_trainer
-from transformers import BertConfig
+from transformers import AutoTokenizer, BertConfig
 
 import cl2cm_hf.training.run as run_module
 import cl2cm_hf.training.trainers as trainers_module
@@ -138,8 +138,6 @@ def test_a_teacher_with_another_tokenizer_is_fed_its_own_token_ids(tmp_path, mon
                     "--init_text_from_cross_lingual", "false", "--precompute_teacher", str(precompute).lower()))
     pairs = seen["data"].train_pairs
     texts = list(pairs["source_text"]) + list(pairs["target_text"])
-    from transformers import AutoTokenizer
-
     own = {tuple(ids) for ids in AutoTokenizer.from_pretrained(other_vocab_teacher)(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]}
     run_ids = {tuple(ids) for ids in seen["data"].tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]}
     assert fed and set(fed) <= own

@@ -27,12 +27,16 @@ class PairCollator:
     ``visual_features`` (or ``pixel_values``) and ``visual_mask`` (video only), plus
     ``teacher_source_embeds``/``teacher_target_embeds`` float tensors when the rows carry them.
 
-    `tokenizer`: a CL2CM processor, or a tokenizer that is wrapped in one with `text_prefix`."""
+    `tokenizer`: a CL2CM processor, or a tokenizer that is wrapped in one with `text_prefix`.
+    `teacher_processor`: the stage-1 teacher's own processor when it tokenizes differently from the
+    run's (`load_teacher`); the texts are then tokenized for it too, as ``teacher_source_*`` and
+    ``teacher_target_*``."""
 
-    def __init__(self, tokenizer, feature_store=None, max_length: int = 64, text_prefix: str = ""):
+    def __init__(self, tokenizer, feature_store=None, max_length: int = 64, text_prefix: str = "", teacher_processor=None):
         self.processor = as_processor(tokenizer, text_prefix)
         self.feature_store = feature_store
         self.max_length = max_length
+        self.teacher_processor = teacher_processor
 
     def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -41,6 +45,9 @@ class PairCollator:
         for side in ("source", "target"):
             encoded = tokenize(self.processor, _column(rows, f"{side}_text"), self.max_length)
             batch.update({f"{side}_{key}": value for key, value in encoded.items()})
+            if self.teacher_processor is not None:
+                encoded = tokenize(self.teacher_processor, _column(rows, f"{side}_text"), self.max_length)
+                batch.update({f"teacher_{side}_{key}": value for key, value in encoded.items()})
         if self.feature_store is not None:
             batch.update(visual_inputs(self.feature_store, _column(rows, "visual_id"), self.processor))
         for name in TEACHER_COLUMNS:

@@ -310,6 +310,14 @@ class CL2CMArguments:
         default="stop",
         metadata={"help": "NaN/Inf loss: stop | skip (the batch, counted in logs)", "allowed": one_of("stop", "skip")},
     )
+    max_skipped_fraction: float = field(
+        default=0.05,
+        metadata={
+            "help": "on_nonfinite: skip: a stage that skipped more than this fraction of its optimizer steps fails at its "
+            "end, naming the non-finite loss terms, and publishes nothing.",
+            "allowed": Allowed(0, 1),
+        },
+    )
     resume: bool = field(default=False, metadata={
         "help": "Continue this output_dir's run from its last Trainer checkpoint of each stage; refused when the "
                 "settings that change results differ from the recorded ones (run.json)."})

@@ -1,13 +1,19 @@
 """Build the two networks of a run from its settings: pretrained towers or small towers from
 scratch, stage-2 text tower from stage 1, frozen lower text layers (served from the run's
-`FrozenLayerStore` under `cache_frozen_text_layers`), and the frozen stage-1 teacher."""
+`FrozenLayerStore` under `cache_frozen_text_layers`), and the frozen stage-1 teacher (from this run,
+or an existing stage-1 folder loaded with its own tokenizer by `load_teacher`)."""
 
 import copy
+import json
+import logging
+from pathlib import Path
 
 import torch
-from transformers import BertConfig
+from transformers import AutoModel, AutoTokenizer, BertConfig
 
 from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCrossModalConfig, CL2CMCrossModalModel
+from cl2cm_hf.checkpoint_safety import check_auto_map
+from cl2cm_hf.evaluation.encoding import as_processor
 
 from .arguments import ModelArguments
 from .frozen_layers import FrozenLayerStore, cache_frozen_layers, plain_backbone
@@ -137,6 +143,100 @@ def prepare_teacher(cross_lingual, args: ModelArguments, frozen_layers: FrozenLa
             if tower is not None:
                 cache_frozen_layers(tower, -1, store)
     return cross_lingual
+
+
+class TeacherError(ValueError):
+    """`cross_lingual_model` is not a stage-1 folder this run can learn from (the message names the
+    path and what was expected)."""
+
+
+_STAGE1 = f"a stage-1 model folder (model_type {CL2CMCrossLingualConfig.model_type!r}: <output_dir>/cross_lingual of a run)"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+_COMPARED_TEXTS = 1000  # per side: enough to catch another vocabulary, cheap for any dataset
+
+
+def check_teacher_folder(path: str) -> Path:
+    """The folder `cross_lingual_model` names, refused unless it is a stage-1 checkpoint: a missing
+    path, a file, a folder without a valid ``config.json``, weights or tokenizer, a stage-2 folder
+    (model_type ``cl2cm_cross_modal``) or another model, and an ``auto_map`` pointing outside the
+    folder (`check_auto_map`) are each named. Reads only small files and runs none of the folder's
+    code, so a run checks its teacher before it builds any data."""
+    folder, where = Path(path), f"cross_lingual_model={str(path)!r}"
+    if not folder.exists():
+        raise TeacherError(f"{where}: no such file or folder; expected {_STAGE1}")
+    if not folder.is_dir():
+        raise TeacherError(f"{where} is a file; expected {_STAGE1}")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise TeacherError(f"{where} is not a model checkpoint (no config.json); expected {_STAGE1}")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TeacherError(f"{config_file}: not valid JSON ({err}); expected the config of {_STAGE1}") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type == CL2CMCrossModalConfig.model_type:
+        raise TeacherError(
+            f"{where} is a stage-2 (cross-modal) model folder (model_type {model_type!r}); the teacher is {_STAGE1}"
+        )
+    if model_type != CL2CMCrossLingualConfig.model_type:
+        raise TeacherError(f"{config_file}: model_type={model_type!r}; expected {_STAGE1}")
+    if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        raise TeacherError(f"{where} has no model.safetensors: not a complete checkpoint; expected {_STAGE1}")
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise TeacherError(f"{where} has no tokenizer ({', '.join(_TOKENIZER_FILES)}): the teacher is fed with its own")
+    check_auto_map(folder)
+    return folder
+
+
+def _tokenization_difference(run_processor, teacher_processor, texts: list[str]) -> str | None:
+    """How the two processors tokenize differently (vocabulary, or the ids of `texts`), or None."""
+    run_vocab, teacher_vocab = run_processor.tokenizer.get_vocab(), teacher_processor.tokenizer.get_vocab()
+    ids = [p(text=texts)["input_ids"] for p in (run_processor, teacher_processor)]
+    differ = sum(a != b for a, b in zip(*ids))
+    if run_vocab == teacher_vocab and not differ:
+        return None
+    vocab = "the same vocabulary" if run_vocab == teacher_vocab else (
+        f"vocabularies of {len(run_vocab)} and {len(teacher_vocab)} tokens, "
+        f"{sum(teacher_vocab.get(t) != i for t, i in run_vocab.items())} tokens with other ids"
+    )
+    return f"{differ} of {len(texts)} training texts get other token ids ({vocab})"
+
+
+def load_teacher(path: str, run_processor, train_pairs, init_text_from_teacher: bool):
+    """The stage-1 network in folder `path` (`check_teacher_folder` first, then
+    ``from_pretrained(..., trust_remote_code=True)``) and the processor to feed it with: None when
+    the folder's own tokenizer (with the model's ``text_prefix``) tokenizes the run's training texts
+    as `run_processor` does, else that processor.
+
+    A teacher that tokenizes differently is fed with its own processor (by the collator, or when its
+    embeddings are precomputed). With `init_text_from_teacher` (``init_text_from_cross_lingual``)
+    the stage-2 text tower is a copy of the teacher's, which reads the teacher's token ids too: no
+    separate teacher input can fix the student, so the mismatch is refused before training, naming
+    the settings that fix it."""
+    folder = check_teacher_folder(path)
+    teacher = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    if not hasattr(teacher, "get_text_features") or getattr(teacher.config, "model_type", None) != CL2CMCrossLingualConfig.model_type:
+        raise TeacherError(f"cross_lingual_model={str(path)!r} loaded as {type(teacher).__name__}; expected {_STAGE1}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise TeacherError(f"cross_lingual_model={str(path)!r}: its tokenizer does not load ({err})") from None
+    processor = as_processor(tokenizer, teacher.config.text_prefix)
+    texts = [t for side in ("source_text", "target_text") for t in train_pairs[side][:_COMPARED_TEXTS]]
+    difference = _tokenization_difference(run_processor, processor, texts)
+    if difference is None:
+        return teacher, None
+    if init_text_from_teacher:
+        prefix = teacher.config.text_prefix
+        raise TeacherError(
+            f"cross_lingual_model={str(path)!r} tokenizes differently from this run: {difference}. With "
+            "init_text_from_cross_lingual: true the stage-2 text tower starts as the stage-1 tower and reads its "
+            f"token ids: set tokenizer: {str(path)!r}{f' and text_prefix: {prefix!r}' if prefix else ''} (the "
+            "stage-1 folder's tokenizer), or init_text_from_cross_lingual: false (a text tower of its own; the teacher "
+            "is then fed with its own tokenizer)"
+        )
+    logging.getLogger("cl2cm").info("the teacher %s is fed with its own tokenizer: %s", path, difference)
+    return teacher, processor
 
 
 def freeze_lower_layers(backbone, num_layers: int) -> None:

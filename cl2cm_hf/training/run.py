@@ -30,7 +30,7 @@ from cl2cm_hf.processing_cl2cm import build_processor
 from cl2cm_hf.training.arguments import config_to_yaml, load_config, parse_config, publishable_settings, settings_help
 from cl2cm_hf.training.data_sources import RunData, build_run_data, first_caption_pairs
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore
-from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal, prepare_teacher
+from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal, check_teacher_folder, load_teacher, prepare_teacher
 from cl2cm_hf.training.run_record import check_owned, copy_record, read_record, result_settings, take_output_dir
 from cl2cm_hf.training.trainers import CHECKPOINT_COMPLETE, CrossLingualTrainer, CrossModalTrainer
 
@@ -64,10 +64,13 @@ def last_checkpoint(folder: str) -> str | None:
 
 
 def fit(trainer: Trainer, resume: bool) -> None:
+    """Train; a stage that skipped too many steps (`max_skipped_fraction`) fails here, before any
+    of it is published."""
     checkpoint = last_checkpoint(trainer.args.output_dir) if resume else None
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.check_skipped_steps()
 
 
 def save_stage(trainer: Trainer, model, tokenizer, folder: Path) -> None:
@@ -116,9 +119,11 @@ def train_cross_lingual(args, data: RunData, out: Path, frozen_layers: FrozenLay
     return trainer.model
 
 
-def precompute_teacher(teacher, data: RunData, data_args, model_args, device):
-    """Teacher sentence embeddings of every training pair, computed once and carried by the batches."""
-    encode = dict(processor=as_processor(data.tokenizer, model_args.text_prefix), max_length=data_args.max_length, device=device)
+def precompute_teacher(teacher, data: RunData, data_args, model_args, device, teacher_processor=None):
+    """Teacher sentence embeddings of every training pair, computed once and carried by the batches;
+    `teacher_processor`: the teacher's own (None: it tokenizes as the run's)."""
+    processor = teacher_processor or as_processor(data.tokenizer, model_args.text_prefix)
+    encode = dict(processor=processor, max_length=data_args.max_length, device=device)
     teacher = teacher.to(device).eval()
     source = encode_texts(lambda **kw: teacher.get_text_features(**kw, language="source"), texts=data.train_pairs["source_text"], **encode)
     target = encode_texts(lambda **kw: teacher.get_text_features(**kw, language="target"), texts=data.train_pairs["target_text"], **encode)
@@ -126,9 +131,12 @@ def precompute_teacher(teacher, data: RunData, data_args, model_args, device):
     return pairs.add_column("teacher_target_embeds", target.tolist()), float(teacher.scale())
 
 
-def train_cross_modal(args, data: RunData, out: Path, teacher, frozen_layers: FrozenLayerStore | None = None):
+def train_cross_modal(
+    args, data: RunData, out: Path, teacher, frozen_layers: FrozenLayerStore | None = None, teacher_processor=None
+):
     """Stage 2 from the stage-1 network `teacher` (None: no stage 1); returns its trainer. The stage-1
-    network becomes the frozen teacher (`prepare_teacher`) and the text tower starts as a copy of it."""
+    network becomes the frozen teacher (`prepare_teacher`) and the text tower starts as a copy of it.
+    `teacher_processor`: the teacher's own processor where it tokenizes differently (`load_teacher`)."""
     model_args, data_args, cl2cm_args, training_args = args
     set_seed(training_args.seed)
     if teacher is not None:
@@ -139,8 +147,8 @@ def train_cross_modal(args, data: RunData, out: Path, teacher, frozen_layers: Fr
     stage_args = stage_training_args(training_args, "cm")
     train_pairs, teacher_scale = data.train_pairs, None
     if cl2cm_args.lambda_kt and cl2cm_args.precompute_teacher:
-        train_pairs, teacher_scale = precompute_teacher(teacher, data, data_args, model_args, stage_args.device)
-        teacher = None
+        train_pairs, teacher_scale = precompute_teacher(teacher, data, data_args, model_args, stage_args.device, teacher_processor)
+        teacher = teacher_processor = None
     evaluator = CrossModalEvaluator(
         data.validation_queries, data.features, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,
         dataset=data.name, split="validation",
@@ -150,7 +158,9 @@ def train_cross_modal(args, data: RunData, out: Path, teacher, frozen_layers: Fr
         args=stage_args,
         train_dataset=train_pairs,
         eval_dataset=data.validation_queries,
-        data_collator=PairCollator(data.tokenizer, data.features, data_args.max_length, model_args.text_prefix),
+        data_collator=PairCollator(
+            data.tokenizer, data.features, data_args.max_length, model_args.text_prefix, teacher_processor=teacher_processor
+        ),
         processing_class=data.tokenizer,
         cl2cm_args=cl2cm_args,
         evaluator=evaluator,
@@ -221,6 +231,8 @@ def train(argv: list[str]) -> list[MetricRecord]:
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
     out = Path(training_args.output_dir)
+    if cl2cm_args.stage == "cm" and cl2cm_args.cross_lingual_model:
+        check_teacher_folder(cl2cm_args.cross_lingual_model)  # a bad teacher is named before any data is built
     for stage_dir in STAGE_DIRS.values():
         folder_target(out / stage_dir)  # a stage path that is a file or a dangling link: refused before training
     take_output_dir(
@@ -231,17 +243,20 @@ def train(argv: list[str]) -> list[MetricRecord]:
 
     # One store of frozen-layer outputs for the run: stage 1, stage 2 and the teacher share it.
     frozen_layers = FrozenLayerStore() if model_args.cache_frozen_text_layers else None
-    teacher = None
+    teacher = teacher_processor = None
     if cl2cm_args.stage in ("cl", "both"):
         teacher = train_cross_lingual(args, data, out, frozen_layers)
     elif cl2cm_args.cross_lingual_model:
-        teacher = AutoModel.from_pretrained(cl2cm_args.cross_lingual_model, trust_remote_code=True)
+        run_processor = as_processor(data.tokenizer, model_args.text_prefix)
+        teacher, teacher_processor = load_teacher(
+            cl2cm_args.cross_lingual_model, run_processor, data.train_pairs, model_args.init_text_from_cross_lingual
+        )
     elif cl2cm_args.lambda_kt:
         raise ValueError("stage cm with lambda_kt > 0 needs cross_lingual_model (a stage-1 folder)")
     if cl2cm_args.stage == "cl":
         return []
 
-    trainer = train_cross_modal(args, data, out, teacher, frozen_layers)
+    trainer = train_cross_modal(args, data, out, teacher, frozen_layers, teacher_processor)
     folder = finish(trainer, data, args, values, out)
     if trainer.is_world_process_zero():
         if cl2cm_args.push_to_hub_id:

@@ -9,7 +9,7 @@ import dataclasses
 import json
 import os
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,6 +109,23 @@ class NonFiniteLossError(RuntimeError):
     """A loss term (or a gradient) became NaN or Inf."""
 
 
+class TooManySkippedStepsError(NonFiniteLossError):
+    """A stage skipped more than `max_skipped_fraction` of its optimizer steps (on_nonfinite: skip):
+    its weights are not the result of training, so nothing of it may be published."""
+
+
+# The settings that govern each loss term (and the gradients), named when a stage skipped too many
+# steps. Any term also turns non-finite when the weights diverge: learning_rate.
+TERM_SETTINGS = {
+    "sentence": "loss, logit_scale_init_value and learnable_logit_scale (infonce) or margin (triplet)",
+    "source": "loss, logit_scale_init_value and learnable_logit_scale (infonce) or margin (triplet)",
+    "mt": "lambda_mt and the contrastive settings (logit_scale_init_value, margin)",
+    "word": "lambda_word, ot_epsilon, ot_iterations",
+    "kt": "lambda_kt, kt_temperature and the teacher (cross_lingual_model)",
+    "gradient": "learning_rate, max_grad_norm",
+}
+
+
 def _grads_finite(optimizer) -> bool:
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if not grads:
@@ -171,7 +188,9 @@ class GuardedOptimizer(torch.optim.Optimizer):
 class _CL2CMTrainer(Trainer):
     """Shared by both stages: weighted loss terms, their logging, retrieval evaluation, checkpoints
     marked complete (`CompleteCheckpoints`), and skipped optimizer steps for batches whose loss is
-    not finite (`GuardedOptimizer`)."""
+    not finite (`GuardedOptimizer`), counted per loss term for `check_skipped_steps`."""
+
+    stage_name = "this stage"
 
     def __init__(self, model=None, args=None, *more, cl2cm_args, evaluator=None, **kwargs):
         # Checkpoint rotation runs in CompleteCheckpoints, after the completion mark: Trainer's own
@@ -187,6 +206,8 @@ class _CL2CMTrainer(Trainer):
         self._term_steps = 0
         self.skipped_batches = 0
         self.skipped_steps = 0
+        self.optimizer_steps = 0  # steps taken or skipped
+        self.nonfinite_terms: Counter[str] = Counter()  # loss term (or "gradient") -> batches (steps) it was non-finite
         self._finite_batches = 0  # finite micro-batches since the last optimizer step
 
     def contrastive(self, a, b, logit_scale):
@@ -202,6 +223,7 @@ class _CL2CMTrainer(Trainer):
             if self.cl2cm_args.on_nonfinite == "stop":
                 raise NonFiniteLossError(f"non-finite loss at {where}; set on_nonfinite: skip to skip such batches")
             self.skipped_batches += 1
+            self.nonfinite_terms.update(bad)
             self._term_sums["skipped_batches"] += 1
             # Zero loss attached to every trainable parameter: no gradient from this batch, and DDP
             # still sees a gradient for each parameter. If no batch of the optimizer step was
@@ -255,6 +277,7 @@ class _CL2CMTrainer(Trainer):
         all processes, so their weights stay equal."""
         finite_batches, finite_grads = self._finite_batches, _grads_finite(self.optimizer)
         self._finite_batches = 0
+        self.optimizer_steps += 1
         flags = torch.tensor([finite_batches, 0 if finite_grads else 1], dtype=torch.float64)
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             device = self.args.device if torch.distributed.get_backend() == "nccl" else "cpu"
@@ -265,11 +288,31 @@ class _CL2CMTrainer(Trainer):
             where = f"step {self.state.global_step + 1}: a gradient is NaN or Inf though every loss term was finite"
             if self.cl2cm_args.on_nonfinite == "stop":
                 raise NonFiniteLossError(f"non-finite gradient at {where}; set on_nonfinite: skip to skip such steps")
+            self.nonfinite_terms["gradient"] += 1
         if flags[0] == 0 or flags[1] > 0:
             self.skipped_steps += 1
             self._term_sums["skipped_steps"] += 1
             return False
         return True
+
+    def check_skipped_steps(self) -> None:
+        """Raise `TooManySkippedStepsError` when this stage skipped more than `max_skipped_fraction` of
+        the optimizer steps it ran, naming each non-finite loss term and the settings that govern it.
+        Called at the end of the stage (`fit`, run.py), before anything of it is saved."""
+        limit = self.cl2cm_args.max_skipped_fraction
+        if not self.optimizer_steps or self.skipped_steps <= limit * self.optimizer_steps:
+            return
+        terms = "; ".join(
+            (f"gradients non-finite in {count} step(s)" if name == "gradient" else f"loss term {name} non-finite in {count} batch(es)")
+            + f", governed by {TERM_SETTINGS.get(name, 'its loss settings')}"
+            for name, count in self.nonfinite_terms.most_common()
+        )
+        raise TooManySkippedStepsError(
+            f"{self.stage_name}: {self.skipped_steps} of {self.optimizer_steps} optimizer steps "
+            f"({self.skipped_steps / self.optimizer_steps:.0%}) were skipped (on_nonfinite: skip), more than "
+            f"max_skipped_fraction: {limit}. {terms or 'non-finite values'} (or learning_rate, if the weights diverged). "
+            "Nothing of this stage is published."
+        )
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Retrieval metrics of the evaluator (validation, target languages); `eval_sumr` picks the best checkpoint."""
@@ -287,6 +330,8 @@ class _CL2CMTrainer(Trainer):
 
 class CrossLingualTrainer(_CL2CMTrainer):
     """Stage 1: `contrastive(source, target) + lambda_word * sinkhorn_ot_loss(tokens)`."""
+
+    stage_name = "stage 1 (cross-lingual)"
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.cl2cm_args
@@ -317,8 +362,11 @@ class CrossModalTrainer(_CL2CMTrainer):
 
     The teacher is the frozen stage-1 model: on the accelerator's device, in eval mode, without
     gradients, outside the optimizer and outside DDP. With precomputed teacher embeddings the batch
-    carries them (`teacher_source_embeds`, `teacher_target_embeds`) and `teacher_scale` is fixed.
+    carries them (`teacher_source_embeds`, `teacher_target_embeds`) and `teacher_scale` is fixed. A
+    teacher with a tokenizer of its own reads ``teacher_source_*``/``teacher_target_*`` token ids.
     """
+
+    stage_name = "stage 2 (cross-modal)"
 
     def __init__(self, *args, teacher_model=None, teacher_scale: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -336,8 +384,9 @@ class CrossModalTrainer(_CL2CMTrainer):
         if "teacher_source_embeds" in inputs:
             return inputs["teacher_source_embeds"], inputs["teacher_target_embeds"], self.teacher_scale
         teacher = self.teacher_model
-        source = teacher.get_text_features(inputs["source_input_ids"], inputs["source_attention_mask"], language="source")
-        target = teacher.get_text_features(inputs["target_input_ids"], inputs["target_attention_mask"], language="target")
+        own = "teacher_" if "teacher_source_input_ids" in inputs else ""  # the teacher's own token ids
+        source = teacher.get_text_features(inputs[f"{own}source_input_ids"], inputs[f"{own}source_attention_mask"], language="source")
+        target = teacher.get_text_features(inputs[f"{own}target_input_ids"], inputs[f"{own}target_attention_mask"], language="target")
         return source, target, teacher.scale()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -27,6 +27,7 @@ from cl2cm_hf.losses import relational_distillation, sinkhorn_ot_loss
 from cl2cm_hf.training.arguments import CL2CMArguments
 from cl2cm_hf.training.model_setup import TeacherError
 from cl2cm_hf.training.run import train
+from cl2cm_hf.training.run_record import RUN_RECORD
 from cl2cm_hf.training.trainers import TooManySkippedStepsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,8 +162,9 @@ def always_nan(real):
 
 
 def published(out: Path) -> list[str]:
-    """What a run left outside its Trainer checkpoints."""
-    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if "checkpoints" not in p.relative_to(out).parts)
+    """What a run left outside its Trainer checkpoints and its run record (run.json, local)."""
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                  if "checkpoints" not in p.relative_to(out).parts and p.name != RUN_RECORD)
 
 
 def test_a_stage_1_whose_steps_were_all_skipped_fails_naming_the_term_and_publishes_nothing(tmp_path, monkeypatch):

@@ -10,8 +10,11 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+
+from cl2cm_hf.torch_state import cpu_threads
 
 
 @dataclass
@@ -180,8 +183,12 @@ class CL2CMArguments:
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the final folder to this hub repo."})
     query: str | None = field(default=None, metadata={"help": "After training: run this query against the test gallery."})
     query_lang: str = "de"
+    cpu_threads: str | int = field(default="auto", metadata={
+        "help": "Torch CPU threads for training and evaluation: auto (torch's count: OMP_NUM_THREADS, else one per "
+                "available core) | a number. The count changes low bits of the weights; 1 is fastest next to other jobs."})
 
     def __post_init__(self):
+        cpu_threads(self.cpu_threads)  # raises naming the field
         for name, choices in (("stage", ("cl", "cm", "both")), ("loss", ("infonce", "triplet")), ("on_nonfinite", ("stop", "skip"))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {list(choices)}")
@@ -203,6 +210,8 @@ TRAINING_DEFAULTS = {
     # TensorBoard event files when tensorboard is installed, plain Trainer logs otherwise.
     "report_to": "tensorboard" if importlib.util.find_spec("tensorboard") else "none",
     "use_cpu": False,
+    # Pinned host memory only speeds up copies to an accelerator; without one torch warns at every DataLoader.
+    "dataloader_pin_memory": torch.accelerator.is_available(),
 }
 
 

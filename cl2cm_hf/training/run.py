@@ -12,17 +12,20 @@ and `--resume` continues from them.
 import dataclasses
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from transformers import AutoModel, Trainer, TrainingArguments, set_seed
+from transformers.utils import logging as hf_logging
 
 from cl2cm_hf.atomic import atomic_directory, atomic_write_text, recover_directory
 from cl2cm_hf.data import PairCollator, VisualFeatureStore
 from cl2cm_hf.hub import build_card, rows_from_metrics
 from cl2cm_hf.evaluation.encoding import encode_texts
 from cl2cm_hf.modeling_cl2cm import check_safetensors_file
+from cl2cm_hf.torch_state import cpu_threads, torch_threads
 
 from cl2cm_hf.training.arguments import config_to_yaml, load_config, parse_config
 from cl2cm_hf.evaluation.evaluator import CrossLingualEvaluator, CrossModalEvaluator
@@ -206,6 +209,12 @@ def train(argv: list[str]) -> dict:
     config_path = argv.pop(0) if argv and not argv[0].startswith("--") else None
     values = load_config(config_path, argv)
     args = parse_config(values)
+    with torch_threads(cpu_threads(args[2].cpu_threads)):
+        return run_recipe(args, values)
+
+
+def run_recipe(args, values: dict) -> dict:
+    """The stages of a parsed recipe (`train` applies its CPU thread setting around them)."""
     model_args, data_args, cl2cm_args, training_args = args
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
@@ -236,5 +245,10 @@ def train(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: exit status 0 after a successful run (errors raise, so non-zero)."""
+    # One Trainer bar per stage is the run's progress; transformers' bars of one-shard saves and loads
+    # (here and in the query's child process, which inherits the variable) are noise next to it.
+    # Process-wide because transformers has no per-call switch; HF_HUB_DISABLE_PROGRESS_BARS=0 keeps them.
+    if os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1") == "1":
+        hf_logging.disable_progress_bar()
     train(sys.argv[1:] if argv is None else argv)
     return 0

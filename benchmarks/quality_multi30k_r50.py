@@ -48,10 +48,12 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from cl2cm_hf.training.arguments import load_config, parse_config  # noqa: E402
 from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator  # noqa: E402
+from cl2cm_hf.evaluation.records import flat_metrics  # noqa: E402
+from cl2cm_hf.retrieval import METRIC_KEYS  # noqa: E402
 from cl2cm_hf.training.model_setup import build_cross_modal  # noqa: E402
 from cl2cm_hf.training.run import train_cross_lingual, train_cross_modal  # noqa: E402
 from cl2cm_hf.training.data_sources import build_run_data  # noqa: E402
-from cl2cm_hf.training import frozen_layers as text_cache  # noqa: E402
+from cl2cm_hf.training.frozen_layers import FrozenLayerStore, FrozenPrefixBackbone  # noqa: E402
 from benchmarks.provenance import git_commit, machine  # noqa: E402
 
 TOWERS = {"e5": "trainer/configs/multi30k_r50_e5.yaml", "minilm": "trainer/configs/multi30k_r50_minilm.yaml"}
@@ -65,8 +67,7 @@ SYSTEM_SETTINGS = {
     "mt_no_transfer": {"stage": "cm", "lambda_kt": 0.0},
     "cl2cm": {},
 }
-METRIC_KEYS = ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "t2v_mnr", "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr", "v2t_mnr", "sumr")
-TABLE_KEYS = ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "sumr")
+TABLE_KEYS = tuple(k for k in METRIC_KEYS if k.rpartition("_")[2] not in ("medr", "mnr"))  # the recalls and SumR
 # Settings that do not change stage 1 (variants differing only in these reuse its network).
 STAGE2_ONLY = {
     "output_dir", "lambda_mt", "lambda_kt", "kt_temperature", "precompute_teacher", "init_text_from_cross_lingual",
@@ -134,23 +135,28 @@ def ensure_me5() -> None:
 
 
 class Run:
-    """One tower x fold: the data and the evaluators, read once, shared by every system."""
+    """One tower x fold: the data and the evaluators, read once, shared by every system; `frozen_layers`
+    is the process's store of frozen text-layer outputs (every fold and system share it)."""
 
-    def __init__(self, tower: str, fold: int, common: dict, work: Path):
+    def __init__(self, tower: str, fold: int, common: dict, work: Path, frozen_layers: FrozenLayerStore):
         self.tower, self.fold, self.common, self.work = tower, fold, common, work
+        self.frozen_layers = frozen_layers
         values = self.values({})
         model_args, data_args, _, training_args = parse_config(values)
         self.data = build_run_data(data_args, model_args, training_args)
-        evaluator = lambda queries: CrossModalEvaluator(  # noqa: E731
-            queries, self.data.features, self.data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix
+        evaluator = lambda queries, split: CrossModalEvaluator(  # noqa: E731
+            queries, self.data.features, self.data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,
+            dataset=self.data.name, split=split,
         )
-        self.validation = evaluator(self.data.validation_queries)
-        self.test = evaluator(self.data.test_queries)
+        self.validation = evaluator(self.data.validation_queries, "validation")
+        self.test = evaluator(self.data.test_queries, "test")
         self.langs = list(data_args.target_langs)
         self.stage1_models = {}
         # The recipe's untrained network: the "untrained" system, and the key of the pretrained tower's cache.
         set_seed(training_args.seed)
-        self.untrained = build_cross_modal(model_args, self.data.tokenizer, data_args.max_length, self.data.features.feature_dim)
+        self.untrained = build_cross_modal(
+            model_args, self.data.tokenizer, data_args.max_length, self.data.features.feature_dim, frozen_layers=frozen_layers
+        )
 
     def values(self, settings: dict) -> dict:
         out = str(self.work / self.tower / f"fold{self.fold}")
@@ -168,7 +174,8 @@ class Run:
         timings = {}
         if base == "untrained":
             model = self.untrained if not settings else build_cross_modal(
-                model_args, self.data.tokenizer, data_args.max_length, self.data.features.feature_dim
+                model_args, self.data.tokenizer, data_args.max_length, self.data.features.feature_dim,
+                frozen_layers=self.frozen_layers,
             )
         else:
             teacher = None
@@ -177,16 +184,17 @@ class Run:
                 ignored = STAGE2_ONLY | {k for k in OVERRIDDEN_IN_STAGE1 if values.get(f"cl_{k}") is not None}
                 key = json.dumps({k: v for k, v in sorted(values.items()) if k not in ignored}, default=str)
                 if key not in self.stage1_models:
-                    self.stage1_models[key] = train_cross_lingual(args, self.data, out)
+                    self.stage1_models[key] = train_cross_lingual(args, self.data, out, self.frozen_layers)
                     timings["stage1_s"] = round(time.time() - started, 1)
                 teacher = self.stage1_models[key]
-            trainer = train_cross_modal(args, self.data, out, teacher)
+            trainer = train_cross_modal(args, self.data, out, teacher, self.frozen_layers)
             model = trainer.accelerator.unwrap_model(trainer.model)
         timings["train_s"] = round(time.time() - started, 1)
         model.eval()
-        result = {"validation": self.validation(model), "timings": timings}
+        # Flat scalars ({"de_t2v_r1": ..., "sumr": mean SumR}): the form this report and the tuning log keep.
+        result = {"validation": flat_metrics(self.validation(model)), "timings": timings}
         if evaluate_test:
-            result["test"] = self.test(model)
+            result["test"] = flat_metrics(self.test(model))
         timings["total_s"] = round(time.time() - started, 1)
         shutil.rmtree(out, ignore_errors=True)  # stage folders and logs of the run: not needed here
         return result
@@ -207,25 +215,25 @@ class Run:
 
     def pretrained_cache_keys(self) -> list[str]:
         backbone = self.untrained.text_model.backbone
-        return text_cache.cache_keys(backbone) if self.untrained.text_model is not None else []
+        return backbone.cache_keys() if isinstance(backbone, FrozenPrefixBackbone) else []
 
 
-def load_text_caches(folder: Path) -> dict[str, int]:
+def load_text_caches(folder: Path, store: FrozenLayerStore) -> dict[str, int]:
     sizes = {}
     for path in sorted(folder.glob("*.pt")):
-        key = text_cache.load_store(path)
-        sizes[key] = text_cache.store_size(key)
+        key = store.load(path)
+        sizes[key] = store.size(key)
     if sizes:
         say(f"loaded {len(sizes)} frozen-text-layer caches from {folder} ({sum(sizes.values())} sequences)")
     return sizes
 
 
-def save_text_caches(folder: Path, keys: list[str], sizes: dict[str, int]) -> None:
+def save_text_caches(folder: Path, store: FrozenLayerStore, keys: list[str], sizes: dict[str, int]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for key in keys:
-        if text_cache.store_size(key) > sizes.get(key, 0):
-            text_cache.save_store(key, folder / f"{key}.pt")
-            sizes[key] = text_cache.store_size(key)
+        if store.size(key) > sizes.get(key, 0):
+            store.save(key, folder / f"{key}.pt")
+            sizes[key] = store.size(key)
 
 
 def metric_row(tower, system, lang, fold, metrics: dict) -> dict:
@@ -398,7 +406,8 @@ def main(argv=None) -> None:
         "extra_markdown": Path(args.extra_markdown).read_text() if args.extra_markdown else "",
     }
     per_fold_rows: list[dict] = []
-    cache_sizes = {} if args.no_disk_cache else load_text_caches(TEXT_CACHE_DIR)
+    frozen_layers = FrozenLayerStore()  # one for the process: every fold and system reads it
+    cache_sizes = {} if args.no_disk_cache else load_text_caches(TEXT_CACHE_DIR, frozen_layers)
     report["disk_cache_at_start"] = sum(cache_sizes.values())
     kept_caches: list[str] = list(cache_sizes)
     for tower in args.towers:
@@ -409,13 +418,13 @@ def main(argv=None) -> None:
         )
         for fold in args.folds:
             say(f"{tower} fold {fold}: reading data")
-            run = Run(tower, fold, common, Path(args.work))
+            run = Run(tower, fold, common, Path(args.work), frozen_layers)
             if fold == args.folds[0]:
                 seconds = run.prefill()
                 report["prefill_s"][tower] = round(seconds, 1)
                 say(f"{tower}: frozen text layers of every text of the benchmark computed or loaded in {seconds:.0f} s")
                 if not args.no_disk_cache:
-                    save_text_caches(TEXT_CACHE_DIR, run.pretrained_cache_keys(), cache_sizes)
+                    save_text_caches(TEXT_CACHE_DIR, frozen_layers, run.pretrained_cache_keys(), cache_sizes)
             report["langs"] = run.langs
             for name, base, settings in variants:
                 say(f"{tower} fold {fold}: {name} ...")
@@ -434,15 +443,15 @@ def main(argv=None) -> None:
                     if "test" in result:
                         per_fold_rows.append(metric_row(tower, name, lang, fold, {k: result["test"][f"{lang}_{k}"] for k in METRIC_KEYS}))
                 if not args.no_disk_cache:  # a run stopped midway keeps what it computed
-                    save_text_caches(TEXT_CACHE_DIR, run.pretrained_cache_keys(), cache_sizes)
+                    save_text_caches(TEXT_CACHE_DIR, frozen_layers, run.pretrained_cache_keys(), cache_sizes)
                 if args.tune:
                     Path(args.tune_out).parent.mkdir(parents=True, exist_ok=True)
                     with open(args.tune_out, "a") as f:
                         f.write(json.dumps({"time": datetime.datetime.now().isoformat(timespec="seconds"), **record}) + "\n")
             pretrained = run.pretrained_cache_keys()
             if not args.no_disk_cache:
-                save_text_caches(TEXT_CACHE_DIR, pretrained, cache_sizes)
-            text_cache.clear_frozen_prefix_caches(keep=[*pretrained, *kept_caches])  # the fold's fine-tuned towers' caches go
+                save_text_caches(TEXT_CACHE_DIR, frozen_layers, pretrained, cache_sizes)
+            frozen_layers.keep([*pretrained, *kept_caches])  # the fold's fine-tuned towers' caches go
             kept_caches.extend(pretrained)
             del run
             report["rows"] = summarise(per_fold_rows)

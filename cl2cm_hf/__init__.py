@@ -1,6 +1,6 @@
 """cl2cm-hf: CL2CM cross-lingual cross-modal retrieval on the Hugging Face stack."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_cl2cm import CL2CMCrossLingualConfig, CL2CMCrossModalConfig
 from .losses import gather_with_grad, info_nce, relational_distillation, sinkhorn_ot_loss, vse_triplet
@@ -10,17 +10,24 @@ from .modeling_cl2cm import (
     CL2CMCrossModalModel,
     CL2CMCrossModalOutput,
 )
+from .processing_cl2cm import CL2CMProcessor, CL2CMTextProcessor, build_processor
 
 # In-process use: AutoConfig/AutoModel resolve our model types from the installed package.
 AutoConfig.register(CL2CMCrossLingualConfig.model_type, CL2CMCrossLingualConfig, exist_ok=True)
 AutoConfig.register(CL2CMCrossModalConfig.model_type, CL2CMCrossModalConfig, exist_ok=True)
 AutoModel.register(CL2CMCrossLingualConfig, CL2CMCrossLingualModel, exist_ok=True)
 AutoModel.register(CL2CMCrossModalConfig, CL2CMCrossModalModel, exist_ok=True)
+# One processor class per config type: stage-1 models read text only; cross-modal folders name
+# their own class (text-only or with an image processor) in processor_config.json.
+AutoProcessor.register(CL2CMCrossLingualConfig, CL2CMTextProcessor, exist_ok=True)
+AutoProcessor.register(CL2CMCrossModalConfig, CL2CMProcessor, exist_ok=True)
 # Saved checkpoints: auto_map in config.json and the code files copied next to the weights.
 CL2CMCrossLingualConfig.register_for_auto_class()
 CL2CMCrossModalConfig.register_for_auto_class()
 CL2CMCrossLingualModel.register_for_auto_class("AutoModel")
 CL2CMCrossModalModel.register_for_auto_class("AutoModel")
+CL2CMTextProcessor.register_for_auto_class("AutoProcessor")
+CL2CMProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "CL2CMCrossLingualConfig",
@@ -29,6 +36,9 @@ __all__ = [
     "CL2CMCrossModalModel",
     "CL2CMCrossLingualOutput",
     "CL2CMCrossModalOutput",
+    "CL2CMProcessor",
+    "CL2CMTextProcessor",
+    "build_processor",
     "gather_with_grad",
     "info_nce",
     "vse_triplet",

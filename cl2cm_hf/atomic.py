@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -129,6 +130,15 @@ def remove_stale_temporaries(parent: str | Path, name: str) -> None:
     if parent.is_dir():
         for stale in parent.glob(f".{name}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def final_path(path: str | Path) -> Path:
+    """The path a temporary of `atomic_directory` or `atomic_write_bytes` (``.<name>.<random>.tmp``)
+    is renamed to once complete; any other `path` unchanged. Lets code that reads a folder while it
+    is written (a model card built inside the run's temporary folder) name it by its final name."""
+    path = Path(path)
+    match = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", path.name)
+    return path.with_name(match.group(1)) if match else path
 
 
 @contextlib.contextmanager

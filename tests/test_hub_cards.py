@@ -23,11 +23,13 @@ import yaml
 from huggingface_hub import CommitInfo, EvalResult, ModelCard
 
 from cl2cm_hf import CL2CMCrossModalConfig, CL2CMCrossModalModel
+from cl2cm_hf.evaluation.records import MetricRecord, records_from_metrics
 from cl2cm_hf.hub import (
     PLOT_FILENAME,
     CheckpointError,
     build_card,
-    eval_results_from_rows,
+    eval_results,
+    metrics_table,
     push_checkpoint,
     stage_checkpoint,
     update_card_results,
@@ -85,9 +87,12 @@ class FakeHubApi:
 
 
 def make_checkpoint(folder: Path, backbone: bool = False, **config_kwargs) -> Path:
-    """A tiny CL2CM model (precomputed features, or a tiny CLIP vision backbone) with a BERT
-    tokenizer, saved like a training run's output."""
-    from transformers import BertConfig, BertTokenizer, CLIPVisionConfig
+    """A tiny CL2CM model (precomputed features, or a tiny CLIP vision backbone) with its processor
+    (a BERT tokenizer, the text prefix, a CLIP image processor for the backbone), saved like a
+    training run's output."""
+    from transformers import BertConfig, BertTokenizer, CLIPImageProcessor, CLIPVisionConfig
+
+    from cl2cm_hf.processing_cl2cm import build_processor
 
     words = "ein hund rennt über eine wiese . zwei kinder spielen am strand query :".split()
     vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)}
@@ -100,7 +105,8 @@ def make_checkpoint(folder: Path, backbone: bool = False, **config_kwargs) -> Pa
     config = CL2CMCrossModalConfig(text_config=text_config.to_dict(), projection_dim=8, visual_feature_dim=12,
                                    visual_hidden_size=16, text_prefix="query: ", **config_kwargs)
     CL2CMCrossModalModel(config).save_pretrained(folder)
-    BertTokenizer(vocab=vocab).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}) if backbone else None
+    build_processor(BertTokenizer(vocab=vocab), config.text_prefix, image_processor).save_pretrained(folder)
     (folder / "training_config.yaml").write_text(yaml.safe_dump(TRAINING_CONFIG, sort_keys=False))
     (folder / "optimizer.pt").write_bytes(b"not published")
     (folder / "test_gallery").mkdir()
@@ -108,14 +114,8 @@ def make_checkpoint(folder: Path, backbone: bool = False, **config_kwargs) -> Pa
     return folder
 
 
-def rows_for(lang: str, t2v, v2t, dataset="multi30k"):
-    metrics = metrics_from_ranks(t2v, v2t)
-    rows = []
-    for key, value in metrics.items():
-        direction, _, metric = key.partition("_") if key != "sumr" else (None, "", "sumr")
-        rows.append({"model": "tiny", "dataset": dataset, "lang": lang, "direction": direction, "metric": metric,
-                     "value": value, "split": "test"})
-    return rows
+def records_for(lang: str, t2v, v2t, dataset="multi30k"):
+    return records_from_metrics(metrics_from_ranks(t2v, v2t), dataset=dataset, split="test", lang=lang)
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +127,13 @@ def ranks():
 @pytest.fixture(scope="module")
 def carded(tmp_path_factory, ranks):
     folder = make_checkpoint(tmp_path_factory.mktemp("ckpt") / "cl2cm-tiny")
-    rows = [row for lang, r in ranks.items() for row in rows_for(lang, r.t2v, r.v2t)]
-    build_card(folder, results=rows, ranks=ranks, repo_id="org/cl2cm-tiny")
-    return folder, rows
+    records = [record for lang, r in ranks.items() for record in records_for(lang, r.t2v, r.v2t)]
+    build_card(folder, records, ranks=ranks, repo_id="org/cl2cm-tiny", visual_modality="image")
+    return folder, records
 
 
 def test_card_has_metadata_model_index_and_plot(carded, ranks):
-    folder, rows = carded
+    folder, records = carded
     text = (folder / "README.md").read_text(encoding="utf-8")
     assert text.startswith("---\n")
     header = yaml.safe_load(text.split("---\n", 2)[1])
@@ -143,7 +143,9 @@ def test_card_has_metadata_model_index_and_plot(carded, ranks):
     assert header["base_model"] == ["intfloat/multilingual-e5-small"] and header["license"] == "apache-2.0"
     assert header["model-index"][0]["name"] == "cl2cm-tiny"
     card = ModelCard.load(folder / "README.md")
-    assert card.data.eval_results == eval_results_from_rows(rows)
+    assert card.data.eval_results == eval_results(records, "image")
+    assert {r.task_type for r in card.data.eval_results} == {
+        "text-to-image-retrieval", "image-to-text-retrieval", "image-text-retrieval"}
     # the plot, linked and a valid PNG
     assert f"]({PLOT_FILENAME})" in text
     png = (folder / PLOT_FILENAME).read_bytes()
@@ -156,6 +158,7 @@ def test_card_has_metadata_model_index_and_plot(carded, ranks):
     # body: the table, the recipe, limitations, and no temporary files left behind
     de_r1 = metrics_from_ranks(ranks["de"].t2v, ranks["de"].v2t)["t2v_r1"]
     assert re.search(rf"\| multi30k \| test \| de \| {de_r1:.1f} \|", text)
+    assert metrics_table(records) in text  # the one table writer
     assert "lambda_kt: 0.5" in text and "`lambda_kt` = 0.5" in text and "temperature 0.05" in text
     assert "same feature extractor" in text and "Machine-translation noise" in text
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
@@ -164,37 +167,42 @@ def test_card_has_metadata_model_index_and_plot(carded, ranks):
 def test_usage_snippet_follows_the_config():
     features = {"visual_encoder_type": "features", "visual_feature_dim": 2048, "text_prefix": "query: "}
     code, note = usage_snippet(features, "org/x", ["en", "de"])
-    assert 'repo_id = "org/x"' in code and "torch.randn(3, 2048)" in code and '"query: Ein Hund' in code
-    assert "trust_remote_code=True" in code and "feature extractor" in note
+    assert 'repo_id = "org/x"' in code and "torch.randn(3, 2048)" in code and '"Ein Hund' in code
+    assert "query: " not in code  # the processor adds the prefix
+    assert "AutoProcessor.from_pretrained(repo_id, trust_remote_code=True)" in code and "feature extractor" in note
     video = dict(features, visual_num_layers=2, visual_max_frames=4)
     code, _ = usage_snippet(video, "org/x", ["fr"])
     assert "torch.randn(3, 4, 2048)" in code and "visual_mask" in code and "Un chien" in code
     backbone = {"visual_encoder_type": "backbone", "vision_config": {"model_type": "clip_vision_model", "image_size": 224, "num_channels": 3}}
     code, note = usage_snippet(backbone, "org/x", [])
-    assert "pixel_values" in code and "torch.randn(3, 3, 224, 224)" in code and "clip_vision_model" in note
+    assert "processor(images=images" in code and "(224, 224)" in code and "clip_vision_model" in note
     compile(code, "<snippet>", "exec")
 
 
-def test_eval_results_from_rows():
-    rows = [
-        {"model": "m", "dataset": "multi30k", "lang": "de", "direction": "t2v", "metric": "r1", "value": 50},
-        {"model": "m", "dataset": "vatex", "lang": "zh", "direction": "v2t", "metric": "R@5", "value": 70.5},
-        {"model": "m", "dataset": "vatex", "lang": "zh", "direction": None, "metric": "sumr", "value": 300},
-        {"model": "m", "dataset": "multi30k", "lang": "de", "direction": "both", "metric": "t2v_medr", "value": 2},
+def test_eval_results_name_direction_modality_and_metric():
+    records = [
+        MetricRecord("multi30k", "test", "de", "t2v", "r1", 50),
+        MetricRecord("vatex", "test", "zh", "v2t", "r5", 70.5),
+        MetricRecord("vatex", "test", "zh", None, "sumr", 300),
+        MetricRecord("multi30k", "test", "de", "t2v", "medr", 2),
     ]
-    results = eval_results_from_rows(rows)
+    results = eval_results(records[:1] + records[3:], "image") + eval_results(records[1:3], "video")
     assert [r.task_type for r in results] == [
-        "text-to-image-retrieval", "video-to-text-retrieval", "video-text-retrieval", "text-to-image-retrieval"]
-    assert [r.metric_type for r in results] == ["recall@1", "recall@5", "sum_of_recalls", "median_rank"]
-    assert results[0].dataset_config == "de" and results[0].metric_value == 50.0
+        "text-to-image-retrieval", "text-to-image-retrieval", "video-to-text-retrieval", "video-text-retrieval"]
+    assert [r.metric_type for r in results] == ["recall@1", "median_rank", "recall@5", "sum_of_recalls"]
+    assert results[0].dataset_config == "de" and results[0].metric_value == 50.0 and results[0].dataset_split == "test"
     assert results[0].metric_name == "T2V R@1 (de)"
-    assert eval_results_from_rows(rows[:1], visual_modality="video")[0].task_type == "text-to-video-retrieval"
+    # nothing is guessed from names: without a modality the task says "visual"
+    assert eval_results(records[1:2], None)[0].task_type == "visual-to-text-retrieval"
+    with pytest.raises(ValueError, match="visual_modality"):
+        eval_results(records[:1], "audio")
+    row = records[0].to_json()
     for bad, match in [({"metric": "bleu"}, "unknown retrieval metric"), ({"direction": "up"}, "direction"),
                        ({"direction": None}, "needs a direction"), ({"value": float("nan")}, "non-finite")]:
         with pytest.raises(ValueError, match=match):
-            eval_results_from_rows([dict(rows[0], **bad)])
+            MetricRecord.from_json(dict(row, **bad))
     with pytest.raises(ValueError, match="lacks"):
-        eval_results_from_rows([{"dataset": "x", "lang": "de", "metric": "r1"}])
+        MetricRecord.from_json({"dataset": "x", "lang": "de", "metric": "r1"})
 
 
 def test_update_card_results_merges_and_keeps_the_rest(carded, tmp_path):
@@ -203,11 +211,11 @@ def test_update_card_results_merges_and_keeps_the_rest(carded, tmp_path):
     readme = folder / "README.md"
     readme.write_text(readme.read_text(encoding="utf-8") + "\n## Notes\n\nHand-written notes stay.\n", encoding="utf-8")
     before = ModelCard.load(readme)
-    new_rows = [
-        {"model": "tiny", "dataset": "multi30k", "lang": "de", "direction": "t2v", "metric": "r1", "value": 99.0, "split": "test"},
-        {"model": "tiny", "dataset": "multi30k", "lang": "cs", "direction": "v2t", "metric": "r10", "value": 42.0, "split": "test"},
+    new_records = [
+        MetricRecord("multi30k", "test", "de", "t2v", "r1", 99.0, model="tiny"),
+        MetricRecord("multi30k", "test", "cs", "v2t", "r10", 42.0, model="tiny"),
     ]
-    card = update_card_results(folder, new_rows)
+    card = update_card_results(folder, new_records)  # the modality: the one the card's results name
     after = ModelCard.load(readme)
     assert after.data.eval_results == card.data.eval_results
     assert len(after.data.eval_results) == len(before.data.eval_results) + 1
@@ -225,23 +233,62 @@ def test_update_card_results_merges_and_keeps_the_rest(carded, tmp_path):
 
 def test_update_without_a_card_builds_one(tmp_path):
     folder = make_checkpoint(tmp_path / "fresh")
-    rows = rows_for("de", [1, 2, 3], [1, 4])
-    card = update_card_results(folder, rows)
-    assert ModelCard.load(folder / "README.md").data.eval_results == card.data.eval_results == eval_results_from_rows(rows)
+    records = records_for("de", [1, 2, 3], [1, 4])
+    card = update_card_results(folder, records)
+    assert ModelCard.load(folder / "README.md").data.eval_results == card.data.eval_results == eval_results(records, None)
 
 
 def test_card_from_the_trainer_outputs(tmp_path):
     """build_card(folder) alone: reads training_config.yaml and test_results.json of a run, in
     the temporary folder of cl2cm_hf.atomic.atomic_directory where the trainer writes it."""
-    folder = make_checkpoint(tmp_path / "run" / ".cross_modal.k3j4x.tmp")
+    from cl2cm_hf.atomic import atomic_directory
+    from cl2cm_hf.evaluation.records import save_records
+
+    with atomic_directory(tmp_path / "run" / "cross_modal") as tmp:
+        folder = make_checkpoint(tmp)
+        records = [r for lang in ("de", "fr") for r in records_for(lang, [1, 2, 8, 30], [1, 1, 3], dataset="demo")]
+        save_records(records, folder / "test_results.json")
+        card = build_card(folder)
+        assert len(card.data.eval_results) == 22
+        assert {r.dataset_config for r in card.data.eval_results} == {"de", "fr"}
+        assert card.data.model_name == "run" and '"<your-org>/run"' in card.text and (folder / PLOT_FILENAME).is_file()
+        assert card.data.eval_results == eval_results(records, None) and card.data.language == ["en", "de", "fr"]
+
+
+def test_card_from_an_old_flat_test_results_file(tmp_path, caplog):
+    """A test_results.json written before records ({"de_t2v_r1": ...}) is migrated, with a warning."""
+    folder = make_checkpoint(tmp_path / "run" / "cross_modal")
     results = {f"{lang}_{key}": value for lang in ("de", "fr")
                for key, value in metrics_from_ranks([1, 2, 8, 30], [1, 1, 3]).items()}
-    results.update(sumr=1.0, mean_sumr=1.0)  # ignored: not per-language metrics (the trainer writes a mean "sumr")
+    results.update(sumr=1.0, mean_sumr=1.0)  # ignored: not per-language metrics (the trainer wrote a mean "sumr")
     (folder / "test_results.json").write_text(json.dumps(results))
-    card = build_card(folder)
+    with caplog.at_level("WARNING"):
+        card = build_card(folder)
+    assert "old flat format" in caplog.text and "test_results.json" in caplog.text
     assert len(card.data.eval_results) == 22
+    assert {(r.dataset_type, r.dataset_split) for r in card.data.eval_results} == {("multi30k", "test")}  # the recipe's dataset
     assert {r.dataset_config for r in card.data.eval_results} == {"de", "fr"}
-    assert card.data.model_name == "run" and '"<your-org>/run"' in card.text and (folder / PLOT_FILENAME).is_file()
+    assert card.data.model_name == "run"
+
+
+def test_card_names_modality_and_languages_as_told_and_publishes_no_local_path(tmp_path):
+    folder = make_checkpoint(tmp_path / "ckpt")
+    recipe = dict(TRAINING_CONFIG, output_dir=str(tmp_path / "runs" / "x"), text_model=str(tmp_path / "towers" / "e5"))
+    card = build_card(folder, records_for("cs", [1, 2], [1, 3], dataset="vatex"), training_config=recipe,
+                      target_languages=["cs"], visual_modality="video")
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    assert str(tmp_path) not in text and "<local path>" in text
+    assert card.data.language == ["en", "cs"] and "in cs (and en)" in text
+    assert {r.task_type for r in card.data.eval_results} == {"text-to-video-retrieval", "video-to-text-retrieval", "video-text-retrieval"}
+    assert "embeds videos" in text
+    # nothing told, nothing in the recipe or config: no language, "visual" task types
+    bare = make_checkpoint(tmp_path / "bare")
+    (bare / "training_config.yaml").unlink()
+    card = build_card(bare, records_for("de", [1], [1]))
+    assert card.data.language is None and card.data.eval_results[0].task_type == "text-to-visual-retrieval"
+    # a temporal transformer in the config means video
+    video = make_checkpoint(tmp_path / "video", visual_num_layers=1)
+    assert build_card(video, records_for("de", [1], [1])).data.eval_results[0].task_type == "text-to-video-retrieval"
 
 
 def test_staging_checks_the_checkpoint(carded, tmp_path):
@@ -263,7 +310,7 @@ def test_staging_checks_the_checkpoint(carded, tmp_path):
 
 
 def test_push_then_load_by_repo_id_offline(carded, tmp_path):
-    folder, rows = carded
+    folder, records = carded
     hf_home = tmp_path / "hf"
     api = FakeHubApi(hf_home)
     info = push_checkpoint(folder, "org/cl2cm-tiny", api=api, private=True, commit_message="Add tiny model")
@@ -284,12 +331,12 @@ def test_push_then_load_by_repo_id_offline(carded, tmp_path):
     cases = {"local": (folder, "org/cl2cm-tiny"), "video": (video, "org/video"), "pixels": (pixels, "org/pixels")}
     for name, (checkpoint, repo_id) in cases.items():
         if checkpoint is not folder:
-            build_card(checkpoint, results=rows, repo_id=repo_id)
+            build_card(checkpoint, records, repo_id=repo_id)
         code = snippet_of(checkpoint).replace(json.dumps(repo_id), json.dumps(str(checkpoint)))
         assert json.dumps(str(checkpoint)) in code
         (tmp_path / f"snippet_{name}.py").write_text(code)
         snippets.append(f"snippet_{name}.py")
-    assert "visual_mask" in snippet_of(video) and "pixel_values" in snippet_of(pixels)
+    assert "visual_mask" in snippet_of(video) and "processor(images=images" in snippet_of(pixels)
     script = textwrap.dedent(
         """
         import json, runpy, sys
@@ -319,7 +366,7 @@ def test_push_then_load_by_repo_id_offline(carded, tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert sum(line.startswith("torch.Size([2, 3])") for line in lines) == len(snippets), "\n".join(lines[:-1])
     loaded = [EvalResult(**r) for r in json.loads(lines[-1])]
-    assert loaded == eval_results_from_rows(rows)
+    assert loaded == eval_results(records, "image")
 
 
 @pytest.mark.skipif(not os.environ.get("HF_TOKEN"), reason="a real push needs HF_TOKEN (and network); the fake-api test covers the logic")

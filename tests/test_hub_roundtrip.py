@@ -1,6 +1,7 @@
-"""Checkpoints as shipped: save_pretrained + tokenizer, then load in a fresh process that cannot
-import cl2cm_hf (the installed package would otherwise shadow the checkpoint's own code), offline,
-from a folder and by hub id from the HF cache layout, and compare embeddings with the original."""
+"""Checkpoints as shipped: save_pretrained + tokenizer (+ processor for the cross-modal ones), then
+load in a fresh process that cannot import cl2cm_hf (the installed package would otherwise shadow
+the checkpoint's own code), offline, from a folder and by hub id from the HF cache layout, and
+compare embeddings and processor outputs with the original."""
 
 import ast
 import json
@@ -23,18 +24,19 @@ from conftest import (
     frame_mask,
 )
 
-from cl2cm_hf import CL2CMCrossLingualModel, CL2CMCrossModalModel
+from cl2cm_hf import CL2CMCrossLingualModel, CL2CMCrossModalModel, build_processor
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_FILES = ("configuration_cl2cm.py", "modeling_cl2cm.py", "losses.py")
+PROCESSOR_FILES = ("processing_cl2cm.py", "processor_config.json")  # cross-modal checkpoints
 SHA = "0123456789abcdef0123456789abcdef01234567"
 SENTENCES = ["A man plays guitar on the street.", "ein Hund spielt", "un homme joue"]
 
 # name -> (model class, config factory, config kwargs, hub id)
 CHECKPOINTS = {
     "cross_lingual": (CL2CMCrossLingualModel, cross_lingual_config, {"share_encoders": False}, "org/cl2cm-test-cl"),
-    "features": (CL2CMCrossModalModel, features_config, {"visual_num_layers": 1}, "org/cl2cm-test"),
-    "backbone": (CL2CMCrossModalModel, backbone_config, {"visual_num_layers": 1}, "org/cl2cm-test-backbone"),
+    "features": (CL2CMCrossModalModel, features_config, {"visual_num_layers": 1, "text_prefix": "query: "}, "org/cl2cm-test"),
+    "backbone": (CL2CMCrossModalModel, backbone_config, {"visual_num_layers": 1, "text_prefix": "query: "}, "org/cl2cm-test-backbone"),
 }
 
 BAD_FIELDS = (("projection_dim", -5), ("visual_encoder_type", "bogus"))
@@ -52,7 +54,7 @@ CHILD = textwrap.dedent(
 
     import inspect, json, os
     import torch
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoProcessor, AutoTokenizer
 
     torch.set_num_threads(1)
     spec = json.load(open(sys.argv[1]))
@@ -80,6 +82,28 @@ CHILD = textwrap.dedent(
                 "logit_scale": model.scale(),
             }
 
+    def processed(processor, model, kind):
+        # The shipped processor on raw sentences and images, and the embeddings of its outputs.
+        module = type(processor).__module__
+        assert module.startswith("transformers_modules."), f"{kind}: the processor comes from {module}"
+        text = processor(text=spec["sentences"], padding=True, return_tensors="pt")
+        out = {"proc_input_ids": text["input_ids"], "proc_class": type(processor).__name__,
+               "proc_text": model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])}
+        images = [image.numpy() for image in inputs["images"]]
+        if kind == "features":
+            try:
+                processor(images=images)
+            except ValueError as err:
+                out["proc_image_error"] = str(err)
+            return out
+        pixels = processor(images=images)
+        video = processor(videos=[images[:1], images])
+        out.update(proc_pixels=pixels["pixel_values"], proc_video=video["pixel_values"], proc_mask=video["visual_mask"])
+        with torch.no_grad():
+            out["proc_visual"] = model.get_visual_features(**pixels)
+            out["proc_video_visual"] = model.get_visual_features(**video)
+        return out
+
     for name, entry in spec["checkpoints"].items():
         for how, where in (("folder", entry["folder"]), ("hub", entry["hub_id"])):
             config = AutoConfig.from_pretrained(where, trust_remote_code=True)
@@ -99,6 +123,8 @@ CHILD = textwrap.dedent(
                 "tok_attention_mask": enc["attention_mask"],
                 "tok_text": model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]),
             }
+            if name != "cross_lingual":
+                results[f"{name}/{how}"].update(processed(AutoProcessor.from_pretrained(where, trust_remote_code=True), model, name))
 
     # A broken config.json fails with a message naming the field, through the shipped code too.
     errors = {}
@@ -132,6 +158,7 @@ def _inputs():
         "frame_mask": frame_mask([4, 2, 1], 4),
         "pixels": torch.randn(3, 2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g),
         "pixel_mask": frame_mask([2, 1, 2], 2),
+        "images": torch.randint(0, 256, (3, 20, 24, 3), generator=g, dtype=torch.uint8),
     }
 
 
@@ -156,6 +183,12 @@ def _embed_here(model, kind, inputs):
             "visual": visual,
             "logit_scale": model.scale(),
         }
+
+
+def _image_processor(name):
+    from transformers import ViTImageProcessorPil
+
+    return ViTImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}) if name == "backbone" else None
 
 
 def _lay_out_hub_cache(hf_home: Path, repo_id: str, folder: Path) -> None:
@@ -187,6 +220,8 @@ def shipped(tmp_path_factory):
         folder = root / name
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        if cls is CL2CMCrossModalModel:
+            build_processor(tokenizer, model.config.text_prefix, _image_processor(name)).save_pretrained(folder)
         _lay_out_hub_cache(hf_home, hub_id, folder)
         originals[name] = model
         spec["checkpoints"][name] = {"folder": str(folder), "hub_id": hub_id, "class": cls.__name__}
@@ -238,12 +273,19 @@ def test_checkpoint_folder_layout(shipped, name):
     # The copied code is the package's code.
     for file in CODE_FILES:
         assert (folder / file).read_text() == (REPO / "cl2cm_hf" / file).read_text()
+    if cls is CL2CMCrossModalModel:
+        processor_class = "CL2CMProcessor" if name == "backbone" else "CL2CMTextProcessor"
+        processor = json.loads((folder / "processor_config.json").read_text())
+        assert processor["auto_map"] == {"AutoProcessor": f"processing_cl2cm.{processor_class}"}
+        assert processor["processor_class"] == processor_class and processor["text_prefix"] == "query: "
+        assert ("image_processor" in processor) == (name == "backbone")
+        assert (folder / "processing_cl2cm.py").read_text() == (REPO / "cl2cm_hf" / "processing_cl2cm.py").read_text()
 
 
 def test_shipped_code_imports_only_torch_transformers_stdlib_and_itself(shipped):
     folder = shipped["root"] / "features"
     allowed = {"torch", "transformers"} | set(sys.stdlib_module_names)
-    for file in CODE_FILES:
+    for file in CODE_FILES + PROCESSOR_FILES[:1]:
         tree = ast.parse((folder / file).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -290,3 +332,28 @@ def test_tokenizer_round_trip_and_embeddings_of_real_text(shipped, how):
 def test_edited_config_fails_clearly_through_shipped_code(shipped, field, value):
     message = shipped["results"]["errors"][str(shipped["root"] / f"bad_{field}")]
     assert f"{field}={value!r}" in message, message
+
+
+@pytest.mark.parametrize("how", ["folder", "hub"])
+@pytest.mark.parametrize("name", ["features", "backbone"])
+def test_processor_round_trip_without_cl2cm_hf(shipped, name, how):
+    """AutoProcessor loads the checkpoint's own processor: the prefix added once, pixels as here."""
+    got, model = shipped["results"][f"{name}/{how}"], shipped["originals"][name]
+    processor = build_processor(shipped["tokenizer"], "query: ", _image_processor(name))
+    assert got["proc_class"] == type(processor).__name__
+    want = shipped["tokenizer"](["query: " + s for s in SENTENCES], padding=True, return_tensors="pt")
+    assert torch.equal(got["proc_input_ids"], want["input_ids"])
+    with torch.no_grad():
+        text = model.get_text_features(input_ids=want["input_ids"], attention_mask=want["attention_mask"])
+    assert (got["proc_text"] - text).abs().max().item() < 1e-6
+    images = [image.numpy() for image in shipped["inputs"]["images"]]
+    if name == "features":
+        assert "no image processor" in got["proc_image_error"]
+        return
+    pixels = processor(images=images)["pixel_values"]
+    assert pixels.shape == (3, 3, IMAGE_SIZE, IMAGE_SIZE) and torch.equal(got["proc_pixels"], pixels)
+    assert torch.equal(got["proc_video"][1], pixels) and got["proc_mask"].tolist() == [[1, 0, 0], [1, 1, 1]]
+    with torch.no_grad():
+        assert (got["proc_visual"] - model.get_visual_features(pixel_values=pixels)).abs().max().item() < 1e-6
+        video = processor(videos=[images[:1], images])
+        assert (got["proc_video_visual"] - model.get_visual_features(**video)).abs().max().item() < 1e-6

@@ -7,6 +7,8 @@ import pytest
 from huggingface_hub import ModelCard
 
 from cl2cm_hf.data import VisualFeatureStore, make_queries
+from cl2cm_hf.evaluation.records import load_records
+from cl2cm_hf.hub import metrics_table
 from test_training import run_training
 from cl2cm_hf.evaluation.leaderboard import main as leaderboard
 
@@ -33,13 +35,15 @@ def test_two_checkpoints_table_json_and_cards(checkpoints, tmp_path):
     assert len(keys) == len(rows) == 2 * 1 * 2 * (2 * 5 + 1)
     assert {r["direction"] for r in rows} == DIRECTIONS
     table = out.with_suffix(".md").read_text()
-    assert all(f"| {folder} | demo | {lang} |" in table for folder in checkpoints for lang in ("de", "fr"))
+    assert all(f"| {folder} | demo | test | {lang} |" in table for folder in checkpoints for lang in ("de", "fr"))
+    assert table == metrics_table(load_records(out.with_suffix(".json"))) + "\n"  # the one table writer, from the records
     for folder in checkpoints:
         card = ModelCard.load(folder / "README.md")
         mine = {(r["lang"], r["direction"], r["metric"]): r["value"] for r in rows if r["model"] == str(folder)}
         results = card.data.eval_results
         assert any(res.dataset_type == "demo" and res.metric_value == pytest.approx(mine[("de", "t2v", "r1")])
                    for res in results if res.metric_type == "recall@1")
+        assert {res.task_type for res in results} == {"text-to-image-retrieval", "image-to-text-retrieval", "image-text-retrieval"}
 
 
 def _store(tmp_path, ids, dim):

@@ -1,10 +1,9 @@
-"""The `evaluate` module cl2cm_hf/metrics/retrieval_recall: loads offline from its path, alone (without
-cl2cm_hf importable), and gives the numbers of cl2cm_hf.retrieval."""
+"""The `evaluate` module cl2cm_hf/metrics/retrieval_recall: a thin wrapper of the formula in
+cl2cm_hf.retrieval.metrics that loads offline from its path and gives the numbers of cl2cm_hf.retrieval."""
 
 import ast
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,9 @@ import numpy as np
 import pytest
 
 from cl2cm_hf import retrieval
+from cl2cm_hf.retrieval import metrics
 
+REPO = Path(__file__).resolve().parent.parent
 MODULE_DIR = Path(retrieval.METRIC_MODULE_PATH)
 MODULE_FILE = MODULE_DIR / "retrieval_recall.py"
 
@@ -24,31 +25,38 @@ def test_module_layout_suits_evaluate():
     assert (MODULE_DIR / "README.md").is_file()
     source = MODULE_FILE.read_text(encoding="utf-8")
     tree = ast.parse(source)
+    formula_imports = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             # evaluate's import checker misreads "import a, b"
             assert len(node.names) == 1, f"line {node.lineno}: one import per line"
-            assert not node.names[0].name.startswith("cl2cm_hf"), "the module must work without cl2cm_hf"
         if isinstance(node, ast.ImportFrom):
-            assert node.level == 0 and not (node.module or "").startswith("cl2cm_hf"), "no relative or cl2cm_hf imports"
+            assert node.level == 0, f"line {node.lineno}: no relative imports (evaluate copies the file alone)"
+            assert len(node.names) == 1, f"line {node.lineno}: one import per line"
+            if node.module == "cl2cm_hf.retrieval.metrics":
+                formula_imports.add(node.names[0].name)
+    assert formula_imports == {"inputs_from_ranks", "metrics_from_long_format"}
+    # Thin: the formula is imported, not defined here, and nothing depends on the module's name.
+    assert not [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    assert "__name__" not in source
 
 
-def test_retrieval_uses_the_module_formula():
-    formula = retrieval._formula()
-    assert Path(formula.__file__) == MODULE_FILE
-    assert not hasattr(formula, "RetrievalRecall")  # the evaluate wrapper is skipped: no evaluate import
+def test_retrieval_uses_the_one_formula():
+    assert retrieval.metrics_from_ranks is metrics.metrics_from_ranks
+    assert retrieval.recall_at_k is metrics.recall_at_k
+    assert retrieval.METRIC_KEYS is metrics.METRIC_KEYS and retrieval.DIRECTIONS is metrics.DIRECTIONS
     rng = np.random.default_rng(0)
     t2v, v2t = rng.integers(1, 50, size=200), rng.integers(1, 20, size=40)
-    assert retrieval.metrics_from_ranks(t2v, v2t) == formula.metrics_from_ranks(t2v, v2t)
-    long = formula.inputs_from_ranks(t2v, v2t)
-    assert formula.metrics_from_long_format(**long) == formula.metrics_from_ranks(t2v, v2t)
+    assert list(metrics.metrics_from_ranks(t2v, v2t)) == list(metrics.METRIC_KEYS)
+    long = metrics.inputs_from_ranks(t2v, v2t)
+    assert metrics.metrics_from_long_format(**long) == metrics.metrics_from_ranks(t2v, v2t)
     with pytest.raises(ValueError, match="direction must be one of"):
-        formula.metrics_from_long_format([1, 2], ["t2v", "sideways"])
+        metrics.metrics_from_long_format([1, 2], ["t2v", "sideways"])
 
 
-def test_evaluate_loads_offline_standalone_and_matches(tmp_path):
-    """Copy the module elsewhere, block cl2cm_hf, no network: evaluate.load by path must work and
-    give exactly what retrieval_metrics gives (both directions in one compute call)."""
+def test_evaluate_loads_offline_and_matches(tmp_path):
+    """No network: evaluate.load(METRIC_MODULE_PATH) must work, wrap cl2cm_hf.retrieval.metrics and
+    give exactly what retrieval_metrics gives (both directions in one compute call, or in batches)."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -58,17 +66,16 @@ def test_evaluate_loads_offline_standalone_and_matches(tmp_path):
     ranks = retrieval.ranks(text, visual, text_to_visual)
     expected = retrieval.retrieval_metrics(text, visual, text_to_visual)
 
-    module_copy = tmp_path / "elsewhere" / "retrieval_recall"
-    shutil.copytree(MODULE_DIR, module_copy)
     (tmp_path / "ranks.json").write_text(json.dumps({"t2v": ranks.t2v.tolist(), "v2t": ranks.v2t.tolist()}))
     script = textwrap.dedent(
         f"""
-        import json, sys
-        sys.modules["cl2cm_hf"] = None  # not importable: the module must stand alone
+        import json
         import evaluate
+        from cl2cm_hf.retrieval import metrics as formula
         ranks = json.load(open("ranks.json"))
-        metric = evaluate.load({str(module_copy)!r})
-        out = {{"inputs_from_ranks": metric.compute(**metric.inputs_from_ranks(ranks["t2v"], ranks["v2t"]))}}
+        metric = evaluate.load({retrieval.METRIC_MODULE_PATH!r})
+        out = {{"formula_file": formula.__file__, "same_formula": metric.inputs_from_ranks is formula.inputs_from_ranks}}
+        out["inputs_from_ranks"] = metric.compute(**metric.inputs_from_ranks(ranks["t2v"], ranks["v2t"]))
         out["long"] = metric.compute(
             predictions=ranks["t2v"] + ranks["v2t"], direction=["t2v"] * len(ranks["t2v"]) + ["v2t"] * len(ranks["v2t"])
         )
@@ -84,11 +91,12 @@ def test_evaluate_loads_offline_standalone_and_matches(tmp_path):
         print(json.dumps(out))
         """
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_EVALUATE_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    env.pop("PYTHONPATH", None)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_EVALUATE_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
+               PYTHONPATH=str(REPO))  # this checkout's cl2cm_hf, whatever is installed
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(out["formula_file"]) == Path(metrics.__file__) and out["same_formula"]
     for name in ("inputs_from_ranks", "long", "batches"):
         assert out[name] == expected, name
     assert "both directions" in out["error"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import SHARED, tiny_bert_config
 
-from cl2cm_hf.training import frozen_layers as text_cache
+from cl2cm_hf.training.frozen_layers import FrozenLayerStore, FrozenPrefixBackbone, cache_frozen_layers, plain_backbone
 from cl2cm_hf.training.arguments import ModelArguments, load_config, parse_config, resolve_model_reference
 from cl2cm_hf.training.model_setup import freeze_lower_layers
 
@@ -93,53 +93,120 @@ def _batch():
     return ids, (ids != 0).long()
 
 
-def test_text_cache_matches_the_uncached_backbone():
+def test_text_cache_matches_the_uncached_backbone_bit_for_bit():
+    """Same outputs and the same gradients as the plain backbone (whose frozen part runs in eval mode,
+    as the cache's does) at every real token, for a fresh store and a filled one. (Padding positions
+    differ: the cache feeds zeros there; every loss and pooling masks them.)"""
+    torch.manual_seed(5)
     reference = _backbone()
+    freeze_lower_layers(reference, 2)
     ids, mask = _batch()
-    with torch.no_grad():
-        expected = reference(input_ids=ids, attention_mask=mask).last_hidden_state
-    cached = copy.deepcopy(reference)
-    freeze_lower_layers(cached, 2)
-    text_cache.install_frozen_prefix_cache(cached, 2)
-    key = text_cache.store_key(cached)
-    for _ in range(2):  # first call fills the store, the second reads it
-        with torch.no_grad():
-            got = cached(input_ids=ids, attention_mask=mask).last_hidden_state
-        torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
-    assert text_cache.store_size(key) == 2  # two distinct sequences
-    # Training: the upper layer gets gradients, the cached part none; save/copy are untouched by the patch.
-    cached.train()
-    cached(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
-    assert cached.encoder.layer[2].output.dense.weight.grad is not None
-    assert cached.encoder.layer[1].output.dense.weight.grad is None
+    store = FrozenLayerStore()
+    cached = FrozenPrefixBackbone(copy.deepcopy(reference), 2, store)
     assert set(cached.state_dict()) == set(reference.state_dict())
-    clone = copy.deepcopy(cached)
-    assert clone.forward.__self__ is clone and clone.embeddings.forward.__self__ is clone.embeddings
+    for _ in range(2):  # first call fills the store, the second reads it
+        for module in (reference, cached):
+            module.zero_grad()
+            module.train()
+        for layer in (reference.embeddings, *reference.encoder.layer[:2]):
+            layer.eval()  # the frozen part runs without dropout
+        torch.manual_seed(7)  # the same dropout masks in the trained layer
+        expected = reference(input_ids=ids, attention_mask=mask).last_hidden_state
+        torch.manual_seed(7)
+        got = cached(input_ids=ids, attention_mask=mask).last_hidden_state
+        real = mask.bool()
+        assert torch.equal(got[real], expected[real])
+        weights = torch.arange(real.sum().item() * expected.shape[-1], dtype=torch.float32).reshape(-1, expected.shape[-1])
+        (expected[real] * weights).sum().backward()
+        (got[real] * weights).sum().backward()
+        trained = {n: p.grad for n, p in reference.named_parameters() if p.requires_grad}
+        assert trained and all(torch.equal(p.grad, trained[n]) for n, p in cached.named_parameters() if p.requires_grad)
+        assert all(p.grad is None for p in cached.parameters() if not p.requires_grad)
+    assert store.size(cached.store_key) == 2  # two distinct sequences
+    cached.eval()
+    reference.eval()
+    with torch.no_grad():
+        assert torch.equal(cached(input_ids=ids, attention_mask=mask).last_hidden_state[real],
+                           reference(input_ids=ids, attention_mask=mask).last_hidden_state[real])
+    # A left-padded row is not served by the cache: the backbone's own forward.
+    left = torch.tensor([[0, 0, 2, 17, 3]])
+    with torch.no_grad():
+        assert torch.equal(cached(input_ids=left, attention_mask=(left != 0).long()).last_hidden_state,
+                           reference(input_ids=left, attention_mask=(left != 0).long()).last_hidden_state)
+    assert plain_backbone(cached) is cached.plain and plain_backbone(reference) is reference
+
+
+def test_cached_tower_saves_the_same_checkpoint(tmp_path):
+    """A model whose text tower is cached saves the same files, byte for byte, as the plain model, and a
+    copy of it shares the store."""
+    from conftest import cross_lingual_config
+
+    from cl2cm_hf import CL2CMCrossLingualModel
+
+    torch.manual_seed(0)
+    model = CL2CMCrossLingualModel(cross_lingual_config())
+    model.save_pretrained(tmp_path / "plain")
+    freeze_lower_layers(model.text_model.backbone, 1)
+    store = FrozenLayerStore()
+    cache_frozen_layers(model.text_model, 1, store)
+    model.requires_grad_(True)  # save_pretrained does not look at requires_grad
+    model.save_pretrained(tmp_path / "cached")
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "cached" / name).read_bytes()
+    clone = copy.deepcopy(model)
+    assert clone.text_model.backbone.store is store and clone.text_model.backbone.plain.encoder is clone.text_model.backbone.encoder
 
 
 def test_text_cache_shares_lower_layers_and_persists(tmp_path):
     pretrained = _backbone(seed=1)
     ids, mask = _batch()
+    store = FrozenLayerStore()
     stage1 = copy.deepcopy(pretrained)
     freeze_lower_layers(stage1, 2)
-    text_cache.install_frozen_prefix_cache(stage1, 2)
-    frozen = copy.deepcopy(pretrained).requires_grad_(False)
-    text_cache.install_frozen_prefix_cache(frozen, -1)
-    assert text_cache.store_key(stage1) in text_cache.cache_keys(frozen)  # same lower layers, same store
+    stage1 = FrozenPrefixBackbone(stage1, 2, store)
+    frozen = FrozenPrefixBackbone(copy.deepcopy(pretrained).requires_grad_(False), -1, store)
+    assert stage1.store_key in frozen.cache_keys()  # same lower layers, same table
     with torch.no_grad():
         stage1.encoder.layer[2].output.dense.weight.mul_(1.5)  # "fine-tuned" top layer
-    tuned = copy.deepcopy(stage1).requires_grad_(False)
-    text_cache.install_frozen_prefix_cache(tuned, -1)
-    assert text_cache.store_key(tuned) != text_cache.store_key(frozen)
+    tuned = FrozenPrefixBackbone(copy.deepcopy(stage1.plain).requires_grad_(False), -1, store)
+    assert tuned.store_key != frozen.store_key
     with torch.no_grad():
-        expected = stage1.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
-        got = tuned(input_ids=ids, attention_mask=mask).last_hidden_state  # built on the depth-2 store
+        expected = stage1.plain.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = tuned(input_ids=ids, attention_mask=mask).last_hidden_state  # built on the depth-2 table
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
-    key = text_cache.store_key(tuned)
-    text_cache.save_store(key, tmp_path / "store.pt")
-    size = text_cache.store_size(key)
-    text_cache.clear_frozen_prefix_caches()
-    assert text_cache.store_size(key) == 0 and text_cache.load_store(tmp_path / "store.pt") == key
-    assert text_cache.store_size(key) == size
+    key = tuned.store_key
+    store.save(key, tmp_path / "store.pt")
+    size = store.size(key)
+    store.keep()
+    fresh = FrozenLayerStore()
+    assert store.size(key) == 0 and fresh.load(tmp_path / "store.pt") == key and fresh.size(key) == size
     with pytest.raises(ValueError, match="must be frozen"):
-        text_cache.install_frozen_prefix_cache(_backbone(), 2)
+        FrozenPrefixBackbone(_backbone(), 2, store)
+    with pytest.raises(ValueError, match="keep_depths"):
+        FrozenPrefixBackbone(copy.deepcopy(pretrained).requires_grad_(False), 2, store, keep_depths=[2])
+
+
+def test_build_cross_modal_leaves_the_stage1_model_as_it_is():
+    """The stage-2 network copies the stage-1 tower; `prepare_teacher` is the step that freezes the
+    stage-1 network and serves all its text layers from the run's store."""
+    from conftest import build_wordpiece_tokenizer
+
+    from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal, prepare_teacher
+
+    tokenizer = build_wordpiece_tokenizer()
+    args = ModelArguments(text_hidden_size=32, text_num_layers=2, text_num_heads=2, projection_dim=16, visual_hidden_size=32,
+                          freeze_text_layers=-1, cl_freeze_text_layers=1, cache_frozen_text_layers=True)
+    store = FrozenLayerStore()
+    stage1 = build_cross_lingual(args, tokenizer, 16, store)
+    assert isinstance(stage1.text_model.backbone, FrozenPrefixBackbone) and stage1.text_model.backbone.num_layers == 1
+    backbone, trainable = stage1.text_model.backbone, {n: p.requires_grad for n, p in stage1.named_parameters()}
+    stage2 = build_cross_modal(args, tokenizer, 16, 8, stage1, store)
+    assert stage1.text_model.backbone is backbone and backbone.num_layers == 1 and stage1.training
+    assert {n: p.requires_grad for n, p in stage1.named_parameters()} == trainable
+    assert stage2.text_model.backbone.num_layers == 2
+    assert stage2.text_model.backbone.cache_keys()[0] == stage1.text_model.backbone.store_key  # kept depth 1
+    teacher = prepare_teacher(stage1, args, store)
+    assert teacher is stage1 and not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert teacher.text_model.backbone.num_layers == 2 and teacher.text_model.backbone.store is store
+    with pytest.raises(ValueError, match="FrozenLayerStore"):
+        build_cross_lingual(args, tokenizer, 16)

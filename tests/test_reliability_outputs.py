@@ -2,9 +2,9 @@
 
 - Folders written with `atomic_directory` survive a SIGKILL at any moment: the previous complete
   version (or the new complete one) loads, never a mix.
-- Trainer checkpoints are staged and renamed into place (`trainer/trainers.py`): a save cut short
-  leaves no `checkpoint-N`, rotation and best-model tracking still work, `--resume` picks the last
-  complete one.
+- Trainer checkpoints are marked complete once written (`CompleteCheckpoints`,
+  cl2cm_hf/training/trainers.py): a save cut short leaves no marked `checkpoint-N` (`--resume` passes
+  it over, the next training start deletes it), rotation and best-model tracking still work.
 - A truncated `model.safetensors` fails naming the file; an out-of-range `config.json` fails in the
   config class, before any module or tensor is built.
 - Checkpoints ship code importing only torch, transformers and the standard library, hold model
@@ -34,10 +34,11 @@ from transformers import AutoConfig, AutoModel, TrainingArguments
 from cl2cm_hf import CL2CMCrossLingualModel, CL2CMCrossModalModel
 from cl2cm_hf.atomic import atomic_directory, recover_directory
 from cl2cm_hf.data import PairCollator
+from cl2cm_hf.evaluation.records import MetricRecord
 from cl2cm_hf.modeling_cl2cm import CorruptCheckpointError, check_safetensors_file
 from cl2cm_hf.training.arguments import CL2CMArguments
 from cl2cm_hf.training.run import last_checkpoint
-from cl2cm_hf.training.trainers import CrossLingualTrainer
+from cl2cm_hf.training.trainers import CHECKPOINT_COMPLETE, CrossLingualTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "a man woman dog cat plays guitar on the street with red blue ball runs in park".split()
@@ -55,7 +56,8 @@ class ScriptedEvaluator:
         self.values = list(values)
 
     def __call__(self, model):
-        return {"sumr": float(self.values.pop(0)) if self.values else 0.0}
+        value = float(self.values.pop(0)) if self.values else 0.0
+        return [MetricRecord("scripted", "validation", "de", None, "sumr", value)]  # logged as eval_de_sumr, eval_sumr
 
 
 def pair_rows(n: int = 32):
@@ -174,15 +176,17 @@ def test_exception_inside_atomic_directory_keeps_previous_version(tmp_path):
 
 
 # --- Trainer checkpoints -----------------------------------------------------------------------
-def test_trainer_checkpoints_renamed_into_place_keep_rotation_and_best(trained_checkpoints):
+def test_trainer_checkpoints_marked_complete_keep_rotation_and_best(trained_checkpoints):
     out, trainer = trained_checkpoints
     assert checkpoints(out) == ["checkpoint-2", "checkpoint-6"]  # best (sumr 5) + the latest
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no folder left mid-deletion
     assert trainer.state.best_model_checkpoint == str(out / "checkpoint-2")
+    assert trainer.args.save_total_limit is None  # rotation is CompleteCheckpoints' job, after the mark
     for name in checkpoints(out):
         state = json.loads((out / name / "trainer_state.json").read_text())
-        assert state["best_model_checkpoint"] == str(out / "checkpoint-2")  # the final path, not the staging one
+        assert state["best_model_checkpoint"] == str(out / "checkpoint-2")
         assert state["global_step"] == int(name.split("-")[1])
+        assert json.loads((out / name / CHECKPOINT_COMPLETE).read_text()) == {"global_step": state["global_step"]}
     assert last_checkpoint(str(out)) == str(out / "checkpoint-6")
 
 
@@ -199,14 +203,49 @@ def test_trainer_save_cut_short_leaves_no_checkpoint_and_resume_works(tmp_path, 
     monkeypatch.setattr(trainer, "_save_rng_state", dies_on_third_save)
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
-    assert ".staging-checkpoint-3" in calls[-1]  # Trainer was writing into the staging folder
-    assert checkpoints(tmp_path) == ["checkpoint-1", "checkpoint-2"]
+    assert calls[-1] == str(tmp_path / "checkpoint-3")  # Trainer was writing checkpoint-3 in place ...
+    assert not (tmp_path / "checkpoint-3" / CHECKPOINT_COMPLETE).exists()  # ... never marked complete
     assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-2")
 
     resumed = tiny_trainer(tmp_path, max_steps=4)
     resumed.train(resume_from_checkpoint=last_checkpoint(str(tmp_path)))
     assert checkpoints(tmp_path) == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]  # the leftover was cleared
+    assert all((tmp_path / name / CHECKPOINT_COMPLETE).exists() for name in checkpoints(tmp_path))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
+
+
+def test_unmarked_checkpoint_is_deleted_when_training_starts(tmp_path):
+    half = tmp_path / "checkpoint-9"
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"cut short")
+    assert last_checkpoint(str(tmp_path)) is None
+    tiny_trainer(tmp_path, max_steps=1).train()
+    assert checkpoints(tmp_path) == ["checkpoint-1"]
+
+
+def test_rotation_deletes_through_a_hidden_name(tmp_path, monkeypatch):
+    """A kill in the middle of deleting an old checkpoint leaves a hidden folder, never a
+    half-deleted ``checkpoint-N``."""
+    import shutil
+
+    from cl2cm_hf.training import trainers
+
+    for step in (1, 2, 3):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / CHECKPOINT_COMPLETE).write_text("{}")
+    real_rmtree, seen = shutil.rmtree, []
+
+    def killed_in_rmtree(path, ignore_errors=False):
+        seen.append(Path(path).name)
+        if Path(path).exists():
+            raise KeyboardInterrupt("killed while deleting")
+        return real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(trainers.shutil, "rmtree", killed_in_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        trainers.rotate_checkpoints(tmp_path, 2, None)
+    assert checkpoints(tmp_path) == ["checkpoint-2", "checkpoint-3"] and seen[-1] == ".deleting-checkpoint-1"
 
 
 def test_last_checkpoint_passes_over_damaged_weights(trained_checkpoints, tmp_path):

@@ -18,6 +18,7 @@ import torch
 
 from cl2cm_hf import retrieval
 from cl2cm_hf.retrieval import metrics_from_ranks, ranks, retrieval_metrics, topk
+from cl2cm_hf.retrieval._tiles import tile_sizes
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = ["t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "t2v_mnr", "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr", "v2t_mnr", "sumr"]
@@ -212,10 +213,10 @@ def test_memory_stays_bounded_on_a_large_gallery(tmp_path):
     queries) and 400 MB (ranks of 500 captions); the peak RSS may grow by working tiles only."""
     script = textwrap.dedent(
         f"""
-        import importlib.util, json, resource
+        import json, resource, sys
         import numpy as np, torch
-        spec = importlib.util.spec_from_file_location("retrieval", {str(REPO / "cl2cm_hf" / "retrieval.py")!r})
-        retrieval = importlib.util.module_from_spec(spec); spec.loader.exec_module(retrieval)
+        sys.path.insert(0, {str(REPO)!r})
+        from cl2cm_hf import retrieval
         rng = np.random.default_rng(0)
         np.save("gallery.npy", rng.standard_normal((200_000, 64), dtype=np.float32))
         gallery = np.load("gallery.npy", mmap_mode="r")
@@ -244,14 +245,34 @@ def test_memory_stays_bounded_on_a_large_gallery(tmp_path):
 
 
 def test_tile_sizes_follow_the_memory_budget():
-    rows, cols = retrieval._tile_sizes(1000, 1_000_000, None, None, 2**30, bytes_per_element=16)
+    rows, cols = tile_sizes(1000, 1_000_000, None, None, 2**30, bytes_per_element=16)
     assert rows * cols * 16 <= 2**30 and rows == 1000
-    rows, cols = retrieval._tile_sizes(25_000, 5_000, None, None, 4 * 2**20, bytes_per_element=12)
+    rows, cols = tile_sizes(25_000, 5_000, None, None, 4 * 2**20, bytes_per_element=12)
     assert rows * cols * 12 <= 4 * 2**20
     with pytest.raises(ValueError, match="chunk_size"):
-        retrieval._tile_sizes(10, 10, 0, None, None, 12)
+        tile_sizes(10, 10, 0, None, None, 12)
     with pytest.raises(ValueError, match="memory_budget"):
-        retrieval._tile_sizes(10, 10, None, None, 10, 12)
+        tile_sizes(10, 10, None, None, 10, 12)
+
+
+def test_thread_and_precision_settings_are_restored():
+    """Tiles run single-threaded ops in full float32 inside a context; the caller's settings come back."""
+    text, visual, t2v = random_problem(5, quantised=False, n_visual=40, dim=8)
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    try:
+        torch.set_num_threads(2)
+        torch.set_float32_matmul_precision("medium")
+        ranks(text, visual, t2v)
+        topk(text, visual, 3)
+        assert torch.get_num_threads() == 2 and torch.get_float32_matmul_precision() == "medium"
+        bad = visual.clone()
+        bad[-1, 0] = float("nan")
+        with pytest.raises(ValueError, match="non-finite"):  # raised inside the context
+            ranks(text, bad, t2v)
+        assert torch.get_num_threads() == 2 and torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision(precision)
 
 
 # ------------------------------------------------------------------------------ errors

@@ -13,6 +13,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from cl2cm_hf.evaluation.records import flat_metrics, load_records
+from cl2cm_hf.hub import metrics_table
 from cl2cm_hf.training.arguments import load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,14 +59,19 @@ def test_both_stages_write_loadable_folders(tmp_path, config):
     log = run_training(config, tmp_path, "--max_steps", "3", "--eval_strategy", "no", "--save_strategy", "no",
                        "--load_best_model_at_end", "false")
     assert "Test retrieval" in log and "| de |" in log and "| fr |" in log
-    assert "query:" in log and "transformers_modules" in log  # the query ran from the checkpoint's own code
+    assert "query:" in log  # the query demo reloaded the final folder (model and processor); own code: load_standalone
     for stage in ("cross_lingual", "cross_modal"):
         folder = tmp_path / stage
         assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
         assert "transformers_modules" in load_standalone(folder)
     final = tmp_path / "cross_modal"
-    metrics = json.loads((final / "test_results.json").read_text())
-    assert {"de_sumr", "fr_sumr", "sumr"} <= metrics.keys()
+    records = load_records(final / "test_results.json")
+    assert {(r.lang, r.split) for r in records} == {("de", "test"), ("fr", "test")} and {r.dataset for r in records} == {"demo world"}
+    assert {"de_sumr", "fr_sumr", "sumr"} <= flat_metrics(records).keys()
+    assert (tmp_path / "test_results.md").read_text() == metrics_table(records) + "\n"  # the one table writer
+    card = (final / "README.md").read_text()
+    assert metrics_table(records) in card and str(tmp_path) not in card  # no local path on the card
+    assert ("text-to-video-retrieval" if config == "demo_video.yaml" else "text-to-image-retrieval") in card
     recipe = yaml.safe_load((final / "training_config.yaml").read_text())
     assert recipe["max_steps"] == 3 and recipe["output_dir"] == str(tmp_path)
     # The saved recipe reproduces the run's settings exactly.

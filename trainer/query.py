@@ -1,14 +1,13 @@
-"""Search a saved gallery with one caption, using only the checkpoint (its own shipped code).
+"""Search a saved gallery with one caption through the checkpoint's processor and model.
 
     python trainer/query.py RUN/cross_modal "ein roter Hund neben einem Auto" --gallery RUN/cross_modal/test_gallery
 
-Runs `cl2cm_hf/evaluation/query.py` as a script, which does not import `cl2cm_hf`.
+The logic is `cl2cm_hf.evaluation.query`.
 """
 
-import importlib.util
-import runpy
-from pathlib import Path
+import sys
+
+from cl2cm_hf.evaluation.query import main
 
 if __name__ == "__main__":
-    package = Path(importlib.util.find_spec("cl2cm_hf").origin).parent
-    runpy.run_path(str(package / "evaluation" / "query.py"), run_name="__main__")
+    sys.exit(main())

@@ -1,19 +1,30 @@
 """Images on disk looked up by visual id, for the backbone mode (a vision tower on pixel values).
 
 An item is one image file, or (video) a list of frame files. ``lookup`` opens the files with PIL
-and runs the caller's transformers image processor: ``(pixel_values (B, 3, H, W), None)`` for
-images, ``(pixel_values (B, T, 3, H, W), mask (B, T))`` for frame lists.
+and runs a transformers image processor (`cl2cm_hf.processing_cl2cm.pixel_inputs`, as the
+checkpoints' processors do): ``(pixel_values (B, 3, H, W), None)`` for images,
+``(pixel_values (B, T, 3, H, W), mask (B, T))`` for frame lists.
+
+On disk (``save``/``load``): a folder with ``images.json`` (``{"items": {visual_id: file or
+[frame files]}}``, paths relative to the folder) and the image files.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
+from cl2cm_hf.atomic import atomic_write_text
+from cl2cm_hf.processing_cl2cm import pixel_inputs
+
 from .features import index_ids, read_id_list, rows_of
+
+IMAGES_FILE = "images.json"
 
 
 class ImagePathStore:
@@ -44,6 +55,35 @@ class ImagePathStore:
         root = Path(image_root)
         return cls({i: root / i for i in read_id_list(ids)}, image_processor, name=f"image path store {root}")
 
+    @classmethod
+    def load(cls, folder: str | os.PathLike, image_processor=None) -> "ImagePathStore":
+        """A store saved by `save`."""
+        folder = Path(folder)
+        index = folder / IMAGES_FILE
+        if not index.is_file():
+            raise FileNotFoundError(f"{index}: missing; an image store folder holds {IMAGES_FILE} and the image files")
+        items = json.loads(index.read_text(encoding="utf-8")).get("items")
+        if not isinstance(items, dict):
+            raise ValueError(f"{index}: expected {{\"items\": {{visual_id: file or [frame files]}}}}")
+        paths = {i: folder / p if isinstance(p, str) else [folder / f for f in p] for i, p in items.items()}
+        return cls(paths, image_processor, name=f"image store {folder}")
+
+    def save(self, folder: str | os.PathLike, visual_ids: Sequence[str] | None = None) -> Path:
+        """Copy the files of `visual_ids` (default: all) into `folder` with an ``images.json`` that
+        `load` reads; returns the folder."""
+        folder = Path(folder)
+        (folder / "files").mkdir(parents=True, exist_ok=True)
+        items = {}
+        for n, visual_id in enumerate(self.ids if visual_ids is None else visual_ids):
+            copied = []
+            for k, path in enumerate(self.paths(visual_id)):
+                name = f"files/{n:06d}_{k:03d}{path.suffix}"
+                shutil.copyfile(path, folder / name)
+                copied.append(name)
+            items[visual_id] = copied if self._is_video else copied[0]
+        atomic_write_text(folder / IMAGES_FILE, json.dumps({"items": items}, ensure_ascii=False))
+        return folder
+
     def paths(self, visual_id: str) -> list[Path]:
         return list(self._paths[rows_of(self._index, [visual_id], self.name)[0]])
 
@@ -56,25 +96,22 @@ class ImagePathStore:
             return image.convert("RGB")
 
     def lookup(self, visual_ids: Sequence[str], image_processor=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Pixel values of `visual_ids` (float32) and the frame mask (None for single images)."""
+        """Pixel values of `visual_ids` (float32) and the frame mask (None for single images), made
+        by `image_processor` (a transformers image processor), else by the store's own."""
         processor = image_processor or self.image_processor
         if processor is None:
             raise ValueError(f"{self.name}: no image processor; pass image_processor= to the store or to lookup")
         rows = rows_of(self._index, visual_ids, self.name)
         frames = [[self._open(visual_ids[i], p) for p in self._paths[row]] for i, row in enumerate(rows)]
-        flat = [image for item in frames for image in item]
-        pixels = processor(images=flat, return_tensors="pt")["pixel_values"].float()
         if not self._is_video:
-            return pixels, None
-        longest = max(len(item) for item in frames)
-        batch = pixels.new_zeros((len(frames), longest, *pixels.shape[1:]))
-        mask = torch.zeros((len(frames), longest), dtype=torch.long)
-        start = 0
-        for i, item in enumerate(frames):
-            batch[i, : len(item)] = pixels[start : start + len(item)]
-            mask[i, : len(item)] = 1
-            start += len(item)
-        return batch, mask
+            return pixel_inputs(processor, images=[item[0] for item in frames])["pixel_values"], None
+        inputs = pixel_inputs(processor, videos=frames)
+        return inputs["pixel_values"], inputs["visual_mask"]
+
+    @property
+    def feature_dim(self) -> None:
+        """None: the items are pixels, and the vision backbone decides the width."""
+        return None
 
     @property
     def ids(self) -> list[str]:

@@ -1,9 +1,46 @@
-"""Batch encoding for evaluation and search: texts (length-sorted batches) and visual items."""
+"""The one encode path: texts through a processor (which adds the model's text prefix), visual
+items through one lookup whatever their form, in batches for evaluation, teacher embeddings and
+search. The collators tokenize and look up visual items with the same functions."""
 
 from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import ProcessorMixin
+
+from cl2cm_hf.processing_cl2cm import CL2CMTextProcessor
+
+_TOKENIZER_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def as_processor(tokenizer_or_processor, text_prefix: str = ""):
+    """A CL2CM processor as given (e.g. from `AutoProcessor.from_pretrained`), or a tokenizer
+    wrapped in a `CL2CMTextProcessor` with `text_prefix`."""
+    if isinstance(tokenizer_or_processor, ProcessorMixin):
+        own = getattr(tokenizer_or_processor, "text_prefix", None)
+        if text_prefix and text_prefix != own:
+            raise ValueError(f"text_prefix={text_prefix!r} differs from the processor's own text_prefix={own!r}")
+        return tokenizer_or_processor
+    return CL2CMTextProcessor(tokenizer_or_processor, text_prefix=text_prefix)
+
+
+def tokenize(processor, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Texts padded to the longest and truncated to `max_length`, as tensors (``token_type_ids``
+    only if the tokenizer makes them); the processor adds the text prefix."""
+    encoded = processor(text=list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {key: encoded[key] for key in _TOKENIZER_KEYS if key in encoded}
+
+
+def visual_inputs(store, visual_ids: Sequence[str], processor=None) -> dict[str, torch.Tensor]:
+    """Model inputs of `visual_ids` from a store: ``{store.output_key: values}`` plus ``visual_mask``
+    for frame sequences. A `VisualFeatureStore` gives ``visual_features`` ``(N, D)`` or
+    ``(N, T, D)``; an `ImagePathStore` gives ``pixel_values`` decoded by `processor`'s image
+    processor when it has one (else the store's own)."""
+    values, mask = store.lookup(list(visual_ids), getattr(processor, "image_processor", None))
+    inputs = {store.output_key: values}
+    if mask is not None:
+        inputs["visual_mask"] = mask
+    return inputs
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -16,24 +53,23 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 @torch.no_grad()
 def encode_texts(
     encode: Callable[..., torch.Tensor],
-    tokenizer,
+    processor,
     texts: Sequence[str],
     batch_size: int = 256,
     max_length: int = 64,
-    text_prefix: str = "",
     device: torch.device | str | None = None,
     sort_by_length: bool = True,
     progress: bool = False,
 ) -> torch.Tensor:
     """Embed `texts` with `encode(input_ids=..., attention_mask=...)` (e.g. a model's
-    `get_text_features`) and return `(len(texts), d)` in the input order.
+    `get_text_features`) and return `(len(texts), d)` in the input order. `processor`: a CL2CM
+    processor (it adds the text prefix); see `as_processor` to wrap a bare tokenizer.
 
     With `sort_by_length`, texts are tokenized once, batched by length and padded per batch only as
     far as the batch needs; the rows are put back in input order."""
     if len(texts) == 0:
         raise ValueError("encode_texts got no texts")
-    prefixed = [text_prefix + t for t in texts]
-    encoded = tokenizer(prefixed, truncation=True, max_length=max_length)["input_ids"]
+    encoded = processor(text=list(texts), truncation=True, max_length=max_length)["input_ids"]
     if sort_by_length:
         batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
     else:
@@ -41,7 +77,7 @@ def encode_texts(
     pad_kwargs = {} if sort_by_length else {"padding": "max_length", "max_length": max_length}
     out = None
     for batch in tqdm(batches, desc="encode texts", disable=not progress):
-        features = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt", **pad_kwargs)
+        features = processor.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt", **pad_kwargs)
         features = {k: v.to(device) for k, v in features.items() if k in ("input_ids", "attention_mask")}
         embeds = encode(**features).float().cpu()
         if out is None:
@@ -53,16 +89,35 @@ def encode_texts(
 @torch.no_grad()
 def encode_visual(
     model,
-    feature_store,
-    visual_ids: Sequence[str],
+    source,
+    visual_ids: Sequence[str] | None = None,
     batch_size: int = 256,
     device: torch.device | str | None = None,
     progress: bool = False,
+    processor=None,
 ) -> torch.Tensor:
-    """Embed visual items, looked up by id in a feature store, with `model.get_visual_features`."""
+    """Embed visual items with `model.get_visual_features`, whatever form they come in:
+
+    - a store and the `visual_ids` to look up (see `visual_inputs`): precomputed features
+      ``(N, D)``, frame features ``(N, T, D)`` with their mask, or image files / frame files read
+      as ``pixel_values``;
+    - in-memory images (PIL images or ``(H, W, C)`` arrays) or videos (lists of frames), with
+      `processor` (a `CL2CMProcessor`) making the ``pixel_values``; `visual_ids` stays None.
+    """
+    is_store = hasattr(source, "lookup")
+    if is_store == (visual_ids is None):
+        raise ValueError("encode_visual: pass a store with visual_ids, or in-memory images/videos without them")
+    items = visual_ids if is_store else list(source)
+    if not is_store and processor is None:
+        raise ValueError("encode_visual: in-memory images need a processor with an image processor")
     chunks = []
-    for start in tqdm(range(0, len(visual_ids), batch_size), desc="encode visual", disable=not progress):
-        features, mask = feature_store.lookup(visual_ids[start : start + batch_size])
-        mask = None if mask is None else mask.to(device)
-        chunks.append(model.get_visual_features(visual_features=features.to(device), visual_mask=mask).float().cpu())
+    for start in tqdm(range(0, len(items), batch_size), desc="encode visual", disable=not progress):
+        chunk = items[start : start + batch_size]
+        if is_store:
+            inputs = visual_inputs(source, chunk, processor)
+        else:
+            frames = isinstance(chunk[0], (list, tuple))
+            inputs = processor(videos=chunk) if frames else processor(images=chunk)
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+        chunks.append(model.get_visual_features(**inputs).float().cpu())
     return torch.cat(chunks)

@@ -1,14 +1,17 @@
-"""Retrieval evaluators called by the trainers (validation) and by run.py (test).
+"""Retrieval evaluators called by the trainers (validation), run.py (test) and the leaderboard.
 
-Each returns flat metrics: `<lang>_t2v_r1 ... <lang>_sumr` per language and `sumr`, the mean
-SumR over languages, which selects the best checkpoint.
+Each returns `MetricRecord`s (dataset, split, language, direction, metric, value) in language
+order, each language's metrics in `METRIC_KEYS` order. The trainers log them as flat scalars
+(`records.flat_metrics`: ``<lang>_t2v_r1 ... <lang>_sumr`` and ``sumr``, the mean SumR over
+languages that selects the best checkpoint).
 """
 
 from collections.abc import Sequence
 
 import torch
 
-from cl2cm_hf.evaluation.encoding import encode_texts, encode_visual
+from cl2cm_hf.evaluation.encoding import as_processor, encode_texts, encode_visual
+from cl2cm_hf.evaluation.records import MetricRecord, records_from_metrics
 from cl2cm_hf.retrieval import metrics_from_ranks, ranks, retrieval_metrics
 
 
@@ -24,30 +27,29 @@ def _columns_in_lang(rows, lang_column: str, lang: str, *columns: str) -> tuple[
 
 
 class _Evaluator:
-    def __init__(self, tokenizer, langs: Sequence[str], max_length: int, text_prefix: str = "", batch_size: int = 256):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, langs: Sequence[str], max_length: int, text_prefix: str = "", batch_size: int = 256,
+                 *, dataset: str, split: str):
+        self.processor = as_processor(tokenizer, text_prefix)  # a tokenizer, or a checkpoint's processor
+        self.dataset = dataset  # named in every record (the card's model-index, the leaderboard)
+        self.split = split
         self.langs = list(langs)
         self.max_length = max_length
-        self.text_prefix = text_prefix
         self.batch_size = batch_size
 
     def _texts(self, encode, texts, device):
-        return encode_texts(
-            encode, self.tokenizer, texts, self.batch_size, self.max_length, self.text_prefix, device=device
-        )
+        return encode_texts(encode, self.processor, texts, self.batch_size, self.max_length, device=device)
 
-    @staticmethod
-    def _summarise(per_lang: dict[str, dict[str, float]]) -> dict[str, float]:
-        flat = {f"{lang}_{k}": v for lang, metrics in per_lang.items() for k, v in metrics.items()}
-        flat["sumr"] = sum(m["sumr"] for m in per_lang.values()) / len(per_lang)
-        return flat
+    def _records(self, per_lang: dict[str, dict[str, float]]) -> list[MetricRecord]:
+        return [record for lang, metrics in per_lang.items()
+                for record in records_from_metrics(metrics, dataset=self.dataset, split=self.split, lang=lang)]
 
 
 class CrossModalEvaluator(_Evaluator):
     """Target-language captions vs the visual items they describe (several captions per item allowed)."""
 
-    def __init__(self, queries, feature_store, tokenizer, langs, max_length, text_prefix="", batch_size=256):
-        super().__init__(tokenizer, langs, max_length, text_prefix, batch_size)
+    def __init__(self, queries, feature_store, tokenizer, langs, max_length, text_prefix="", batch_size=256, *,
+                 dataset: str, split: str):
+        super().__init__(tokenizer, langs, max_length, text_prefix, batch_size, dataset=dataset, split=split)
         self.feature_store = feature_store
         self.by_lang = {}
         for lang in self.langs:
@@ -60,7 +62,9 @@ class CrossModalEvaluator(_Evaluator):
     def embed(self, model):
         """Gallery embeddings and, per language, query embeddings with their gallery indices."""
         device = next(model.parameters()).device
-        gallery = encode_visual(model, self.feature_store, self.gallery_ids, self.batch_size, device=device)
+        gallery = encode_visual(
+            model, self.feature_store, self.gallery_ids, self.batch_size, device=device, processor=self.processor
+        )
         position = {vid: i for i, vid in enumerate(self.gallery_ids)}
         queries = {
             lang: (self._texts(model.get_text_features, texts, device), torch.tensor([position[v] for v in ids]))
@@ -73,18 +77,19 @@ class CrossModalEvaluator(_Evaluator):
         gallery, queries = self.embed(model)
         return {lang: ranks(q, gallery, text_to_visual) for lang, (q, text_to_visual) in queries.items()}
 
-    def __call__(self, model) -> dict[str, float]:
+    def __call__(self, model) -> list[MetricRecord]:
         return self.metrics(self.ranks(model))
 
-    def metrics(self, ranks_by_lang: dict) -> dict[str, float]:
-        return self._summarise({lang: metrics_from_ranks(r.t2v, r.v2t) for lang, r in ranks_by_lang.items()})
+    def metrics(self, ranks_by_lang: dict) -> list[MetricRecord]:
+        """The records of `ranks` (per language, both directions)."""
+        return self._records({lang: metrics_from_ranks(r.t2v, r.v2t) for lang, r in ranks_by_lang.items()})
 
 
 class CrossLingualEvaluator(_Evaluator):
     """Stage 1: target sentences retrieve their source sentences (t2v = target->source)."""
 
-    def __init__(self, pairs, tokenizer, langs, max_length, text_prefix="", batch_size=256):
-        super().__init__(tokenizer, langs, max_length, text_prefix, batch_size)
+    def __init__(self, pairs, tokenizer, langs, max_length, text_prefix="", batch_size=256, *, dataset: str, split: str):
+        super().__init__(tokenizer, langs, max_length, text_prefix, batch_size, dataset=dataset, split=split)
         self.by_lang = {}
         for lang in self.langs:
             self.by_lang[lang] = _columns_in_lang(pairs, "target_lang", lang, "source_text", "target_text")
@@ -92,7 +97,7 @@ class CrossLingualEvaluator(_Evaluator):
                 raise ValueError(f"no validation pairs in language {lang!r}")
 
     @torch.no_grad()
-    def __call__(self, model) -> dict[str, float]:
+    def __call__(self, model) -> list[MetricRecord]:
         device = next(model.parameters()).device
         per_lang = {}
         for lang, (sources, targets) in self.by_lang.items():
@@ -101,4 +106,4 @@ class CrossLingualEvaluator(_Evaluator):
             source_emb = self._texts(lambda **kw: model.get_text_features(**kw, language="source"), unique_sources, device)
             target_emb = self._texts(lambda **kw: model.get_text_features(**kw, language="target"), targets, device)
             per_lang[lang] = retrieval_metrics(target_emb, source_emb, torch.tensor([position[s] for s in sources]))
-        return self._summarise(per_lang)
+        return self._records(per_lang)

@@ -7,10 +7,11 @@ Datasets: `demo` / `demo_video` (the test split of the demo world of trainer/con
 `multi30k_r50` (the 1000 Multi30K test_2016 images, ResNet-50 features, human de/fr queries; needs
 ../shared), or `QUERIES@FEATURES` (a query table, jsonl/csv/parquet, and a feature-store folder).
 
-Writes `<out>.md` (a table) and `<out>.json` (one row per model x dataset x language x direction x
-metric) after every model, atomically, so a model that fails loses nothing already computed; the
-failures are listed in both files and the exit status is 1. `--update-cards` merges each model's
-rows into its README.md as `model-index` (local folders only).
+Writes `<out>.md` (a table) and `<out>.json` (``{"rows": [...], "failures": {...}}``, one metric
+record per model x dataset x language x direction x metric, `records.load_records` reads it) after
+every model, atomically, so a model that fails loses nothing already computed; the failures are
+listed in both files and the exit status is 1. `--update-cards` merges each model's records into its
+README.md as `model-index` (local folders only).
 """
 
 import argparse
@@ -25,13 +26,14 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from cl2cm_hf.atomic import atomic_write_text
 from cl2cm_hf.data import MissingVisualIdError, VisualFeatureStore, build_demo_world, load_multi30k_r50, load_queries
-from cl2cm_hf.hub import rows_from_metrics, update_card_results
+from cl2cm_hf.evaluation.records import MetricRecord, records_from_metrics
+from cl2cm_hf.hub import metrics_table, update_card_results
 from cl2cm_hf.retrieval import METRIC_MODULE_PATH
 from cl2cm_hf.training.arguments import load_config, parse_config
 from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator
 
 REPO = Path(__file__).resolve().parents[2]
-TABLE_METRICS = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "sumr"]
+SPLIT = "test"  # every test set of the leaderboard is a test split
 
 
 @dataclass
@@ -39,6 +41,10 @@ class TestSet:
     name: str
     queries: object  # datasets.Dataset of (visual_id, text, lang)
     features: VisualFeatureStore
+
+    @property
+    def visual_modality(self) -> str:
+        return "video" if self.features.is_video else "image"
 
 
 def _demo(recipe: str) -> Callable[[argparse.Namespace], TestSet]:
@@ -85,46 +91,42 @@ def load_checkpoint(name: str):
     return model, AutoTokenizer.from_pretrained(name, trust_remote_code=True)
 
 
-def score(model_name: str, model, tokenizer, test_set: TestSet, langs, metric) -> list[dict]:
-    """Leaderboard rows of one model on one test set, metrics from the evaluate module."""
+def score(model_name: str, model, tokenizer, test_set: TestSet, langs, metric) -> list[MetricRecord]:
+    """Records of one model on one test set (`model` field: `model_name`), metrics from the evaluate module."""
     expected = model.config.visual_feature_dim
     if model.config.visual_encoder_type == "features" and test_set.features.feature_dim != expected:
         raise ValueError(
             f"{test_set.name}: features have dim {test_set.features.feature_dim} but {model_name} expects {expected}"
         )
     evaluator = CrossModalEvaluator(
-        test_set.queries, test_set.features, tokenizer, langs, max_length=64, text_prefix=model.config.text_prefix
+        test_set.queries, test_set.features, tokenizer, langs, max_length=64, text_prefix=model.config.text_prefix,
+        dataset=test_set.name, split=SPLIT,
     )
     try:
         ranks_by_lang = evaluator.ranks(model)
     except MissingVisualIdError as err:
         raise ValueError(f"{test_set.name}: {err}") from err
-    rows = []
+    records = []
     for lang, result in ranks_by_lang.items():
         predictions = [*result.t2v.tolist(), *result.v2t.tolist()]
         directions = ["t2v"] * len(result.t2v) + ["v2t"] * len(result.v2t)
         metrics = metric.compute(predictions=predictions, direction=directions)
-        rows += rows_from_metrics(metrics, dataset=test_set.name, lang=lang, model=model_name)
-    return rows
+        records += records_from_metrics(metrics, dataset=test_set.name, split=SPLIT, lang=lang, model=model_name)
+    return records
 
 
-def markdown(rows: list[dict], failures: dict[str, str]) -> str:
-    cells = {}
-    for row in rows:
-        key = (row["model"], row["dataset"], row["lang"])
-        name = row["metric"] if row["direction"] is None else f"{row['direction']}_{row['metric']}"
-        cells.setdefault(key, {})[name] = row["value"]
-    lines = ["| model | dataset | lang | " + " | ".join(TABLE_METRICS) + " |", "|---" * (len(TABLE_METRICS) + 3) + "|"]
-    for (model, dataset, lang), values in cells.items():
-        lines.append(f"| {model} | {dataset} | {lang} | " + " | ".join(f"{values.get(k, float('nan')):.1f}" for k in TABLE_METRICS) + " |")
+def markdown(records: list[MetricRecord], failures: dict[str, str]) -> str:
+    """The leaderboard table (`metrics_table`) and the list of models that failed."""
+    lines = [metrics_table(records)]
     if failures:
         lines += ["", "Failed:", ""] + [f"- {model}: {error}" for model, error in failures.items()]
     return "\n".join(lines) + "\n"
 
 
-def write(out: Path, rows: list[dict], failures: dict[str, str]) -> None:
+def write(out: Path, records: list[MetricRecord], failures: dict[str, str]) -> None:
+    rows = [record.to_json() for record in records]
     atomic_write_text(out.with_suffix(".json"), json.dumps({"rows": rows, "failures": failures}, indent=2))
-    atomic_write_text(out.with_suffix(".md"), markdown(rows, failures))
+    atomic_write_text(out.with_suffix(".md"), markdown(records, failures))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,14 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         try:
             model, tokenizer = load_checkpoint(name)
-            model_rows = [row for test_set in test_sets for row in score(name, model, tokenizer, test_set, args.langs, metric)]
+            scored = [(test_set, score(name, model, tokenizer, test_set, args.langs, metric)) for test_set in test_sets]
         except Exception as err:  # one failing model must not lose the others' rows
             failures[name] = f"{type(err).__name__}: {err}"
             print(f"FAILED {name}: {failures[name]}", file=sys.stderr)
         else:
-            rows += model_rows
-            if args.update_cards and Path(name).is_dir():
-                update_card_results(name, model_rows)
+            for test_set, records in scored:
+                rows += records
+                if args.update_cards and Path(name).is_dir():
+                    update_card_results(name, records, visual_modality=test_set.visual_modality)
         write(out, rows, failures)
     print(markdown(rows, failures))
     return 1 if failures else 0

@@ -1,48 +1,71 @@
-"""Search a saved gallery with one caption, using only the checkpoint (its own shipped code).
+"""Search a saved gallery with one caption, through the checkpoint's own processor and the one
+encode path (`cl2cm_hf.evaluation.encoding`).
 
     python trainer/query.py RUN/cross_modal "ein roter Hund neben einem Auto" --gallery RUN/cross_modal/test_gallery
 
-Runs without cl2cm_hf: it blocks that import, so the model is loaded by
-`AutoModel.from_pretrained(folder, trust_remote_code=True)` from the code inside the folder.
+The gallery is a feature-store folder (``features.safetensors``, ``ids.json``) or an image-store
+folder (``images.json`` and the image files, decoded by the checkpoint's image processor).
 """
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
-sys.modules["cl2cm_hf"] = None  # prove the checkpoint carries its own code
+import torch
+from transformers import AutoModel, AutoProcessor
 
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from transformers import AutoModel, AutoTokenizer  # noqa: E402
+from cl2cm_hf.data import ImagePathStore, VisualFeatureStore
+from cl2cm_hf.data.image_paths import IMAGES_FILE
+from cl2cm_hf.evaluation.encoding import as_processor, encode_texts, encode_visual
 
 
-def main() -> None:
+def load_model_and_processor(name: str):
+    """A cross-modal checkpoint (folder or hub id) in eval mode and its processor; a checkpoint
+    saved before processors were (tokenizer only) gets one built from its config's text prefix."""
+    model = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
+    return model, as_processor(processor, model.config.text_prefix)
+
+
+def load_gallery(folder: str | Path):
+    """An image store when the folder holds ``images.json``, else a feature store."""
+    folder = Path(folder)
+    return ImagePathStore.load(folder) if (folder / IMAGES_FILE).is_file() else VisualFeatureStore.load(folder)
+
+
+@torch.no_grad()
+def search(model, processor, query: str, gallery, top: int = 5, max_length: int = 64) -> list[tuple[str, float]]:
+    """The `top` gallery items for `query`, best first, as ``(visual_id, score)``."""
+    ids = gallery.ids
+    text = encode_texts(model.get_text_features, processor, [query], max_length=max_length)
+    visual = encode_visual(model, gallery, ids, processor=processor)
+    scores, best = (text @ visual.T)[0].topk(min(top, len(ids)))
+    return [(ids[i], s) for i, s in zip(best.tolist(), scores.tolist())]
+
+
+def print_results(model, query: str, hits, captions: dict[str, str]) -> None:
+    print(f"query: {query!r}  (model code: {type(model).__module__})")
+    for rank, (visual_id, score) in enumerate(hits, start=1):
+        print(f"  {rank}. {visual_id}  score {score:.3f}  {captions.get(visual_id, '')}")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("query")
-    parser.add_argument("--gallery", required=True, help="feature store folder: features.safetensors (+ lengths), ids.json")
+    parser.add_argument("--gallery", required=True, help="feature-store or image-store folder")
     parser.add_argument("--captions", help="json {visual_id: caption} shown next to each hit")
     parser.add_argument("--top", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--max-length", type=int, default=64, help="query tokens kept")
+    args = parser.parse_args(argv)
 
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-    tensors = load_file(f"{args.gallery}/features.safetensors")
-    ids = json.load(open(f"{args.gallery}/ids.json", encoding="utf-8"))
-    ids = ids["ids"] if isinstance(ids, dict) else ids
-    captions = json.load(open(args.captions, encoding="utf-8")) if args.captions else {}
-    features, lengths = tensors["features"].float(), tensors.get("lengths")
-    mask = None if lengths is None else (torch.arange(features.shape[1]) < lengths[:, None]).long()
-    with torch.no_grad():
-        text = tokenizer([model.config.text_prefix + args.query], return_tensors="pt")
-        query = model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
-        gallery = model.get_visual_features(visual_features=features, visual_mask=mask)
-    scores, top = (query @ gallery.T)[0].topk(min(args.top, len(ids)))
-    print(f"query: {args.query!r}  (model code: {type(model).__module__})")
-    for rank, (score, index) in enumerate(zip(scores.tolist(), top.tolist()), start=1):
-        print(f"  {rank}. {ids[index]}  score {score:.3f}  {captions.get(ids[index], '')}")
+    model, processor = load_model_and_processor(args.model)
+    captions = json.loads(Path(args.captions).read_text(encoding="utf-8")) if args.captions else {}
+    hits = search(model, processor, args.query, load_gallery(args.gallery), args.top, args.max_length)
+    print_results(model, args.query, hits, captions)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,9 +6,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
-from transformers import AutoTokenizer
+from transformers import AutoImageProcessor, AutoTokenizer
 
 from cl2cm_hf.data import (
+    ImagePathStore,
     SkippedRows,
     VisualFeatureStore,
     build_demo_world,
@@ -23,6 +24,7 @@ from cl2cm_hf.data import (
     report_skipped_rows,
     train_demo_tokenizer,
 )
+from cl2cm_hf.data.image_paths import IMAGES_FILE
 
 
 @dataclass
@@ -32,7 +34,7 @@ class RunData:
     validation_pairs: Dataset
     validation_queries: Dataset
     test_queries: Dataset
-    features: VisualFeatureStore
+    features: VisualFeatureStore | ImagePathStore  # an image store in backbone mode
     tokenizer: object
     gallery_captions: dict[str, str]  # visual_id -> an English caption, to show search results
 
@@ -80,7 +82,7 @@ def _files(data_args, seed: int, skipped: SkippedRows | None = None):
         raise ValueError(f"dataset: files needs {', '.join(missing)}")
     # Every row checked at load (on_bad_row: error stops naming file and line, skip lists the row).
     policy = {"on_bad_row": data_args.on_bad_row, "skipped": skipped}
-    features = VisualFeatureStore.load(data_args.features_file, **policy)
+    features = _visual_store(data_args.features_file, policy)
     pairs = load_pairs(data_args.train_file, visual_ids=features, **policy).train_test_split(test_size=0.05, seed=seed)
     queries = {
         split: load_queries(getattr(data_args, f"{split}_file"), visual_ids=features, **policy) for split in ("validation", "test")
@@ -111,6 +113,31 @@ def _multi30k_r50(data_args, seed: int):
     queries = {"validation": fold.queries["validation"], "test": fold.queries["test"]}
     texts = list(pairs["train"]["source_text"]) + list(pairs["train"]["target_text"])
     return f"multi30k_r50 fold {data_args.fold}", pairs, queries, fold.features, texts
+
+
+def _visual_store(path: str, policy: dict):
+    """A feature store, or an image store (a folder with images.json, read by a vision backbone)."""
+    if (Path(path) / IMAGES_FILE).is_file():
+        return ImagePathStore.load(path)
+    return VisualFeatureStore.load(path, **policy)
+
+
+def _check_visual_input(features, model_args) -> None:
+    """Pixels for a vision backbone (decoded by its image processor), features otherwise."""
+    pixels = isinstance(features, ImagePathStore)
+    if pixels != (model_args.visual_encoder_type == "backbone"):
+        raise ValueError(
+            f"visual_encoder_type={model_args.visual_encoder_type!r} but the visual items are "
+            f"{'images' if pixels else 'precomputed features'}: backbone reads an image store "
+            f"(features_file: a folder with {IMAGES_FILE}), features reads a feature store"
+        )
+    if pixels:
+        if not model_args.vision_model:
+            raise ValueError("visual_encoder_type: backbone needs vision_model (a folder or hub id)")
+        try:
+            features.image_processor = AutoImageProcessor.from_pretrained(model_args.vision_model)
+        except OSError as err:
+            raise ValueError(f"vision_model={model_args.vision_model!r} has no image processor to decode images ({err})") from None
 
 
 def _data_path(data_args, name: str) -> Path:
@@ -196,6 +223,7 @@ def build_run_data(data_args, model_args, training_args) -> RunData:
     skipped = SkippedRows()  # rows left out under on_bad_row: skip, listed in <output_dir>/skipped_rows.jsonl
     extra = {"skipped": skipped} if data_args.dataset == "files" else {}
     name, pairs, queries, features, texts = sources[data_args.dataset](data_args, training_args.seed, **extra)
+    _check_visual_input(features, model_args)
     report_skipped_rows(skipped, data_args.on_bad_row, training_args.output_dir, write=training_args.should_save)
     tokenizer = _tokenizer(data_args, model_args, texts)
     return RunData(

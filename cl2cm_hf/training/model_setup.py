@@ -1,5 +1,6 @@
 """Build the two networks of a run from its settings: pretrained towers or small towers from
-scratch, stage-2 text tower from stage 1, frozen lower text layers."""
+scratch, stage-2 text tower from stage 1, frozen lower text layers (served from the run's
+`FrozenLayerStore` under `cache_frozen_text_layers`), and the frozen stage-1 teacher."""
 
 import copy
 
@@ -9,7 +10,7 @@ from transformers import BertConfig
 from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCrossModalConfig, CL2CMCrossModalModel
 
 from .arguments import ModelArguments
-from .frozen_layers import install_frozen_prefix_cache, register_prefix_store
+from .frozen_layers import FrozenLayerStore, cache_frozen_layers, plain_backbone
 
 
 def _head_kwargs(args: ModelArguments) -> dict:
@@ -50,7 +51,18 @@ def set_text_dropout(backbone, p: float | None) -> None:
             setattr(backbone.config, key, p)
 
 
-def build_cross_lingual(args: ModelArguments, tokenizer, max_length: int) -> CL2CMCrossLingualModel:
+def _store(args: ModelArguments, frozen_layers: FrozenLayerStore | None) -> FrozenLayerStore | None:
+    if args.cache_frozen_text_layers and frozen_layers is None:
+        raise ValueError("cache_frozen_text_layers: pass the run's FrozenLayerStore (frozen_layers=...)")
+    return frozen_layers if args.cache_frozen_text_layers else None
+
+
+def build_cross_lingual(
+    args: ModelArguments, tokenizer, max_length: int, frozen_layers: FrozenLayerStore | None = None
+) -> CL2CMCrossLingualModel:
+    """The stage-1 network; with `cache_frozen_text_layers` its towers' frozen layers are served from
+    `frozen_layers`."""
+    store = _store(args, frozen_layers)
     kwargs = {**_head_kwargs(args), "share_encoders": args.share_encoders}
     if args.text_model:
         model = CL2CMCrossLingualModel.from_towers_pretrained(args.text_model, **kwargs)
@@ -62,19 +74,27 @@ def build_cross_lingual(args: ModelArguments, tokenizer, max_length: int) -> CL2
         if tower is not None:
             set_text_dropout(tower.backbone, args.text_dropout)
             freeze_lower_layers(tower.backbone, frozen)
-            if args.cache_frozen_text_layers:
-                install_frozen_prefix_cache(tower.backbone, frozen)
+            if store is not None:
+                cache_frozen_layers(tower, frozen, store)
     return model
 
 
 def build_cross_modal(
-    args: ModelArguments, tokenizer, max_length: int, visual_feature_dim: int, cross_lingual=None
+    args: ModelArguments,
+    tokenizer,
+    max_length: int,
+    visual_feature_dim: int | None,
+    cross_lingual=None,
+    frozen_layers: FrozenLayerStore | None = None,
 ) -> CL2CMCrossModalModel:
     """The stage-2 network; with `cross_lingual` and `init_text_from_cross_lingual` its text tower
-    (backbone and projection) starts as a copy of the stage-1 source tower."""
+    (backbone and projection) starts as a copy of the stage-1 source tower (`cross_lingual` itself
+    is left as it is). With `cache_frozen_text_layers` the frozen layers are served from `frozen_layers`.
+    `visual_feature_dim`: None for pixels (backbone mode)."""
+    store = _store(args, frozen_layers)
     kwargs = {
         **_head_kwargs(args),
-        "visual_feature_dim": visual_feature_dim,
+        **({} if visual_feature_dim is None else {"visual_feature_dim": visual_feature_dim}),
         "visual_hidden_size": args.visual_hidden_size,
         "visual_num_layers": args.visual_num_layers,
         "visual_num_heads": args.visual_num_heads,
@@ -84,8 +104,8 @@ def build_cross_modal(
     if args.visual_encoder_type == "backbone" and not args.vision_model:
         raise ValueError("visual_encoder_type: backbone needs vision_model (a folder or hub id)")
     from_stage1 = cross_lingual is not None and args.init_text_from_cross_lingual
-    # A copy: the stage-1 network stays the frozen teacher.
-    text = copy.deepcopy(cross_lingual.text_model.backbone).requires_grad_(True) if from_stage1 else args.text_model
+    # A copy: the stage-1 network stays the teacher.
+    text = copy.deepcopy(plain_backbone(cross_lingual.text_model.backbone)).requires_grad_(True) if from_stage1 else args.text_model
     if text is not None:
         model = CL2CMCrossModalModel.from_towers_pretrained(text, args.vision_model, **kwargs)
     elif args.vision_model:
@@ -97,20 +117,26 @@ def build_cross_modal(
         model.text_model.projection.load_state_dict(cross_lingual.text_model.projection.state_dict())
     set_text_dropout(model.text_model.backbone, args.text_dropout)
     freeze_lower_layers(model.text_model.backbone, args.freeze_text_layers)
-    if args.cache_frozen_text_layers:
-        depth = install_frozen_prefix_cache(model.text_model.backbone, args.freeze_text_layers)
+    if store is not None:
+        depth = args.freeze_text_layers if args.freeze_text_layers >= 0 else len(model.text_model.backbone.encoder.layer)
         stage1_depth = args.cl_freeze_text_layers or 0
-        if 0 < stage1_depth < depth:
-            # Stage 1 (of this run or another in this process) freezes fewer layers: keep that depth too.
-            register_prefix_store(model.text_model.backbone, stage1_depth)
-        if cross_lingual is not None:
-            # From here on the stage-1 network is the frozen teacher (CrossModalTrainer freezes it as well):
-            # serve all its text layers from the cache, so its embeddings cost one pass per distinct text.
-            cross_lingual.requires_grad_(False)
-            for tower in (cross_lingual.text_model, cross_lingual.target_text_model):
-                if tower is not None:
-                    install_frozen_prefix_cache(tower.backbone, -1)
+        # Stage 1 (of this run or another sharing the store) freezes fewer layers: keep that depth too.
+        keep = [stage1_depth] if 0 < stage1_depth < depth else []
+        cache_frozen_layers(model.text_model, args.freeze_text_layers, store, keep_depths=keep)
     return model
+
+
+def prepare_teacher(cross_lingual, args: ModelArguments, frozen_layers: FrozenLayerStore | None = None):
+    """Make the stage-1 network the frozen teacher of stage 2, in place: no gradients, eval mode and,
+    with `cache_frozen_text_layers`, all its text layers served from `frozen_layers` (its embeddings
+    then cost one pass per distinct text). Returns it."""
+    store = _store(args, frozen_layers)
+    cross_lingual.requires_grad_(False).eval()
+    if store is not None:
+        for tower in (cross_lingual.text_model, cross_lingual.target_text_model):
+            if tower is not None:
+                cache_frozen_layers(tower, -1, store)
+    return cross_lingual
 
 
 def freeze_lower_layers(backbone, num_layers: int) -> None:

@@ -10,10 +10,8 @@ and `--resume` continues from them.
 """
 
 import dataclasses
-import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,17 +19,21 @@ from transformers import AutoModel, Trainer, TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
 
 from cl2cm_hf.atomic import atomic_directory, atomic_write_text, recover_directory
-from cl2cm_hf.data import PairCollator, VisualFeatureStore
-from cl2cm_hf.hub import build_card, rows_from_metrics
-from cl2cm_hf.evaluation.encoding import encode_texts
+from cl2cm_hf.data import ImagePathStore, PairCollator, VisualFeatureStore
+from cl2cm_hf.evaluation.encoding import as_processor, encode_texts
+from cl2cm_hf.evaluation.query import load_gallery, load_model_and_processor, print_results, search
+from cl2cm_hf.evaluation.records import TEST_RESULTS, MetricRecord, load_records, save_records
+from cl2cm_hf.hub import build_card, metrics_table
 from cl2cm_hf.modeling_cl2cm import check_safetensors_file
+from cl2cm_hf.processing_cl2cm import build_processor
 from cl2cm_hf.torch_state import cpu_threads, torch_threads
 
 from cl2cm_hf.training.arguments import config_to_yaml, load_config, parse_config
 from cl2cm_hf.evaluation.evaluator import CrossLingualEvaluator, CrossModalEvaluator
-from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal
+from cl2cm_hf.training.frozen_layers import FrozenLayerStore
+from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal, prepare_teacher
 from cl2cm_hf.training.data_sources import RunData, build_run_data, first_caption_pairs
-from cl2cm_hf.training.trainers import CrossLingualTrainer, CrossModalTrainer
+from cl2cm_hf.training.trainers import CHECKPOINT_COMPLETE, CrossLingualTrainer, CrossModalTrainer
 
 logger = logging.getLogger("cl2cm")
 STAGE_DIRS = {"cl": "cross_lingual", "cm": "cross_modal"}
@@ -45,9 +47,10 @@ def stage_training_args(training_args: TrainingArguments, stage: str, **changes)
 
 
 def last_checkpoint(folder: str) -> str | None:
-    """The newest complete Trainer checkpoint. Checkpoints are renamed into place once complete
-    (trainers.py); one without `trainer_state.json` (an older, in-place layout cut short) or with a
-    damaged weight file is passed over, with a warning, for the one before."""
+    """The newest complete Trainer checkpoint: one marked complete once every process had written it
+    (`CHECKPOINT_COMPLETE`, trainers.py) and whose weight files are whole. Any other (a save cut
+    short, a checkpoint from before the mark existed, damaged weights) is passed over, with a warning,
+    for the one before."""
     candidates = sorted(
         (p for p in Path(folder).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
@@ -55,9 +58,9 @@ def last_checkpoint(folder: str) -> str | None:
     )
     for path in candidates:
         damaged = [f"{f.name}: {why}" for f in path.glob("*.safetensors") if (why := check_safetensors_file(str(f)))]
-        if (path / "trainer_state.json").exists() and not damaged:
+        if (path / CHECKPOINT_COMPLETE).exists() and not damaged:
             return str(path)
-        logger.warning("passing over incomplete checkpoint %s (%s)", path, "; ".join(damaged) or "no trainer_state.json")
+        logger.warning("passing over incomplete checkpoint %s (%s)", path, "; ".join(damaged) or f"no {CHECKPOINT_COMPLETE}")
     return None
 
 
@@ -77,7 +80,9 @@ def save_stage(trainer: Trainer, model, tokenizer, folder: Path) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def train_cross_lingual(args, data: RunData, out: Path):
+def train_cross_lingual(args, data: RunData, out: Path, frozen_layers: FrozenLayerStore | None = None):
+    """Stage 1; returns the trained network (loaded from its folder when `resume` finds it complete).
+    `frozen_layers`: the run's store under `cache_frozen_text_layers`."""
     model_args, data_args, cl2cm_args, training_args = args
     folder = out / STAGE_DIRS["cl"]
     recover_directory(folder)  # a kill between the two renames of a folder swap
@@ -87,12 +92,13 @@ def train_cross_lingual(args, data: RunData, out: Path):
     if cl2cm_args.cl_first_caption_only:
         data = first_caption_pairs(data)
     set_seed(training_args.seed)  # each stage starts from the same RNG state, resumed or not
-    model = build_cross_lingual(model_args, data.tokenizer, data_args.max_length)
+    model = build_cross_lingual(model_args, data.tokenizer, data_args.max_length, frozen_layers)
     stage_args = stage_training_args(
         training_args, "cl", num_train_epochs=cl2cm_args.cl_num_train_epochs, learning_rate=cl2cm_args.cl_learning_rate
     )
     evaluator = CrossLingualEvaluator(
-        data.validation_pairs, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix
+        data.validation_pairs, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,
+        dataset=data.name, split="validation",
     )
     trainer = CrossLingualTrainer(
         model=model,
@@ -111,7 +117,7 @@ def train_cross_lingual(args, data: RunData, out: Path):
 
 def precompute_teacher(teacher, data: RunData, data_args, model_args, device):
     """Teacher sentence embeddings of every training pair, computed once and carried by the batches."""
-    encode = dict(tokenizer=data.tokenizer, max_length=data_args.max_length, text_prefix=model_args.text_prefix, device=device)
+    encode = dict(processor=as_processor(data.tokenizer, model_args.text_prefix), max_length=data_args.max_length, device=device)
     teacher = teacher.to(device).eval()
     source = encode_texts(lambda **kw: teacher.get_text_features(**kw, language="source"), texts=data.train_pairs["source_text"], **encode)
     target = encode_texts(lambda **kw: teacher.get_text_features(**kw, language="target"), texts=data.train_pairs["target_text"], **encode)
@@ -119,17 +125,24 @@ def precompute_teacher(teacher, data: RunData, data_args, model_args, device):
     return pairs.add_column("teacher_target_embeds", target.tolist()), float(teacher.scale())
 
 
-def train_cross_modal(args, data: RunData, out: Path, teacher):
+def train_cross_modal(args, data: RunData, out: Path, teacher, frozen_layers: FrozenLayerStore | None = None):
+    """Stage 2 from the stage-1 network `teacher` (None: no stage 1); returns its trainer. The stage-1
+    network becomes the frozen teacher (`prepare_teacher`) and the text tower starts as a copy of it."""
     model_args, data_args, cl2cm_args, training_args = args
     set_seed(training_args.seed)
-    model = build_cross_modal(model_args, data.tokenizer, data_args.max_length, data.features.feature_dim, teacher)
+    if teacher is not None:
+        teacher = prepare_teacher(teacher, model_args, frozen_layers)
+    model = build_cross_modal(
+        model_args, data.tokenizer, data_args.max_length, data.features.feature_dim, teacher, frozen_layers
+    )
     stage_args = stage_training_args(training_args, "cm")
     train_pairs, teacher_scale = data.train_pairs, None
     if cl2cm_args.lambda_kt and cl2cm_args.precompute_teacher:
         train_pairs, teacher_scale = precompute_teacher(teacher, data, data_args, model_args, stage_args.device)
         teacher = None
     evaluator = CrossModalEvaluator(
-        data.validation_queries, data.features, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix
+        data.validation_queries, data.features, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,
+        dataset=data.name, split="validation",
     )
     trainer = CrossModalTrainer(
         model=model,
@@ -147,64 +160,57 @@ def train_cross_modal(args, data: RunData, out: Path, teacher):
     return trainer
 
 
-def results_table(metrics: dict[str, float], langs) -> str:
-    keys = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "sumr"]
-    lines = ["| lang | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for lang in langs:
-        lines.append(f"| {lang} | " + " | ".join(f"{metrics[f'{lang}_{k}']:.1f}" for k in keys) + " |")
-    return "\n".join(lines)
-
-
 def finish(trainer: CrossModalTrainer, data: RunData, args, values: dict, out: Path) -> Path:
-    """Test-set evaluation, then the final folder: model, tokenizer, recipe, results, card."""
+    """Test-set evaluation, then the final folder: model, tokenizer, recipe, results
+    (`test_results.json`: a list of metric records), card."""
     model_args, data_args, cl2cm_args, _ = args
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
     test_evaluator = CrossModalEvaluator(
-        data.test_queries, data.features, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix
+        data.test_queries, data.features, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,
+        dataset=data.name, split="test",
     )
     test_ranks = test_evaluator.ranks(model)
-    metrics = test_evaluator.metrics(test_ranks)
+    records = test_evaluator.metrics(test_ranks)
     folder = out / STAGE_DIRS["cm"]
     if trainer.is_world_process_zero():
-        table = results_table(metrics, data_args.target_langs)
+        table = metrics_table(records)
         print(f"\nTest retrieval ({data.name}, target-language queries):\n{table}\n", flush=True)
         with atomic_directory(folder) as tmp:
             model.save_pretrained(tmp)
-            data.tokenizer.save_pretrained(tmp)
+            # The processor (tokenizer, text prefix, image processor of an image store) saves the tokenizer too.
+            image_processor = getattr(data.features, "image_processor", None)
+            build_processor(data.tokenizer, model.config.text_prefix, image_processor).save_pretrained(tmp)
             (tmp / "training_config.yaml").write_text(config_to_yaml(values))
-            (tmp / "test_results.json").write_text(json.dumps(metrics, indent=2))
+            save_records(records, tmp / TEST_RESULTS)
             save_gallery(data.features, test_evaluator.gallery_ids, tmp / "test_gallery")
-            rows = rows_from_metrics(metrics, dataset=data.name, model=str(folder))
-            build_card(tmp, results=rows, training_config=values, ranks=test_ranks)
+            build_card(tmp, records, training_config=values, ranks=test_ranks, model_name=out.resolve().name,
+                       target_languages=data_args.target_langs, visual_modality="video" if data.features.is_video else "image")
         atomic_write_text(out / "test_results.md", table + "\n")
     trainer.accelerator.wait_for_everyone()
     return folder
 
 
 def save_gallery(store, visual_ids, folder: Path) -> None:
-    """The test gallery's features, so the query demo runs from the final folder alone."""
+    """The test gallery (features, or a copy of the image files), so the query demo runs from the final folder alone."""
+    if isinstance(store, ImagePathStore):
+        store.save(folder, visual_ids)
+        return
     features, mask = store.lookup(visual_ids)
     lengths = None if mask is None else mask.sum(1)
     VisualFeatureStore.from_arrays(visual_ids, features, lengths=lengths).save(folder)
 
 
-def run_query_in_fresh_process(folder: Path, query: str, captions: dict[str, str]) -> None:
-    """Reload the final model in a new interpreter that cannot import cl2cm_hf (the checkpoint's own
-    code runs) and search the test gallery with one query."""
-    script = Path(__file__).resolve().parents[1] / "evaluation" / "query.py"  # runs without cl2cm_hf
-    folder = folder.resolve()
-    shown = folder / "gallery_captions.json"
-    atomic_write_text(shown, json.dumps(captions, ensure_ascii=False))
-    subprocess.run(
-        [sys.executable, str(script), str(folder), query, "--gallery", str(folder / "test_gallery"), "--captions", str(shown)],
-        check=True,
-        cwd=str(folder),
-    )
+def run_query(folder: Path, query: str, captions: dict[str, str]) -> None:
+    """Reload the final folder (model and processor) and search its test gallery with one query,
+    through the library's encode path. That a folder works without cl2cm_hf (its own model and
+    processor code) is what tests/test_hub_roundtrip.py checks."""
+    model, processor = load_model_and_processor(str(folder))
+    print_results(model, query, search(model, processor, query, load_gallery(folder / "test_gallery")), captions)
 
 
-def train(argv: list[str]) -> dict:
-    """Run the recipe `argv` (a YAML path and/or `--key value` overrides); returns the test metrics
-    (empty for a stage-1-only run)."""
+def train(argv: list[str]) -> list[MetricRecord]:
+    """Run the recipe `argv` (a YAML path and/or `--key value` overrides); returns the test metric
+    records (empty for a stage-1-only run; `records.flat_metrics` gives ``{"de_sumr": ...}``)."""
     argv = list(argv)
     config_path = argv.pop(0) if argv and not argv[0].startswith("--") else None
     values = load_config(config_path, argv)
@@ -213,7 +219,7 @@ def train(argv: list[str]) -> dict:
         return run_recipe(args, values)
 
 
-def run_recipe(args, values: dict) -> dict:
+def run_recipe(args, values: dict) -> list[MetricRecord]:
     """The stages of a parsed recipe (`train` applies its CPU thread setting around them)."""
     model_args, data_args, cl2cm_args, training_args = args
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
@@ -221,17 +227,19 @@ def run_recipe(args, values: dict) -> dict:
     out = Path(training_args.output_dir)
     data = build_run_data(data_args, model_args, training_args)
 
+    # One store of frozen-layer outputs for the run: stage 1, stage 2 and the teacher share it.
+    frozen_layers = FrozenLayerStore() if model_args.cache_frozen_text_layers else None
     teacher = None
     if cl2cm_args.stage in ("cl", "both"):
-        teacher = train_cross_lingual(args, data, out)
+        teacher = train_cross_lingual(args, data, out, frozen_layers)
     elif cl2cm_args.cross_lingual_model:
         teacher = AutoModel.from_pretrained(cl2cm_args.cross_lingual_model, trust_remote_code=True)
     elif cl2cm_args.lambda_kt:
         raise ValueError("stage cm with lambda_kt > 0 needs cross_lingual_model (a stage-1 folder)")
     if cl2cm_args.stage == "cl":
-        return {}
+        return []
 
-    trainer = train_cross_modal(args, data, out, teacher)
+    trainer = train_cross_modal(args, data, out, teacher, frozen_layers)
     folder = finish(trainer, data, args, values, out)
     if trainer.is_world_process_zero():
         if cl2cm_args.push_to_hub_id:
@@ -239,16 +247,16 @@ def run_recipe(args, values: dict) -> dict:
 
             push_checkpoint(folder, cl2cm_args.push_to_hub_id)
         if cl2cm_args.query:
-            run_query_in_fresh_process(folder, cl2cm_args.query, data.gallery_captions)
-    return json.loads((folder / "test_results.json").read_text())
+            run_query(folder, cl2cm_args.query, data.gallery_captions)
+    return load_records(folder / TEST_RESULTS)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: exit status 0 after a successful run (errors raise, so non-zero)."""
     # One Trainer bar per stage is the run's progress; transformers' bars of one-shard saves and loads
-    # (here and in the query's child process, which inherits the variable) are noise next to it.
-    # Process-wide because transformers has no per-call switch; HF_HUB_DISABLE_PROGRESS_BARS=0 keeps them.
-    if os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1") == "1":
+    # are noise next to it. Process-wide, here at the run's entry, because transformers has no per-call
+    # switch; HF_HUB_DISABLE_PROGRESS_BARS=0 keeps them.
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") != "0":
         hf_logging.disable_progress_bar()
     train(sys.argv[1:] if argv is None else argv)
     return 0

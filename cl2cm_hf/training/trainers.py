@@ -5,36 +5,51 @@ the model, weight the terms, log each term, guard against non-finite values and 
 loss-based evaluation by retrieval metrics (an evaluator object, as sentence-transformers does).
 """
 
+import dataclasses
+import json
 import os
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import Trainer
+from accelerate import PartialState
+from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from cl2cm_hf.atomic import replace_directory
+from cl2cm_hf.atomic import atomic_write_text, fsync_tree
+from cl2cm_hf.evaluation.records import flat_metrics
 from cl2cm_hf.losses import info_nce, relational_distillation, sinkhorn_ot_loss, vse_triplet
 
-TRAINER_STATE_NAME = "trainer_state.json"
-# A pickle of TrainingArguments that Trainer writes into each checkpoint and never reads back; its
-# settings are in the run's training_config.yaml. Left out so checkpoints hold no arbitrary pickles.
-TRAINING_ARGS_NAME = "training_args.bin"
-STAGING_PREFIX = ".staging-"
+# Written into a checkpoint once every process has written its part: `last_checkpoint` (run.py)
+# resumes only from checkpoints that hold it.
+CHECKPOINT_COMPLETE = "checkpoint_complete.json"
 DELETING_PREFIX = ".deleting-"
 
 
+def _checkpoints(run_dir: Path) -> list[Path]:
+    """`checkpoint-N` folders of `run_dir`, oldest first."""
+    found = (p for p in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit())
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _delete_checkpoint(checkpoint: Path) -> None:
+    """Rename to a hidden name, then delete: a kill during the deletion never leaves a half-deleted
+    ``checkpoint-N``."""
+    doomed = checkpoint.with_name(f"{DELETING_PREFIX}{checkpoint.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.rename(checkpoint, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def rotate_checkpoints(run_dir: Path, save_total_limit: int | None, best_model_checkpoint: str | None) -> None:
-    """Trainer's `save_total_limit` rotation (keep the newest and the best, delete the oldest), with
-    each deleted checkpoint first renamed to a hidden name: a kill during the deletion never leaves
-    a half-deleted ``checkpoint-N`` that looks loadable."""
+    """Trainer's `save_total_limit` rotation (keep the newest and the best, delete the oldest), each
+    deletion through `_delete_checkpoint`."""
     if not save_total_limit or save_total_limit <= 0:
         return
-    found = sorted(
-        (p for p in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
+    found = _checkpoints(run_dir)
     if len(found) <= save_total_limit:
         return
     protected = {found[-1]} | ({Path(best_model_checkpoint)} if best_model_checkpoint else set())
@@ -43,11 +58,51 @@ def rotate_checkpoints(run_dir: Path, save_total_limit: int | None, best_model_c
         if remaining <= keep:
             break
         if checkpoint not in protected:
-            doomed = checkpoint.with_name(f"{DELETING_PREFIX}{checkpoint.name}")
-            shutil.rmtree(doomed, ignore_errors=True)
-            os.rename(checkpoint, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            _delete_checkpoint(checkpoint)
             remaining -= 1
+
+
+class CompleteCheckpoints(TrainerCallback):
+    """Trainer checkpoints that `--resume` can trust.
+
+    Trainer writes ``checkpoint-N`` in place; once every process has written its part (`on_save`),
+    the main process drops `training_args.bin` (a pickle of settings that are in the run's
+    training_config.yaml), flushes the folder to disk and writes `CHECKPOINT_COMPLETE`. A checkpoint
+    cut short by a kill has no mark: `last_checkpoint` passes it over and the next `on_train_begin`
+    deletes it. `save_total_limit` rotation runs here, after the mark, deleting through a hidden
+    name (Trainer's own rotation, which deletes in place, is switched off by `_CL2CMTrainer`)."""
+
+    def __init__(self, save_total_limit: int | None):
+        self.save_total_limit = save_total_limit
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        run_dir = Path(args.output_dir)
+        if args.should_save and run_dir.is_dir():
+            for stale in run_dir.glob(f"{DELETING_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            for checkpoint in _checkpoints(run_dir):
+                if not (checkpoint / CHECKPOINT_COMPLETE).exists():
+                    _delete_checkpoint(checkpoint)
+        PartialState().wait_for_everyone()
+
+    def on_save(self, args, state, control, **kwargs):
+        PartialState().wait_for_everyone()  # every process has written its part (RNG state)
+        run_dir = Path(args.output_dir)
+        folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if args.should_save and folder.is_dir():  # (hyperparameter-search trials save into subfolders: not marked)
+            (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+            fsync_tree(folder)
+            atomic_write_text(folder / CHECKPOINT_COMPLETE, json.dumps({"global_step": state.global_step}) + "\n")
+            rotate_checkpoints(run_dir, self.save_total_limit, state.best_model_checkpoint)
+        PartialState().wait_for_everyone()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # Trainer's end-of-training rule for save_total_limit 1: only the best checkpoint stays.
+        best = state.best_model_checkpoint
+        if args.should_save and self.save_total_limit == 1 and best is not None:
+            for checkpoint in _checkpoints(Path(args.output_dir)):
+                if checkpoint != Path(best):
+                    _delete_checkpoint(checkpoint)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,12 +116,71 @@ def _grads_finite(optimizer) -> bool:
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
-class _CL2CMTrainer(Trainer):
-    """Shared by both stages: weighted loss terms, their logging, retrieval evaluation, atomic
-    checkpoints, and skipped optimizer steps for batches whose loss is not finite."""
+class GuardedOptimizer(torch.optim.Optimizer):
+    """An optimizer whose `step` runs only when `should_step()` allows it; everything else (param
+    groups, state, state dict) is the wrapped optimizer's. As accelerate's `AcceleratedOptimizer`, it
+    does not call `Optimizer.__init__`: it holds no parameters of its own."""
 
-    def __init__(self, *args, cl2cm_args, evaluator=None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, optimizer: torch.optim.Optimizer, should_step: Callable[[], bool]):
+        self.optimizer = optimizer
+        self.should_step = should_step
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, state):
+        self.optimizer.state = state
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, param_groups):
+        self.optimizer.param_groups = param_groups
+
+    @property
+    def defaults(self):
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, defaults):
+        self.optimizer.defaults = defaults
+
+    def add_param_group(self, param_group):
+        self.optimizer.add_param_group(param_group)
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.optimizer.load_state_dict(state_dict)
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        return self.optimizer.step(closure) if self.should_step() else None
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.optimizer!r})"
+
+
+class _CL2CMTrainer(Trainer):
+    """Shared by both stages: weighted loss terms, their logging, retrieval evaluation, checkpoints
+    marked complete (`CompleteCheckpoints`), and skipped optimizer steps for batches whose loss is
+    not finite (`GuardedOptimizer`)."""
+
+    def __init__(self, model=None, args=None, *more, cl2cm_args, evaluator=None, **kwargs):
+        # Checkpoint rotation runs in CompleteCheckpoints, after the completion mark: Trainer's own
+        # (which deletes in place) gets no limit.
+        save_total_limit = args.save_total_limit if args is not None else None
+        if save_total_limit is not None:
+            args = dataclasses.replace(args, save_total_limit=None)
+        super().__init__(model, args, *more, **kwargs)
+        self.add_callback(CompleteCheckpoints(save_total_limit))
         self.cl2cm_args = cl2cm_args
         self.evaluator = evaluator
         self._term_sums = defaultdict(float)
@@ -74,7 +188,6 @@ class _CL2CMTrainer(Trainer):
         self.skipped_batches = 0
         self.skipped_steps = 0
         self._finite_batches = 0  # finite micro-batches since the last optimizer step
-        self._staging_dir = None
 
     def contrastive(self, a, b, logit_scale):
         if self.cl2cm_args.loss == "triplet":
@@ -92,7 +205,7 @@ class _CL2CMTrainer(Trainer):
             self._term_sums["skipped_batches"] += 1
             # Zero loss attached to every trainable parameter: no gradient from this batch, and DDP
             # still sees a gradient for each parameter. If no batch of the optimizer step was
-            # finite, the step itself is skipped (see `_guard_optimizer_step`): Adam's momentum
+            # finite, the step itself is skipped (see `_should_step`): Adam's momentum
             # and weight decay would otherwise still move the weights.
             return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
         for name, (weight, value) in terms.items():
@@ -130,78 +243,33 @@ class _CL2CMTrainer(Trainer):
 
     # --- non-finite batches: no optimizer step without a finite batch ----------------------------
     def create_optimizer(self, model=None):
+        """Trainer's optimizer, wrapped so that its steps follow `_should_step`."""
         optimizer = super().create_optimizer(model)
-        self._guard_optimizer_step(self.optimizer)
-        return optimizer
+        if not isinstance(optimizer, GuardedOptimizer):
+            self.optimizer = GuardedOptimizer(optimizer, self._should_step)
+        return self.optimizer
 
-    def _guard_optimizer_step(self, optimizer) -> None:
-        """Wrap `optimizer.step`: skipped when no micro-batch since the last step had a finite loss
-        (on_nonfinite: skip), or when a gradient is not finite (stop: raise; skip: count). Under DDP
-        the decision is shared by all processes, so their weights stay equal."""
-        if getattr(optimizer, "_cl2cm_guarded", False):
-            return
-        step = optimizer.step
-
-        def guarded_step(*args, **kwargs):
-            finite_batches, finite_grads = self._finite_batches, _grads_finite(optimizer)
-            self._finite_batches = 0
-            flags = torch.tensor([finite_batches, 0 if finite_grads else 1], dtype=torch.float64)
-            if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-                device = self.args.device if torch.distributed.get_backend() == "nccl" else "cpu"
-                flags = flags.to(device)
-                torch.distributed.all_reduce(flags)
-                flags = flags.cpu()
-            if flags[1] > 0 and flags[0] > 0:
-                where = f"step {self.state.global_step + 1}: a gradient is NaN or Inf though every loss term was finite"
-                if self.cl2cm_args.on_nonfinite == "stop":
-                    raise NonFiniteLossError(f"non-finite gradient at {where}; set on_nonfinite: skip to skip such steps")
-            if flags[0] == 0 or flags[1] > 0:
-                self.skipped_steps += 1
-                self._term_sums["skipped_steps"] += 1
-                return None
-            return step(*args, **kwargs)
-
-        optimizer.step = guarded_step
-        optimizer._cl2cm_guarded = True
-
-    # --- checkpoints that never half-exist ------------------------------------------------------
-    def _get_output_dir(self, trial) -> str:
-        return self._staging_dir if self._staging_dir is not None else super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        """Trainer's checkpoint, written into a hidden staging folder and renamed into place.
-
-        ``<run>/checkpoint-N`` therefore either holds a complete checkpoint or does not exist: a
-        kill during the save leaves ``<run>/.staging-checkpoint-N`` (removed by the next save) and
-        the previous checkpoints untouched. Rotation (`save_total_limit`) and best-model tracking
-        run on the real folder, after the rename."""
-        run_dir = Path(super()._get_output_dir(trial))
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging = run_dir / f"{STAGING_PREFIX}{name}"
-        if self.args.should_save:
-            for stale in [*run_dir.glob(f"{STAGING_PREFIX}*"), *run_dir.glob(f"{DELETING_PREFIX}*")]:
-                shutil.rmtree(stale, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        push, self.args.push_to_hub = self.args.push_to_hub, False  # never push a staging folder
-        self._staging_dir = str(staging)
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging_dir = None
-            self.args.push_to_hub = push
-        staged, final = staging / name, run_dir / name
-        if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint) == staged:
-            self.state.best_model_checkpoint = str(final)
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            (staged / TRAINING_ARGS_NAME).unlink(missing_ok=True)
-            self.state.save_to_json(str(staged / TRAINER_STATE_NAME))  # with the final best_model_checkpoint
-            replace_directory(staged, final)
-            shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
-        self.accelerator.wait_for_everyone()
-        if push:
-            self._push_from_checkpoint(str(final))
+    def _should_step(self) -> bool:
+        """No step when no micro-batch since the last step had a finite loss (on_nonfinite: skip), or
+        when a gradient is not finite (stop: raise; skip: count). Under DDP the decision is shared by
+        all processes, so their weights stay equal."""
+        finite_batches, finite_grads = self._finite_batches, _grads_finite(self.optimizer)
+        self._finite_batches = 0
+        flags = torch.tensor([finite_batches, 0 if finite_grads else 1], dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            device = self.args.device if torch.distributed.get_backend() == "nccl" else "cpu"
+            flags = flags.to(device)
+            torch.distributed.all_reduce(flags)
+            flags = flags.cpu()
+        if flags[1] > 0 and flags[0] > 0:
+            where = f"step {self.state.global_step + 1}: a gradient is NaN or Inf though every loss term was finite"
+            if self.cl2cm_args.on_nonfinite == "stop":
+                raise NonFiniteLossError(f"non-finite gradient at {where}; set on_nonfinite: skip to skip such steps")
+        if flags[0] == 0 or flags[1] > 0:
+            self.skipped_steps += 1
+            self._term_sums["skipped_steps"] += 1
+            return False
+        return True
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Retrieval metrics of the evaluator (validation, target languages); `eval_sumr` picks the best checkpoint."""
@@ -210,7 +278,7 @@ class _CL2CMTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.evaluator(model).items()}
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in flat_metrics(self.evaluator(model)).items()}
         model.train(was_training)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

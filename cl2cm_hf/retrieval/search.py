@@ -1,0 +1,141 @@
+"""Exact top-k search in bounded memory: float32 tiles select candidates, canonical scores order
+and certify them (ties: lower gallery index first)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from ._canonical import PAIR_BATCH, canonical_dot, check_magnitude, error_factor, norms
+from ._inputs import Rows, check_k, check_pair
+from ._tiles import Buffer, TileWorkers, tile_sizes
+
+
+@torch.no_grad()
+def topk(queries, gallery, k: int, chunk_size: int | None = None, *, query_chunk_size: int | None = None,
+         memory_budget: int | None = None, margin: int | None = None):
+    """Exact top-`k` gallery items of every query by inner product, in bounded memory.
+
+    Args:
+        queries: ``(n, d)`` tensor or array.
+        gallery: ``(m, d)`` tensor, numpy array or ``np.memmap``; read `chunk_size` rows at a time.
+        k: number of items per query, ``1 <= k <= m``.
+        chunk_size: gallery rows per chunk; chosen from `memory_budget` when None.
+        query_chunk_size: queries per tile; chosen from the budget when None.
+        memory_budget: bytes of working memory (default ``DEFAULT_MEMORY_BUDGET``, 256 MiB);
+            the outputs ``(n, k)`` and the queries themselves come on top.
+        margin: extra float32 candidates kept per query before the exact re-scoring (default
+            ``max(16, k // 2)``); rows with more near-ties than that are redone with a larger one.
+
+    Returns:
+        ``(scores, indices)``: float32 ``(n, k)`` scores (canonical scores rounded to float32) and
+        int64 ``(n, k)`` gallery indices, best first; exact ties go to the lower index. Tensors on
+        the queries' device (CPU for numpy inputs).
+    """
+    q_rows = Rows(queries, "queries")
+    g_rows = Rows(gallery, "gallery", device=q_rows.device)
+    check_pair(q_rows, g_rows)
+    k = check_k(k, g_rows.n)
+    margin = max(16, k // 2) if margin is None else int(margin)
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    q = q_rows.block(0, q_rows.n)
+    q_norm = norms(q, "queries")
+    rel, absolute = error_factor(q_rows.d)
+    n = q_rows.n
+
+    scores = torch.empty(n, k, dtype=torch.float32, device=q.device)
+    indices = torch.empty(n, k, dtype=torch.int64, device=q.device)
+    pending = torch.arange(n, device=q.device)
+    width = min(g_rows.n, k + margin)
+    with TileWorkers(q.device) as workers:
+        while pending.numel():
+            sub = q[pending]
+            cand_vals, cand_idx, gallery_max_norm = _float32_candidates(
+                workers, sub, g_rows, width, chunk_size, query_chunk_size, memory_budget
+            )
+            check_magnitude(float(q_norm.max()), gallery_max_norm)
+            canon = _canonical_candidates(sub, g_rows, cand_idx)
+            # (canonical desc, index asc): sort by index, then a stable sort by score.
+            by_index = torch.argsort(cand_idx, dim=1)
+            cand_idx = torch.gather(cand_idx, 1, by_index)
+            canon = torch.gather(canon, 1, by_index)
+            order = torch.sort(canon, dim=1, descending=True, stable=True).indices
+            cand_idx = torch.gather(cand_idx, 1, order)
+            canon = torch.gather(canon, 1, order)
+            # Certified when no item outside the candidates can reach the k-th canonical score.
+            tol = rel * q_norm[pending] * gallery_max_norm + absolute
+            certified = cand_vals.min(dim=1).values.double() + tol < canon[:, k - 1]
+            if width >= g_rows.n:
+                certified[:] = True
+            done = pending[certified]
+            scores[done] = canon[certified, :k].float()
+            indices[done] = cand_idx[certified, :k]
+            pending = pending[~certified]
+            width = min(g_rows.n, 4 * width)
+    return scores, indices
+
+
+def _canonical_candidates(q, g_rows: Rows, cand_idx: torch.Tensor) -> torch.Tensor:
+    """Canonical scores ``(n, width)`` of each query with its candidate gallery rows."""
+    n, width = cand_idx.shape
+    out = torch.empty(n, width, dtype=torch.float64, device=q.device)
+    step = max(1, PAIR_BATCH // width)
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        picked = g_rows.take(cand_idx[a:b].reshape(-1).cpu().numpy())
+        out[a:b] = canonical_dot(q[a:b].repeat_interleave(width, dim=0), picked).view(b - a, width)
+    return out
+
+
+class _RunningTopk:
+    """Per query, the `width` best float32 tile scores seen so far and their gallery indices."""
+
+    def __init__(self, workers: TileWorkers, q: torch.Tensor, width: int, rows: int):
+        self.workers, self.q, self.width, self.rows = workers, q, width, rows
+        self.vals = torch.full((q.shape[0], width), -math.inf, dtype=torch.float32, device=q.device)
+        self.idx = torch.zeros((q.shape[0], width), dtype=torch.int64, device=q.device)
+
+    def add_chunk(self, chunk: torch.Tensor, start: int) -> None:
+        """Merge the candidates of gallery rows ``start .. start + len(chunk)``, tile by tile."""
+        n = self.q.shape[0]
+        self.workers.run(
+            functools.partial(self._merge_tile, chunk, start), range(0, n, self.rows), work=n * chunk.shape[0] * self.q.shape[1]
+        )
+
+    def _merge_tile(self, chunk: torch.Tensor, start: int, a: int) -> None:
+        state = self.workers.state(lambda: {"tile": Buffer(torch.float32, self.q.device)})
+        b = min(a + self.rows, self.q.shape[0])
+        tile = torch.mm(self.q[a:b], chunk.T, out=state["tile"].view(b - a, chunk.shape[0]))
+        # Only rows whose best score in the tile beats their running width-th score can gain a
+        # candidate: once the running lists fill up, most rows skip the tile's top-k and merge.
+        live = (tile.amax(dim=1) > self.vals[a:b].amin(dim=1)).nonzero().squeeze(1)
+        if live.numel() == 0:
+            return
+        if live.numel() < b - a:
+            tile, rows_at = tile[live], live + a
+        else:
+            rows_at = slice(a, b)
+        vals, idx = torch.topk(tile, min(self.width, chunk.shape[0]), dim=1, sorted=False)
+        merged_vals = torch.cat([self.vals[rows_at], vals], dim=1)
+        merged_idx = torch.cat([self.idx[rows_at], idx + start], dim=1)
+        keep = torch.topk(merged_vals, self.width, dim=1, sorted=False).indices
+        self.vals[rows_at] = torch.gather(merged_vals, 1, keep)  # row blocks are disjoint across workers
+        self.idx[rows_at] = torch.gather(merged_idx, 1, keep)
+
+
+def _float32_candidates(workers: TileWorkers, q, g_rows: Rows, width, chunk_size, query_chunk_size, memory_budget):
+    """Per query, `width` gallery items with the largest float32 tile scores (any order among
+    float32 ties: the caller certifies), their scores, and the gallery's largest norm."""
+    # Per tile element: the score (4 B) plus topk's workspace; the running candidates come on top.
+    rows, cols = tile_sizes(q.shape[0], g_rows.n, chunk_size, query_chunk_size, memory_budget, 16, workers.workers)
+    cols = max(cols, min(g_rows.n, width)) if chunk_size is None else cols
+    running = _RunningTopk(workers, q, width, rows)
+    max_norm = 0.0
+    for start in range(0, g_rows.n, cols):
+        chunk = g_rows.block(start, min(start + cols, g_rows.n))
+        max_norm = max(max_norm, float(norms(chunk, g_rows.name, start).max()))
+        running.add_chunk(chunk, start)
+    return running.vals, running.idx, max_norm

@@ -1,0 +1,81 @@
+"""What `pip install .` (not editable) puts on a machine: one import package, working console scripts,
+the card template inside the package.
+
+The wheel is built from this checkout and installed without dependencies into a fresh virtualenv
+whose dependencies come from the running environment (a .pth line), and every check runs with the
+working directory outside the repository, so nothing is imported from the checkout.
+"""
+
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A fresh venv with the project's wheel installed; returns its bin folder."""
+    root = tmp_path_factory.mktemp("pip-install")
+    wheels = root / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(wheels), str(REPO)],
+        check=True, capture_output=True, cwd=root,
+    )
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    # Dependencies (torch, transformers, ...) from the running environment, after the venv's own packages.
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    wheel = next(wheels.glob("cl2cm_hf-*.whl"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "--quiet", str(wheel)],
+        check=True, capture_output=True, cwd=root,
+    )
+    return venv / "bin", root
+
+
+def _run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, cwd=cwd, env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+
+
+def test_one_import_package(installed):
+    bin_dir, cwd = installed
+    probe = (
+        "import importlib, json, cl2cm_hf\n"
+        "found = {}\n"
+        "for name in ('trainer', 'hub_cards', 'cl2cm_hf.training.run', 'cl2cm_hf.evaluation.leaderboard'):\n"
+        "    try:\n"
+        "        found[name] = importlib.import_module(name).__file__\n"
+        "    except ImportError:\n"
+        "        found[name] = None\n"
+        "found['cl2cm_hf'] = cl2cm_hf.__file__\n"
+        "print(json.dumps(found))\n"
+    )
+    result = _run(bin_dir, cwd, str(bin_dir / "python"), "-c", probe)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["trainer"] is None and found["hub_cards"] is None
+    assert str(REPO) not in found["cl2cm_hf"] and "site-packages" in found["cl2cm_hf"]
+    assert found["cl2cm_hf.training.run"] and found["cl2cm_hf.evaluation.leaderboard"]
+
+
+@pytest.mark.parametrize("script", ["cl2cm-train", "cl2cm-leaderboard"])
+def test_console_scripts_help(installed, script):
+    bin_dir, cwd = installed
+    result = _run(bin_dir, cwd, str(bin_dir / script), "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage" in result.stdout.lower()
+
+
+def test_console_script_fails_with_nonzero_status(installed):
+    bin_dir, cwd = installed
+    result = _run(bin_dir, cwd, str(bin_dir / "cl2cm-train"), str(cwd / "no-such-recipe.yaml"))
+    assert result.returncode != 0
+    assert "no-such-recipe.yaml" in result.stderr

@@ -1,0 +1,76 @@
+"""The run record that ties an output folder to one run and its settings (cl2cm_hf.training.run_record)."""
+
+import json
+
+import pytest
+
+from cl2cm_hf.training.arguments import load_config, parse_config
+from cl2cm_hf.training.run_record import (
+    RUN_RECORD,
+    RunMismatchError,
+    check_owned,
+    claim_output_dir,
+    clear_outputs,
+    result_settings,
+    write_record,
+)
+
+
+def _settings(**overrides):
+    argv = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+    values = load_config(None, argv)
+    return result_settings(parse_config(values), values)
+
+
+def test_settings_hold_what_changes_results_and_leave_out_where_it_is_written():
+    settings = _settings(output_dir="/somewhere/private", lambda_kt=0.5, logging_steps=3)
+    assert settings["lambda_kt"] == 0.5 and "seed" in settings and "target_langs" in settings
+    assert "output_dir" not in settings and "logging_steps" not in settings
+    json.dumps(settings)  # plain JSON values only
+
+
+def test_fresh_run_refuses_another_runs_outputs_unless_overwriting(tmp_path):
+    write_record(tmp_path, claim_output_dir(tmp_path, _settings(), resume=False, overwrite=False))
+    (tmp_path / "cross_lingual").mkdir()
+    with pytest.raises(RunMismatchError, match="another run's outputs.*cross_lingual.*--overwrite_output_dir"):
+        claim_output_dir(tmp_path, _settings(), resume=False, overwrite=False)
+    (tmp_path / "mine.txt").write_text("not a run output")
+    claim_output_dir(tmp_path, _settings(), resume=False, overwrite=True)
+    clear_outputs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def test_resume_lists_every_changed_setting_and_accepts_allowed_ones(tmp_path):
+    record = claim_output_dir(tmp_path, _settings(lambda_kt=1.0, seed=1), resume=False, overwrite=False)
+    write_record(tmp_path, record)
+    with pytest.raises(RunMismatchError) as err:
+        claim_output_dir(tmp_path, _settings(lambda_kt=0.5, seed=2), resume=True, overwrite=False)
+    assert "lambda_kt: 1.0 -> 0.5" in str(err.value) and "seed: 1 -> 2" in str(err.value)
+    resumed = claim_output_dir(
+        tmp_path, _settings(lambda_kt=0.5, seed=1), resume=True, overwrite=False, allow_changes=["lambda_kt"]
+    )
+    assert resumed["run_id"] == record["run_id"] and resumed["settings"]["lambda_kt"] == 0.5
+    assert resumed["accepted_changes"][0]["changes"] == {"lambda_kt": [1.0, 0.5]}
+    same = claim_output_dir(tmp_path, _settings(lambda_kt=1.0, seed=1, logging_steps=99), resume=True, overwrite=False)
+    assert same == record  # a log setting is not a change of the run
+
+
+def test_resume_with_nothing_to_resume_says_so(tmp_path):
+    with pytest.raises(RunMismatchError, match="nothing to resume"):
+        claim_output_dir(tmp_path, _settings(), resume=True, overwrite=False)
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(RunMismatchError, match=f"no {RUN_RECORD}"):
+        claim_output_dir(tmp_path, _settings(), resume=True, overwrite=False)
+
+
+def test_unreadable_record_and_foreign_stage_folder_are_named(tmp_path):
+    (tmp_path / RUN_RECORD).write_text("{not json")
+    with pytest.raises(RunMismatchError, match="unreadable run record"):
+        claim_output_dir(tmp_path, _settings(), resume=True, overwrite=False)
+    record = claim_output_dir(tmp_path / "new", _settings(), resume=False, overwrite=False)
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    with pytest.raises(RunMismatchError, match="belongs to another run.*no run record"):
+        check_owned(stage, record, "stage folder")
+    write_record(stage, record)
+    check_owned(stage, record, "stage folder")

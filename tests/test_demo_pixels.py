@@ -85,3 +85,5 @@ def test_vision_tower_and_image_processor_from_a_config():
         scratch_image_processor({"model_type": "vit"})
     with pytest.raises(ValueError, match="vision_model and vision_config: set one"):
         parse_config(load_config(RECIPE, ["--vision_model", "some/vit"]))
+    with pytest.raises(ValueError, match="set visual_encoder_type: backbone"):
+        parse_config(load_config(RECIPE, ["--visual_encoder_type", "features"]))

@@ -170,6 +170,8 @@ class ModelArguments:
         if self.vision_config is not None:
             if self.vision_model:
                 raise ValueError("vision_model and vision_config: set one (pretrained weights, or a config built from scratch)")
+            if self.visual_encoder_type != "backbone":
+                raise ValueError("vision_config builds a vision backbone: set visual_encoder_type: backbone")
             if not isinstance(self.vision_config.get("model_type"), str):
                 raise ValueError(f"vision_config={self.vision_config!r}: needs model_type (e.g. vit, convnext, resnet)")
         if self.cache_frozen_text_layers and 0 in (self.freeze_text_layers, self.cl_freeze_text_layers):

@@ -83,7 +83,9 @@ def _check_saved_sub_config(config_name: str, field: str, sub) -> None:
         defaults = AutoConfig.for_model(model_type)
     except ValueError:
         raise ValueError(f"{where}.model_type={model_type!r} is not a model type this transformers knows") from None
-    missing = [name for name in _SUB_ARCHITECTURE if hasattr(defaults, name) and name not in sub]
+    # A field the model type aliases (attribute_map, e.g. ConvNeXt's num_hidden_layers -> num_stages) is saved under its own name.
+    missing = [name for name in _SUB_ARCHITECTURE
+               if hasattr(defaults, name) and name not in sub and defaults.attribute_map.get(name) not in sub]
     if missing:
         raise ValueError(
             f"{where}.{missing[0]} is missing from the saved config (also missing: {missing[1:]}); it decides the "

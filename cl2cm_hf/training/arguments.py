@@ -130,6 +130,15 @@ class ModelArguments:
         default="features", metadata={"help": "features | backbone", "allowed": one_of("features", "backbone")}
     )
     vision_model: str | None = field(default=None, metadata={"help": "Pretrained vision backbone for backbone mode."})
+    vision_config: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Backbone mode without pretrained weights: a transformers config (model_type plus its sizes, e.g. "
+            "{model_type: vit, image_size: 64, patch_size: 8, hidden_size: 128, ...}) of a randomly initialised vision "
+            "backbone; its image processor (the Pil class of that model type) resizes to image_size.",
+            "allowed": Allowed(),
+        },
+    )
     visual_hidden_size: int = field(default=512, metadata={"allowed": at_least(1)})
     visual_num_layers: int = field(
         default=0, metadata={"help": "Temporal transformer layers (0: masked mean of frames).", "allowed": at_least(0)}
@@ -160,6 +169,13 @@ class ModelArguments:
         check_allowed(self)
         self.text_model = resolve_model_reference(self.text_model)
         self.vision_model = resolve_model_reference(self.vision_model)
+        if self.vision_config is not None:
+            if self.vision_model:
+                raise ValueError("vision_model and vision_config: set one (pretrained weights, or a config built from scratch)")
+            if self.visual_encoder_type != "backbone":
+                raise ValueError("vision_config builds a vision backbone: set visual_encoder_type: backbone")
+            if not isinstance(self.vision_config.get("model_type"), str):
+                raise ValueError(f"vision_config={self.vision_config!r}: needs model_type (e.g. vit, convnext, resnet)")
         if self.cache_frozen_text_layers and 0 in (self.freeze_text_layers, self.cl_freeze_text_layers):
             raise ValueError(
                 "cache_frozen_text_layers needs frozen layers in both stages: freeze_text_layers and cl_freeze_text_layers "
@@ -229,6 +245,18 @@ class DataArguments:
     demo_mt_noise: float = field(default=0.3, metadata={"allowed": Allowed(0, 1)})
     demo_visual_kind: str = field(default="image", metadata={"help": "image | video", "allowed": one_of("image", "video")})
     demo_feature_dim: int = field(default=64, metadata={"allowed": at_least(1)})
+    demo_pixels: bool = field(
+        default=False,
+        metadata={"help": "Demo world as rendered pictures (an image store for a vision backbone) instead of features."},
+    )
+    demo_image_size: int = field(default=64, metadata={"help": "Side of the rendered demo pictures.", "allowed": at_least(8)})
+    demo_image_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of rendered demo pictures, one subfolder per world kind, seed and size (rendered once, "
+            "reused while the world is the same); None: <output_dir>/demo_pictures."
+        },
+    )
     fold: int | None = field(
         default=None,
         metadata={"help": "multi30k_r50: cross-validation fold (0 to num_folds - 1).", "allowed": at_least(0)},

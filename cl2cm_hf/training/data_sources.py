@@ -26,6 +26,8 @@ from cl2cm_hf.data import (
 )
 from cl2cm_hf.data.image_paths import IMAGES_FILE
 
+from .model_setup import scratch_image_processor
+
 
 @dataclass
 class RunData:
@@ -62,7 +64,7 @@ def _tokenizer(data_args, model_args, texts: list[str]):
     return train_demo_tokenizer(texts, vocab_size=data_args.tokenizer_vocab_size)
 
 
-def _demo(data_args, seed: int):
+def _demo(data_args, seed: int, training_args):
     world = build_demo_world(
         seed=seed,
         num_items=data_args.demo_items,
@@ -73,7 +75,18 @@ def _demo(data_args, seed: int):
         feature_dim=data_args.demo_feature_dim,
         target_langs=tuple(data_args.target_langs),
     )
-    return "demo world", world.pairs, world.queries, world.features, world.tokenizer_corpus()
+    features = _demo_pictures(world, data_args, seed, training_args) if data_args.demo_pixels else world.features
+    return "demo world", world.pairs, world.queries, features, world.tokenizer_corpus()
+
+
+def _demo_pictures(world, data_args, seed: int, training_args) -> ImagePathStore:
+    """The world's rendered pictures as an image store (its image processor comes from the model
+    settings), under demo_image_cache (default <output_dir>/demo_pictures). Rendered once: the main
+    process draws the folder, the others (and later runs of the same world) reuse it."""
+    cache = Path(data_args.demo_image_cache or Path(training_args.output_dir) / "demo_pictures")
+    folder = cache / f"{data_args.demo_visual_kind}_seed{seed}_{data_args.demo_image_size}px"
+    with training_args.main_process_first(desc="demo pictures"):
+        return world.image_store(folder, data_args.demo_image_size)
 
 
 def _files(data_args, seed: int, skipped: SkippedRows | None = None):
@@ -129,11 +142,14 @@ def _check_visual_input(features, model_args) -> None:
         raise ValueError(
             f"visual_encoder_type={model_args.visual_encoder_type!r} but the visual items are "
             f"{'images' if pixels else 'precomputed features'}: backbone reads an image store "
-            f"(features_file: a folder with {IMAGES_FILE}), features reads a feature store"
+            f"(features_file: a folder with {IMAGES_FILE}; demo: demo_pixels: true), features reads a feature store"
         )
     if pixels:
+        if model_args.vision_config:
+            features.image_processor = scratch_image_processor(model_args.vision_config)
+            return
         if not model_args.vision_model:
-            raise ValueError("visual_encoder_type: backbone needs vision_model (a folder or hub id)")
+            raise ValueError("visual_encoder_type: backbone needs vision_model (a folder or hub id) or vision_config")
         try:
             features.image_processor = AutoImageProcessor.from_pretrained(model_args.vision_model)
         except OSError as err:
@@ -221,7 +237,7 @@ def build_run_data(data_args, model_args, training_args) -> RunData:
     if data_args.dataset not in sources:
         raise ValueError(f"dataset={data_args.dataset!r}; expected one of {sorted(sources)}")
     skipped = SkippedRows()  # rows left out under on_bad_row: skip, listed in <output_dir>/skipped_rows.jsonl
-    extra = {"skipped": skipped} if data_args.dataset == "files" else {}
+    extra = {"files": {"skipped": skipped}, "demo": {"training_args": training_args}}.get(data_args.dataset, {})
     name, pairs, queries, features, texts = sources[data_args.dataset](data_args, training_args.seed, **extra)
     _check_visual_input(features, model_args)
     report_skipped_rows(skipped, data_args.on_bad_row, training_args.output_dir, write=training_args.should_save)

@@ -1,7 +1,8 @@
 """Build the two networks of a run from its settings: pretrained towers or small towers from
-scratch, stage-2 text tower from stage 1, frozen lower text layers (served from the run's
-`FrozenLayerStore` under `cache_frozen_text_layers`), and the frozen stage-1 teacher (from this run,
-or an existing stage-1 folder loaded with its own tokenizer by `load_teacher`)."""
+scratch (a vision backbone from `vision_config`, with the image processor that feeds it), stage-2
+text tower from stage 1, frozen lower text layers (served from the run's `FrozenLayerStore` under
+`cache_frozen_text_layers`), and the frozen stage-1 teacher (from this run, or an existing stage-1
+folder loaded with its own tokenizer by `load_teacher`)."""
 
 import copy
 import json
@@ -9,7 +10,9 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer, BertConfig
+import transformers
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 
 from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCrossModalConfig, CL2CMCrossModalModel
 from cl2cm_hf.checkpoint_safety import check_auto_map
@@ -43,6 +46,34 @@ def scratch_text_config(args: ModelArguments, tokenizer, max_length: int) -> dic
         pad_token_id=tokenizer.pad_token_id,
         **dropout,
     ).to_dict()
+
+
+def scratch_vision_backbone(vision_config: dict) -> torch.nn.Module:
+    """A randomly initialised vision backbone from `vision_config` (model_type plus sizes), for
+    backbone mode where no pretrained weights exist (e.g. the demo world's pictures)."""
+    settings = dict(vision_config)
+    config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+    if getattr(config, "hidden_size", None) is None and getattr(config, "hidden_sizes", None):
+        # CL2CM reads the backbone's output width as hidden_size; convolutional configs (ConvNeXt,
+        # ResNet) list their stage widths as hidden_sizes and pool the last one. Saved with the config.
+        config.hidden_size = config.hidden_sizes[-1]
+    return AutoModel.from_config(config)
+
+
+def scratch_image_processor(vision_config: dict):
+    """The image processor of `vision_config`'s model type (its Pil class: no torchvision), resizing
+    to ``vision_config["image_size"]`` without cropping and normalising as that class does."""
+    model_type, side = vision_config["model_type"], vision_config.get("image_size")
+    name = (IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {}).get("pil")
+    if name is None:
+        raise ValueError(f"vision_config.model_type={model_type!r}: transformers has no Pil image processor for it")
+    if not isinstance(side, int) or isinstance(side, bool) or side < 1:
+        raise ValueError(f"vision_config.image_size={side!r}: expected the input side in pixels (a positive integer)")
+    processor_class = getattr(transformers, name)
+    if "height" in processor_class.size:
+        return processor_class(size={"height": side, "width": side})
+    # Shortest-edge processors (ConvNeXt, ResNet) crop a centre of crop_pct unless it is 1.
+    return processor_class(size={"shortest_edge": side}, crop_pct=1.0)
 
 
 def set_text_dropout(backbone, p: float | None) -> None:
@@ -107,14 +138,15 @@ def build_cross_modal(
         "visual_max_frames": args.visual_max_frames,
         "visual_dropout": args.visual_dropout,
     }
-    if args.visual_encoder_type == "backbone" and not args.vision_model:
-        raise ValueError("visual_encoder_type: backbone needs vision_model (a folder or hub id)")
+    if args.visual_encoder_type == "backbone" and not (args.vision_model or args.vision_config):
+        raise ValueError("visual_encoder_type: backbone needs vision_model (a folder or hub id) or vision_config")
+    vision = scratch_vision_backbone(args.vision_config) if args.vision_config else args.vision_model
     from_stage1 = cross_lingual is not None and args.init_text_from_cross_lingual
     # A copy: the stage-1 network stays the teacher.
     text = copy.deepcopy(plain_backbone(cross_lingual.text_model.backbone)).requires_grad_(True) if from_stage1 else args.text_model
     if text is not None:
-        model = CL2CMCrossModalModel.from_towers_pretrained(text, args.vision_model, **kwargs)
-    elif args.vision_model:
+        model = CL2CMCrossModalModel.from_towers_pretrained(text, vision, **kwargs)
+    elif vision is not None:
         raise ValueError("a vision backbone needs a pretrained text tower (text_model) or a stage-1 model")
     else:
         config = CL2CMCrossModalConfig(text_config=scratch_text_config(args, tokenizer, max_length), **kwargs)

@@ -38,7 +38,7 @@ _counter = itertools.count()
 ID = st.text(alphabet="abcdefghij0123456789_", min_size=1, max_size=6)
 TEXT = st.text(
     alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\x00"), min_size=1, max_size=20
-).filter(lambda t: t.strip())
+).filter(lambda t: not is_blank(t))  # a valid caption: not only whitespace or invisible characters
 PAIR_ROW = st.fixed_dictionaries({"visual_id": ID, "source_text": TEXT, "target_text": TEXT, "target_lang": st.sampled_from(["de", "fr"])})
 BAD_VALUE = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.lists(st.integers(), max_size=2),
                       st.dictionaries(ID, st.integers(), max_size=1))

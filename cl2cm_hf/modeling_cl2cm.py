@@ -29,12 +29,15 @@ class CL2CMCrossLingualOutput(ModelOutput):
 
     Sentence embeddings are L2-normalised `(B, projection_dim)`; token embeddings are the projected,
     unnormalised token states `(B, L, projection_dim)` with their masks, for word-level alignment.
+    `scale` is ``exp(logit_scale)`` clamped (the model's `scale()`: the inverse temperature; the
+    `logit_scale` parameter itself stays in log space, as in CLIP), returned because DDP needs every
+    parameter of the loss to pass through `forward`.
     """
 
     loss: torch.FloatTensor | None = None
     source_embeds: torch.FloatTensor | None = None
     target_embeds: torch.FloatTensor | None = None
-    logit_scale: torch.FloatTensor | None = None
+    scale: torch.FloatTensor | None = None
     source_token_embeds: torch.FloatTensor | None = None
     source_token_mask: torch.LongTensor | None = None
     target_token_embeds: torch.FloatTensor | None = None
@@ -47,8 +50,9 @@ class CL2CMCrossModalOutput(ModelOutput):
 
     `text_embeds` (`(B, d)`) embed `input_ids`; `target_text_embeds` embed the optional second
     caption batch (`target_input_ids`, the MT side in stage 2) in the same forward pass, so one DDP
-    forward covers every text the loss needs. `logit_scale` is returned because DDP needs every
-    parameter of the loss to pass through `forward`.
+    forward covers every text the loss needs. `scale` is ``exp(logit_scale)`` clamped (the model's
+    `scale()`: the inverse temperature of `logits_per_text`; the `logit_scale` parameter stays in log
+    space, as in CLIP), returned because DDP needs every parameter of the loss to pass through `forward`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -57,7 +61,7 @@ class CL2CMCrossModalOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     visual_embeds: torch.FloatTensor | None = None
     target_text_embeds: torch.FloatTensor | None = None
-    logit_scale: torch.FloatTensor | None = None
+    scale: torch.FloatTensor | None = None
 
 
 def _check_mask(mask: torch.Tensor | None, expected: tuple, mask_name: str, input_name: str) -> None:
@@ -322,13 +326,13 @@ class CL2CMCrossLingualModel(CL2CMPreTrainedModel):
         src, src_tokens, src_mask = self._tower("source")(source_input_ids, source_attention_mask, source_token_type_ids)
         tgt, tgt_tokens, tgt_mask = self._tower("target")(target_input_ids, target_attention_mask, target_token_type_ids)
         src, tgt = nn.functional.normalize(src, dim=-1), nn.functional.normalize(tgt, dim=-1)
-        logit_scale = self.scale()
-        loss = info_nce(src, tgt, 1.0 / logit_scale) if return_loss else None
+        scale = self.scale()
+        loss = info_nce(src, tgt, 1.0 / scale) if return_loss else None
         return CL2CMCrossLingualOutput(
             loss=loss,
             source_embeds=src,
             target_embeds=tgt,
-            logit_scale=logit_scale,
+            scale=scale,
             source_token_embeds=src_tokens,
             source_token_mask=src_mask,
             target_token_embeds=tgt_tokens,
@@ -493,9 +497,9 @@ class CL2CMCrossModalModel(CL2CMPreTrainedModel):
             if target_input_ids is not None
             else None
         )
-        logit_scale = self.scale()
-        logits_per_text = logit_scale * text_embeds @ visual_embeds.t()
-        loss = info_nce(text_embeds, visual_embeds, 1.0 / logit_scale) if return_loss else None
+        scale = self.scale()
+        logits_per_text = scale * text_embeds @ visual_embeds.t()
+        loss = info_nce(text_embeds, visual_embeds, 1.0 / scale) if return_loss else None
         return CL2CMCrossModalOutput(
             loss=loss,
             logits_per_text=logits_per_text,
@@ -503,7 +507,7 @@ class CL2CMCrossModalModel(CL2CMPreTrainedModel):
             text_embeds=text_embeds,
             visual_embeds=visual_embeds,
             target_text_embeds=target_embeds,
-            logit_scale=logit_scale,
+            scale=scale,
         )
 
 

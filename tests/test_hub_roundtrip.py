@@ -70,7 +70,7 @@ CHILD = textwrap.dedent(
                     "source": model.get_text_features(inputs["input_ids"], inputs["attention_mask"], language="source"),
                     "target": model.get_text_features(inputs["input_ids"], inputs["attention_mask"], language="target"),
                     "tokens": tokens,
-                    "logit_scale": model.scale(),
+                    "scale": model.scale(),
                 }
             if kind == "features":
                 visual = model.get_visual_features(visual_features=inputs["features"], visual_mask=inputs["frame_mask"])
@@ -79,7 +79,7 @@ CHILD = textwrap.dedent(
             return {
                 "text": model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]),
                 "visual": visual,
-                "logit_scale": model.scale(),
+                "scale": model.scale(),
             }
 
     def processed(processor, model, kind):
@@ -172,7 +172,7 @@ def _embed_here(model, kind, inputs):
                 "source": model.get_text_features(inputs["input_ids"], inputs["attention_mask"], language="source"),
                 "target": model.get_text_features(inputs["input_ids"], inputs["attention_mask"], language="target"),
                 "tokens": tokens,
-                "logit_scale": model.scale(),
+                "scale": model.scale(),
             }
         if kind == "features":
             visual = model.get_visual_features(visual_features=inputs["features"], visual_mask=inputs["frame_mask"])
@@ -181,7 +181,7 @@ def _embed_here(model, kind, inputs):
         return {
             "text": model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]),
             "visual": visual,
-            "logit_scale": model.scale(),
+            "scale": model.scale(),
         }
 
 
@@ -309,7 +309,7 @@ def test_remote_code_embeddings_match_original(shipped, name, how):
         assert got[key].shape == value.shape, key
         diff = (got[key] - value).abs().max().item()
         assert diff < 1e-6, f"{name} loaded from {how}: {key} differs by {diff}"
-    assert got["logit_scale"].item() == pytest.approx(torch.tensor(1.7).exp().item(), rel=1e-6)
+    assert got["scale"].item() == pytest.approx(torch.tensor(1.7).exp().item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("how", ["folder", "hub"])

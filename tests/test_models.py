@@ -142,12 +142,12 @@ def test_forward_returns_loss_logits_and_scale(mode):
     assert_unit_rows(out.text_embeds, 3)
     assert_unit_rows(out.visual_embeds, 3)
     assert_unit_rows(out.target_text_embeds, 3)
-    assert out.logit_scale.requires_grad
-    assert out.logit_scale.item() == pytest.approx(torch.tensor(2.6592).exp().item(), rel=1e-5)
-    torch.testing.assert_close(out.logits_per_text, out.logit_scale * out.text_embeds @ out.visual_embeds.t())
+    assert out.scale.requires_grad
+    assert out.scale.item() == pytest.approx(torch.tensor(2.6592).exp().item(), rel=1e-5)
+    torch.testing.assert_close(out.logits_per_text, out.scale * out.text_embeds @ out.visual_embeds.t())
     torch.testing.assert_close(out.logits_per_visual, out.logits_per_text.t())
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
-    torch.testing.assert_close(out.loss, info_nce(out.text_embeds, out.visual_embeds, 1.0 / out.logit_scale))
+    torch.testing.assert_close(out.loss, info_nce(out.text_embeds, out.visual_embeds, 1.0 / out.scale))
     with torch.no_grad():
         torch.testing.assert_close(out.text_embeds, model.get_text_features(ids, mask))
         torch.testing.assert_close(out.target_text_embeds, model.get_text_features(target_ids, target_mask))
@@ -157,7 +157,7 @@ def test_forward_returns_loss_logits_and_scale(mode):
     assert model.text_model.projection.weight.grad.abs().sum() > 0
 
     no_loss = model(input_ids=ids, attention_mask=mask, **visual)
-    assert no_loss.loss is None and no_loss.logit_scale is not None
+    assert no_loss.loss is None and no_loss.scale is not None
 
 
 def test_logit_scale_is_clamped_at_100():
@@ -226,7 +226,7 @@ def test_cross_lingual_sentence_and_token_outputs(share):
     assert tuple(out.target_token_embeds.shape) == (3, 9, PROJECTION_DIM)
     assert torch.equal(out.source_token_mask, src_mask) and torch.equal(out.target_token_mask, tgt_mask)
     assert torch.isfinite(out.loss) and out.loss.dim() == 0
-    torch.testing.assert_close(out.loss, info_nce(out.source_embeds, out.target_embeds, 1.0 / out.logit_scale))
+    torch.testing.assert_close(out.loss, info_nce(out.source_embeds, out.target_embeds, 1.0 / out.scale))
     out.loss.backward()
     assert model.logit_scale.grad is not None
 
@@ -294,7 +294,7 @@ def test_cross_modal_save_load(tmp_path, config_fn):
         visual = {"pixel_values": torch.randn(2, 2, 3, IMAGE_SIZE, IMAGE_SIZE), "visual_mask": frame_mask([2, 1], 2)}
     with torch.no_grad():
         a, b = model(input_ids=ids, attention_mask=mask, **visual), loaded(input_ids=ids, attention_mask=mask, **visual)
-    for field in ("text_embeds", "visual_embeds", "logit_scale"):
+    for field in ("text_embeds", "visual_embeds", "scale"):
         torch.testing.assert_close(getattr(b, field), getattr(a, field), atol=0, rtol=0)
 
 
@@ -345,7 +345,7 @@ def test_fixed_logit_scale(tmp_path, config_fn):
     assert loaded.logit_scale.item() == pytest.approx(2.5)
     assert "logit_scale" in loaded.state_dict()
     out = loaded(**_inputs_for(loaded), return_loss=True)
-    assert not out.logit_scale.requires_grad
+    assert not out.scale.requires_grad
     out.loss.backward()  # trains the rest, leaves the scale alone
     assert loaded.logit_scale.grad is None and loaded.logit_scale.item() == pytest.approx(2.5)
 

@@ -165,7 +165,7 @@ def test_cross_lingual_model_finite_on_all_padding_and_single_token_rows(share):
     ids = torch.randint(5, 100, (3, 6))
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
     out = model(source_input_ids=ids, target_input_ids=ids.flip(0), source_attention_mask=mask, target_attention_mask=mask.flip(0))
-    loss = info_nce(out.source_embeds, out.target_embeds, 1 / out.logit_scale) + sinkhorn_ot_loss(
+    loss = info_nce(out.source_embeds, out.target_embeds, 1 / out.scale) + sinkhorn_ot_loss(
         out.source_token_embeds, out.source_token_mask, out.target_token_embeds, out.target_token_mask
     )
     assert torch.isfinite(loss)
@@ -181,8 +181,8 @@ def test_cross_modal_model_finite_on_zero_length_videos(num_layers):
     mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]])
     ids = torch.randint(5, 100, (3, 5))
     out = model(input_ids=ids, visual_features=frames, visual_mask=mask, target_input_ids=ids)
-    loss = info_nce(out.visual_embeds, out.text_embeds, 1 / out.logit_scale) + relational_distillation(
-        out.target_text_embeds, out.visual_embeds, out.text_embeds.detach(), out.text_embeds.detach(), out.logit_scale, 20.0
+    loss = info_nce(out.visual_embeds, out.text_embeds, 1 / out.scale) + relational_distillation(
+        out.target_text_embeds, out.visual_embeds, out.text_embeds.detach(), out.text_embeds.detach(), out.scale, 20.0
     )
     assert torch.isfinite(out.visual_embeds).all() and torch.isfinite(loss)
     loss.backward()

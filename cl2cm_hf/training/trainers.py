@@ -210,10 +210,10 @@ class _CL2CMTrainer(Trainer):
         self.nonfinite_terms: Counter[str] = Counter()  # loss term (or "gradient") -> batches (steps) it was non-finite
         self._finite_batches = 0  # finite micro-batches since the last optimizer step
 
-    def contrastive(self, a, b, logit_scale):
+    def contrastive(self, a, b, scale):
         if self.cl2cm_args.loss == "triplet":
             return vse_triplet(a, b, margin=self.cl2cm_args.margin)
-        return info_nce(a, b, 1.0 / logit_scale)
+        return info_nce(a, b, 1.0 / scale)
 
     def combine(self, model, terms: dict[str, tuple[float, torch.Tensor]]) -> torch.Tensor:
         """Weighted sum of named loss terms; non-finite terms stop the run or skip the batch."""
@@ -341,7 +341,7 @@ class CrossLingualTrainer(_CL2CMTrainer):
             target_input_ids=inputs["target_input_ids"],
             target_attention_mask=inputs["target_attention_mask"],
         )
-        terms = {"sentence": (1.0, self.contrastive(outputs.source_embeds, outputs.target_embeds, outputs.logit_scale))}
+        terms = {"sentence": (1.0, self.contrastive(outputs.source_embeds, outputs.target_embeds, outputs.scale))}
         if args.lambda_word:
             word = sinkhorn_ot_loss(
                 outputs.source_token_embeds,
@@ -401,7 +401,7 @@ class CrossModalTrainer(_CL2CMTrainer):
             target_input_ids=inputs["target_input_ids"] if use_target else None,
             target_attention_mask=inputs["target_attention_mask"] if use_target else None,
         )
-        visual, scale = outputs.visual_embeds, outputs.logit_scale
+        visual, scale = outputs.visual_embeds, outputs.scale
         terms = {"source": (1.0, self.contrastive(visual, outputs.text_embeds, scale))}
         if args.lambda_mt:
             terms["mt"] = (args.lambda_mt, self.contrastive(visual, outputs.target_text_embeds, scale))

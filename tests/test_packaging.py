@@ -66,7 +66,7 @@ def test_one_import_package(installed):
     assert found["cl2cm_hf.training.run"] and found["cl2cm_hf.evaluation.leaderboard"]
 
 
-@pytest.mark.parametrize("script", ["cl2cm-train", "cl2cm-leaderboard"])
+@pytest.mark.parametrize("script", ["cl2cm-train", "cl2cm-leaderboard", "cl2cm-index", "cl2cm-search", "cl2cm-app"])
 def test_console_scripts_help(installed, script):
     bin_dir, cwd = installed
     result = _run(bin_dir, cwd, str(bin_dir / script), "--help")
@@ -74,8 +74,15 @@ def test_console_scripts_help(installed, script):
     assert "usage" in result.stdout.lower()
 
 
-def test_console_script_fails_with_nonzero_status(installed):
+@pytest.mark.parametrize("args, named", [
+    (["cl2cm-train", "no-such-recipe.yaml"], "no-such-recipe.yaml"),
+    (["cl2cm-train", "--learning_rate", "-1"], "learning_rate"),
+    (["cl2cm-leaderboard", "--models", "no-such-model/", "--out", "board"], "no-such-model"),
+    (["cl2cm-index", "no-such-model/", "--images", "no-such-folder", "--out", "index"], "no-such"),
+    (["cl2cm-search", "no-such-index", "ein Hund"], "no-such-index"),
+])
+def test_console_scripts_fail_with_nonzero_status_naming_the_culprit(installed, args, named):
     bin_dir, cwd = installed
-    result = _run(bin_dir, cwd, str(bin_dir / "cl2cm-train"), str(cwd / "no-such-recipe.yaml"))
+    result = _run(bin_dir, cwd, str(bin_dir / args[0]), *args[1:])
     assert result.returncode != 0
-    assert "no-such-recipe.yaml" in result.stderr
+    assert named in result.stderr + result.stdout

@@ -23,14 +23,19 @@ CROSS_LINGUAL = "cl2cm_cross_lingual"
 def checkpoint_folder(name: str | Path) -> Path:
     """The local folder of checkpoint `name`: the folder itself, or a hub id's snapshot (from the
     cache when offline)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     path = Path(name).expanduser()
-    looks_local = path.exists() or str(name).startswith(("/", ".", "~")) or str(name).count("/") > 1
+    try:
+        validate_repo_id(str(name))
+        looks_local = path.exists() or str(name).startswith(("/", ".", "~"))
+    except HFValidationError:  # not a hub id: a path
+        looks_local = True
     if looks_local:
         if not path.is_dir():
             raise ValueError(f"{name} is not a checkpoint: no such folder")
         return path
-    from huggingface_hub import snapshot_download
-
     return Path(snapshot_download(str(name)))
 
 

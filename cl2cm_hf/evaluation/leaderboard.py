@@ -15,6 +15,7 @@ README.md as `model-index` (local folders only).
 """
 
 import argparse
+import importlib.resources
 import json
 import sys
 from collections.abc import Callable
@@ -32,7 +33,6 @@ from cl2cm_hf.hub import metrics_table, update_card_results
 from cl2cm_hf.retrieval import METRIC_MODULE_PATH
 from cl2cm_hf.training.arguments import load_config, parse_config
 
-REPO = Path(__file__).resolve().parents[2]
 SPLIT = "test"  # every test set of the leaderboard is a test split
 
 
@@ -49,7 +49,8 @@ class TestSet:
 
 def _demo(recipe: str) -> Callable[[argparse.Namespace], TestSet]:
     def build(_args) -> TestSet:
-        _, data_args, _, training_args = parse_config(load_config(REPO / "trainer" / "configs" / recipe))
+        with importlib.resources.as_file(importlib.resources.files("cl2cm_hf.recipes") / recipe) as path:
+            _, data_args, _, training_args = parse_config(load_config(path))
         world = build_demo_world(
             seed=training_args.seed, num_items=data_args.demo_items, val_items=data_args.demo_validation_items,
             test_items=data_args.demo_test_items, mt_noise=data_args.demo_mt_noise,
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["demo"])
     parser.add_argument("--langs", nargs="+", default=["de", "fr"])
     parser.add_argument("--out", default="leaderboard", help="output path without suffix (.md and .json are written)")
-    parser.add_argument("--shared-root", default=str(REPO.parent / "shared"))
+    parser.add_argument("--shared-root", default="../shared", help="multi30k_r50: the folder holding data/")
     parser.add_argument("--update-cards", action="store_true", help="write results into each local model's README.md")
     args = parser.parse_args(argv)
 

@@ -86,3 +86,27 @@ def test_console_scripts_fail_with_nonzero_status_naming_the_culprit(installed, 
     result = _run(bin_dir, cwd, str(bin_dir / args[0]), *args[1:])
     assert result.returncode != 0
     assert named in result.stderr + result.stdout
+
+
+def test_a_card_renders_from_the_installed_package(installed):
+    bin_dir, cwd = installed
+    script = (
+        "import sys, tempfile, pathlib\n"
+        "from transformers import BertConfig\n"
+        "import cl2cm_hf\n"
+        "from cl2cm_hf import CL2CMCrossModalConfig, CL2CMCrossModalModel\n"
+        "from cl2cm_hf.evaluation.records import records_from_metrics\n"
+        "from cl2cm_hf.hub import build_card\n"
+        "from cl2cm_hf.retrieval import metrics_from_ranks\n"
+        "folder = pathlib.Path(tempfile.mkdtemp()) / 'ckpt'\n"
+        "text = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)\n"
+        "CL2CMCrossModalModel(CL2CMCrossModalConfig(text_config=text.to_dict(), visual_feature_dim=8, projection_dim=8)).save_pretrained(folder)\n"
+        "records = records_from_metrics(metrics_from_ranks([1, 2, 3], [1, 1, 2]), dataset='demo', split='test', lang='de')\n"
+        "build_card(folder, records, repo_id='org/x', model_name='x', target_languages=['de'], visual_modality='image')\n"
+        "card = (folder / 'README.md').read_text()\n"
+        "assert 'model-index' in card and 'AutoProcessor' in card, card[:500]\n"
+        "print(pathlib.Path(cl2cm_hf.__file__).parent)\n"
+    )
+    result = _run(bin_dir, cwd, str(bin_dir / "python"), "-c", script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "site-packages" in result.stdout and str(REPO) not in result.stdout

@@ -268,13 +268,15 @@ DEMO_RUN = Path(os.environ.get("CL2CM_DEMO_RUN") or REPO / "runs" / "demo_pixels
 DEMO_QUERIES_PER_LANG = 5
 
 
-def demo_test_queries(final: Path, langs=("de", "fr")) -> list[tuple[str, str, str]]:
+def demo_test_queries(final: Path, work: Path, langs=("de", "fr")) -> list[tuple[str, str, str]]:
     """(lang, text, visual id) of the first test-split queries of each language, one per scene,
-    rebuilt from the run's own recipe (the same data path training used)."""
+    rebuilt from the run's own recipe (the same data path training used; anything it writes, such
+    as rendered pictures, goes to `work`)."""
     from cl2cm_hf.training.arguments import load_config, parse_config
     from cl2cm_hf.training.data_sources import build_run_data
 
-    model_args, data_args, _, training_args = parse_config(load_config(final / "training_config.yaml"))
+    recipe = load_config(final / "training_config.yaml", ["--output_dir", str(work), "--demo_image_cache", str(work / "pictures")])
+    model_args, data_args, _, training_args = parse_config(recipe)
     queries = build_run_data(data_args, model_args, training_args).test_queries
     picked, seen = [], set()
     for row in queries:
@@ -293,7 +295,7 @@ def test_demo_queries_find_their_scene(browser, tmp_path):
     build_index(DEMO_RUN, tmp_path / "index", features=DEMO_RUN / "test_gallery", faiss="none", num_workers=0,
                 progress=False)
     index = SearchIndex.load(tmp_path / "index")
-    queries = demo_test_queries(DEMO_RUN)
+    queries = demo_test_queries(DEMO_RUN, tmp_path / "rebuilt")
     assert {lang for lang, _, _ in queries} == {"de", "fr"}, queries
     with served_page(tmp_path / "index", tmp_path) as url:
         open_page(browser, url)

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cl2cm_hf.atomic import atomic_write_text
@@ -25,6 +26,18 @@ from cl2cm_hf.processing_cl2cm import pixel_inputs
 from .features import index_ids, read_id_list, rows_of
 
 IMAGES_FILE = "images.json"
+
+
+def to_rgb(image):
+    """RGB, with 16/32-bit greyscale scaled to 8 bits (``convert("RGB")`` would clip it at 255)."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        array = np.asarray(image).astype(np.int64)
+        return Image.fromarray((np.clip(array, 0, 65535) >> 8).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")  # L, LA, P, RGBA, CMYK, YCbCr, 1
 
 
 class ImagePathStore:
@@ -93,7 +106,7 @@ class ImagePathStore:
         if not path.is_file():
             raise FileNotFoundError(f"{self.name}: image of visual_id {visual_id!r} not found: {path}")
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
 
     def lookup(self, visual_ids: Sequence[str], image_processor=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Pixel values of `visual_ids` (float32) and the frame mask (None for single images), made

@@ -17,7 +17,6 @@ from ..checkpoint_safety import check_auto_map
 from .encoding import as_processor
 
 CROSS_MODAL = "cl2cm_cross_modal"
-CROSS_LINGUAL = "cl2cm_cross_lingual"
 
 
 def checkpoint_folder(name: str | Path) -> Path:

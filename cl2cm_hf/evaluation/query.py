@@ -18,6 +18,7 @@ from cl2cm_hf.data import ImagePathStore, VisualFeatureStore
 from cl2cm_hf.data.image_paths import IMAGES_FILE
 from cl2cm_hf.evaluation.checkpoints import load_model_and_processor
 from cl2cm_hf.evaluation.encoding import encode_texts, encode_visual
+from cl2cm_hf.retrieval import topk
 
 
 def load_gallery(folder: str | Path):
@@ -32,8 +33,8 @@ def search(model, processor, query: str, gallery, top: int = 5, max_length: int 
     ids = gallery.ids
     text = encode_texts(model.get_text_features, processor, [query], max_length=max_length)
     visual = encode_visual(model, gallery, ids, processor=processor)
-    scores, best = (text @ visual.T)[0].topk(min(top, len(ids)))
-    return [(ids[i], s) for i, s in zip(best.tolist(), scores.tolist())]
+    scores, best = topk(text, visual, min(top, len(ids)))
+    return [(ids[i], s) for i, s in zip(best[0].tolist(), scores[0].tolist())]
 
 
 def print_results(model, query: str, hits, captions: dict[str, str]) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402  (after the environment above)
-from PIL import Image  # noqa: E402
+from cl2cm_hf.search.index_build import open_image  # noqa: E402
 
 DEFAULT_TOP_K = 12
 EXAMPLE_QUERY = "ein großer roter Hund neben einem Auto"
@@ -75,8 +75,7 @@ def build_app(index, top_k: int = DEFAULT_TOP_K) -> gr.Blocks:
         return gallery_value(hits), [str(hit.path) for hit in hits if hit.path]
 
     def more_like_this(shown: list[str], evt: gr.SelectData):
-        with Image.open(shown[evt.index]) as picked:
-            image = picked.convert("RGB")
+        image = open_image(shown[evt.index])
         return (image, *by_image(image))
 
     with gr.Blocks(title="CL2CM search") as page:

@@ -47,6 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cl2cm_hf.atomic import atomic_directory, atomic_write_bytes, atomic_write_text, recover_directory
+from cl2cm_hf.data.image_paths import to_rgb
 from cl2cm_hf.evaluation.encoding import visual_inputs
 
 from .index import (
@@ -101,18 +102,6 @@ class IndexReport:
 
 
 # --- decoding ---------------------------------------------------------------------------------
-def _to_rgb(image):
-    """RGB, with 16/32-bit greyscale scaled to 8 bits (``convert("RGB")`` would clip it at 255)."""
-    from PIL import Image
-
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        array = np.asarray(image).astype(np.int64)
-        return Image.fromarray((np.clip(array, 0, 65535) >> 8).astype(np.uint8), "L").convert("RGB")
-    if image.mode == "F":
-        return Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L").convert("RGB")
-    return image.convert("RGB")  # L, LA, P, RGBA, CMYK, YCbCr, 1: as ImagePathStore converts them
-
-
 def open_image(source, max_pixels: int = DEFAULT_MAX_PIXELS):
     """The RGB image in `source` (a path or bytes); `BadImage` with the reason if there is none."""
     from PIL import Image, UnidentifiedImageError
@@ -136,7 +125,7 @@ def open_image(source, max_pixels: int = DEFAULT_MAX_PIXELS):
             if image.width * image.height > max_pixels:
                 raise BadImage(f"too many pixels: {image.width}x{image.height} (limit {max_pixels}; decompression bomb?)")
             image.load()
-            return _to_rgb(image)
+            return to_rgb(image)
         except BadImage:
             raise
         except UnidentifiedImageError:

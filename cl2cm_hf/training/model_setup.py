@@ -225,9 +225,10 @@ def _tokenization_difference(run_processor, teacher_processor, texts: list[str])
     run_vocab, teacher_vocab = run_processor.tokenizer.get_vocab(), teacher_processor.tokenizer.get_vocab()
     ids = [p(text=texts)["input_ids"] for p in (run_processor, teacher_processor)]
     differ = sum(a != b for a, b in zip(*ids))
-    if run_vocab == teacher_vocab and not differ:
+    same_vocab = run_vocab == teacher_vocab
+    if same_vocab and not differ:
         return None
-    vocab = "the same vocabulary" if run_vocab == teacher_vocab else (
+    vocab = "the same vocabulary" if same_vocab else (
         f"vocabularies of {len(run_vocab)} and {len(teacher_vocab)} tokens, "
         f"{sum(teacher_vocab.get(t) != i for t, i in run_vocab.items())} tokens with other ids"
     )

@@ -34,7 +34,7 @@ from cl2cm_hf.training.data_sources import RunData, build_run_data, first_captio
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore
 from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal, check_teacher_folder, load_teacher, prepare_teacher
 from cl2cm_hf.training.run_record import check_owned, copy_record, read_record, result_settings, take_output_dir
-from cl2cm_hf.training.trainers import CHECKPOINT_COMPLETE, CrossLingualTrainer, CrossModalTrainer
+from cl2cm_hf.training.trainers import CHECKPOINT_COMPLETE, CrossLingualTrainer, CrossModalTrainer, checkpoint_folders
 
 logger = logging.getLogger("cl2cm")
 STAGE_DIRS = {"cl": "cross_lingual", "cm": "cross_modal"}
@@ -52,12 +52,7 @@ def last_checkpoint(folder: str) -> str | None:
     (`CHECKPOINT_COMPLETE`, trainers.py) and whose weight files are whole. Any other (a save cut
     short, a checkpoint from before the mark existed, damaged weights) is passed over, with a warning,
     for the one before."""
-    candidates = sorted(
-        (p for p in Path(folder).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-        reverse=True,
-    )
-    for path in candidates:
+    for path in reversed(checkpoint_folders(Path(folder))):
         damaged = [f"{f.name}: {why}" for f in path.glob("*.safetensors") if (why := check_safetensors_file(str(f)))]
         if (path / CHECKPOINT_COMPLETE).exists() and not damaged:
             return str(path)

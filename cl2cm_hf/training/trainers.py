@@ -29,7 +29,7 @@ CHECKPOINT_COMPLETE = "checkpoint_complete.json"
 DELETING_PREFIX = ".deleting-"
 
 
-def _checkpoints(run_dir: Path) -> list[Path]:
+def checkpoint_folders(run_dir: Path) -> list[Path]:
     """`checkpoint-N` folders of `run_dir`, oldest first."""
     found = (p for p in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit())
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
@@ -49,7 +49,7 @@ def rotate_checkpoints(run_dir: Path, save_total_limit: int | None, best_model_c
     deletion through `_delete_checkpoint`."""
     if not save_total_limit or save_total_limit <= 0:
         return
-    found = _checkpoints(run_dir)
+    found = checkpoint_folders(run_dir)
     if len(found) <= save_total_limit:
         return
     protected = {found[-1]} | ({Path(best_model_checkpoint)} if best_model_checkpoint else set())
@@ -80,7 +80,7 @@ class CompleteCheckpoints(TrainerCallback):
         if args.should_save and run_dir.is_dir():
             for stale in run_dir.glob(f"{DELETING_PREFIX}*"):
                 shutil.rmtree(stale, ignore_errors=True)
-            for checkpoint in _checkpoints(run_dir):
+            for checkpoint in checkpoint_folders(run_dir):
                 if not (checkpoint / CHECKPOINT_COMPLETE).exists():
                     _delete_checkpoint(checkpoint)
         PartialState().wait_for_everyone()
@@ -100,7 +100,7 @@ class CompleteCheckpoints(TrainerCallback):
         # Trainer's end-of-training rule for save_total_limit 1: only the best checkpoint stays.
         best = state.best_model_checkpoint
         if args.should_save and self.save_total_limit == 1 and best is not None:
-            for checkpoint in _checkpoints(Path(args.output_dir)):
+            for checkpoint in checkpoint_folders(Path(args.output_dir)):
                 if checkpoint != Path(best):
                     _delete_checkpoint(checkpoint)
 

@@ -71,6 +71,7 @@ TABLE_KEYS = tuple(k for k in METRIC_KEYS if k.rpartition("_")[2] not in ("medr"
 # Settings that do not change stage 1 (variants differing only in these reuse its network).
 STAGE2_ONLY = {
     "output_dir", "lambda_mt", "lambda_kt", "kt_temperature", "precompute_teacher", "init_text_from_cross_lingual",
+    "kt_teacher_keys", "kt_teacher_entropy", "kt_queue_size", "kt_neighbour_group_size",
     "visual_hidden_size", "visual_dropout", "visual_num_layers", "visual_num_heads",
 }
 # Stage-2 settings whose stage-1 counterpart (cl_<name>) replaces them in stage 1 when set.

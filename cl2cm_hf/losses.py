@@ -79,6 +79,9 @@ def relational_distillation(
     student_scale: float | torch.Tensor,
     teacher_scale: float | torch.Tensor,
     temperature: float = 1.0,
+    teacher_entropy: float | None = None,
+    queue_student_k: torch.Tensor | None = None,
+    queue_teacher_k: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CL2CM's cross-lingual knowledge transfer: KL(teacher || student) of similarity distributions.
 
@@ -88,20 +91,50 @@ def relational_distillation(
     at an arbitrary temperature make a worse teacher. Rows (over keys) and columns (over queries) are
     averaged; the teacher is detached. Multiplied by `temperature**2` (Hinton) so gradients keep their
     size when `temperature` changes. All inputs are L2-normalised `(B, d)`.
+
+    `teacher_entropy`: every teacher distribution is first recalibrated (`entropy_calibrated`) to this
+    many nats, so rows the teacher is unsure of and rows it is sure of carry relations of the same
+    spread. `queue_student_k`/`queue_teacher_k` `(Q, d)`: keys of earlier batches (a `RelationQueue`,
+    without gradient), appended to the keys of the rows, so each query's relations reach past the batch.
     """
     teacher_q, teacher_k = teacher_q.detach(), teacher_k.detach()
     teacher_scale = teacher_scale.detach() if torch.is_tensor(teacher_scale) else teacher_scale
     all_sq, all_sk = gather_with_grad(student_q), gather_with_grad(student_k)
     all_tq, all_tk = gather_with_grad(teacher_q), gather_with_grad(teacher_k)
+    if queue_student_k is not None and len(queue_student_k):
+        all_sk = torch.cat([all_sk, queue_student_k.detach().to(all_sk.dtype)])
+        all_tk = torch.cat([all_tk, queue_teacher_k.detach().to(all_tk.dtype)])
 
     def kl(student_logits, teacher_logits):
         log_p_student = F.log_softmax(student_logits / temperature, dim=1)
-        log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+        teacher_logits = teacher_logits / temperature
+        if teacher_entropy is not None:
+            teacher_logits = entropy_calibrated(teacher_logits, teacher_entropy)
+        log_p_teacher = F.log_softmax(teacher_logits, dim=1)
         return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
 
     rows = kl(student_scale * student_q @ all_sk.t(), teacher_scale * teacher_q @ all_tk.t())
     cols = kl(student_scale * student_k @ all_sq.t(), teacher_scale * teacher_k @ all_tq.t())
     return (rows + cols) / 2 * temperature**2
+
+
+@torch.no_grad()
+def entropy_calibrated(logits: torch.Tensor, entropy: float, n_iter: int = 40) -> torch.Tensor:
+    """`logits` `(N, M)` with each row multiplied by its own factor `beta_i > 0` such that the
+    entropy of `softmax(beta_i * logits_i)` is `entropy` nats (t-SNE's perplexity calibration).
+
+    The entropy falls as beta grows, from log M (beta -> 0) to the log of the row's number of maxima,
+    so a bisection on log beta finds it; a target outside that range gives the nearest end (a small
+    last batch may have fewer than exp(entropy) keys). Rows whose logits are all equal stay uniform."""
+    work = logits.double()
+    low = torch.full((work.shape[0], 1), -12.0, dtype=work.dtype, device=work.device)
+    high = torch.full_like(low, 12.0)
+    for _ in range(n_iter):
+        mid = (low + high) / 2
+        log_p = F.log_softmax(work * mid.exp(), dim=1)
+        too_flat = -(log_p.exp() * log_p).sum(1, keepdim=True) > entropy  # then sharpen: a larger beta
+        low, high = torch.where(too_flat, mid, low), torch.where(too_flat, high, mid)
+    return (work * ((low + high) / 2).exp()).to(logits.dtype)
 
 
 # Largest (cost spread) / epsilon for which the scaling form runs in float32: the stabilised kernel

@@ -325,6 +325,20 @@ class CL2CMArguments:
         default=1.0, metadata={"help": "Stage 2: weight of relational distillation.", "allowed": at_least(0)}
     )
     kt_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature T.", "allowed": above(0)})
+    kt_teacher_keys: str = field(default="caption", metadata={
+        "help": "What the teacher compares an MT caption with: caption (the pair's source caption) | item (the mean of "
+                "the teacher embeddings of all the item's source captions in the training set; needs precompute_teacher).",
+        "allowed": one_of("caption", "item")})
+    kt_teacher_entropy: float | None = field(default=None, metadata={
+        "help": "Recalibrate every teacher distribution to this entropy in nats (a temperature per row); unset: off.",
+        "allowed": at_least(0)})
+    kt_queue_size: int = field(default=0, metadata={
+        "help": "Relations beyond the batch: a queue of this many recent (student visual, teacher key) pairs; 0: off.",
+        "allowed": at_least(0)})
+    kt_neighbour_group_size: int = field(default=0, metadata={
+        "help": "Teacher-neighbourhood batches: each batch is made of groups of this many items that are near each "
+                "other in the teacher's space (needs precompute_teacher; must divide the batch size); 0: random batches.",
+        "allowed": at_least(0)})
     precompute_teacher: bool = field(default=False, metadata={"help": "Encode the training set with the teacher once."})
     cross_lingual_model: str | None = field(default=None, metadata={"help": "stage cm: an existing stage-1 folder as teacher."})
     cl_num_train_epochs: float | None = field(
@@ -366,6 +380,17 @@ class CL2CMArguments:
     def __post_init__(self):
         check_allowed(self)
         cpu_threads(self.cpu_threads)  # raises naming the field
+        for key, used in (("kt_teacher_keys", self.kt_teacher_keys == "item"), ("kt_neighbour_group_size", self.kt_neighbour_group_size)):
+            if used and not self.precompute_teacher:
+                raise ValueError(f"{key}={getattr(self, key)!r} reads the teacher's embeddings of the whole training set: "
+                                 "set precompute_teacher: true")
+        if self.kt_neighbour_group_size == 1:
+            raise ValueError("kt_neighbour_group_size=1: expected 0 (random batches) or at least 2")
+
+    @property
+    def needs_teacher_embeddings(self) -> bool:
+        """Whether stage 2 reads the teacher's embeddings (the distillation term, or neighbourhood batches)."""
+        return bool(self.lambda_kt or self.kt_neighbour_group_size)
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, CL2CMArguments, TrainingArguments)

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 from transformers import AutoModel, Trainer, TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
 
@@ -29,6 +30,7 @@ from cl2cm_hf.hub import build_card, metrics_table
 from cl2cm_hf.modeling_cl2cm import check_safetensors_file
 from cl2cm_hf.processing_cl2cm import build_processor
 from cl2cm_hf.torch_state import cpu_threads, torch_threads
+from cl2cm_hf.training import neighbour_batches
 from cl2cm_hf.training.arguments import config_to_yaml, load_config, parse_config, publishable_settings, settings_help
 from cl2cm_hf.training.data_sources import RunData, build_run_data, first_caption_pairs
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore
@@ -116,14 +118,20 @@ def train_cross_lingual(args, data: RunData, out: Path, frozen_layers: FrozenLay
     return trainer.model
 
 
-def precompute_teacher(teacher, data: RunData, data_args, model_args, device, teacher_processor=None):
+def precompute_teacher(teacher, data: RunData, data_args, model_args, device, teacher_processor=None, item_keys: bool = False):
     """Teacher sentence embeddings of every training pair, computed once and carried by the batches;
-    `teacher_processor`: the teacher's own (None: it tokenizes as the run's)."""
+    `teacher_processor`: the teacher's own (None: it tokenizes as the run's). `item_keys`
+    (``kt_teacher_keys: item``): each pair's source key is the normalised mean over its item's rows
+    (all its source captions), so the teacher relates an MT caption to items, not to one caption."""
     processor = teacher_processor or as_processor(data.tokenizer, model_args.text_prefix)
     encode = dict(processor=processor, max_length=data_args.max_length, device=device)
     teacher = teacher.to(device).eval()
     source = encode_texts(lambda **kw: teacher.get_text_features(**kw, language="source"), texts=data.train_pairs["source_text"], **encode)
     target = encode_texts(lambda **kw: teacher.get_text_features(**kw, language="target"), texts=data.train_pairs["target_text"], **encode)
+    if item_keys:
+        items, rows, keys = neighbour_batches.item_keys(data.train_pairs["visual_id"], source.float().numpy())
+        for item, key in zip(items, torch.from_numpy(keys).to(source.dtype)):
+            source[rows[item]] = key
     pairs = data.train_pairs.add_column("teacher_source_embeds", source.tolist())
     return pairs.add_column("teacher_target_embeds", target.tolist()), float(teacher.scale())
 
@@ -143,8 +151,10 @@ def train_cross_modal(
     )
     stage_args = stage_training_args(training_args, "cm")
     train_pairs, teacher_scale = data.train_pairs, None
-    if cl2cm_args.lambda_kt and cl2cm_args.precompute_teacher:
-        train_pairs, teacher_scale = precompute_teacher(teacher, data, data_args, model_args, stage_args.device, teacher_processor)
+    if cl2cm_args.needs_teacher_embeddings and cl2cm_args.precompute_teacher:
+        train_pairs, teacher_scale = precompute_teacher(
+            teacher, data, data_args, model_args, stage_args.device, teacher_processor, cl2cm_args.kt_teacher_keys == "item"
+        )
         teacher = teacher_processor = None
     evaluator = CrossModalEvaluator(
         data.validation_queries, data.features, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,

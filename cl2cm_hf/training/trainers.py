@@ -22,6 +22,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from cl2cm_hf.atomic import atomic_write_text, fsync_tree
 from cl2cm_hf.evaluation.records import flat_metrics
 from cl2cm_hf.losses import info_nce, relational_distillation, sinkhorn_ot_loss, vse_triplet
+from cl2cm_hf.training.neighbour_batches import teacher_neighbour_sampler
+from cl2cm_hf.training.relation_queue import RelationQueue
 
 # Written into a checkpoint once every process has written its part: `last_checkpoint` (run.py)
 # resumes only from checkpoints that hold it.
@@ -121,7 +123,7 @@ TERM_SETTINGS = {
     "source": "loss, logit_scale_init_value and learnable_logit_scale (infonce) or margin (triplet)",
     "mt": "lambda_mt and the contrastive settings (logit_scale_init_value, margin)",
     "word": "lambda_word, ot_epsilon, ot_iterations",
-    "kt": "lambda_kt, kt_temperature and the teacher (cross_lingual_model)",
+    "kt": "lambda_kt, kt_temperature, kt_teacher_entropy, kt_queue_size and the teacher (cross_lingual_model)",
     "gradient": "learning_rate, max_grad_norm",
 }
 
@@ -209,6 +211,7 @@ class _CL2CMTrainer(Trainer):
         self.optimizer_steps = 0  # steps taken or skipped
         self.nonfinite_terms: Counter[str] = Counter()  # loss term (or "gradient") -> batches (steps) it was non-finite
         self._finite_batches = 0  # finite micro-batches since the last optimizer step
+        self.last_batch_finite = True  # whether the last `combine` had only finite terms
 
     def contrastive(self, a, b, scale):
         if self.cl2cm_args.loss == "triplet":
@@ -218,6 +221,7 @@ class _CL2CMTrainer(Trainer):
     def combine(self, model, terms: dict[str, tuple[float, torch.Tensor]]) -> torch.Tensor:
         """Weighted sum of named loss terms; non-finite terms stop the run or skip the batch."""
         bad = [name for name, (_, value) in terms.items() if not torch.isfinite(value.detach()).all()]
+        self.last_batch_finite = not bad
         if bad:
             where = f"step {self.state.global_step + 1}, loss term(s) {', '.join(bad)}"
             if self.cl2cm_args.on_nonfinite == "stop":
@@ -364,6 +368,11 @@ class CrossModalTrainer(_CL2CMTrainer):
     gradients, outside the optimizer and outside DDP. With precomputed teacher embeddings the batch
     carries them (`teacher_source_embeds`, `teacher_target_embeds`) and `teacher_scale` is fixed. A
     teacher with a tokenizer of its own reads ``teacher_source_*``/``teacher_target_*`` token ids.
+
+    Options of the distillation term (`CL2CMArguments`): teacher distributions recalibrated to an
+    entropy (``kt_teacher_entropy``), relations over a queue of earlier batches' keys as well
+    (``kt_queue_size``, a `RelationQueue`), batches of teacher-neighbour groups
+    (``kt_neighbour_group_size``, a `TeacherNeighbourSampler`).
     """
 
     stage_name = "stage 2 (cross-modal)"
@@ -378,6 +387,15 @@ class CrossModalTrainer(_CL2CMTrainer):
             self.teacher_model = teacher_model.to(self.args.device)
         if self.cl2cm_args.lambda_kt and teacher_model is None and teacher_scale is None:
             raise ValueError("lambda_kt > 0 needs a teacher: a stage-1 model or precomputed teacher embeddings")
+        queue_size = self.cl2cm_args.kt_queue_size if self.cl2cm_args.lambda_kt else 0
+        self.relation_queue = RelationQueue(queue_size) if queue_size else None
+
+    def _get_train_sampler(self, train_dataset=None):
+        group_size = self.cl2cm_args.kt_neighbour_group_size
+        if not group_size:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return teacher_neighbour_sampler(dataset, group_size, self._train_batch_size, self.args.seed)
 
     @torch.no_grad()
     def teacher_embeddings(self, inputs):
@@ -407,15 +425,22 @@ class CrossModalTrainer(_CL2CMTrainer):
             terms["mt"] = (args.lambda_mt, self.contrastive(visual, outputs.target_text_embeds, scale))
         if args.lambda_kt:
             teacher_source, teacher_target, teacher_scale = self.teacher_embeddings(inputs)
+            teacher_source = teacher_source.to(visual.dtype)
+            queue_visual, queue_teacher = self.relation_queue.keys() if self.relation_queue is not None else (None, None)
             kt = relational_distillation(
                 outputs.target_text_embeds,
                 visual,
                 teacher_target.to(visual.dtype),
-                teacher_source.to(visual.dtype),
+                teacher_source,
                 student_scale=scale,
                 teacher_scale=teacher_scale,
                 temperature=args.kt_temperature,
+                teacher_entropy=args.kt_teacher_entropy,
+                queue_student_k=queue_visual,
+                queue_teacher_k=queue_teacher,
             )
             terms["kt"] = (args.lambda_kt, kt)
         loss = self.combine(model, terms)
+        if self.relation_queue is not None and model.training and self.last_batch_finite:
+            self.relation_queue.push(visual, teacher_source)
         return (loss, outputs) if return_outputs else loss

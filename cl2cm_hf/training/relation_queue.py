@@ -1,0 +1,42 @@
+"""A first-in first-out memory of recent keys for relational distillation (MoCo's queue, here of
+pairs): each entry is a student visual embedding and its item's teacher key, so the MT captions of
+a batch are related to the batch's items and to the queue's.
+
+Stage 2 on a small dataset sees each item in few batches; a batch of 128 relates each MT caption to
+128 items, the queue to up to `size` more, where the teacher's few confident "another image fits
+too" relations are likelier to be found. Student entries are detached and a few steps old (as in
+MoCo without a momentum encoder); the teacher's are exact (the teacher is frozen).
+
+Every process enqueues the keys of the global batch (gathered), so all processes hold the same
+queue and the loss stays the one of a single process on the global batch."""
+
+import torch
+
+from cl2cm_hf.losses import gather_with_grad
+
+
+class RelationQueue:
+    """The last `size` (student key, teacher key) pairs, newest last."""
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"kt_queue_size={size}: expected at least 1 (0 switches the queue off)")
+        self.size = size
+        self.student_k: torch.Tensor | None = None
+        self.teacher_k: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.student_k is None else len(self.student_k)
+
+    def keys(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(student keys, teacher keys), `(len, d)` each; (None, None) while empty."""
+        return self.student_k, self.teacher_k
+
+    @torch.no_grad()
+    def push(self, student_k: torch.Tensor, teacher_k: torch.Tensor) -> None:
+        """Append this process's batch keys, gathered over processes; drop the oldest beyond `size`."""
+        student_k, teacher_k = gather_with_grad(student_k.detach()), gather_with_grad(teacher_k.detach())
+        if self.student_k is not None:
+            student_k, teacher_k = torch.cat([self.student_k, student_k]), torch.cat([self.teacher_k, teacher_k])
+        self.student_k, self.teacher_k = student_k[-self.size :], teacher_k[-self.size :]
+

@@ -71,7 +71,7 @@ TABLE_KEYS = tuple(k for k in METRIC_KEYS if k.rpartition("_")[2] not in ("medr"
 # Settings that do not change stage 1 (variants differing only in these reuse its network).
 STAGE2_ONLY = {
     "output_dir", "lambda_mt", "lambda_kt", "kt_temperature", "precompute_teacher", "init_text_from_cross_lingual",
-    "kt_teacher_keys", "kt_teacher_entropy", "kt_queue_size", "kt_neighbour_group_size",
+    "kt_teacher_keys", "kt_teacher_entropy", "kt_student_scale", "kt_queue_size", "kt_neighbour_group_size",
     "visual_hidden_size", "visual_dropout", "visual_num_layers", "visual_num_heads",
 }
 # Stage-2 settings whose stage-1 counterpart (cl_<name>) replaces them in stage 1 when set.
@@ -267,6 +267,35 @@ def sumr_by_fold(rows: list[dict], tower: str, system: str, lang: str, folds_onl
             and (isinstance(r["fold"], int) or not folds_only)}
 
 
+def no_kt_partner(system: str, systems: list[str]) -> str | None:
+    """The run's system that is `system` with ``lambda_kt: 0``: ``<system>_no_kt``, else ``cl2cm_no_kt``
+    for a CL2CM variant (None for the baselines and the ``*_no_kt`` systems themselves)."""
+    if system.endswith("_no_kt") or system in ("untrained", "english_only", "mt_no_transfer"):
+        return None
+    partner = f"{system}_no_kt"
+    return partner if partner in systems else ("cl2cm_no_kt" if "cl2cm_no_kt" in systems else None)
+
+
+def paired_differences(report: dict, reference_of, title: str, text: str) -> list[str]:
+    """A markdown section: per tower, language and system, its test SumR minus that of
+    `reference_of(system)` (None: no row) on the same folds."""
+    rows = report["rows"]
+    lines = ["", title, "", text, "", "| tower | lang | system | reference | mean difference | folds ahead |", "|---|---|---|---|---|---|"]
+    for tower in report["towers"]:
+        for lang in report["langs"]:
+            for system in report["systems"]:
+                reference = reference_of(system)
+                base = sumr_by_fold(rows, tower, reference, lang, folds_only=True) if reference else {}
+                own = sumr_by_fold(rows, tower, system, lang, folds_only=True)
+                diffs = [own[f] - base[f] for f in own if f in base]
+                if not diffs:
+                    continue
+                spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+                lines.append(f"| {tower} | {lang} | {system} | {reference} | {statistics.fmean(diffs):+.1f} ± {spread:.1f} | "
+                             f"{sum(d > 0 for d in diffs)}/{len(diffs)} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     rows = report["rows"]
     systems = [s for s in report["systems"]]
@@ -327,22 +356,19 @@ def markdown(report: dict) -> str:
                 val = f"{statistics.fmean(vals):.1f}" if vals else "-"
                 cells = [f"{by_fold[f]:.1f}" if f in by_fold else "-" for f in report["folds"]]
                 lines.append(f"| {tower} | {lang} | {system} | " + " | ".join(cells) + f" | {by_fold['mean']:.1f} | {val} |")
-    lines += ["", "## Paired differences against mt_no_transfer", "",
-              "Test SumR of a system minus that of `mt_no_transfer` on the same fold: mean ± std over folds, and the "
-              "number of folds where the system is ahead.", "",
-              "| tower | lang | system | mean difference | folds ahead |", "|---|---|---|---|---|"]
-    for tower in report["towers"]:
-        for lang in report["langs"]:
-            base = sumr_by_fold(rows, tower, "mt_no_transfer", lang, folds_only=True)
-            for system in systems:
-                if system in ("mt_no_transfer", "untrained") or not base:
-                    continue
-                own = sumr_by_fold(rows, tower, system, lang, folds_only=True)
-                diffs = [own[f] - base[f] for f in own if f in base]
-                if not diffs:
-                    continue
-                spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-                lines.append(f"| {tower} | {lang} | {system} | {statistics.fmean(diffs):+.1f} ± {spread:.1f} | {sum(d > 0 for d in diffs)}/{len(diffs)} |")
+    lines += paired_differences(
+        report, lambda system: "mt_no_transfer" if system not in ("mt_no_transfer", "untrained") else None,
+        "## Paired differences against mt_no_transfer",
+        "Test SumR of a system minus that of `mt_no_transfer` on the same fold: mean ± std over folds, and the "
+        "number of folds where the system is ahead.",
+    )
+    lines += paired_differences(
+        report, lambda system: no_kt_partner(system, systems),
+        "## Paired differences against lambda_kt 0 (what the distillation term is worth)",
+        "Test SumR of a system minus that of the same system with `lambda_kt: 0` on the same fold: `<name>_no_kt` "
+        "when the run has it, else `cl2cm_no_kt` (an option that acts only through the distillation term is off "
+        "with it). Mean ± std over folds, and the number of folds where the system is ahead.",
+    )
     lines += ["", "## Settings", "", *report["settings_notes"], ""]
     if report.get("extra_markdown"):
         lines += [report["extra_markdown"], ""]

@@ -2,6 +2,7 @@
 queue of earlier keys, item-level teacher keys and teacher-neighbourhood batches."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,21 @@ def test_neighbour_sampler_refuses_groups_that_do_not_fill_batches():
     ids, embeddings, _ = clustered_items()
     with pytest.raises(ValueError, match="must divide per_device_train_batch_size=10"):
         TeacherNeighbourSampler(ids, embeddings, group_size=4, batch_size=10, seed=0)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--kt_teacher_keys", "item"], "kt_teacher_keys='item' reads the teacher's embeddings .* precompute_teacher: true"),
+        (["--kt_neighbour_group_size", "8"], "kt_neighbour_group_size=8 reads .* precompute_teacher: true"),
+        (["--precompute_teacher", "true", "--kt_neighbour_group_size", "1"], "kt_neighbour_group_size=1: expected 0"),
+        (["--kt_teacher_keys", "items"], "kt_teacher_keys='items' is not allowed"),
+        (["--kt_student_scale", "mine"], "kt_student_scale='mine' is not allowed"),
+        (["--kt_queue_size", "-1"], "kt_queue_size=-1 is not allowed"),
+    ],
+)
+def test_distillation_settings_are_checked_when_read(overrides, message):
+    from cl2cm_hf.training.arguments import load_config, parse_config
+
+    with pytest.raises(ValueError, match=message):
+        parse_config(load_config(Path(__file__).resolve().parents[1] / "trainer" / "configs" / "demo.yaml", overrides))

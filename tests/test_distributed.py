@@ -113,7 +113,7 @@ def test_ddp_two_processes_equal_one_process_on_global_batch(equivalence, case):
     assert all(float(g.abs().max()) > 0 for n, g in grads.items() if "word_embeddings" not in n and "bias" not in n)
 
 
-@pytest.mark.parametrize("name", ["info_nce", "vse_triplet", "relational_distillation", "sinkhorn_ot_loss"])
+@pytest.mark.parametrize("name", ["info_nce", "vse_triplet", "relational_distillation", "relational_distillation_options", "sinkhorn_ot_loss"])
 def test_loss_functions_two_processes_equal_one_process(equivalence, name):
     reference, ranks, helper = equivalence
     want = reference[f"loss/{name}"]
@@ -127,7 +127,7 @@ def test_loss_functions_two_processes_equal_one_process(equivalence, name):
             diff = _max_diff(grad, expected)
             assert diff < TOL, f"rank {rank}: d{name}/d{key} differs by {diff:.3g}"
             assert float(expected.abs().max()) > 0 or key == "log_scale"
-    if name in ("info_nce", "relational_distillation"):
+    if name.startswith(("info_nce", "relational_distillation")):
         assert float(want["grads"]["log_scale"].abs()) > 0
 
 
@@ -153,8 +153,15 @@ def _logged(log: str, key: str) -> list[float]:
     return [float(match.group(1)) for match in found if match]
 
 
-def test_two_process_training_run_ends_with_the_weights_of_one_process(tmp_path):
-    run = [str(REPO / "trainer" / "run.py"), str(REPO / "trainer" / "configs" / "demo.yaml")]
+# The distillation options that change what a process sees: batches of teacher-neighbour groups
+# (one global order, sharded by batches) and a relation queue (filled with gathered batches).
+KT_OPTIONS = ["--precompute_teacher", "true", "--kt_teacher_keys", "item", "--kt_neighbour_group_size", "4",
+              "--kt_queue_size", "12", "--kt_teacher_entropy", "1.0"]
+
+
+@pytest.mark.parametrize("options", [[], KT_OPTIONS], ids=["recipe", "kt_options"])
+def test_two_process_training_run_ends_with_the_weights_of_one_process(tmp_path, options):
+    run = [str(REPO / "trainer" / "run.py"), str(REPO / "trainer" / "configs" / "demo.yaml"), *options]
     single = subprocess.Popen(
         [sys.executable, *run, *TRAIN, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", str(2 * B)],
         env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,

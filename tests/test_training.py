@@ -102,10 +102,16 @@ def _kill_when_checkpoint(proc: subprocess.Popen, checkpoint: Path, timeout: flo
     proc.wait()
 
 
-@pytest.mark.parametrize("stage_dir", ["cross_lingual", "cross_modal"])
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, stage_dir):
+# Stage-2 state beyond Trainer's: the relation queue (saved with each checkpoint) and the
+# teacher-neighbourhood batches (an order from seed and epoch).
+KT_STATE = ["--precompute_teacher", "true", "--kt_queue_size", "40", "--kt_neighbour_group_size", "4"]
+
+
+@pytest.mark.parametrize("stage_dir, options", [("cross_lingual", []), ("cross_modal", []), ("cross_modal", KT_STATE)],
+                         ids=["cross_lingual", "cross_modal", "cross_modal_kt_state"])
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, stage_dir, options):
     steps = ["--max_steps", "6", "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps",
-             "--save_steps", "2", "--save_total_limit", "5", "--query", "null"]
+             "--save_steps", "2", "--save_total_limit", "5", "--query", "null", *options]
     reference = tmp_path / "reference"
     run_training("demo.yaml", reference, *steps)
 

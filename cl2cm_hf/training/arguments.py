@@ -332,6 +332,10 @@ class CL2CMArguments:
     kt_teacher_entropy: float | None = field(default=None, metadata={
         "help": "Recalibrate every teacher distribution to this entropy in nats (a temperature per row); unset: off.",
         "allowed": at_least(0)})
+    kt_student_scale: str = field(default="own", metadata={
+        "help": "The scale of the student's similarities in the distillation term: own (its learned contrastive scale) | "
+                "teacher (the teacher's, so the term shapes the student's relations without pulling on its contrastive scale).",
+        "allowed": one_of("own", "teacher")})
     kt_queue_size: int = field(default=0, metadata={
         "help": "Relations beyond the batch: a queue of this many recent (student visual, teacher key) pairs; 0: off.",
         "allowed": at_least(0)})

@@ -10,13 +10,21 @@ MoCo without a momentum encoder); the teacher's are exact (the teacher is frozen
 Every process enqueues the keys of the global batch (gathered), so all processes hold the same
 queue and the loss stays the one of a single process on the global batch."""
 
-import torch
+from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from cl2cm_hf.atomic import atomic_write_bytes
 from cl2cm_hf.losses import gather_with_grad
 
 
 class RelationQueue:
-    """The last `size` (student key, teacher key) pairs, newest last."""
+    """The last `size` (student key, teacher key) pairs, newest last. Saved with each Trainer
+    checkpoint (`file_name`), so a resumed run relates its next batches to the same queue."""
+
+    file_name = "relation_queue.safetensors"
 
     def __init__(self, size: int):
         if size < 1:
@@ -40,3 +48,12 @@ class RelationQueue:
             student_k, teacher_k = torch.cat([self.student_k, student_k]), torch.cat([self.teacher_k, teacher_k])
         self.student_k, self.teacher_k = student_k[-self.size :], teacher_k[-self.size :]
 
+    def save(self, path: Path) -> None:
+        tensors = {} if self.student_k is None else {"student_k": self.student_k.contiguous(), "teacher_k": self.teacher_k.contiguous()}
+        atomic_write_bytes(path, safetensors_bytes(tensors, {"size": str(self.size)}))
+
+    def load(self, path: Path) -> None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: missing; a checkpoint of a run with kt_queue_size={self.size} holds its relation queue")
+        tensors = load_file(str(path))
+        self.student_k, self.teacher_k = tensors.get("student_k"), tensors.get("teacher_k")

@@ -264,8 +264,9 @@ def run_recipe(args, values: dict) -> list[MetricRecord]:
         teacher, teacher_processor = load_teacher(
             cl2cm_args.cross_lingual_model, run_processor, data.train_pairs, model_args.init_text_from_cross_lingual
         )
-    elif cl2cm_args.lambda_kt:
-        raise ValueError("stage cm with lambda_kt > 0 needs cross_lingual_model (a stage-1 folder)")
+    elif cl2cm_args.needs_teacher_embeddings:
+        using = "lambda_kt > 0" if cl2cm_args.lambda_kt else f"kt_neighbour_group_size={cl2cm_args.kt_neighbour_group_size}"
+        raise ValueError(f"stage cm with {using} needs cross_lingual_model (a stage-1 folder: the teacher)")
     if cl2cm_args.stage == "cl":
         return []
 

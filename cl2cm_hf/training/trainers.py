@@ -72,10 +72,15 @@ class CompleteCheckpoints(TrainerCallback):
     training_config.yaml), flushes the folder to disk and writes `CHECKPOINT_COMPLETE`. A checkpoint
     cut short by a kill has no mark: `last_checkpoint` passes it over and the next `on_train_begin`
     deletes it. `save_total_limit` rotation runs here, after the mark, deleting through a hidden
-    name (Trainer's own rotation, which deletes in place, is switched off by `_CL2CMTrainer`)."""
+    name (Trainer's own rotation, which deletes in place, is switched off by `_CL2CMTrainer`).
 
-    def __init__(self, save_total_limit: int | None):
+    `training_states`: state Trainer does not know of (a `RelationQueue`), each with `file_name`,
+    `save(path)` and `load(path)`: saved into every checkpoint before its mark, loaded back when
+    training resumes from one."""
+
+    def __init__(self, save_total_limit: int | None, training_states: list | None = None):
         self.save_total_limit = save_total_limit
+        self.training_states = training_states if training_states is not None else []
 
     def on_train_begin(self, args, state, control, **kwargs):
         run_dir = Path(args.output_dir)
@@ -86,6 +91,10 @@ class CompleteCheckpoints(TrainerCallback):
                 if not (checkpoint / CHECKPOINT_COMPLETE).exists():
                     _delete_checkpoint(checkpoint)
         PartialState().wait_for_everyone()
+        if state.global_step and self.training_states:  # resumed from checkpoint-<global_step>
+            folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            for training_state in self.training_states:
+                training_state.load(folder / training_state.file_name)
 
     def on_save(self, args, state, control, **kwargs):
         PartialState().wait_for_everyone()  # every process has written its part (RNG state)
@@ -93,6 +102,8 @@ class CompleteCheckpoints(TrainerCallback):
         folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if args.should_save and folder.is_dir():  # (hyperparameter-search trials save into subfolders: not marked)
             (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+            for training_state in self.training_states:
+                training_state.save(folder / training_state.file_name)
             fsync_tree(folder)
             atomic_write_text(folder / CHECKPOINT_COMPLETE, json.dumps({"global_step": state.global_step}) + "\n")
             rotate_checkpoints(run_dir, self.save_total_limit, state.best_model_checkpoint)
@@ -201,7 +212,8 @@ class _CL2CMTrainer(Trainer):
         if save_total_limit is not None:
             args = dataclasses.replace(args, save_total_limit=None)
         super().__init__(model, args, *more, **kwargs)
-        self.add_callback(CompleteCheckpoints(save_total_limit))
+        self.training_states: list = []  # saved with each checkpoint (see CompleteCheckpoints)
+        self.add_callback(CompleteCheckpoints(save_total_limit, self.training_states))
         self.cl2cm_args = cl2cm_args
         self.evaluator = evaluator
         self._term_sums = defaultdict(float)
@@ -389,6 +401,8 @@ class CrossModalTrainer(_CL2CMTrainer):
             raise ValueError("lambda_kt > 0 needs a teacher: a stage-1 model or precomputed teacher embeddings")
         queue_size = self.cl2cm_args.kt_queue_size if self.cl2cm_args.lambda_kt else 0
         self.relation_queue = RelationQueue(queue_size) if queue_size else None
+        if self.relation_queue is not None:
+            self.training_states.append(self.relation_queue)
 
     def _get_train_sampler(self, train_dataset=None):
         group_size = self.cl2cm_args.kt_neighbour_group_size
@@ -432,7 +446,7 @@ class CrossModalTrainer(_CL2CMTrainer):
                 visual,
                 teacher_target.to(visual.dtype),
                 teacher_source,
-                student_scale=scale,
+                student_scale=teacher_scale if args.kt_student_scale == "teacher" else scale,
                 teacher_scale=teacher_scale,
                 temperature=args.kt_temperature,
                 teacher_entropy=args.kt_teacher_entropy,

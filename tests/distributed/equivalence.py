@@ -44,7 +44,7 @@ MODEL_CASES = {
     "cm_infonce_precomputed_teacher": ("cm", {"loss": "infonce", "lambda_mt": 0.5, "lambda_kt": 1.0}, True),
     "cm_triplet_live_teacher": ("cm", {"loss": "triplet", "lambda_mt": 1.0, "lambda_kt": 0.5}, False),
 }
-LOSS_CASES = ("info_nce", "vse_triplet", "relational_distillation", "sinkhorn_ot_loss")
+LOSS_CASES = ("info_nce", "vse_triplet", "relational_distillation", "relational_distillation_options", "sinkhorn_ot_loss")
 TEACHER_SCALE = 17.0  # the fixed scale that comes with precomputed teacher embeddings
 
 
@@ -101,8 +101,10 @@ def build_fixture(seed: int = 0) -> dict:
         "log_scale": torch.tensor(math.log(12.0), dtype=torch.float64),
         "x": tokens_x, "x_mask": x_mask, "y": tokens_y, "y_mask": y_mask,
     }
+    # A relation queue: the same keys on every process (`RelationQueue` enqueues gathered batches).
+    queue = {name: F.normalize(torch.randn(5, 6, generator=g, dtype=torch.float64), dim=-1) for name in ("student_k", "teacher_k")}
     return {"cl_config": cl_config.to_dict(), "cm_config": cm_config.to_dict(), "cl_state": cl_state,
-            "cm_state": cm_state, "batch": batch, "losses": losses}
+            "cm_state": cm_state, "batch": batch, "losses": losses, "queue": queue}
 
 
 def _world() -> tuple[int, int]:
@@ -185,6 +187,12 @@ def run_loss_case(name: str, fixture: dict) -> dict:
     elif name == "relational_distillation":
         loss = relational_distillation(
             sharded["a"], sharded["b"], sharded["tq"], sharded["tk"], log_scale.exp(), 20.0, temperature=1.5
+        )
+    elif name == "relational_distillation_options":
+        queue = fixture["queue"]
+        loss = relational_distillation(
+            sharded["a"], sharded["b"], sharded["tq"], sharded["tk"], log_scale.exp(), 20.0, temperature=0.5,
+            teacher_entropy=1.0, queue_student_k=queue["student_k"], queue_teacher_k=queue["teacher_k"],
         )
     elif name == "sinkhorn_ot_loss":
         loss = sinkhorn_ot_loss(sharded["x"], sharded["x_mask"], sharded["y"], sharded["y_mask"], epsilon=0.05, n_iter=40)

@@ -110,13 +110,14 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/demo_ablation.py {shlex.join(sys.argv[1:])}`  ",
         f"Commit {commit}; {machine(torch)}.  ",
-        f"Wall time of this invocation {wall_min:.1f} min ({sum(r['seconds'] for r in rows) / 60:.1f} min of training "
-        f"in the rows below); load average (1/5/15 min) {'/'.join(f'{x:.2f}' for x in load_start)} at the start, "
-        f"{'/'.join(f'{x:.2f}' for x in load_end)} at the end.",
+        (f"Wall time of this invocation {wall_min:.1f} min ({sum(r['seconds'] for r in rows) / 60:.1f} min of training "
+         f"in the rows below); load average (1/5/15 min) {'/'.join(f'{x:.2f}' for x in load_start)} at the start, "
+         f"{'/'.join(f'{x:.2f}' for x in load_end)} at the end."),
         "",
-        f"World: demo recipe with {args.items or 'its'} training items, confusable {args.confusable:g}; stage-2 epochs "
-        f"{args.epochs:g}, stage-1 epochs {args.cl_epochs or 'as the recipe'}. Mean ± standard deviation over seeds "
-        "of SumR (max 600) on the demo test split (human-style target captions from templates the MT side never uses).",
+        (f"World: demo recipe with {args.items or 'its'} training items, confusable {args.confusable:g}; stage-2 epochs "
+         f"{args.epochs:g}, stage-1 epochs {'as the recipe' if args.cl_epochs is None else f'{args.cl_epochs:g}'}. "
+         "Mean ± standard deviation over seeds of SumR (max 600) on the demo test split (human-style target captions "
+         "from templates the MT side never uses)."),
         "",
         "| MT noise | semantic errors | system | de SumR | fr SumR |",
         "|---|---|---|---|---|",

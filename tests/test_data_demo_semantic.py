@@ -2,6 +2,7 @@
 changed, deterministic by seed, and the defaults leave today's world bit-identical."""
 
 import hashlib
+import itertools
 import json
 
 import numpy as np
@@ -13,8 +14,9 @@ from cl2cm_hf.data.demo_lexicon import NOUNS
 from cl2cm_hf.data.demo_mt_noise import semantic_error
 from cl2cm_hf.data.demo_scenes import confusable_variant, sample_scene
 from cl2cm_hf.training.arguments import load_config, parse_config
+from cl2cm_hf.training.data_sources import build_run_data
 
-SMALL = dict(seed=5, num_items=80, val_items=20, test_items=20, corpus_items=10)
+SMALL = {"seed": 5, "num_items": 80, "val_items": 20, "test_items": 20, "corpus_items": 10}
 # sha256 of SMALL's pairs, queries, scenes and corpus, computed with the code before these settings existed
 # (commit 41e5ff0): the defaults must keep every existing world, result and test as it was.
 BEFORE_SHA256 = "94059f9b05975e0964238793b51fe5f62005961f1ac433eadf88342ff5bff328"
@@ -107,7 +109,7 @@ def test_confusable_world_has_near_neighbours():
     world = build_demo_world(**dict(SMALL, num_items=300), confusable=0.6)
     scenes = list(world.scenes.values())
     assert len({s.key() for s in scenes}) == len(scenes)  # still no two identical items
-    near = sum(len(a.objects) == len(b.objects) and len(differences(a, b)) == 1 for a, b in zip(scenes, scenes[1:]))
+    near = sum(len(a.objects) == len(b.objects) and len(differences(a, b)) == 1 for a, b in itertools.pairwise(scenes))
     assert 0.5 < near / (len(scenes) - 1) < 0.7, near  # variants of the scene before (plus rare chance twins)
     assert world_sha256(world) == world_sha256(build_demo_world(**dict(SMALL, num_items=300), confusable=0.6))
 
@@ -119,3 +121,14 @@ def test_settings_are_range_checked(key, value, expected):
     assert f"key {key}=" in str(caught.value) and expected in str(caught.value), caught.value
     with pytest.raises(ValueError, match=key.removeprefix("demo_")):
         build_demo_world(**SMALL, **{key.removeprefix("demo_"): float(value)})
+
+
+def test_recipe_settings_reach_the_world(tmp_path):
+    values = load_config(None, ["--dataset", "demo", "--demo_items", "40", "--demo_validation_items", "10",
+                                "--demo_test_items", "10", "--demo_mt_noise", "0", "--demo_mt_semantic_errors", "1",
+                                "--demo_confusable", "0.5", "--output_dir", str(tmp_path), "--tokenizer_vocab_size", "300"])
+    model_args, data_args, _, training_args = parse_config(values)
+    data = build_run_data(data_args, model_args, training_args)
+    world = build_demo_world(seed=training_args.seed, num_items=40, val_items=10, test_items=10, mt_noise=0.0,
+                             mt_semantic_errors=1.0, confusable=0.5, feature_dim=data_args.demo_feature_dim)
+    assert data.train_pairs[:] == world.pairs["train"][:]

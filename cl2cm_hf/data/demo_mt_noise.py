@@ -4,13 +4,23 @@ A sentence is corrupted with probability `rate`; a corrupted sentence gets 1-3 e
 a dropped word, a replaced word (wrong colour, near synonym), wrong agreement (another inflected
 form of an article/adjective/verb), a local reordering (two neighbours swapped) and an
 untranslated English word.
+
+Semantic errors (`semantic_error`, a separate rate) come before the surface noise: the translation
+says a wrong colour, a wrong noun or a wrong relation, fluently and with correct agreement, as real
+MT does, while the English source caption stays right. This is where cross-lingual transfer can
+earn its place: the stage-1 teacher compares the MT caption with the (right) English captions of
+the batch, so its relations can pull the student towards the right item, whereas the visual-MT pair
+alone teaches the error ("blaue Katze" paired with a picture of a red cat).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from .demo_grammar import Token, detokenize
+from .demo_grammar import Clause, Token, detokenize
+from .demo_scenes import Scene, alter_object, alterations, other_relation
 
 NOISE_KINDS = ("drop", "replace", "agreement", "reorder", "untranslated")
 
@@ -58,3 +68,18 @@ def add_mt_noise(tokens: list[Token], rate: float, rng: np.random.Generator) -> 
                     applied.append(kind)
                     break
     return detokenize(tokens), applied
+
+
+def semantic_error(scene: Scene, plan: tuple[list[Clause], tuple[bool, ...]], rng: np.random.Generator,
+                   ) -> tuple[Scene, tuple[list[Clause], tuple[bool, ...]], str]:
+    """What a wrong translation of `plan`'s caption describes: `scene` with one object's colour or noun
+    changed, or `plan` with one clause's relation changed; and the kind ("colour", "noun", "relation").
+    Realise the MT sentence from the returned scene and plan; the English caption keeps the originals."""
+    kinds = alterations(scene)
+    kind = kinds[int(rng.integers(len(kinds)))]
+    if kind != "relation":
+        return alter_object(scene, int(rng.integers(len(scene.objects))), kind, rng), plan, kind
+    clauses, show_size = plan
+    k = int(rng.choice([i for i, clause in enumerate(clauses) if clause.relation]))
+    clauses = [*clauses[:k], replace(clauses[k], relation=other_relation(clauses[k].relation, rng)), *clauses[k + 1 :]]
+    return scene, (clauses, show_size), kind

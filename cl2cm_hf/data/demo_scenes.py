@@ -8,11 +8,14 @@ depend only on its own seed, never on the world's seed: the same "camera" for ev
 
 Videos: `video_schedule` makes objects enter and leave, so that no single frame shows every object
 of a multi-object scene; each frame is encoded from the objects present at that time.
+
+Changing one attribute (`alterations`: a colour, a noun or a relation) gives both a harder world's
+near neighbours (`confusable_variant`) and the MT's semantic errors (`demo_mt_noise`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -66,6 +69,48 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     subjects = [s for s in (0, 2) if s < count] if count > 1 else []
     relations = tuple((s, RELATION_KEYS[rng.integers(len(RELATION_KEYS))], 1) for s in subjects)
     return Scene(tuple(objects), relations)
+
+
+def alterations(scene: Scene) -> tuple[str, ...]:
+    """The one-attribute changes that apply to `scene`: a colour, a noun, and with two objects a relation."""
+    return ("colour", "noun", "relation") if scene.relations else ("colour", "noun")
+
+
+def alter_object(scene: Scene, index: int, kind: str, rng: np.random.Generator) -> Scene:
+    """`scene` with object `index` given another colour (`kind` "colour") or another noun ("noun"):
+    one not in the scene, so a definite second mention stays unambiguous, and animate if it acts."""
+    o = scene.objects[index]
+    if kind == "colour":
+        changed = replace(o, colour=_other(COLOUR_KEYS, o.colour, rng))
+    elif kind == "noun":
+        taken = {x.noun for x in scene.objects}
+        changed = replace(o, noun=_other([n for n in NOUN_KEYS if o.action is None or NOUNS[n].animate], taken, rng))
+    else:
+        raise ValueError(f"kind={kind!r}; expected 'colour' or 'noun'")
+    return Scene(scene.objects[:index] + (changed,) + scene.objects[index + 1 :], scene.relations)
+
+
+def other_relation(relation: str, rng: np.random.Generator) -> str:
+    """A relation that means something else ("on" -> "under" too: the objects' roles swap)."""
+    return _other(RELATION_KEYS, relation, rng)
+
+
+def confusable_variant(scene: Scene, rng: np.random.Generator) -> Scene:
+    """`scene` with one colour, noun or relation changed: a neighbour that only that word tells apart."""
+    kinds = alterations(scene)
+    kind = kinds[int(rng.integers(len(kinds)))]
+    if kind != "relation":
+        return alter_object(scene, int(rng.integers(len(scene.objects))), kind, rng)
+    k = int(rng.integers(len(scene.relations)))
+    subject, relation, anchor = scene.relations[k]
+    relations = scene.relations[:k] + ((subject, other_relation(relation, rng), anchor),) + scene.relations[k + 1 :]
+    return Scene(scene.objects, relations)
+
+
+def _other(keys: list[str], exclude: str | set[str], rng: np.random.Generator) -> str:
+    exclude = {exclude} if isinstance(exclude, str) else exclude
+    choices = [k for k in keys if k not in exclude]
+    return choices[int(rng.integers(len(choices)))]
 
 
 class SceneEncoder:

@@ -3,10 +3,11 @@
 `build_demo_world` samples distinct scenes (`demo_scenes`), splits them by visual item into
 train/validation/test, encodes them with the fixed random "vision backbone" plus Gaussian noise
 (images: one vector; videos: 4-12 frames in which objects enter and leave), writes English
-captions and their literal German/French translations with MT noise (`demo_grammar`,
-`demo_mt_noise`) as training pairs, and human-style German/French captions (templates the MT
-side never uses) plus the English captions as validation/test queries. Everything is determined
-by `seed`; the backbone only by its own seed.
+captions and their literal German/French translations with MT noise and semantic MT errors
+(`demo_grammar`, `demo_mt_noise`) as training pairs, and human-style German/French captions
+(templates the MT side never uses) plus the English captions as validation/test queries. A harder world
+(`confusable`) makes scenes near copies of the scene before them. Everything is determined by
+`seed`; the backbone only by its own seed.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from PIL import Image
 from ..atomic import atomic_directory
 from . import demo_render
 from .demo_grammar import HUMAN_REALIZERS, MT_REALIZERS, detokenize, plan_caption, realize_en
-from .demo_mt_noise import add_mt_noise
-from .demo_scenes import BACKBONE_SEED, Scene, SceneEncoder, sample_scene, video_schedule
+from .demo_mt_noise import add_mt_noise, semantic_error
+from .demo_scenes import BACKBONE_SEED, Scene, SceneEncoder, confusable_variant, sample_scene, video_schedule
 from .features import MissingVisualIdError, VisualFeatureStore
 from .image_paths import ImagePathStore
 from .schemas import make_pairs, make_queries
@@ -36,7 +37,8 @@ from .splits import RetrievalData
 
 SPLITS = ("train", "validation", "test")
 RENDER_MANIFEST = "render.json"  # what a folder of pictures was rendered from: size, world, items, renderer, Pillow
-_STREAMS = {"scenes": 0, "captions": 1, "mt": 2, "human": 3, "features": 4, "frames": 5, "corpus": 6, "pixels": 7}
+_STREAMS = {"scenes": 0, "captions": 1, "mt": 2, "human": 3, "features": 4, "frames": 5, "corpus": 6, "pixels": 7,
+            "semantic": 8}
 
 
 @dataclass
@@ -128,10 +130,12 @@ def _lang_key(lang: str) -> int:
     return int.from_bytes(lang.encode("utf-8"), "little")
 
 
-def _sample_scenes(count: int, rng: np.random.Generator) -> list[Scene]:
+def _sample_scenes(count: int, rng: np.random.Generator, confusable: float = 0.0) -> list[Scene]:
     scenes, seen = [], set()
     while len(scenes) < count:
-        scene = sample_scene(rng)
+        # No draw at all when confusable is 0: today's worlds stay the same.
+        near = confusable and scenes and rng.random() < confusable
+        scene = confusable_variant(scenes[-1], rng) if near else sample_scene(rng)
         if scene.key() not in seen:  # two identical items would make retrieval ambiguous
             seen.add(scene.key())
             scenes.append(scene)
@@ -168,6 +172,8 @@ def build_demo_world(
     seed: int = 0,
     num_items: int = 1500,
     mt_noise: float = 0.3,
+    mt_semantic_errors: float = 0.0,
+    confusable: float = 0.0,
     visual_kind: str = "image",
     feature_dim: int = 128,
     target_langs: tuple[str, ...] = ("de", "fr"),
@@ -185,6 +191,10 @@ def build_demo_world(
     Args:
         num_items: training visual items (validation and test items come on top).
         mt_noise: probability that an MT sentence is corrupted (1-3 edits).
+        mt_semantic_errors: probability that an MT sentence says a wrong colour, noun or relation
+            (`demo_mt_noise.semantic_error`; its own random stream, so 0 leaves every sentence as it was).
+        confusable: probability that a scene is the scene before it with one colour, noun or
+            relation changed (`demo_scenes.confusable_variant`): pairs of items only one word tells apart.
         visual_kind: ``"image"`` (features ``(N, feature_dim)``) or ``"video"`` (``(N, T, feature_dim)``
             with ``T`` drawn from `frames`, objects entering and leaving).
         captions_per_item: English captions per item; each gives one pair per target language.
@@ -199,11 +209,15 @@ def build_demo_world(
         raise ValueError(f"target_langs {unknown} have no demo grammar; available: {sorted(MT_REALIZERS)}")
     if min(num_items, val_items, test_items, captions_per_item, human_captions_per_item) < 1:
         raise ValueError("num_items, val_items, test_items and the captions per item must be >= 1")
+    if not 0.0 <= mt_semantic_errors <= 1.0:
+        raise ValueError(f"mt_semantic_errors={mt_semantic_errors!r}; expected a rate in [0, 1]")
+    if not 0.0 <= confusable < 1.0:
+        raise ValueError(f"confusable={confusable!r}; expected a probability in [0, 1) (1 would never start a new scene)")
     if not 4 <= frames[0] <= frames[1]:
         raise ValueError(f"frames={frames!r}; expected (min, max) with 4 <= min <= max")
 
     sizes = {"train": num_items, "validation": val_items, "test": test_items}
-    scenes = _sample_scenes(sum(sizes.values()) + corpus_items, _rng(seed, "scenes"))
+    scenes = _sample_scenes(sum(sizes.values()) + corpus_items, _rng(seed, "scenes"), confusable)
     corpus_scenes, scenes = scenes[sum(sizes.values()):], scenes[: sum(sizes.values())]
     prefix = "img" if visual_kind == "image" else "vid"
     ids = [f"{prefix}{i:05d}" for i in range(len(scenes))]
@@ -213,7 +227,9 @@ def build_demo_world(
 
     caption_rng, human_rng = _rng(seed, "captions"), _rng(seed, "human")
     mt_rngs = {lang: _rng(seed, "mt", _lang_key(lang)) for lang in target_langs}
+    semantic_rngs = {lang: _rng(seed, "semantic", _lang_key(lang)) for lang in target_langs}
     edits: Counter = Counter()
+    semantic: Counter = Counter()
     corrupted = total_mt = 0
     pairs, queries = {}, {}
     for split in SPLITS:
@@ -228,7 +244,11 @@ def build_demo_world(
                 query_rows["text"].append(english)
                 query_rows["lang"].append("en")
                 for lang in target_langs:
-                    target, applied = add_mt_noise(MT_REALIZERS[lang](scene, plan), mt_noise, mt_rngs[lang])
+                    mt_scene, mt_plan = scene, plan
+                    if semantic_rngs[lang].random() < mt_semantic_errors:
+                        mt_scene, mt_plan, kind = semantic_error(scene, plan, semantic_rngs[lang])
+                        semantic[kind] += 1
+                    target, applied = add_mt_noise(MT_REALIZERS[lang](mt_scene, mt_plan), mt_noise, mt_rngs[lang])
                     edits.update(applied)
                     corrupted += bool(applied)
                     total_mt += 1
@@ -254,8 +274,8 @@ def build_demo_world(
     encoder = SceneEncoder(feature_dim, seed=backbone_seed)
     store = _features(scenes, ids, visual_kind, encoder, feature_noise, seed, frames)
     config = dict(seed=seed, num_items=num_items, val_items=val_items, test_items=test_items, mt_noise=mt_noise,
-                  visual_kind=visual_kind, feature_dim=feature_dim, target_langs=tuple(target_langs),
+                  mt_semantic_errors=mt_semantic_errors, confusable=confusable, visual_kind=visual_kind, feature_dim=feature_dim, target_langs=tuple(target_langs),
                   captions_per_item=captions_per_item, human_captions_per_item=human_captions_per_item,
                   feature_noise=feature_noise, frames=tuple(frames), corpus_items=corpus_items, backbone_seed=backbone_seed)
-    stats = {"mt_sentences": total_mt, "mt_corrupted": corrupted, "mt_edits": dict(edits)}
+    stats = {"mt_sentences": total_mt, "mt_corrupted": corrupted, "mt_edits": dict(edits), "mt_semantic_errors": dict(semantic)}
     return DemoWorld(DatasetDict(pairs), DatasetDict(queries), store, by_id, splits, corpus, stats, config)

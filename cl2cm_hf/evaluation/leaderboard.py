@@ -53,7 +53,7 @@ def _demo(recipe: str) -> Callable[[argparse.Namespace], TestSet]:
             _, data_args, _, training_args = parse_config(load_config(path))
         world = build_demo_world(
             seed=training_args.seed, num_items=data_args.demo_items, val_items=data_args.demo_validation_items,
-            test_items=data_args.demo_test_items, mt_noise=data_args.demo_mt_noise,
+            test_items=data_args.demo_test_items, mt_noise=data_args.demo_mt_noise, confusable=data_args.demo_confusable,
             visual_kind=data_args.demo_visual_kind, feature_dim=data_args.demo_feature_dim,
         )
         return TestSet(recipe.removesuffix(".yaml"), world.queries["test"], world.features)

@@ -243,6 +243,20 @@ class DataArguments:
     demo_validation_items: int = field(default=200, metadata={"allowed": at_least(1)})
     demo_test_items: int = field(default=300, metadata={"allowed": at_least(1)})
     demo_mt_noise: float = field(default=0.3, metadata={"allowed": Allowed(0, 1)})
+    demo_mt_semantic_errors: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of MT sentences that say a wrong colour, noun or relation (the English caption stays right).",
+            "allowed": Allowed(0, 1),
+        },
+    )
+    demo_confusable: float = field(
+        default=0.0,
+        metadata={
+            "help": "Harder world: probability that a scene is the one before it with one colour, noun or relation changed.",
+            "allowed": Allowed(0, 1, high_open=True, why="1 would never start a new scene"),
+        },
+    )
     demo_visual_kind: str = field(default="image", metadata={"help": "image | video", "allowed": one_of("image", "video")})
     demo_feature_dim: int = field(default=64, metadata={"allowed": at_least(1)})
     demo_pixels: bool = field(

@@ -71,6 +71,8 @@ def _demo(data_args, seed: int, training_args):
         val_items=data_args.demo_validation_items,
         test_items=data_args.demo_test_items,
         mt_noise=data_args.demo_mt_noise,
+        mt_semantic_errors=data_args.demo_mt_semantic_errors,
+        confusable=data_args.demo_confusable,
         visual_kind=data_args.demo_visual_kind,
         feature_dim=data_args.demo_feature_dim,
         target_langs=tuple(data_args.target_langs),

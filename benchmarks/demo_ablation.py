@@ -69,13 +69,25 @@ def main() -> None:
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3, 0.5], help="MT surface-noise rates")
     parser.add_argument("--semantic", type=float, nargs="+", default=[0.0], help="semantic MT error rates")
     parser.add_argument("--confusable", type=float, default=0.0, help="harder world (demo_confusable)")
-    parser.add_argument("--systems", nargs="+", choices=sorted(SYSTEMS), default=["english_only", "mt_no_transfer", "cl2cm"])
+    parser.add_argument("--systems", nargs="+", default=["english_only", "mt_no_transfer", "cl2cm"],
+                        help=f"of {sorted(SYSTEMS)} and the --variant names")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                        help="an extra system: cl2cm with these settings (e.g. cl2cm_mt0:lambda_mt=0)")
     parser.add_argument("--items", type=int, default=None, help="training items (default: the recipe's)")
     parser.add_argument("--epochs", type=float, default=6, help="stage-2 epochs")
     parser.add_argument("--cl-epochs", type=float, default=None, help="stage-1 epochs (default: the recipe's)")
     parser.add_argument("--work", default=str(REPO / "benchmarks" / "cache" / "demo_ablation"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "demo_ablation"))
     args = parser.parse_args()
+    for spec in args.variant:
+        name, _, settings = spec.partition(":")
+        pairs = [item.partition("=") for item in settings.split(",") if item]
+        if not name or any(not eq for _, eq, _ in pairs):
+            parser.error(f"--variant {spec!r}: expected NAME:KEY=VALUE,...")
+        SYSTEMS[name] = SYSTEMS["cl2cm"] + [token for key, _, value in pairs for token in (f"--{key}", value)]
+    unknown = [s for s in args.systems if s not in SYSTEMS]
+    if unknown:
+        parser.error(f"--systems {unknown}: expected one of {sorted(SYSTEMS)}")
 
     commit, load_start, wall_start = git_commit(short=True), os.getloadavg(), time.time()
     out = Path(args.out)
@@ -128,12 +140,16 @@ def main() -> None:
             cells = [_mean_sd([r[f"{lang}_sumr"] for r in picked(condition, system)]) for lang in LANGS]
             lines.append(f"| {condition['noise']:g} | {condition['semantic']:g} | {system} | {cells[0]} | {cells[1]} |")
     lead = []
-    for other in [s for s in ("mt_no_transfer", "cl2cm_no_kt") if s in args.systems and "cl2cm" in args.systems]:
-        lead += ["", f"CL2CM minus {other}, paired by seed (mean ± sd over seeds):", "",
+    # Each CL2CM system against translation-only and against itself with lambda_kt 0 (`<name>_no_kt`, else cl2cm_no_kt).
+    pairs = [(system, other) for system in args.systems if system.startswith("cl2cm") and not system.endswith("_no_kt")
+             for other in ("mt_no_transfer", f"{system}_no_kt" if f"{system}_no_kt" in args.systems else "cl2cm_no_kt")
+             if other in args.systems]
+    for system, other in pairs:
+        lead += ["", f"{system} minus {other}, paired by seed (mean ± sd over seeds):", "",
                  "| MT noise | semantic errors | de | fr | mean of de and fr |", "|---|---|---|---|---|"]
         for condition in conditions:
             diffs = {lang: [a[f"{lang}_sumr"] - b[f"{lang}_sumr"] for seed in args.seeds
-                            for a in picked(condition, "cl2cm", seed) for b in picked(condition, other, seed)] for lang in LANGS}
+                            for a in picked(condition, system, seed) for b in picked(condition, other, seed)] for lang in LANGS}
             both = [(d + f) / 2 for d, f in zip(diffs["de"], diffs["fr"])]
             lead.append(f"| {condition['noise']:g} | {condition['semantic']:g} | {_mean_sd(diffs['de'])} | "
                         f"{_mean_sd(diffs['fr'])} | {_mean_sd(both)} |")

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.provenance import git_commit, machine  # noqa: E402
+from benchmarks.pairing import lambda_kt_partners  # noqa: E402
 from cl2cm_hf.atomic import atomic_write_text  # noqa: E402
 from cl2cm_hf.evaluation.records import flat_metrics  # noqa: E402
 from cl2cm_hf.training.run import train  # noqa: E402
@@ -140,10 +141,11 @@ def main() -> None:
             cells = [_mean_sd([r[f"{lang}_sumr"] for r in picked(condition, system)]) for lang in LANGS]
             lines.append(f"| {condition['noise']:g} | {condition['semantic']:g} | {system} | {cells[0]} | {cells[1]} |")
     lead = []
-    # Each CL2CM system against translation-only and against itself with lambda_kt 0 (`<name>_no_kt`, else cl2cm_no_kt).
-    pairs = [(system, other) for system in args.systems if system.startswith("cl2cm") and not system.endswith("_no_kt")
-             for other in ("mt_no_transfer", f"{system}_no_kt" if f"{system}_no_kt" in args.systems else "cl2cm_no_kt")
-             if other in args.systems]
+    # Each CL2CM system against translation-only and against its partner with lambda_kt 0 (benchmarks/pairing.py).
+    partners = lambda_kt_partners({s: {k.removeprefix("--"): v for k, v in zip(SYSTEMS[s][::2], SYSTEMS[s][1::2])} for s in args.systems})
+    partners = {s: p for s, p in partners.items() if s.startswith("cl2cm")}
+    pairs = [(system, other) for system in args.systems if system in partners
+             for other in ("mt_no_transfer", partners[system]) if other in args.systems]
     for system, other in pairs:
         lead += ["", f"{system} minus {other}, paired by seed (mean ± sd over seeds):", "",
                  "| MT noise | semantic errors | de | fr | mean of de and fr |", "|---|---|---|---|---|"]

@@ -55,6 +55,7 @@ from cl2cm_hf.training.run import train_cross_lingual, train_cross_modal  # noqa
 from cl2cm_hf.training.data_sources import build_run_data  # noqa: E402
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore, FrozenPrefixBackbone  # noqa: E402
 from benchmarks.provenance import git_commit, machine  # noqa: E402
+from benchmarks.pairing import KT_ONLY, lambda_kt_partners  # noqa: E402
 
 TOWERS = {"e5": "trainer/configs/multi30k_r50_e5.yaml", "minilm": "trainer/configs/multi30k_r50_minilm.yaml"}
 ME5_DIR = REPO / "benchmarks" / "cache" / "me5-small"
@@ -267,15 +268,6 @@ def sumr_by_fold(rows: list[dict], tower: str, system: str, lang: str, folds_onl
             and (isinstance(r["fold"], int) or not folds_only)}
 
 
-def no_kt_partner(system: str, systems: list[str]) -> str | None:
-    """The run's system that is `system` with ``lambda_kt: 0``: ``<system>_no_kt``, else ``cl2cm_no_kt``
-    for a CL2CM variant (None for the baselines and the ``*_no_kt`` systems themselves)."""
-    if system.endswith("_no_kt") or system in ("untrained", "english_only", "mt_no_transfer"):
-        return None
-    partner = f"{system}_no_kt"
-    return partner if partner in systems else ("cl2cm_no_kt" if "cl2cm_no_kt" in systems else None)
-
-
 def paired_differences(report: dict, reference_of, title: str, text: str) -> list[str]:
     """A markdown section: per tower, language and system, its test SumR minus that of
     `reference_of(system)` (None: no row) on the same folds."""
@@ -362,12 +354,14 @@ def markdown(report: dict) -> str:
         "Test SumR of a system minus that of `mt_no_transfer` on the same fold: mean ± std over folds, and the "
         "number of folds where the system is ahead.",
     )
+    overrides = {run["system"]: {**SYSTEM_SETTINGS.get(run["base"], {}), **run["settings"]} for run in report["runs"]}
+    partners = lambda_kt_partners(overrides)
     lines += paired_differences(
-        report, lambda system: no_kt_partner(system, systems),
+        report, partners.get,
         "## Paired differences against lambda_kt 0 (what the distillation term is worth)",
-        "Test SumR of a system minus that of the same system with `lambda_kt: 0` on the same fold: `<name>_no_kt` "
-        "when the run has it, else `cl2cm_no_kt` (an option that acts only through the distillation term is off "
-        "with it). Mean ± std over folds, and the number of folds where the system is ahead.",
+        "Test SumR of a system minus that of its partner with `lambda_kt: 0` and the same settings otherwise (settings "
+        f"that act only through the distillation term aside: {', '.join(sorted(KT_ONLY))}), on the same fold. Mean ± "
+        "std over folds, and the number of folds where the system is ahead.",
     )
     lines += ["", "## Settings", "", *report["settings_notes"], ""]
     if report.get("extra_markdown"):

@@ -5,7 +5,7 @@ four systems side by side:
 
 - ``untrained``: the cross-modal network as built, no training (the floor);
 - ``english_only``: trained on image-English pairs only; German/French queries are zero-shot;
-- ``mt_no_transfer``: image-English + image-MT pairs, no transfer (``lambda_kt: 0``, no stage 1);
+- ``mt_no_transfer``: image-English + image-MT pairs, no transfer (``lambda_mt: 1``, ``lambda_kt: 0``, no stage 1);
 - ``cl2cm``: the full method (stage 1 on the fold's English/MT pairs, stage 2 with relational
   distillation, text tower started from stage 1).
 
@@ -65,7 +65,7 @@ SYSTEMS = ("untrained", "english_only", "mt_no_transfer", "cl2cm")
 SYSTEM_SETTINGS = {
     "untrained": {},
     "english_only": {"stage": "cm", "lambda_mt": 0.0, "lambda_kt": 0.0},
-    "mt_no_transfer": {"stage": "cm", "lambda_kt": 0.0},
+    "mt_no_transfer": {"stage": "cm", "lambda_mt": 1.0, "lambda_kt": 0.0},
     "cl2cm": {},
 }
 TABLE_KEYS = tuple(k for k in METRIC_KEYS if k.rpartition("_")[2] not in ("medr", "mnr"))  # the recalls and SumR

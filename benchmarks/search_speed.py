@@ -1,22 +1,28 @@
 """Search speed (issue 13, item 5): index throughput against the bare model forward, and one-query
 latency on a large gallery, exact and HNSW. Writes benchmarks/results/search_speed.md.
 
-    python benchmarks/search_speed.py                    # 1,000,000 x 256 gallery
-    python benchmarks/search_speed.py --n 100000 --images 64   # a smoke run
+    python benchmarks/search_speed.py                    # 1,000,000 x 256 gallery, every section
+    python benchmarks/search_speed.py --only exact       # one section; the others stay as they were
+    python benchmarks/search_speed.py --n 100000 --images 64 --out /tmp/s.md   # a smoke run
 
 throughput  `build_index` on JPEG files (decoding and the processor in DataLoader workers, shards,
             the dataset written; model load included) vs `model.get_visual_features` alone on the
             same batches already decoded; goal >= 0.8.
-latency     one query at a time, k=10, on an (n, 256) L2-normalised gallery (a mixture of 1,000
-            clusters, as embeddings are): exact `cl2cm_hf.retrieval.topk` and faiss HNSW (when
-            importable), p50/p95, HNSW recall@10 against exact; the exact p50 against the time to
-            read the gallery once (a column sum); goal <= 1.5x.
+exact       one query at a time, k=10, on an (n, 256) L2-normalised gallery (a mixture of 1,000
+            clusters, as embeddings are): exact `cl2cm_hf.retrieval.topk`, p50/p95, against the time
+            to read the gallery once (a column sum); goal p50 <= 1.5x.
+hnsw        the same queries with faiss HNSW (needs faiss; the build takes minutes): build time,
+            p50/p95, recall@10 against exact.
+
+Each section is a block of the results file with its own command, commit, load and wall time, so a
+section that was not rerun keeps the run it came from.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import os
+import re
 import statistics
 import sys
 import tempfile
@@ -29,6 +35,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+
+from benchmarks.provenance import git_commit, machine  # noqa: E402
+
+SECTIONS = ("throughput", "exact", "hnsw")
+_MARK = "<!-- section {}: written by benchmarks/search_speed.py -->"
 
 
 def _checkpoint(folder: Path) -> Path:
@@ -97,44 +108,83 @@ def _percentiles(times: list[float]) -> tuple[float, float]:
     return statistics.median(times), times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
 
 
-def latency(n: int, d: int, repeats: int) -> dict:
-    from cl2cm_hf.retrieval import build_faiss_index, faiss_recall_at_k, faiss_search, topk
+def exact(gallery: np.ndarray, queries: np.ndarray, repeats: int) -> dict:
+    from cl2cm_hf.retrieval import topk
 
-    gallery, queries = _gallery(n, d)
     tensor = torch.from_numpy(gallery)
     reads = []
     for _ in range(5):
         start = time.perf_counter()
         tensor.sum(dim=0)
         reads.append(time.perf_counter() - start)
-    read_once = min(reads)
     topk(queries[:1], gallery, 10)  # warm up
-    exact = []
+    times = []
     for q in queries[:repeats]:
         start = time.perf_counter()
         topk(q[None], gallery, 10)
-        exact.append(time.perf_counter() - start)
-    row = {"n": n, "d": d, "repeats": repeats, "read_once_s": read_once, "exact": _percentiles(exact)}
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return row
+        times.append(time.perf_counter() - start)
+    return {"read_once_s": min(reads), "exact": _percentiles(times)}
+
+
+def hnsw(gallery: np.ndarray, queries: np.ndarray, repeats: int) -> dict:
+    from cl2cm_hf.retrieval import build_faiss_index, faiss_recall_at_k, faiss_search
+
     start = time.perf_counter()
     index = build_faiss_index(gallery, "hnsw", hnsw_m=32, ef_construction=40, ef_search=128)
-    row["hnsw_build_s"] = time.perf_counter() - start
+    build_s = time.perf_counter() - start
     faiss_search(index, queries[:1], 10)
-    approx = []
+    times = []
     for q in queries[:repeats]:
         start = time.perf_counter()
         faiss_search(index, q[None], 10)
-        approx.append(time.perf_counter() - start)
-    row["hnsw"] = _percentiles(approx)
-    row["hnsw_recall@10"] = faiss_recall_at_k(index, queries, gallery, k=10)
-    return row
+        times.append(time.perf_counter() - start)
+    return {"build_s": build_s, "hnsw": _percentiles(times), "recall@10": faiss_recall_at_k(index, queries, gallery, k=10)}
+
+
+def _ms(seconds: float) -> str:
+    return f"{1000 * seconds:.1f} ms"
+
+
+def _report(name: str, r: dict, args) -> list[str]:
+    if name == "throughput":
+        return [
+            "## Index throughput vs the bare model forward (goal >= 0.8)", "",
+            "| images | batch | decode workers | bare forward | build_index (all in) | ratio |", "|---|---|---|---|---|---|",
+            f"| {r['images']} 640x480 JPEG | {r['batch_size']} | {r['workers']} | {r['bare_ips']:.1f} img/s | "
+            f"{r['index_ips']:.1f} img/s | **{r['ratio']:.2f}** |", "",
+            "Model: CL2CM with a ViT (6 layers, width 384, 224 px, patch 16; random weights). `build_index` time includes "
+            "loading the checkpoint, listing and stat-ing the files, decoding + processor in the DataLoader worker(s), the "
+            "shards and writing the dataset; the bare forward is `get_visual_features` on the same batches already made.",
+        ]
+    size = f"{args.n:,} x {args.d} gallery, k=10 ({args.repeats} queries, one at a time)"
+    if name == "exact":
+        ratio = r["exact"][0] / r["read_once_s"]
+        return [
+            f"## Exact one-query latency, {size}", "",
+            "| search | p50 | p95 | read the gallery once (column sum, best of 5) | p50 / read-once |", "|---|---|---|---|---|",
+            f"| exact `topk` | {_ms(r['exact'][0])} | {_ms(r['exact'][1])} | {_ms(r['read_once_s'])} | **{ratio:.2f}x** |", "",
+            f"Goal: p50 <= 1.5x the read-once time: {'met' if ratio <= 1.5 else 'not met'}.",
+        ]
+    return [
+        f"## HNSW one-query latency, {size}", "",
+        "| search | build | p50 | p95 | recall@10 vs exact |", "|---|---|---|---|---|",
+        f"| faiss HNSW (M=32, efConstruction=40, efSearch=128) | {r['build_s']:.0f} s | {_ms(r['hnsw'][0])} | "
+        f"{_ms(r['hnsw'][1])} | {r['recall@10']:.3f} |",
+    ]
+
+
+def _old_sections(path: Path) -> dict[str, str]:
+    """The blocks of an earlier results file, by section name."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    marks = [(m.start(), m.group(1)) for m in re.finditer(r"<!-- section (\w+): ", text)]
+    return {name: text[a : (marks[i + 1][0] if i + 1 < len(marks) else len(text))].rstrip("\n")
+            for i, (a, name) in enumerate(marks)}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="sections to measure; the others are kept from the existing --out file")
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--d", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=50)
@@ -144,34 +194,36 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "search_speed.md"))
     args = parser.parse_args(argv)
     command = "python benchmarks/search_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    t = throughput(args.images, args.batch_size, args.workers)
-    print(t, flush=True)
-    lat = latency(args.n, args.d, args.repeats)
-    print(lat, flush=True)
-    ms = lambda s: f"{1000 * s:.1f} ms"  # noqa: E731
-    lines = [
-        "# Search speed", "", f"Command: `{command.strip()}`", "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"Python {platform.python_version()} (a shared 2-core CPU box: absolute numbers are noisy).", "",
-        "## Index throughput vs the bare model forward (goal >= 0.8)", "",
-        "| images | batch | decode workers | bare forward | build_index (all in) | ratio |", "|---|---|---|---|---|---|",
-        f"| {t['images']} 640x480 JPEG | {t['batch_size']} | {t['workers']} | {t['bare_ips']:.1f} img/s | "
-        f"{t['index_ips']:.1f} img/s | **{t['ratio']:.2f}** |", "",
-        "Model: CL2CM with a ViT (6 layers, width 384, 224 px, patch 16; random weights). `build_index` time includes "
-        "loading the checkpoint, listing and stat-ing the files, decoding + processor in the DataLoader worker(s), the "
-        "shards and writing the dataset; the bare forward is `get_visual_features` on the same batches already made.", "",
-        f"## One-query latency, {lat['n']:,} x {lat['d']} gallery, k=10 ({lat['repeats']} queries)", "",
-        "| search | p50 | p95 | recall@10 vs exact |", "|---|---|---|---|",
-        f"| exact `topk` | {ms(lat['exact'][0])} | {ms(lat['exact'][1])} | 1 |",
-    ]
-    if "hnsw" in lat:
-        lines.append(f"| faiss HNSW (M=32, efConstruction=40, efSearch=128) | {ms(lat['hnsw'][0])} | {ms(lat['hnsw'][1])} | "
-                     f"{lat['hnsw_recall@10']:.3f} |")
-    lines += ["", f"Reading the gallery once (a column sum, best of 5): {ms(lat['read_once_s'])}; exact p50 / read-once = "
-              f"**{lat['exact'][0] / lat['read_once_s']:.2f}x** (goal <= 1.5x)."]
-    if "hnsw_build_s" in lat:
-        lines.append(f"HNSW build: {lat['hnsw_build_s']:.0f} s.")
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    commit = git_commit(short=True)
+    blocks = _old_sections(Path(args.out))
+    gallery = queries = None
+    for name in (s for s in SECTIONS if s in args.only):
+        if name == "hnsw":
+            try:
+                import faiss  # noqa: F401
+            except ImportError:
+                print("hnsw: faiss is not importable, section skipped", flush=True)
+                continue
+        load, started = os.getloadavg()[0], time.perf_counter()
+        if name == "throughput":
+            result = throughput(args.images, args.batch_size, args.workers)
+        else:
+            if gallery is None:
+                gallery, queries = _gallery(args.n, args.d)
+            result = (exact if name == "exact" else hnsw)(gallery, queries, args.repeats)
+        wall = time.perf_counter() - started
+        print(name, result, flush=True)
+        blocks[name] = "\n".join([
+            _MARK.format(name), *_report(name, result, args), "",
+            f"Run: `{command.strip()}` at commit {commit}; {machine(torch)}; load average (1 min) at start "
+            f"{load:.2f}, at end {os.getloadavg()[0]:.2f}; section wall time {wall:.0f} s.",
+        ])
+    lines = ["# Search speed", "", "Written by `benchmarks/search_speed.py` (issue 13, item 5), one block per section; a "
+             "block not rerun keeps the run it came from (its own command, commit and load). A shared 2-core CPU box: "
+             "absolute numbers are noisy.", ""]
+    for name in SECTIONS:
+        lines += [blocks.get(name, f"{_MARK.format(name)}\n(not measured yet)"), ""]
+    Path(args.out).write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     return 0
 

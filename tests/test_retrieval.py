@@ -195,6 +195,24 @@ def test_topk_matches_stable_sort_of_full_matrix(seed):
             torch.testing.assert_close(scores, ref_scores)
 
 
+@pytest.mark.parametrize("n_queries", [1, 5])
+def test_streamed_topk_of_few_queries_keeps_exact_ties(n_queries):
+    """A few queries take the streaming pass (the gallery split among the workers, several blocks
+    and score segments each under a 1 MiB budget); results equal the stable sort, ties included."""
+    rng = np.random.default_rng(n_queries)
+    gallery = rng.integers(-2, 3, size=(60_000, 6)).astype(np.float32) / 4  # many exact ties
+    gallery[30_000:30_010] = gallery[5]  # duplicates across the workers' ranges
+    queries = torch.from_numpy(rng.integers(-2, 3, size=(n_queries, 6)).astype(np.float32) / 4)
+    queries[0] = torch.from_numpy(gallery[5])
+    for k in (1, 10, 50):
+        ref_scores, ref_index = brute_topk(queries, gallery, k)
+        for source in (gallery, torch.from_numpy(gallery)):
+            scores, index = topk(queries, source, k, chunk_size=1000, memory_budget=2**20)
+            torch.testing.assert_close(index, ref_index, rtol=0, atol=0, msg=f"k={k}")
+            torch.testing.assert_close(scores, ref_scores)
+        assert torch.equal(topk(queries, gallery, k)[1], ref_index)  # default block and segment sizes
+
+
 def test_topk_equals_torch_topk_without_ties():
     generator = torch.Generator().manual_seed(0)
     queries = torch.nn.functional.normalize(torch.randn(50, 32, generator=generator), dim=1)

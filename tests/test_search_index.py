@@ -262,6 +262,16 @@ def test_frame_feature_store_and_dataset_with_captions(world, tmp_path):
     assert index.ids == ids and index.paths == [None] * 5 and len(index.search("ein hund", top_k=2)) == 2
     with pytest.raises(ValueError, match="precomputed features"):
         index.search_image(world["photos"] / "photo0.jpg")
+    # --pictures: feature rows show <id>.<ext> or the first file of <id>/; embeddings are reused.
+    pictures = tmp_path / "pictures"
+    (pictures / "clip2").mkdir(parents=True)
+    for name in ("clip0.png", "clip1.jpg", "clip2/01.png", "clip2/00.png", "clip10.png"):
+        (pictures / name).write_bytes(b"shown, not decoded")
+    assert index_main([str(tmp_path / "features_model"), "--features", str(tmp_path / "frames"), "--pictures", str(pictures),
+                       "--out", str(tmp_path / "frames_index"), "--batch-size", "2", "--num-workers", "0", "--no-progress"]) == 0
+    shown = SearchIndex.load(tmp_path / "frames_index")
+    assert shown.paths == [str(pictures / "clip0.png"), str(pictures / "clip1.jpg"), str(pictures / "clip2" / "00.png"), None, None]
+    np.testing.assert_array_equal(shown.embeddings, index.embeddings)
 
     names = ["photo2.jpg", "photo3.png", "grey.png"]
     rows = {"id": ["a", "b", "c"], "image": [str(world["photos"] / n) for n in names], "caption": ["ein hund", "un chat", None]}

@@ -5,9 +5,9 @@ reader sees the previous complete index or the new one, never a mix):
 
 ``metadata.json``
     model (path or hub id), model_revision (``sha256:`` of the checkpoint's files), dim, count,
-    created (UTC), source, cache key kind, faiss (``{"type", "file", "recall@10", ...}`` or null).
+    created (UTC), source, cache key kind, pictures (the folder given, or null), faiss (``{"type", "file", "recall@10", ...}`` or null).
 ``data/``
-    a `datasets` dataset (``save_to_disk``): id, path (None for features), embedding (float32,
+    a `datasets` dataset (``save_to_disk``): id, path (None for features without ``--pictures``), embedding (float32,
     L2-normalised), caption (None when unknown), key (what the incremental rebuild compares).
 ``report.json``
     the items that were skipped: ``{"skipped": [{"id", "file", "reason", "key"}]}``.

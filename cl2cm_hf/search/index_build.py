@@ -9,6 +9,9 @@ listing image paths (one a line, relative to the list's folder; id = the line), 
 folder saved with ``save_to_disk`` (an ``image`` column of `datasets.Image` or a ``path`` column;
 optional ``id`` and ``caption``). ``--features`` takes a `VisualFeatureStore` folder (vectors or
 frame sequences) or an `ImagePathStore` folder (``images.json``; images or frame lists).
+``--pictures DIR`` gives feature rows a picture to show (the index's path column; search results
+and the page show it): ``DIR/<id>.<ext>``, or the first file of ``DIR/<id>/`` (video frames), as
+the demo world's rendered pictures are named. Items that have their own file keep it.
 
 Encoding goes through the checkpoint's processor and ``model.get_visual_features``: files are
 opened and turned into ``pixel_values`` by the processor inside DataLoader workers, so decoding
@@ -31,6 +34,7 @@ pixels, unreadable). Skips are cached like embeddings and retried only when the 
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import io
 import json
@@ -228,6 +232,20 @@ def store_items(folder: Path):
             digest = hashlib.sha256(values.numpy().tobytes() + (b"" if mask is None else mask.numpy().tobytes()))
             items.append(Item(visual_id, None, f"features:{visual_id}|{digest.hexdigest()}"))
     return items, store
+
+
+def attach_pictures(items: list[Item], folder: Path) -> None:
+    """Give items without a file (feature rows) their picture in `folder`, if it has one."""
+    folder = Path(folder).absolute()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such pictures folder (expected <id>.<ext> or <id>/ frame files)")
+    for item in items:
+        if item.path is not None:
+            continue
+        named = sorted(p for p in glob.glob(glob.escape(str(folder / item.id)) + ".*") if Path(p).is_file())
+        frames = sorted(p for p in (folder / item.id).glob("*") if p.is_file()) if (folder / item.id).is_dir() else []
+        if named or frames:
+            item.path = str(named[0] if named else frames[0])
 
 
 def collect_items(images=None, features=None):
@@ -490,9 +508,12 @@ def _write_index(tmp: Path, items, done, bad, metadata: dict, faiss_type: str) -
 
 def build_index(model, out, *, images=None, features=None, processor=None, batch_size: int = 64,
                 num_workers: int = 2, chunk_size: int = 1024, max_pixels: int = DEFAULT_MAX_PIXELS,
-                faiss: str = "auto", device=None, progress: bool = True) -> IndexReport:
+                faiss: str = "auto", device=None, progress: bool = True, pictures=None) -> IndexReport:
     """Index `images` (folder, list file or datasets folder) or `features` (store folder) with the
     checkpoint `model` (a folder or hub id) into folder `out`; see the module docstring.
+
+    `pictures`: a folder with a picture per feature row (``<id>.<ext>`` or ``<id>/`` frames), stored
+    as the row's path so that results can be shown.
 
     `chunk_size` items make one shard (the unit of resume and of the split across processes);
     `faiss`: ``"auto"`` (HNSW when faiss is importable), ``"hnsw"``, ``"flat"``, ``"ivf_flat"``
@@ -511,6 +532,9 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     revision = model_revision(model, loaded_model)
     namespace = _namespace(revision, max_pixels)
     items, source_info, source = collect_items(images, features)
+    if pictures is not None:
+        attach_pictures(items, pictures)
+        pictures = str(Path(pictures).absolute())
     if not items:
         raise ValueError(f"{images or features}: nothing to index (no files found)")
 
@@ -525,7 +549,8 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     keys = {item.key for item in items}
     report = IndexReport(out, reused=len(items) - len(pending), removed=len(previous - keys))
     unchanged = not pending and previous == keys and not (out / SHARDS_DIR).exists()
-    if state.is_main_process and unchanged and _read_json(out / METADATA_FILE).get("faiss_request") == faiss:
+    old = _read_json(out / METADATA_FILE)
+    if state.is_main_process and unchanged and (old.get("faiss_request"), old.get("pictures")) == (faiss, pictures):
         # Nothing changed since the last complete build: keep it (a faiss rebuild can take minutes).
         report.metadata = json.loads((out / METADATA_FILE).read_text(encoding="utf-8"))
         report.count = report.metadata["count"]
@@ -539,7 +564,7 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
             "format": INDEX_FORMAT, "model": _model_name(model), "model_revision": revision, "namespace": namespace,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": source_info,
             "cache_key": "path + size + mtime (files); sha256 of the content (dataset bytes, feature rows)",
-            "max_pixels": max_pixels, "faiss_request": faiss,
+            "max_pixels": max_pixels, "faiss_request": faiss, "pictures": pictures,
         }
         with atomic_directory(out) as tmp:
             report.count, report.skipped = _write_index(tmp, items, done, bad, metadata, faiss)
@@ -568,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", help="image folder, text file listing image paths, or a datasets folder")
     what.add_argument("--features", help="feature store or image/frame store folder")
+    parser.add_argument("--pictures", help="folder of pictures shown for feature rows: <id>.<ext> or <id>/ frames")
     parser.add_argument("--out", required=True, help="index folder (created, or updated in place)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes decoding images")
@@ -580,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = build_index(args.model, args.out, images=args.images, features=args.features, batch_size=args.batch_size,
                              num_workers=args.num_workers, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
-                             faiss=args.faiss, device=args.device, progress=not args.no_progress)
+                             faiss=args.faiss, device=args.device, progress=not args.no_progress, pictures=args.pictures)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"cl2cm-index: error: {err}", file=sys.stderr)
         return 2

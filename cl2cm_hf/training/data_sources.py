@@ -64,8 +64,9 @@ def _tokenizer(data_args, model_args, texts: list[str]):
     return train_demo_tokenizer(texts, vocab_size=data_args.tokenizer_vocab_size)
 
 
-def _demo(data_args, seed: int, training_args):
-    world = build_demo_world(
+def demo_world(data_args, seed: int):
+    """The demo world that a run's data settings and seed describe (the one its data comes from)."""
+    return build_demo_world(
         seed=seed,
         num_items=data_args.demo_items,
         val_items=data_args.demo_validation_items,
@@ -77,6 +78,10 @@ def _demo(data_args, seed: int, training_args):
         feature_dim=data_args.demo_feature_dim,
         target_langs=tuple(data_args.target_langs),
     )
+
+
+def _demo(data_args, seed: int, training_args):
+    world = demo_world(data_args, seed)
     features = _demo_pictures(world, data_args, seed, training_args) if data_args.demo_pixels else world.features
     return "demo world", world.pairs, world.queries, features, world.tokenizer_corpus()
 

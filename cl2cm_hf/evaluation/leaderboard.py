@@ -25,13 +25,14 @@ from pathlib import Path
 import evaluate
 
 from cl2cm_hf.atomic import atomic_write_text
-from cl2cm_hf.data import MissingVisualIdError, VisualFeatureStore, build_demo_world, load_multi30k_r50, load_queries
+from cl2cm_hf.data import MissingVisualIdError, VisualFeatureStore, load_multi30k_r50, load_queries
 from cl2cm_hf.evaluation.checkpoints import load_model_and_processor
 from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator
 from cl2cm_hf.evaluation.records import MetricRecord, records_from_metrics
 from cl2cm_hf.hub import metrics_table, update_card_results
 from cl2cm_hf.retrieval import METRIC_MODULE_PATH
 from cl2cm_hf.training.arguments import load_config, parse_config
+from cl2cm_hf.training.data_sources import demo_world
 
 SPLIT = "test"  # every test set of the leaderboard is a test split
 
@@ -51,11 +52,7 @@ def _demo(recipe: str) -> Callable[[argparse.Namespace], TestSet]:
     def build(_args) -> TestSet:
         with importlib.resources.as_file(importlib.resources.files("cl2cm_hf.recipes") / recipe) as path:
             _, data_args, _, training_args = parse_config(load_config(path))
-        world = build_demo_world(
-            seed=training_args.seed, num_items=data_args.demo_items, val_items=data_args.demo_validation_items,
-            test_items=data_args.demo_test_items, mt_noise=data_args.demo_mt_noise, confusable=data_args.demo_confusable,
-            visual_kind=data_args.demo_visual_kind, feature_dim=data_args.demo_feature_dim,
-        )
+        world = demo_world(data_args, training_args.seed)
         return TestSet(recipe.removesuffix(".yaml"), world.queries["test"], world.features)
 
     return build

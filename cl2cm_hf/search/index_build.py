@@ -34,7 +34,6 @@ pixels, unreadable). Skips are cached like embeddings and retried only when the 
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import io
 import json
@@ -239,13 +238,20 @@ def attach_pictures(items: list[Item], folder: Path) -> None:
     folder = Path(folder).absolute()
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such pictures folder (expected <id>.<ext> or <id>/ frame files)")
+    # One listing of the folder (not one glob per item): name -> its picture, the first file by name.
+    entries = sorted(folder.iterdir())
+    shown: dict[str, Path] = {}
+    for entry in entries:
+        if entry.is_file() and "." in entry.name:
+            shown.setdefault(entry.name.rpartition(".")[0], entry)
+    for entry in entries:
+        if entry.is_dir() and entry.name not in shown:
+            first = next((p for p in sorted(entry.iterdir()) if p.is_file()), None)
+            if first is not None:
+                shown[entry.name] = first
     for item in items:
-        if item.path is not None:
-            continue
-        named = sorted(p for p in glob.glob(glob.escape(str(folder / item.id)) + ".*") if Path(p).is_file())
-        frames = sorted(p for p in (folder / item.id).glob("*") if p.is_file()) if (folder / item.id).is_dir() else []
-        if named or frames:
-            item.path = str(named[0] if named else frames[0])
+        if item.path is None and item.id in shown:
+            item.path = str(shown[item.id])
 
 
 def collect_items(images=None, features=None):

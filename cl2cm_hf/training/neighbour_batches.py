@@ -9,7 +9,6 @@ batch of the one global order (accelerate shards the batches), and a resumed run
 batches."""
 
 import numpy as np
-import torch
 from torch.utils.data import Sampler
 
 
@@ -84,5 +83,5 @@ def teacher_neighbour_sampler(train_dataset, group_size: int, batch_size: int, s
     """The sampler for a training set that carries precomputed teacher keys (``teacher_source_embeds``)."""
     if "teacher_source_embeds" not in train_dataset.column_names:
         raise ValueError("kt_neighbour_group_size needs the teacher's embeddings of the training set: set precompute_teacher: true")
-    embeddings = torch.as_tensor(train_dataset.with_format("numpy")["teacher_source_embeds"]).float().numpy()
+    embeddings = np.asarray(train_dataset.with_format("numpy")["teacher_source_embeds"], dtype=np.float32)
     return TeacherNeighbourSampler(train_dataset["visual_id"], embeddings, group_size, batch_size, seed)

@@ -204,7 +204,7 @@ class Run:
     def prefill(self) -> float:
         """Run every text of the benchmark (all folds) through the pretrained tower's frozen layers once
         (the cache then serves every fold and system); returns the seconds it took."""
-        from cl2cm_hf.evaluation.encoding import as_processor, encode_texts
+        from cl2cm_hf.inference import as_processor, encode_texts
         from cl2cm_hf.training.data_sources import _load_r50
 
         started = time.time()

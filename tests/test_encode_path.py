@@ -18,10 +18,11 @@ from transformers import AutoProcessor, ViTConfig, ViTImageProcessorPil, ViTMode
 
 from cl2cm_hf import CL2CMCrossModalModel, CL2CMProcessor, CL2CMTextProcessor, build_processor
 from cl2cm_hf.data import ImagePathStore, VisualFeatureStore, make_queries
-from cl2cm_hf.evaluation.encoding import as_processor, encode_texts, encode_visual, tokenize
+from cl2cm_hf.inference import as_processor, encode_texts, encode_visual, tokenize
 from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator
-from cl2cm_hf.evaluation.checkpoints import load_model_and_processor
-from cl2cm_hf.evaluation.query import load_gallery, search
+from cl2cm_hf.inference import load_model_and_processor
+from cl2cm_hf.cli.query import search
+from cl2cm_hf.data import open_visual_store
 
 REPO = Path(__file__).resolve().parents[1]
 COLORS = {"red": ("rot", "rouge", (220, 30, 30)), "blue": ("blau", "bleu", (30, 30, 220)), "green": ("grün", "vert", (30, 200, 30))}
@@ -97,13 +98,13 @@ def test_final_folder_carries_its_processor(backbone_run):
 
 
 def test_backbone_checkpoint_scored_and_queried_through_the_one_path(backbone_run):
-    from cl2cm_hf.evaluation.leaderboard import TestSet, score
+    from cl2cm_hf.cli.leaderboard import TestSet, score
 
     final, root = backbone_run["final"], backbone_run["root"]
     model, processor = load_model_and_processor(str(final))
     assert model.config.visual_encoder_type == "backbone"
     # The checkpoint's processor decodes the copied gallery exactly as training's image processor did.
-    gallery = load_gallery(final / "test_gallery")
+    gallery = open_visual_store(final / "test_gallery")
     original = ImagePathStore.load(root, ViTImageProcessorPil.from_pretrained(root / "vit"))
     ids = gallery.ids
     torch.testing.assert_close(encode_visual(model, gallery, ids, processor=processor),

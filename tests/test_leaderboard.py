@@ -10,7 +10,7 @@ from cl2cm_hf.data import VisualFeatureStore, make_queries
 from cl2cm_hf.evaluation.records import load_records
 from cl2cm_hf.hub import metrics_table
 from test_training import run_training
-from cl2cm_hf.evaluation.leaderboard import main as leaderboard
+from cl2cm_hf.cli.leaderboard import main as leaderboard
 
 DIRECTIONS = {"t2v", "v2t", None}
 

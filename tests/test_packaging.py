@@ -50,7 +50,7 @@ def test_one_import_package(installed):
     probe = (
         "import importlib, json, cl2cm_hf\n"
         "found = {}\n"
-        "for name in ('trainer', 'hub_cards', 'cl2cm_hf.training.run', 'cl2cm_hf.evaluation.leaderboard'):\n"
+        "for name in ('trainer', 'hub_cards', 'cl2cm_hf.training.run', 'cl2cm_hf.cli.leaderboard'):\n"
         "    try:\n"
         "        found[name] = importlib.import_module(name).__file__\n"
         "    except ImportError:\n"
@@ -63,7 +63,7 @@ def test_one_import_package(installed):
     found = json.loads(result.stdout)
     assert found["trainer"] is None and found["hub_cards"] is None
     assert str(REPO) not in found["cl2cm_hf"] and "site-packages" in found["cl2cm_hf"]
-    assert found["cl2cm_hf.training.run"] and found["cl2cm_hf.evaluation.leaderboard"]
+    assert found["cl2cm_hf.training.run"] and found["cl2cm_hf.cli.leaderboard"]
 
 
 @pytest.mark.parametrize("script", ["cl2cm-train", "cl2cm-leaderboard", "cl2cm-index", "cl2cm-search", "cl2cm-app"])

@@ -27,7 +27,7 @@ from test_distributed import subprocess_env, torchrun
 
 from cl2cm_hf import CL2CMCrossModalModel, build_processor
 from cl2cm_hf.data import VisualFeatureStore
-from cl2cm_hf.evaluation.encoding import encode_visual
+from cl2cm_hf.inference import encode_visual
 from cl2cm_hf.search import BrokenIndexError, SearchIndex, build_index, load_checkpoint, open_image
 from cl2cm_hf.search.cli import main as search_main
 from cl2cm_hf.search.index import load_rows

@@ -3,12 +3,12 @@
     python trainer/leaderboard.py --models runs/a/cross_modal org/cl2cm-demo --datasets demo multi30k_r50 \
         --langs de fr --out leaderboard [--update-cards]
 
-The logic is `cl2cm_hf.evaluation.leaderboard` (also the console script `cl2cm-leaderboard`).
+The logic is `cl2cm_hf.cli.leaderboard` (also the console script `cl2cm-leaderboard`).
 """
 
 import sys
 
-from cl2cm_hf.evaluation.leaderboard import main
+from cl2cm_hf.cli.leaderboard import main
 
 if __name__ == "__main__":
     sys.exit(main())

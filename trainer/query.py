@@ -2,12 +2,12 @@
 
     python trainer/query.py RUN/cross_modal "ein roter Hund neben einem Auto" --gallery RUN/cross_modal/test_gallery
 
-The logic is `cl2cm_hf.evaluation.query`.
+The logic is `cl2cm_hf.cli.query`.
 """
 
 import sys
 
-from cl2cm_hf.evaluation.query import main
+from cl2cm_hf.cli.query import main
 
 if __name__ == "__main__":
     sys.exit(main())

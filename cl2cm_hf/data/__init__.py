@@ -25,6 +25,7 @@ from .schemas import (
     validate_queries,
     validate_rows,
 )
+from .stores import open_visual_store
 from .splits import RetrievalData, kfold_visual_ids, select_visual
 from .tables import load_pairs, load_queries
 from .tokenizer import train_demo_tokenizer
@@ -58,6 +59,7 @@ __all__ = [
     "load_queries",
     "make_pairs",
     "make_queries",
+    "open_visual_store",
     "multi30k_captions",
     "multi30k_image_ids",
     "multi30k_pairs",

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from cl2cm_hf.evaluation.encoding import as_processor, tokenize, visual_inputs
+from cl2cm_hf.inference import as_processor, tokenize, visual_inputs
 
 TEACHER_COLUMNS = ("teacher_source_embeds", "teacher_target_embeds")
 

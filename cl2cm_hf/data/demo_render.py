@@ -500,17 +500,3 @@ def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str], column
         draw.multiline_text((x, y + side + 3), "\n".join([*lines, line][:4]), fill=(0, 0, 0), font=font, spacing=2)
     return sheet
 
-
-def write_contact_sheet(out: str, size: int = 64, count: int = 16, seed: int = 0) -> None:
-    """The demo world's first `count` test pictures with their English captions, as `out` (PNG).
-    ``docs/demo_scenes.png`` is ``write_contact_sheet("docs/demo_scenes.png")``."""
-    from .demo_world import build_demo_world
-
-    world = build_demo_world(seed=seed)
-    ids = world.splits["test"][:count]
-    english = {}
-    for row in world.queries["test"]:
-        if row["lang"] == "en":
-            english.setdefault(row["visual_id"], row["text"])
-    images = dict(world.pictures(ids, size))
-    contact_sheet([images[i] for i in ids], [english[i] for i in ids]).save(out)

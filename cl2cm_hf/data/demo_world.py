@@ -279,3 +279,16 @@ def build_demo_world(
                   feature_noise=feature_noise, frames=tuple(frames), corpus_items=corpus_items, backbone_seed=backbone_seed)
     stats = {"mt_sentences": total_mt, "mt_corrupted": corrupted, "mt_edits": dict(edits), "mt_semantic_errors": dict(semantic)}
     return DemoWorld(DatasetDict(pairs), DatasetDict(queries), store, by_id, splits, corpus, stats, config)
+
+
+def write_contact_sheet(out: str, size: int = 64, count: int = 16, seed: int = 0) -> None:
+    """The demo world's first `count` test pictures with their English captions, as `out` (PNG).
+    ``docs/demo_scenes.png`` is ``write_contact_sheet("docs/demo_scenes.png")``."""
+    world = build_demo_world(seed=seed)
+    ids = world.splits["test"][:count]
+    english = {}
+    for row in world.queries["test"]:
+        if row["lang"] == "en":
+            english.setdefault(row["visual_id"], row["text"])
+    images = dict(world.pictures(ids, size))
+    demo_render.contact_sheet([images[i] for i in ids], [english[i] for i in ids]).save(out)

@@ -1,2 +1,3 @@
-"""Evaluation: the one encode path, retrieval evaluators and the leaderboard (behind
-`trainer/leaderboard.py` and `cl2cm-leaderboard`)."""
+"""Evaluation: retrieval evaluators (validation and test) and the metric records every result file is
+written from. The encode path they use is `cl2cm_hf.inference`; the leaderboard tool is
+`cl2cm_hf.cli.leaderboard`."""

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from cl2cm_hf.evaluation.encoding import as_processor, encode_texts, encode_visual
+from cl2cm_hf.inference import as_processor, encode_texts, encode_visual
 from cl2cm_hf.evaluation.records import MetricRecord, records_from_metrics
 from cl2cm_hf.retrieval import metrics_from_ranks, ranks, retrieval_metrics
 

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from cl2cm_hf.atomic import recover_directory
-from cl2cm_hf.evaluation.checkpoints import load_model_and_processor
-from cl2cm_hf.evaluation.encoding import encode_texts, encode_visual
+from cl2cm_hf.inference import load_model_and_processor
+from cl2cm_hf.inference import encode_texts, encode_visual
 from cl2cm_hf.retrieval import faiss_search, topk
 
 METADATA_FILE = "metadata.json"

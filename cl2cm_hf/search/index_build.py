@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from cl2cm_hf.atomic import atomic_directory, atomic_write_bytes, atomic_write_text, recover_directory
 from cl2cm_hf.data.image_paths import to_rgb
-from cl2cm_hf.evaluation.encoding import visual_inputs
+from cl2cm_hf.inference import visual_inputs
 
 from .index import (
     DATA_DIR,
@@ -210,12 +210,11 @@ def dataset_items(folder: Path):
 
 
 def store_items(folder: Path):
-    """Items of a feature store or image/frame store (`load_gallery`); keys hash the feature
+    """Items of a feature store or image/frame store (`open_visual_store`); keys hash the feature
     rows, or the frame files' path + size + mtime."""
-    from cl2cm_hf.data import ImagePathStore
-    from cl2cm_hf.evaluation.query import load_gallery
+    from cl2cm_hf.data import ImagePathStore, open_visual_store
 
-    store = load_gallery(folder)
+    store = open_visual_store(folder)
     items = []
     for visual_id in store.ids:
         if isinstance(store, ImagePathStore):

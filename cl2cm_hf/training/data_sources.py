@@ -21,6 +21,7 @@ from cl2cm_hf.data import (
     multi30k_r50_fold,
     nrccr_pairs,
     nrccr_queries,
+    open_visual_store,
     report_skipped_rows,
     train_demo_tokenizer,
 )
@@ -102,7 +103,7 @@ def _files(data_args, seed: int, skipped: SkippedRows | None = None):
         raise ValueError(f"dataset: files needs {', '.join(missing)}")
     # Every row checked at load (on_bad_row: error stops naming file and line, skip lists the row).
     policy = {"on_bad_row": data_args.on_bad_row, "skipped": skipped}
-    features = _visual_store(data_args.features_file, policy)
+    features = open_visual_store(data_args.features_file, **policy)
     pairs = load_pairs(data_args.train_file, visual_ids=features, **policy).train_test_split(test_size=0.05, seed=seed)
     queries = {
         split: load_queries(getattr(data_args, f"{split}_file"), visual_ids=features, **policy) for split in ("validation", "test")
@@ -133,13 +134,6 @@ def _multi30k_r50(data_args, seed: int):
     queries = {"validation": fold.queries["validation"], "test": fold.queries["test"]}
     texts = list(pairs["train"]["source_text"]) + list(pairs["train"]["target_text"])
     return f"multi30k_r50 fold {data_args.fold}", pairs, queries, fold.features, texts
-
-
-def _visual_store(path: str, policy: dict):
-    """A feature store, or an image store (a folder with images.json, read by a vision backbone)."""
-    if (Path(path) / IMAGES_FILE).is_file():
-        return ImagePathStore.load(path)
-    return VisualFeatureStore.load(path, **policy)
 
 
 def _check_visual_input(features, model_args) -> None:

@@ -16,7 +16,7 @@ from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPI
 
 from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCrossModalConfig, CL2CMCrossModalModel
 from cl2cm_hf.checkpoint_safety import check_auto_map
-from cl2cm_hf.evaluation.encoding import as_processor
+from cl2cm_hf.inference import as_processor
 
 from .arguments import ModelArguments
 from .frozen_layers import FrozenLayerStore, cache_frozen_layers, plain_backbone

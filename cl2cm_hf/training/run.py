@@ -20,11 +20,11 @@ from transformers import AutoModel, Trainer, TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
 
 from cl2cm_hf.atomic import atomic_directory, atomic_write_text, folder_target, recover_directory
-from cl2cm_hf.data import ImagePathStore, PairCollator, VisualFeatureStore
-from cl2cm_hf.evaluation.encoding import as_processor, encode_texts
+from cl2cm_hf.data import ImagePathStore, PairCollator, VisualFeatureStore, open_visual_store
+from cl2cm_hf.inference import as_processor, encode_texts
 from cl2cm_hf.evaluation.evaluator import CrossLingualEvaluator, CrossModalEvaluator
-from cl2cm_hf.evaluation.checkpoints import load_model_and_processor
-from cl2cm_hf.evaluation.query import load_gallery, print_results, search
+from cl2cm_hf.inference import load_model_and_processor
+from cl2cm_hf.cli.query import print_results, search
 from cl2cm_hf.evaluation.records import TEST_RESULTS, MetricRecord, load_records, save_records
 from cl2cm_hf.hub import build_card, metrics_table
 from cl2cm_hf.modeling_cl2cm import check_safetensors_file
@@ -224,7 +224,7 @@ def run_query(folder: Path, query: str, captions: dict[str, str]) -> None:
     through the library's encode path. That a folder works without cl2cm_hf (its own model and
     processor code) is what tests/test_hub_roundtrip.py checks."""
     model, processor = load_model_and_processor(str(folder))
-    print_results(model, query, search(model, processor, query, load_gallery(folder / "test_gallery")), captions)
+    print_results(model, query, search(model, processor, query, open_visual_store(folder / "test_gallery")), captions)
 
 
 def train(argv: list[str]) -> list[MetricRecord]:

@@ -1,5 +1,5 @@
 """Search a saved gallery with one caption, through the checkpoint's own processor and the one
-encode path (`cl2cm_hf.evaluation.encoding`).
+encode path (`cl2cm_hf.inference`).
 
     python trainer/query.py RUN/cross_modal "ein roter Hund neben einem Auto" --gallery RUN/cross_modal/test_gallery
 
@@ -14,17 +14,10 @@ from pathlib import Path
 
 import torch
 
-from cl2cm_hf.data import ImagePathStore, VisualFeatureStore
-from cl2cm_hf.data.image_paths import IMAGES_FILE
-from cl2cm_hf.evaluation.checkpoints import load_model_and_processor
-from cl2cm_hf.evaluation.encoding import encode_texts, encode_visual
+from cl2cm_hf.data import open_visual_store
+from cl2cm_hf.inference import load_model_and_processor
+from cl2cm_hf.inference import encode_texts, encode_visual
 from cl2cm_hf.retrieval import topk
-
-
-def load_gallery(folder: str | Path):
-    """An image store when the folder holds ``images.json``, else a feature store."""
-    folder = Path(folder)
-    return ImagePathStore.load(folder) if (folder / IMAGES_FILE).is_file() else VisualFeatureStore.load(folder)
 
 
 @torch.no_grad()
@@ -55,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model, processor = load_model_and_processor(args.model)
     captions = json.loads(Path(args.captions).read_text(encoding="utf-8")) if args.captions else {}
-    hits = search(model, processor, args.query, load_gallery(args.gallery), args.top, args.max_length)
+    hits = search(model, processor, args.query, open_visual_store(args.gallery), args.top, args.max_length)
     print_results(model, args.query, hits, captions)
     return 0
 

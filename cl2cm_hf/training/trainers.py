@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 from accelerate import PartialState
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
@@ -330,19 +331,25 @@ class _CL2CMTrainer(Trainer):
             "Nothing of this stage is published."
         )
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Retrieval metrics of the evaluator (validation, target languages); `eval_sumr` picks the best checkpoint."""
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Nothing for Trainer's own loop to run when the evaluator scores retrieval from its own data."""
+        if self.evaluator is not None:
+            return DataLoader([])
+        return super().get_eval_dataloader(eval_dataset)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Trainer's loop plus the evaluator's retrieval metrics (validation, target languages), hooked in
+        as sentence-transformers does, so Trainer logs them, reports them to callbacks and picks the best
+        checkpoint by `eval_sumr`."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self.evaluator is None:
-            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            return output
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in flat_metrics(self.evaluator(model)).items()}
+        output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in flat_metrics(self.evaluator(model)).items()})
         model.train(was_training)
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
+        return output
 
 class CrossLingualTrainer(_CL2CMTrainer):
     """Stage 1: `contrastive(source, target) + lambda_word * sinkhorn_ot_loss(tokens)`."""

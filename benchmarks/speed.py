@@ -19,7 +19,7 @@ Sections (one module each in benchmarks/speed_bench/, next to its timing helpers
   gallery  exact top-10 of 1,000 queries in 1,000,000 x 256 items with `cl2cm_hf.retrieval.topk`:
            time, memory beyond the gallery, GFLOP/s vs this machine's torch matmul; faiss IndexFlatIP.
   step     a stage-2 training step of CL2CM vs a plain dual encoder (same towers, same batch).
-  encode   text embedding throughput of `cl2cm_hf.evaluation.encoding.encode_texts`, length-sorted vs
+  encode   text embedding throughput of `cl2cm_hf.inference.encode_texts`, length-sorted vs
            fixed padding.
   neighbour  the CPU thread policy next to one busy process vs alone: a demo-size stage-2 step under the
            chosen policy, the old default and 1 thread (each in its own process), and the wall time of a

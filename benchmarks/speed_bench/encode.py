@@ -27,7 +27,7 @@ def bench_encode(args) -> None:
 
     from cl2cm_hf import CL2CMCrossModalConfig, CL2CMCrossModalModel
     from cl2cm_hf.data import build_demo_world, train_demo_tokenizer
-    from cl2cm_hf.evaluation.encoding import as_processor, encode_texts
+    from cl2cm_hf.inference import as_processor, encode_texts
 
     count = 1000 if args.quick else 5000
     cases = []

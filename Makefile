@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup lint test test-fast demo bench clean
 
 # pip's output goes to $(SETUP_LOG): nothing on success; on failure the log is printed and make stops.
 SETUP_LOG := $(VENV)/setup.log
@@ -24,8 +24,15 @@ $(STAMP): pyproject.toml | $(PY)
 
 setup: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Everything (CI); `make test-fast`: the tests not marked slow, under two minutes on two cores.
+test: lint
 	$(PY) -m pytest -q
+
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
 	$(PY) trainer/run.py trainer/configs/demo.yaml

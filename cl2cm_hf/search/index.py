@@ -350,4 +350,5 @@ def _model_mismatch(folder: Path, metadata: dict, model, given: str) -> str | No
     def short(fingerprint: dict) -> str:
         return ", ".join(f"{part} {str(fingerprint.get(part))[:19]}" for part in differs)
 
-    return f"{folder}: built with {built} ({short(recorded)}), but {given} has other {' and '.join(differs)} ({short(found)})"
+    now = "that checkpoint has changed since" if given == built else f"{given} has other {' and '.join(differs)}"
+    return f"{folder}: built with {built} ({short(recorded)}), but {now} ({short(found)})"

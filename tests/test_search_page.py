@@ -224,6 +224,14 @@ def type_query(driver, text: str) -> None:
     driver.find_element(By.CSS_SELECTOR, "#go").click()
 
 
+def upload_picture(driver, path: Path) -> None:
+    """Upload `path` as the "more like this" picture (clearing the one shown, if any)."""
+    clear = driver.find_elements(By.CSS_SELECTOR, "#image-query button[aria-label='Clear'], #image-query button[title='Clear']")
+    if clear:
+        clear[0].click()
+    driver.find_element(By.CSS_SELECTOR, "#image-query input[type=file]").send_keys(str(path))
+
+
 # --- the tests ---
 
 
@@ -257,7 +265,7 @@ def test_the_server_serves_the_indexed_pictures_and_nothing_else(browser, page_u
     shutil.copy(root / "elsewhere" / "pic.png", upload)
     want = [hit.id for hit in index.search_image(str(upload), top_k=TOP_K)]
     assert want[0] == "linked"
-    browser.find_element(By.CSS_SELECTOR, "#image-query input[type=file]").send_keys(str(upload))
+    upload_picture(browser, upload)
     wait_for_results(browser, want, "uploaded copy of the linked picture")
     WebDriverWait(browser, 30).until(lambda d: d.execute_script(
         "const imgs = Array.from(document.querySelectorAll('#results img'));"
@@ -278,11 +286,11 @@ def test_refused_queries_and_uploads_say_why(browser, tmp_path):
     data = (tmp_path / "whole.png")
     picture(3).save(data)
     broken.write_bytes(data.read_bytes()[:60])
-    clear = browser.find_elements(By.CSS_SELECTOR, "#image-query button[aria-label='Clear'], #image-query button[title='Clear']")
-    if clear:
-        clear[0].click()
-    browser.find_element(By.CSS_SELECTOR, "#image-query input[type=file]").send_keys(str(broken))
+    upload_picture(browser, broken)
     WebDriverWait(browser, 30).until(lambda d: shown_message(d, "Cannot search with this picture: truncated or corrupt image"))
+    for close in browser.find_elements(By.CSS_SELECTOR, "[data-testid='toast-close']"):  # out of the next test's way
+        close.click()
+    WebDriverWait(browser, 30).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']"))
 
 
 @pytest.mark.parametrize("lang", sorted(QUERIES))
@@ -313,10 +321,7 @@ def test_upload_an_image_for_more_like_this(browser, index, tmp_path):
     with Image.open(upload) as image:
         want = [hit.id for hit in index.search_image(image.convert("RGB"), top_k=TOP_K)]
     assert want[0] == "item07"
-    clear = browser.find_elements(By.CSS_SELECTOR, "#image-query button[aria-label='Clear'], #image-query button[title='Clear']")
-    if clear:
-        clear[0].click()
-    browser.find_element(By.CSS_SELECTOR, "#image-query input[type=file]").send_keys(str(upload))
+    upload_picture(browser, upload)
     wait_for_results(browser, want, "uploaded picture of item07")
 
 

@@ -17,7 +17,6 @@ import argparse
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 

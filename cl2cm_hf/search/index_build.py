@@ -622,6 +622,7 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
         pictures = str(Path(pictures).absolute())
     if not items:
         raise ValueError(f"{images or features}: nothing to index (no files found)")
+    state.wait_for_everyone()  # every process has checked --out before the main one marks it
     if state.is_main_process and not (out / INDEX_MARKER).is_file():
         out.mkdir(parents=True, exist_ok=True)
         mark_index_folder(out, source_path)  # before any shard: a killed first build is still known as ours

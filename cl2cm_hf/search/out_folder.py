@@ -20,6 +20,7 @@ from cl2cm_hf.atomic import atomic_write_text, folder_target
 from .index import DATA_DIR, FAISS_FILE, INDEX_FORMAT, METADATA_FILE, REPORT_FILE, SHARDS_DIR
 
 INDEX_MARKER = ".cl2cm-index"
+_MARKER_TMP = f".{INDEX_MARKER}.*.tmp"  # the marker's temporary, left by a kill while it was written
 # What an index folder holds (name -> the names allowed inside it; None for a file).
 _LAYOUT = {
     INDEX_MARKER: None, METADATA_FILE: None, REPORT_FILE: None, FAISS_FILE: None,
@@ -53,6 +54,8 @@ def _foreign_entries(folder: Path) -> list[str]:
     """Entries of `folder` that are not part of an index's layout (``sub/`` for folders)."""
     foreign = []
     for entry in sorted(folder.iterdir()):
+        if fnmatch(entry.name, _MARKER_TMP):
+            continue
         allowed = _LAYOUT.get(entry.name, False)
         if allowed is False or (allowed is None) != (not entry.is_dir() or entry.is_symlink()):
             foreign.append(entry.name + ("/" if entry.is_dir() else ""))
@@ -87,7 +90,7 @@ def check_out_folder(out, source: str | os.PathLike, inputs: dict[str, str | os.
     if not folder.exists():
         return folder
     try:
-        entries = [entry.name for entry in folder.iterdir()]
+        entries = [entry.name for entry in folder.iterdir() if not fnmatch(entry.name, _MARKER_TMP)]
         if not entries:
             return folder
         recorded = index_source(folder)

@@ -306,7 +306,7 @@ class SearchIndex:
         unknown = getattr(tokenizer, "unk_token_id", None)
         if unknown is None:
             return  # byte-level tokenizers have no unknown token
-        ids = tokenizer(query, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(query, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
         if ids and all(i == unknown for i in ids):
             raise UnknownQueryError(f"search: no word of the query {printable(query)!r} is known to the model's tokenizer "
                                     f"(every token is {tokenizer.unk_token}); try words of a language it was trained on")

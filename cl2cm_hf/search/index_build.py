@@ -274,19 +274,20 @@ def attach_pictures(items: list[Item], folder: Path) -> None:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such pictures folder (expected <id>.<ext> or <id>/ frame files)")
     # One listing of the folder (not one glob per item): name -> its picture, the first file by name.
-    entries = sorted(folder.iterdir())
+    # Names that are not UTF-8 or hold control characters are never shown (as files are never indexed).
+    entries = sorted(entry for entry in folder.iterdir() if not name_problem(entry.name))
     shown: dict[str, Path] = {}
     for entry in entries:
         if entry.is_file() and "." in entry.name:
             shown.setdefault(entry.name.rpartition(".")[0], entry)
     for entry in entries:
         if entry.is_dir() and entry.name not in shown:
-            first = next((p for p in sorted(entry.iterdir()) if p.is_file()), None)
+            first = next((p for p in sorted(entry.iterdir()) if p.is_file() and not name_problem(p.name)), None)
             if first is not None:
                 shown[entry.name] = first
     for item in items:
         if item.path is None and item.id in shown:
-            item.path = str(shown[item.id])
+            item.path = str(shown[item.id].resolve())  # a symlink: the file it points to, as the page shows it
 
 
 def rekey_by_content(items: list[Item]) -> None:

@@ -206,7 +206,7 @@ def test_search_arguments_are_range_checked_and_named(world):
     for bad in (None, 3, np.zeros((4, 4), np.uint8), np.zeros((0, 4, 3), np.uint8)):
         with pytest.raises(ValueError, match="search_image"):
             index.search_image(bad)
-    with pytest.raises(ValueError, match="file not found"):
+    with pytest.raises(ValueError, match="nowhere.png: file not found"):
         index.search_image(world["root"] / "nowhere.png")
 
 

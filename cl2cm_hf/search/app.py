@@ -106,14 +106,18 @@ def build_app(index, top_k: int = DEFAULT_TOP_K) -> gr.Blocks:
     def by_picture(image):
         try:
             return shown(index.search_image(image, top_k=top_k))
-        except BadImage as err:
-            return refuse(f"Cannot search with this picture: {err}")
         except ValueError as err:
             return refuse(str(err))
 
     def by_upload(payload):
         path = upload_path(payload)
-        return by_picture(path) if path else ([], [])
+        if not path:
+            return [], []
+        try:
+            image = open_image(path)  # the reason, not the server's temporary path
+        except BadImage as err:
+            return refuse(f"Cannot search with this picture: {err}")
+        return by_picture(image)
 
     def more_like_this(shown_paths: list[str], evt: gr.SelectData):
         try:

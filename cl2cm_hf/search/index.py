@@ -278,7 +278,10 @@ class SearchIndex:
                              "precomputed features, not pixels; search with its features through search_embeddings")
         k = self._top_k(top_k)
         if isinstance(image, (str, os.PathLike)):
-            image = open_image(image)
+            try:
+                image = open_image(image)
+            except BadImage as err:
+                raise BadImage(f"{printable(str(image))}: {err}") from None
         elif isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
                 raise BadImage(f"search_image: an image array must be (H, W, 3) uint8, got {image.shape} {image.dtype}")

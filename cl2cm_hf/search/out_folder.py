@@ -85,7 +85,8 @@ def check_out_folder(out, source: str | os.PathLike, inputs: dict[str, str | os.
     for name, path in protected.items():
         if _within(path, folder) or (path.is_dir() and _within(folder, path)):
             where = "is" if folder == path else ("is above" if _within(path, folder) else "is inside")
-            raise OutFolderError(f"--out {given}: {where} {name} folder {path}; writing the index there would replace "
+            kind = "folder" if path.is_dir() else "file"
+            raise OutFolderError(f"--out {given}: {where} {name} {kind} {path}; writing the index there would replace "
                                  "or mix with your files. Choose a separate folder for the index")
     if not folder.exists():
         return folder

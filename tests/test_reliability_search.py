@@ -283,7 +283,7 @@ def test_odd_file_names_are_skipped_and_printed_escaped(world, tmp_path, capsys)
     assert SearchIndex.load(tmp_path / "index").ids == ["good é.png"]
 
 
-def test_symlinked_folders_are_followed_and_loops_are_skipped(world, tmp_path):
+def test_symlinked_folders_are_followed_once_and_loops_are_skipped(world, tmp_path):
     photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
     photos.mkdir()
     elsewhere.mkdir()
@@ -293,12 +293,15 @@ def test_symlinked_folders_are_followed_and_loops_are_skipped(world, tmp_path):
     (photos / "again").symlink_to(elsewhere)
     (elsewhere / "loop").symlink_to(photos)
     (photos / "pic.png").symlink_to(elsewhere / "b.png")
+    (photos / "sub").mkdir()
+    _picture(photos / "sub" / "c.png", 2)
+    (photos / "aa_link").symlink_to(photos / "sub")  # listed before the real folder it points to
     report = build_index(world["model"], tmp_path / "index", images=photos, **SMALL)
     index = SearchIndex.load(tmp_path / "index")
-    assert index.ids == ["a.png", "again/b.png", "pic.png"]
+    assert index.ids == ["a.png", "again/b.png", "pic.png", "sub/c.png"]
     assert index.paths[index.ids.index("pic.png")] == str(elsewhere / "b.png")  # the link's target, resolved
     reasons = {entry["id"]: entry["reason"] for entry in report.skipped}
-    assert set(reasons) == {"again/loop/", "linked/"} and all("already indexed" in r for r in reasons.values())
+    assert set(reasons) == {"aa_link/", "again/loop/", "linked/"} and all("already indexed" in r for r in reasons.values())
 
 
 def test_compare_hash_sees_a_rewrite_that_keeps_size_and_mtime(world, tmp_path, capsys):

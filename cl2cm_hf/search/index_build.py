@@ -179,30 +179,39 @@ def _file_item(item_id: str, path: Path) -> Item:
 
 def folder_items(folder: Path) -> list[Item]:
     """Every non-hidden file below `folder` (sorted; id = relative posix path), symlinked
-    sub-folders followed; folders that cannot be listed, and links to a folder already listed (a
-    loop or a second link), become items with the reason."""
+    sub-folders followed once; folders that cannot be listed, and links that lead back into
+    `folder` (or above it: a loop) or to a folder already walked, become items with the reason."""
     items = []
-    seen = {(st.st_dev, st.st_ino) for st in [folder.stat()]}
+    real_root = folder.resolve()
+    walked: set[tuple[int, int]] = set()  # (device, inode) of every folder walked or about to be
 
     def unreadable(err: OSError) -> None:
         rel = Path(err.filename).relative_to(folder).as_posix() if err.filename else str(err)
         items.append(Item(rel + "/", err.filename, f"unlisted:{err.filename}", problem=f"folder unreadable: {err.strerror or err}"))
 
-    def first_visit(path: Path) -> bool:
+    def follow(path: Path) -> bool:
+        if not path.is_symlink():
+            return True
         try:
-            st = path.stat()
-        except OSError:
-            return True  # os.walk reports it through `unreadable`
-        if (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
+            target = path.resolve(strict=True)
+            st = target.stat()
+        except (OSError, RuntimeError):
+            return True  # os.walk reports what it cannot list through `unreadable`
+        if target == real_root or real_root in target.parents or target in real_root.parents:
+            reason = "symlinked folder leads back into the indexed folder (already indexed there, or a loop): not followed"
+        elif (st.st_dev, st.st_ino) in walked:
+            reason = "symlinked folder leads to a folder already indexed (a second link, or a loop): not followed"
+        else:
+            walked.add((st.st_dev, st.st_ino))
             return True
         rel = path.relative_to(folder).as_posix()
-        items.append(Item(rel + "/", str(path), f"revisited:{rel}",
-                          problem="symlinked folder leads to a folder already indexed (a loop or a second link): not followed"))
+        items.append(Item(rel + "/", str(path), f"revisited:{rel}", problem=reason))
         return False
 
     for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and first_visit(Path(root) / d))
+        st = os.stat(root)
+        walked.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and follow(Path(root) / d))
         for name in sorted(files):
             if not name.startswith("."):
                 path = Path(root) / name

@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -75,11 +76,15 @@ def gallery_value(hits) -> list[tuple]:
 
 def upload_path(payload) -> str | None:
     """The file Gradio stored an upload in (the event runs without Gradio's preprocessing, which
-    would fail with a bare "Error" on a file that is not an image)."""
-    if payload is None:
+    would fail with a bare "Error" on a file that is not an image); only a file in Gradio's upload
+    folder, whatever path an API caller puts in the payload."""
+    from gradio.utils import get_upload_folder
+
+    path = (payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)) if payload else None
+    if not path:
         return None
-    path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
-    return str(path) if path else None
+    uploads = Path(get_upload_folder()).resolve()
+    return str(path) if uploads in Path(path).resolve().parents else None
 
 
 def build_app(index, top_k: int = DEFAULT_TOP_K) -> gr.Blocks:

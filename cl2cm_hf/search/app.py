@@ -1,6 +1,6 @@
 """The search page: a Gradio app over a `SearchIndex` (Gradio is what Hugging Face Spaces run).
 
-    cl2cm-app INDEX [--port 7860] [--host 127.0.0.1] [--top 12]
+    cl2cm-app INDEX [--port 7860] [--host 127.0.0.1] [--top 12] [--allow-model-mismatch]
 
 A query box (a caption in any language the model was trained on), a grid of the best images with
 their score and caption when the index knows it, "more like this" (upload an image, or click a
@@ -10,7 +10,8 @@ drives them in a real browser). Install with ``pip install "cl2cm-hf[app]"``; ``
 is the same page as a Space file.
 
 The page fetches nothing at run time: Gradio's analytics and version check are off (set before
-Gradio is imported) and its default theme ships its fonts.
+Gradio is imported) and its default theme ships its fonts. It serves nothing but the indexed
+pictures: they reach Gradio as pixels, and no folder is allowed to Gradio's file route.
 """
 
 import argparse

@@ -1,8 +1,11 @@
 """The search page in a real browser: `cl2cm-app` served on 127.0.0.1 in a subprocess, driven by
 headless Chromium through selenium. German and French queries typed into the page must show the
 Python API's top-k (ids and order), clicking or uploading a picture must show its "more like
-this" top-k with the picture itself first, the page must name its model and index, and nothing
-may be fetched from outside 127.0.0.1. The index is built by `build_index` with a tiny random
+this" top-k with the picture itself first, the page must name its model (by a readable name, no
+local path) and index, nothing may be fetched from outside 127.0.0.1, and the server must serve the
+indexed pictures and nothing else (a dotfile or a non-indexed file beside a picture, a file beside
+a symlinked picture's target, the index and the model are refused over HTTP). A query of unknown
+words and a broken upload are answered with the reason. The index is built by `build_index` with a tiny random
 checkpoint (the page must show what the API answers, whatever the model); when a trained demo pixel
 run exists (`make app` trains runs/demo_pixels; or $CL2CM_DEMO_RUN), its test-split queries must
 also find their own scene first for most queries; the same check runs in every CI run on a small demo
@@ -16,10 +19,12 @@ Needs the `app` extra (gradio), selenium (`dev` extra) and Debian's chromium and
 import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -42,6 +47,8 @@ pytestmark = pytest.mark.skipif(
 
 TOP_K = 6
 QUERIES_PER_LANG = 3
+NOT_SERVED = {"images/.env": "SECRET_TOKEN=dotfile", "images/notes.txt": "SECRET notes beside a picture",
+              "elsewhere/id_rsa.txt": "SECRET key beside a link's target"}
 
 
 def demo_world_queries(langs=("de", "fr")) -> dict[str, list[str]]:
@@ -85,9 +92,16 @@ def build_tiny_index(root: Path, n: int = 12) -> Path:
     paths = [str(root / "images" / f"item{i:02d}.png") for i in range(n)]
     for i, path in enumerate(paths):
         picture(i).save(path)
+    # Files the page must never serve: a dotfile and a non-indexed file beside the pictures, and a
+    # file beside the target of an indexed symlink (linked.png -> ../elsewhere/pic.png).
+    for name, text in NOT_SERVED.items():
+        (root / name).parent.mkdir(exist_ok=True)
+        (root / name).write_text(text)
+    picture(n).save(root / "elsewhere" / "pic.png")
+    (root / "images" / "linked.png").symlink_to(Path("..") / "elsewhere" / "pic.png")
     Dataset.from_dict({
-        "id": [f"item{i:02d}" for i in range(n)], "path": paths,
-        "caption": [f"a {COLOURS[i % len(COLOURS)]} shape" if i % 3 else None for i in range(n)],
+        "id": [f"item{i:02d}" for i in range(n)] + ["linked"], "path": paths + [str(root / "images" / "linked.png")],
+        "caption": [f"a {COLOURS[i % len(COLOURS)]} shape" if i % 3 else None for i in range(n)] + [None],
     }).save_to_disk(str(root / "pictures"))
     build_index(root / "model", root / "index", images=root / "pictures", faiss="none", num_workers=0, progress=False)
     return root / "index"
@@ -210,13 +224,73 @@ def type_query(driver, text: str) -> None:
     driver.find_element(By.CSS_SELECTOR, "#go").click()
 
 
+def upload_picture(driver, path: Path) -> None:
+    """Upload `path` as the "more like this" picture (clearing the one shown, if any)."""
+    clear = driver.find_elements(By.CSS_SELECTOR, "#image-query button[aria-label='Clear'], #image-query button[title='Clear']")
+    if clear:
+        clear[0].click()
+    driver.find_element(By.CSS_SELECTOR, "#image-query input[type=file]").send_keys(str(path))
+
+
 # --- the tests ---
 
 
 def test_page_names_its_model_and_index(browser, index):
     info = browser.find_element(By.CSS_SELECTOR, "#model-info").text
     meta = index.metadata
-    assert meta["model"] in info and f"{meta['count']} items" in info and f"dim {meta['dim']}" in info, info
+    assert "model" in info.split() and f"{meta['count']} items" in info and f"dim {meta['dim']}" in info, info
+    assert meta["model"] not in info and str(Path(meta["model"]).parent) not in info, info  # no local path
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_the_server_serves_the_indexed_pictures_and_nothing_else(browser, page_url, index, index_folder, tmp_path):
+    root = index_folder.parent
+    linked = index.paths[index.ids.index("linked")]
+    assert linked == str((root / "elsewhere" / "pic.png").resolve())  # the symlink is indexed as its target
+    refused = [root / name for name in NOT_SERVED] + [root / "images" / "item00.png", Path(linked),
+                                                      index_folder / "metadata.json", root / "model" / "config.json"]
+    for path in refused:
+        for url in (f"{page_url}gradio_api/file={path}", f"{page_url}gradio_api/file={path.relative_to(root)}"):
+            status, body = http_get(url)
+            assert status != 200 and b"SECRET" not in body and b"PNG" not in body, (url, status, body[:200])
+    # The indexed pictures still show: the symlinked one, found by its own pixels, among them.
+    upload = tmp_path / "pic.png"
+    shutil.copy(root / "elsewhere" / "pic.png", upload)
+    want = [hit.id for hit in index.search_image(str(upload), top_k=TOP_K)]
+    assert want[0] == "linked"
+    upload_picture(browser, upload)
+    wait_for_results(browser, want, "uploaded copy of the linked picture")
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(
+        "const imgs = Array.from(document.querySelectorAll('#results img'));"
+        "return imgs.length >= arguments[0] && imgs.every(i => i.complete && i.naturalWidth > 0);", TOP_K))
+    for src in browser.execute_script("return Array.from(document.querySelectorAll('#results img')).map(i => i.src);"):
+        status, body = http_get(src)
+        assert status == 200 and body, src
+
+
+def shown_message(driver, text: str) -> bool:
+    return text in driver.execute_script("return document.body.innerText;")
+
+
+def test_refused_queries_and_uploads_say_why(browser, tmp_path):
+    type_query(browser, "zzqx wqpv")
+    WebDriverWait(browser, 30).until(lambda d: shown_message(d, "[UNK]"))
+    broken = tmp_path / "broken.png"
+    data = (tmp_path / "whole.png")
+    picture(3).save(data)
+    broken.write_bytes(data.read_bytes()[:60])
+    upload_picture(browser, broken)
+    WebDriverWait(browser, 30).until(lambda d: shown_message(d, "Cannot search with this picture: truncated or corrupt image"))
+    for close in browser.find_elements(By.CSS_SELECTOR, "[data-testid='toast-close']"):  # out of the next test's way
+        close.click()
+    WebDriverWait(browser, 30).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']"))
 
 
 @pytest.mark.parametrize("lang", sorted(QUERIES))
@@ -247,10 +321,7 @@ def test_upload_an_image_for_more_like_this(browser, index, tmp_path):
     with Image.open(upload) as image:
         want = [hit.id for hit in index.search_image(image.convert("RGB"), top_k=TOP_K)]
     assert want[0] == "item07"
-    clear = browser.find_elements(By.CSS_SELECTOR, "#image-query button[aria-label='Clear'], #image-query button[title='Clear']")
-    if clear:
-        clear[0].click()
-    browser.find_element(By.CSS_SELECTOR, "#image-query input[type=file]").send_keys(str(upload))
+    upload_picture(browser, upload)
     wait_for_results(browser, want, "uploaded picture of item07")
 
 

@@ -1,6 +1,6 @@
 """The search page: a Gradio app over a `SearchIndex` (Gradio is what Hugging Face Spaces run).
 
-    cl2cm-app INDEX [--port 7860] [--host 127.0.0.1] [--top 12]
+    cl2cm-app INDEX [--port 7860] [--host 127.0.0.1] [--top 12] [--allow-model-mismatch]
 
 A query box (a caption in any language the model was trained on), a grid of the best images with
 their score and caption when the index knows it, "more like this" (upload an image, or click a
@@ -10,77 +10,131 @@ drives them in a real browser). Install with ``pip install "cl2cm-hf[app]"``; ``
 is the same page as a Space file.
 
 The page fetches nothing at run time: Gradio's analytics and version check are off (set before
-Gradio is imported) and its default theme ships its fonts.
+Gradio is imported) and its default theme ships its fonts. It serves nothing but the indexed
+pictures: they reach Gradio as pixels, and no folder is allowed to Gradio's file route.
 """
 
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402  (after the environment above)
-from cl2cm_hf.search.index_build import open_image  # noqa: E402
+from cl2cm_hf.search.checks import check_int, int_option, printable  # noqa: E402
+from cl2cm_hf.search.index import BrokenIndexError, model_display_name  # noqa: E402
+from cl2cm_hf.search.index_build import BadImage, open_image  # noqa: E402
 
 DEFAULT_TOP_K = 12
 EXAMPLE_QUERY = "ein großer roter Hund neben einem Auto"
+SHOWN_SIDE = 1024  # a result is shown at most this many pixels wide and high
 
 
-def model_info(metadata: dict) -> str:
-    """One Markdown line: which model (and revision) and which index the page serves."""
+def model_info(metadata: dict, mismatch: str | None = None) -> str:
+    """One Markdown line: which model (by a name a person reads, never a local path; its revision)
+    and which index the page serves, and a warning when it searches with another model."""
     revision = metadata.get("model_revision")
-    model = f"`{metadata.get('model', '?')}`" + (f" (revision `{str(revision).split(':')[-1][:12]}`)" if revision else "")
+    name = metadata.get("model_name") or model_display_name(metadata.get("model", "?"))
+    model = f"`{name}`" + (f" (revision `{str(revision).split(':')[-1][:12]}`)" if revision else "")
     parts = [f"**Model** {model}", f"**index** {metadata.get('count', '?')} items", f"dim {metadata.get('dim', '?')}",
              f"built {metadata.get('created', '?')}"]
     faiss = metadata.get("faiss")
     if isinstance(faiss, dict) and faiss.get("type"):
         recall = faiss.get("recall@10", faiss.get("recall_at_10"))
         parts.append(f"faiss {faiss['type']}" + (f" (recall@10 {recall:.3f})" if isinstance(recall, float) else ""))
-    return " · ".join(parts)
+    line = " · ".join(parts)
+    return line + ("\n\n**Warning: this page searches with a model that is not the index's own** (allowed by "
+                   "--allow-model-mismatch): results may be meaningless." if mismatch else "")
 
 
 def hit_label(rank: int, hit) -> str:
     """Caption under a result: rank, id, score and, when the index knows it, the item's caption."""
-    label = f"{rank}. {hit.id} · {hit.score:.3f}"
+    label = f"{rank}. {printable(hit.id)} · {hit.score:.3f}"
     return f"{label} · {hit.caption}" if hit.caption else label
 
 
-def gallery_value(hits) -> list[tuple[str, str]]:
-    """Gallery items ``(image path, label)`` in rank order; hits without a file are left out."""
-    return [(str(hit.path), hit_label(rank, hit)) for rank, hit in enumerate(hits, start=1) if hit.path]
+def shown_picture(path: str):
+    """The indexed picture at `path`, decoded and reduced to `SHOWN_SIDE`: the page hands Gradio
+    pixels, never a path, so Gradio serves no file of the user's folders (only its own copies)."""
+    image = open_image(path)
+    image.thumbnail((SHOWN_SIDE, SHOWN_SIDE))
+    return image
 
 
-def image_folders(index) -> list[str]:
-    """Folders holding the index's images: Gradio serves only files in folders it is allowed."""
-    return sorted({str(Path(path).resolve().parent) for path in index.paths if path})
+def gallery_value(hits) -> list[tuple]:
+    """Gallery items ``(picture, label)`` in rank order; hits without a readable picture are left out."""
+    shown = []
+    for rank, hit in enumerate(hits, start=1):
+        if hit.path:
+            try:
+                shown.append((shown_picture(hit.path), hit_label(rank, hit)))
+            except BadImage:
+                continue  # changed or removed since the index was built
+    return shown
+
+
+def upload_path(payload) -> str | None:
+    """The file Gradio stored an upload in (the event runs without Gradio's preprocessing, which
+    would fail with a bare "Error" on a file that is not an image); only a file in Gradio's upload
+    folder, whatever path an API caller puts in the payload."""
+    from gradio.utils import get_upload_folder
+
+    path = (payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)) if payload else None
+    if not path:
+        return None
+    uploads = Path(get_upload_folder()).resolve()
+    return str(path) if uploads in Path(path).resolve().parents else None
 
 
 def build_app(index, top_k: int = DEFAULT_TOP_K) -> gr.Blocks:
     """The page over `index` (a `cl2cm_hf.search.SearchIndex`: ``metadata``, ``search(text,
-    top_k)``, ``search_image(image, top_k)``), showing `top_k` results."""
+    top_k)``, ``search_image(image, top_k)``), showing `top_k` results. A query the index refuses
+    (blank, no known word, an upload that is not an image) clears the results and says why."""
+    top_k = min(check_int("top_k", top_k), max(len(index), 1))
+
+    def refuse(message: str):
+        gr.Warning(message)
+        return [], []
+
+    def shown(hits):
+        return gallery_value(hits), [str(hit.path) for hit in hits if hit.path]
 
     def by_text(query: str):
-        query = (query or "").strip()
-        if not query:
-            gr.Warning("Type a caption to search for.")
-            return [], []
-        hits = index.search(query, top_k=top_k)
-        return gallery_value(hits), [str(hit.path) for hit in hits if hit.path]
+        if not (query or "").strip():
+            return refuse("Type a caption to search for.")
+        try:
+            return shown(index.search(query, top_k=top_k))
+        except ValueError as err:
+            return refuse(str(err))
 
-    def by_image(image):
-        if image is None:
-            return [], []
-        hits = index.search_image(image, top_k=top_k)
-        return gallery_value(hits), [str(hit.path) for hit in hits if hit.path]
+    def by_picture(image):
+        try:
+            return shown(index.search_image(image, top_k=top_k))
+        except ValueError as err:
+            return refuse(str(err))
 
-    def more_like_this(shown: list[str], evt: gr.SelectData):
-        image = open_image(shown[evt.index])
-        return (image, *by_image(image))
+    def by_upload(payload):
+        path = upload_path(payload)
+        if not path:
+            return [], []
+        try:
+            image = open_image(path)  # the reason, not the server's temporary path
+        except BadImage as err:
+            return refuse(f"Cannot search with this picture: {err}")
+        return by_picture(image)
+
+    def more_like_this(shown_paths: list[str], evt: gr.SelectData):
+        try:
+            image = open_image(shown_paths[evt.index])
+        except BadImage as err:
+            return (None, *refuse(f"Cannot read this result's picture: {err}"))
+        return (image, *by_picture(image))
 
     with gr.Blocks(title="CL2CM search") as page:
         gr.Markdown("## Search images with a caption in any trained language")
-        gr.Markdown(model_info(index.metadata), elem_id="model-info")
+        gr.Markdown(model_info(index.metadata, getattr(index, "model_mismatch", None)), elem_id="model-info")
         with gr.Row():
             query = gr.Textbox(label="Caption", placeholder=EXAMPLE_QUERY, elem_id="query", scale=6, lines=1, max_lines=1)
             go = gr.Button("Search", variant="primary", elem_id="go", scale=1, min_width=100)
@@ -90,34 +144,50 @@ def build_app(index, top_k: int = DEFAULT_TOP_K) -> gr.Blocks:
                                  allow_preview=False, scale=4)
             image_query = gr.Image(label="More like this", type="pil", sources=["upload", "clipboard"],
                                    elem_id="image-query", height=240, scale=1, min_width=200)
-        shown = gr.State([])  # paths of the results on screen, in order, for "more like this"
+        shown_paths = gr.State([])  # paths of the results on screen, in order, for "more like this"
 
-        go.click(by_text, query, [results, shown])
-        query.submit(by_text, query, [results, shown])
-        image_query.upload(by_image, image_query, [results, shown])
-        results.select(more_like_this, shown, [image_query, results, shown])
+        go.click(by_text, query, [results, shown_paths])
+        query.submit(by_text, query, [results, shown_paths])
+        image_query.upload(by_upload, image_query, [results, shown_paths], preprocess=False)
+        results.select(more_like_this, shown_paths, [image_query, results, shown_paths])
     return page
 
 
 def serve(index, host: str | None = "127.0.0.1", port: int | None = None, top_k: int = DEFAULT_TOP_K) -> None:
-    """Build the page and serve it until interrupted, Gradio allowed to serve the index's images.
+    """Build the page and serve it until interrupted. No folder is allowed to Gradio: results are
+    handed over as pixels (`shown_picture`), and Gradio's own files (its copies of results and
+    uploads) live in a private temporary folder unless ``GRADIO_TEMP_DIR`` names one.
     `host`/`port` None: Gradio's variables ``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` (as a Space
     sets them), else 127.0.0.1 and 7860 or the next free port."""
-    build_app(index, top_k).launch(server_name=host, server_port=port, allowed_paths=image_folders(index),
-                                   ssr_mode=False, footer_links=[])
+    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="cl2cm-app-"))
+    build_app(index, top_k).launch(server_name=host, server_port=port, ssr_mode=False, footer_links=[])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cl2cm-app", description="Serve the CL2CM search page over an index (cl2cm-index makes one).")
     parser.add_argument("index", help="an index folder written by cl2cm-index")
-    parser.add_argument("--port", type=int, default=None, help="default: Gradio's (7860, or the next free one)")
+    parser.add_argument("--port", type=int_option("port"), default=None, help="default: Gradio's (7860, or the next free one)")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
-    parser.add_argument("--top", type=int, default=DEFAULT_TOP_K, help="results shown per query")
+    parser.add_argument("--top", type=int_option("top_k"), default=None,
+                        help=f"results shown per query (default {DEFAULT_TOP_K}, or every item of a smaller index)")
+    parser.add_argument("--allow-model-mismatch", action="store_true",
+                        help="serve although the index's checkpoint changed since the build (the page shows a warning)")
     args = parser.parse_args(argv)
+    if not args.host.strip():
+        parser.error("--host is empty; give a host name or address (127.0.0.1, 0.0.0.0)")
 
     from cl2cm_hf.search import SearchIndex
 
-    serve(SearchIndex.load(args.index), args.host, args.port, args.top)
+    try:
+        index = SearchIndex.load(args.index, allow_model_mismatch=args.allow_model_mismatch)
+        if args.top is not None and len(index) and args.top > len(index):
+            raise ValueError(f"--top {args.top} is more than the {len(index)} items of the index {args.index}")
+    except (BrokenIndexError, ValueError, OSError) as err:
+        print(f"cl2cm-app: error: {printable(str(err))}", file=sys.stderr)
+        return 2
+    if index.model_mismatch:
+        print(f"cl2cm-app: warning: {printable(index.model_mismatch)}", file=sys.stderr)
+    serve(index, args.host, args.port, DEFAULT_TOP_K if args.top is None else args.top)
     return 0
 
 

@@ -2,20 +2,23 @@
 
 Prints a table (rank, score, id, path, caption) or, with ``--json``, one JSON object
 (``{"index", "query", "hits": [{"rank", "id", "path", "score", "caption"}]}``). Exit status 0 on
-success, 2 with a one-line message on a missing or broken index, a bad argument or image.
+success, 2 with a one-line message on a missing or broken index, a bad argument or image, a query
+of which the model knows no word, or a model that is not the index's (``--allow-model-mismatch``
+searches anyway, with a warning).
 """
 
 import argparse
 import json
 import sys
 
+from .checks import int_option, printable
 from .index import BrokenIndexError, SearchIndex
 from .index_build import BadImage
 
 
 def _table(hits) -> str:
     rows = [("rank", "score", "id", "path", "caption")]
-    rows += [(str(h.rank), f"{h.score:.4f}", h.id, h.path or "", h.caption or "") for h in hits]
+    rows += [(str(h.rank), f"{h.score:.4f}", printable(h.id), printable(h.path or ""), printable(h.caption or "")) for h in hits]
     widths = [max(len(row[c]) for row in rows) for c in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + ("  " + row[4] if row[4] else "")
                      for row in rows).rstrip()
@@ -26,28 +29,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("index", help="index folder written by cl2cm-index")
     parser.add_argument("query", nargs="?", help="text query, in any language the model was trained on")
     parser.add_argument("--image", help="query with this image instead (more like this)")
-    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--top", type=int_option("top_k"), default=None,
+                        help="results to show: at most the index's size (default 5, or every item of a smaller index)")
     parser.add_argument("--exact", action="store_true", help="exact search even when the index has faiss")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--allow-model-mismatch", action="store_true",
+                        help="search although the index's checkpoint changed since the build (prints a warning)")
     args = parser.parse_args(argv)
     if (args.query is None) == (args.image is None):
         parser.error("give a text query or --image FILE (one of them)")
-    if args.top < 1:
-        parser.error(f"--top must be >= 1, got {args.top}")
     try:
-        index = SearchIndex.load(args.index)
+        index = SearchIndex.load(args.index, allow_model_mismatch=args.allow_model_mismatch)
+        if index.model_mismatch:
+            print(f"cl2cm-search: warning: {printable(index.model_mismatch)}", file=sys.stderr)
+        if args.top is not None and len(index) and args.top > len(index):
+            raise ValueError(f"--top {args.top} is more than the {len(index)} items of the index {args.index}")
         if args.image:
             hits = index.search_image(args.image, args.top, exact=args.exact)
         else:
             hits = index.search(args.query, args.top, exact=args.exact)
     except (BrokenIndexError, BadImage, FileNotFoundError, ValueError, OSError) as err:
-        print(f"cl2cm-search: error: {err}", file=sys.stderr)
+        print(f"cl2cm-search: error: {printable(str(err))}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({"index": str(index.folder), "query": args.query or {"image": args.image},
                           "hits": [h.to_dict() for h in hits]}, ensure_ascii=False, indent=1))
     else:
-        print(f"{index.metadata['count']} items, model {index.metadata['model']}; query {args.query or args.image!r}")
+        print(f"{index.metadata['count']} items, model {printable(str(index.metadata['model']))}; "
+              f"query {printable(repr(args.query or args.image))}")
         print(_table(hits))
     return 0
 

@@ -4,8 +4,12 @@ Folder layout (written by `cl2cm_hf.search.index_build`; the folder is replaced 
 reader sees the previous complete index or the new one, never a mix):
 
 ``metadata.json``
-    model (path or hub id), model_revision (``sha256:`` of the checkpoint's files), dim, count,
-    created (UTC), source, cache key kind, pictures (the folder given, or null), faiss (``{"type", "file", "recall@10", ...}`` or null).
+    model (path or hub id), model_name (what the page shows: the model card's name, else the
+    folder's name), model_revision (``sha256:`` of the checkpoint's files), model_fingerprint (of the
+    loaded model's config and tensors: `model_fingerprint`), dim, count, created (UTC), source,
+    cache key kind, pictures (the folder given, or null), faiss (``{"type", "file", "recall@10", ...}`` or null).
+``.cl2cm-index``
+    the marker that makes the folder recognisable as an index (`cl2cm_hf.search.out_folder`).
 ``data/``
     a `datasets` dataset (``save_to_disk``): id, path (None for features without ``--pictures``), embedding (float32,
     L2-normalised), caption (None when unknown), key (what the incremental rebuild compares).
@@ -31,9 +35,11 @@ import numpy as np
 import torch
 
 from cl2cm_hf.atomic import recover_directory
-from cl2cm_hf.inference import load_model_and_processor
-from cl2cm_hf.inference import encode_texts, encode_visual
+from cl2cm_hf.data.schemas import is_blank
+from cl2cm_hf.inference import encode_texts, encode_visual, load_model_and_processor
 from cl2cm_hf.retrieval import faiss_search, topk
+
+from .checks import check_int, printable
 
 METADATA_FILE = "metadata.json"
 DATA_DIR = "data"
@@ -41,12 +47,21 @@ REPORT_FILE = "report.json"
 FAISS_FILE = "faiss.index"
 SHARDS_DIR = "shards"
 INDEX_FORMAT = "cl2cm-search-index/1"
+DEFAULT_TOP_K = 5
 # Files of a checkpoint folder that do not change what it computes (cards, plots, copied galleries).
 _NOT_MODEL = (".md", ".png", ".jpg", ".jpeg", ".svg")
 
 
 class BrokenIndexError(ValueError):
     """An index folder that is missing, incomplete or unreadable; the message names the file."""
+
+
+class ModelMismatchError(ValueError):
+    """The model given to search an index is not the one the index was built with."""
+
+
+class UnknownQueryError(ValueError):
+    """A text query of which the tokenizer knows no word: every token is its unknown token."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,38 @@ def model_revision(name: str | os.PathLike, model=None) -> str:
         return f"sha256:{digest.hexdigest()}"
     commit = getattr(getattr(model, "config", None), "_commit_hash", None)
     return f"commit:{commit}" if commit else f"name:{name}"
+
+
+def model_fingerprint(model) -> dict:
+    """What a model computes with, wherever it was loaded from: sha256 of its config (less the
+    fields that name where it came from) and of every tensor of its state dict (name, dtype, shape
+    and bytes). Equal fingerprints mean the same embeddings; the dtype counts (bf16 is another model)."""
+    config = {k: v for k, v in model.config.to_dict().items()
+              if k not in ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype")}
+    weights = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        weights.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}\n".encode())
+        weights.update(flat.view(torch.uint8).numpy())
+    config_digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    return {"config": f"sha256:{config_digest}", "weights": f"sha256:{weights.hexdigest()}"}
+
+
+def model_display_name(name: str | os.PathLike) -> str:
+    """A name a person can read for checkpoint `name`, never a local path: the model card's
+    ``model_name`` (or its model-index name), else the folder's name; a hub id as it is."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return str(name)
+    try:
+        from huggingface_hub import ModelCard
+
+        data = ModelCard.load(folder / "README.md").data
+        index = data.get("model-index") or [{}]
+        card_name = data.get("model_name") or (index[0].get("name") if isinstance(index[0], dict) else None)
+    except Exception:  # noqa: BLE001 - no card, or a card that does not parse: the folder's name
+        card_name = None
+    return str(card_name) if isinstance(card_name, str) and card_name.strip() else folder.resolve().name
 
 
 def read_metadata(folder: str | os.PathLike) -> dict:
@@ -141,7 +188,7 @@ class SearchIndex:
     (``exact=True`` forces exact search)."""
 
     def __init__(self, folder, metadata: dict, columns: dict[str, list], embeddings: np.ndarray, model=None,
-                 processor=None, faiss_index=None, device=None, max_length: int = 64):
+                 processor=None, faiss_index=None, device=None, max_length: int = 64, model_mismatch: str | None = None):
         self.folder = Path(folder)
         self.metadata = metadata
         self.ids = list(columns["id"])
@@ -151,13 +198,16 @@ class SearchIndex:
         self.model, self.processor = model, processor
         self.faiss_index = faiss_index
         self.device = device
-        self.max_length = max_length
+        self.max_length = check_int("max_length", max_length)
+        self.model_mismatch = model_mismatch  # why the model is not the index's, when the caller allowed it
 
     @classmethod
     def load(cls, folder: str | os.PathLike, model=None, processor=None, *, device=None, use_faiss: bool = True,
-             max_length: int = 64) -> "SearchIndex":
-        """Load the index in `folder`; the model and processor come from the metadata's model
-        (checked against the stored revision) unless given."""
+             max_length: int = 64, allow_model_mismatch: bool = False) -> "SearchIndex":
+        """Load the index in `folder` with the model it was built with (from its metadata), or with
+        `model` and `processor` when given: a model whose `model_fingerprint` differs from the one
+        recorded at build time is refused (`ModelMismatchError`, naming both) unless
+        `allow_model_mismatch`, and then `model_mismatch` says why it differs."""
         folder = Path(folder)
         metadata = read_metadata(folder)
         columns, embeddings = load_rows(folder)
@@ -169,14 +219,15 @@ class SearchIndex:
         if model is None:
             model, loaded = load_checkpoint(metadata["model"], device)
             processor = processor or loaded
-            revision = model_revision(metadata["model"], model)
-            if revision != metadata.get("model_revision"):
-                raise BrokenIndexError(
-                    f"{folder}: built with {metadata['model']} at {metadata.get('model_revision')}, but that checkpoint "
-                    f"is now {revision}; rebuild the index (cl2cm-index) or pass model= explicitly"
-                )
+            given = str(metadata["model"])
         elif processor is None:
             raise ValueError("SearchIndex.load: pass processor= with model=")
+        else:
+            given = str(getattr(model, "name_or_path", "") or "the model passed as model=")
+        mismatch = _model_mismatch(folder, metadata, model, given)
+        if mismatch and not allow_model_mismatch:
+            raise ModelMismatchError(f"{mismatch}; rebuild the index with that model (cl2cm-index), or pass "
+                                     "allow_model_mismatch=True (--allow-model-mismatch) to search with it anyway")
         faiss_index = None
         info = metadata.get("faiss")
         if use_faiss and info and (folder / info["file"]).is_file():
@@ -188,7 +239,7 @@ class SearchIndex:
                 faiss_index = faiss.read_index(str(folder / info["file"]))
                 if faiss_index.ntotal != len(embeddings):
                     raise BrokenIndexError(f"{folder / info['file']}: holds {faiss_index.ntotal} vectors; the index has {len(embeddings)}")
-        return cls(folder, metadata, columns, embeddings, model, processor, faiss_index, device, max_length)
+        return cls(folder, metadata, columns, embeddings, model, processor, faiss_index, device, max_length, mismatch)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -202,29 +253,73 @@ class SearchIndex:
         """Text embeddings through the checkpoint's processor (its text prefix) and `get_text_features`."""
         return encode_texts(self.model.get_text_features, self.processor, texts, max_length=self.max_length, device=self.device)
 
-    def search(self, query: str, top_k: int = 5, *, exact: bool = False) -> list["SearchHit"]:
-        """The `top_k` items best matching the text `query`, best first."""
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"search: expected a non-empty text query, got {query!r}")
-        return self.search_embeddings(self.encode_queries([query]), top_k, exact=exact)[0]
+    def search(self, query: str, top_k: int | None = None, *, exact: bool = False) -> list["SearchHit"]:
+        """The `top_k` items best matching the text `query`, best first (`top_k` None: 5, or every
+        item of a smaller index). A blank query is a ValueError, one of which the tokenizer knows no
+        word an `UnknownQueryError`."""
+        if not isinstance(query, str):
+            raise ValueError(f"search: query must be a text (str), got {type(query).__name__}")
+        if is_blank(query):
+            raise ValueError(f"search: the query {printable(query)!r} is empty; type a caption to search for")
+        k = self._top_k(top_k)
+        self._check_known_words(query)
+        return self.search_embeddings(self.encode_queries([query]), k, exact=exact)[0]
 
-    def search_image(self, image, top_k: int = 5, *, exact: bool = False) -> list["SearchHit"]:
-        """The `top_k` items most like `image` (a PIL image, an ``(H, W, C)`` array or a file path)."""
+    def search_image(self, image, top_k: int | None = None, *, exact: bool = False) -> list["SearchHit"]:
+        """The `top_k` items most like `image` (a PIL image, an ``(H, W, 3)`` uint8 array or a file
+        path), best first; a file that is not an image is a `BadImage` with the reason."""
+        from PIL import Image
+
+        from .index_build import BadImage, open_image
+
         if getattr(self.processor, "image_processor", None) is None:
-            raise ValueError(f"{self.folder}: the model {self.metadata.get('model')} reads precomputed features, not "
-                             "pixels; search with its features through search_embeddings")
+            raise ValueError(f"{self.folder}: the model {self.metadata.get('model_name') or self.metadata.get('model')} reads "
+                             "precomputed features, not pixels; search with its features through search_embeddings")
+        k = self._top_k(top_k)
         if isinstance(image, (str, os.PathLike)):
-            from .index_build import open_image
-
-            image = open_image(image)
+            try:
+                image = open_image(image)
+            except BadImage as err:
+                raise BadImage(f"{printable(str(image))}: {err}") from None
+        elif isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+                raise BadImage(f"search_image: an image array must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+            image = Image.fromarray(image)
+        elif isinstance(image, Image.Image):
+            if 0 in image.size:
+                raise BadImage(f"search_image: the image has no pixels ({image.size[0]}x{image.size[1]})")
+            image = image.convert("RGB")
+        else:
+            raise ValueError(f"search_image: image must be a PIL image, an (H, W, 3) array or a file path, got {type(image).__name__}")
         query = encode_visual(self.model, [image], processor=self.processor, device=self.device)
-        return self.search_embeddings(query, top_k, exact=exact)[0]
+        return self.search_embeddings(query, k, exact=exact)[0]
 
-    def search_embeddings(self, queries, top_k: int = 5, *, exact: bool = False) -> list[list["SearchHit"]]:
+    def _top_k(self, top_k) -> int:
+        """`top_k` checked against the index: at most its size (None: 5, or fewer when it holds fewer)."""
+        if top_k is None:
+            return min(DEFAULT_TOP_K, max(len(self), 1))
+        k = check_int("top_k", top_k)
+        if len(self) and k > len(self):
+            raise ValueError(f"top_k={k} is more than the {len(self)} items of the index {self.folder}; ask for at most {len(self)}")
+        return k
+
+    def _check_known_words(self, query: str) -> None:
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        unknown = getattr(tokenizer, "unk_token_id", None)
+        if unknown is None:
+            return  # byte-level tokenizers have no unknown token
+        ids = tokenizer(query, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
+        if ids and all(i == unknown for i in ids):
+            raise UnknownQueryError(f"search: no word of the query {printable(query)!r} is known to the model's tokenizer "
+                                    f"(every token is {tokenizer.unk_token}); try words of a language it was trained on")
+
+    def search_embeddings(self, queries, top_k: int | None = None, *, exact: bool = False) -> list[list["SearchHit"]]:
         """Hits of each row of `queries` ``(n, dim)``: exact `topk`, or the faiss index when present."""
+        if not isinstance(exact, bool):
+            raise ValueError(f"exact must be True or False, got {exact!r}")
         if len(self) == 0:
             return [[] for _ in range(len(queries))]
-        k = max(1, min(int(top_k), len(self)))
+        k = self._top_k(top_k)
         if self.faiss_index is not None and not exact:
             scores, rows = faiss_search(self.faiss_index, queries, k)
         else:
@@ -234,3 +329,28 @@ class SearchIndex:
              for rank, (s, r) in enumerate(((s, r) for s, r in zip(srow.tolist(), rrow.tolist()) if r >= 0), start=1)]
             for srow, rrow in zip(scores, rows)
         ]
+
+
+def _model_mismatch(folder: Path, metadata: dict, model, given: str) -> str | None:
+    """Why `model` (named `given`) is not the model the index in `folder` was built with, or None."""
+    built = f"{metadata.get('model')}"
+    dim = getattr(model.config, "projection_dim", None)
+    if dim is not None and metadata.get("dim") and dim != metadata["dim"]:
+        raise ModelMismatchError(f"{folder}: built with {built} (dim {metadata['dim']}); {given} embeds in dim {dim}: "
+                                 "it cannot search this index")
+    recorded = metadata.get("model_fingerprint")
+    if not isinstance(recorded, dict):
+        revision = model_revision(given, model) if given == built else None
+        if revision == metadata.get("model_revision"):
+            return None
+        return (f"{folder}: built with {built} at {metadata.get('model_revision')} (the index records no fingerprint "
+                f"of its model); {given} cannot be checked against it")
+    found = model_fingerprint(model)
+    differs = [part for part in ("weights", "config") if found.get(part) != recorded.get(part)]
+    if not differs:
+        return None
+    def short(fingerprint: dict) -> str:
+        return ", ".join(f"{part} {str(fingerprint.get(part))[:19]}" for part in differs)
+
+    now = "that checkpoint has changed since" if given == built else f"{given} has other {' and '.join(differs)}"
+    return f"{folder}: built with {built} ({short(recorded)}), but {now} ({short(found)})"

@@ -4,7 +4,9 @@
     cl2cm-index MODEL --features STORE --out INDEX          # feature store or image/frame store
     torchrun --nproc_per_node 2 -m cl2cm_hf.search.index_build MODEL --images DIR --out INDEX
 
-Inputs: a folder (every non-hidden file below it, id = the path relative to it), a text file
+Inputs: a folder (every non-hidden file below it, id = the path relative to it; symlinked
+sub-folders are followed, and one that leads to a folder already listed -- a loop, or a second
+link to the same folder -- is skipped and reported), a text file
 listing image paths (one a line, relative to the list's folder; id = the line), or a `datasets`
 folder saved with ``save_to_disk`` (an ``image`` column of `datasets.Image` or a ``path`` column;
 optional ``id`` and ``caption``). ``--features`` takes a `VisualFeatureStore` folder (vectors or
@@ -19,16 +21,24 @@ runs behind the model's forward. Under ``torchrun`` / ``accelerate launch`` each
 every world-size-th chunk; rank 0 merges.
 
 Resume and incremental rebuilds: finished chunks are written atomically to ``INDEX/shards/``;
-the cache key of an item is its **path + size + mtime** (file items) -- a rerun stats the files
-instead of reading them all again, and any rewrite by ordinary tools changes the mtime (a
-content hash is used where there is no file: dataset rows with embedded bytes, feature rows).
+the cache key of an item is, by default (``--compare mtime``), its **path + size + mtime** (file
+items) -- a rerun stats the files instead of reading them all again; a file rewritten with the same
+size and mtime (``touch -r``, some sync tools) keeps its old embedding. ``--compare hash`` keys
+files by the sha256 of their content instead (each rerun reads every file). A content hash is
+always used where there is no file: dataset rows with embedded bytes, feature rows.
 Keys live under a namespace of the model revision and the decoding settings, so a different
 checkpoint re-encodes everything. A rerun reuses the previous index and any shards, encodes the
 rest, and replaces the folder in one step (`cl2cm_hf.atomic`).
 
 Bad files never stop a build: each is decoded to RGB when it can be (grey, CMYK, alpha, palette,
 16-bit) or skipped with a reason in ``report.json`` (empty, truncated, not an image, too many
-pixels, unreadable). Skips are cached like embeddings and retried only when the file changes.
+pixels, unreadable, a name that is not UTF-8 or holds control characters: printed escaped). Skips
+are cached like embeddings and retried only when the file changes. A build that indexes nothing
+exits with status 2. A symlinked picture is indexed as the file it points to (the index, and the
+page, know only that file).
+
+``--out`` must be a new or empty folder or an index cl2cm-index wrote (`out_folder`); replacing an
+index of another source takes ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ from cl2cm_hf.atomic import atomic_directory, atomic_write_bytes, atomic_write_t
 from cl2cm_hf.data.image_paths import to_rgb
 from cl2cm_hf.inference import visual_inputs
 
+from .checks import check_int, int_option, name_problem, printable
 from .index import (
     DATA_DIR,
     FAISS_FILE,
@@ -63,11 +74,15 @@ from .index import (
     BrokenIndexError,
     load_checkpoint,
     load_rows,
+    model_display_name,
+    model_fingerprint,
     model_revision,
 )
+from .out_folder import INDEX_MARKER, check_out_folder, mark_index_folder
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
 RECALL_QUERIES = 1000  # gallery rows used as queries when measuring the faiss index's recall@10
+COMPARE = {"mtime": "path + size + mtime (files)", "hash": "path + sha256 of the content (files)"}
 
 
 class BadImage(ValueError):
@@ -84,6 +99,7 @@ class Item:
     caption: str | None = None
     row: int | None = None
     problem: str | None = None  # known bad before decoding (e.g. cannot stat)
+    files: tuple[str, ...] = ()  # the files the item's embedding is read from (for --compare hash)
 
 
 @dataclass
@@ -150,7 +166,11 @@ def _file_key(path: Path) -> str:
 def _file_item(item_id: str, path: Path) -> Item:
     path = path.absolute()
     try:
-        return Item(item_id, str(path), _file_key(path))
+        path = path.resolve()  # a symlink is indexed (and shown) as the file it points to
+    except (OSError, RuntimeError):
+        pass  # a loop: stat below names it
+    try:
+        return Item(item_id, str(path), _file_key(path), files=(str(path),))
     except FileNotFoundError:
         return Item(item_id, str(path), f"missing:{path}", problem="file not found")
     except OSError as err:
@@ -158,16 +178,40 @@ def _file_item(item_id: str, path: Path) -> Item:
 
 
 def folder_items(folder: Path) -> list[Item]:
-    """Every non-hidden file below `folder` (sorted; id = relative posix path); folders that
-    cannot be listed become items with the reason."""
+    """Every non-hidden file below `folder` (sorted; id = relative posix path), symlinked
+    sub-folders followed once; folders that cannot be listed, and links that lead back into
+    `folder` (or above it: a loop) or to a folder already walked, become items with the reason."""
     items = []
+    real_root = folder.resolve()
+    walked: set[tuple[int, int]] = set()  # (device, inode) of every folder walked or about to be
 
     def unreadable(err: OSError) -> None:
         rel = Path(err.filename).relative_to(folder).as_posix() if err.filename else str(err)
         items.append(Item(rel + "/", err.filename, f"unlisted:{err.filename}", problem=f"folder unreadable: {err.strerror or err}"))
 
-    for root, dirs, files in os.walk(folder, onerror=unreadable):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    def follow(path: Path) -> bool:
+        if not path.is_symlink():
+            return True
+        try:
+            target = path.resolve(strict=True)
+            st = target.stat()
+        except (OSError, RuntimeError):
+            return True  # os.walk reports what it cannot list through `unreadable`
+        if target == real_root or real_root in target.parents or target in real_root.parents:
+            reason = "symlinked folder leads back into the indexed folder (already indexed there, or a loop): not followed"
+        elif (st.st_dev, st.st_ino) in walked:
+            reason = "symlinked folder leads to a folder already indexed (a second link, or a loop): not followed"
+        else:
+            walked.add((st.st_dev, st.st_ino))
+            return True
+        rel = path.relative_to(folder).as_posix()
+        items.append(Item(rel + "/", str(path), f"revisited:{rel}", problem=reason))
+        return False
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        st = os.stat(root)
+        walked.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and follow(Path(root) / d))
         for name in sorted(files):
             if not name.startswith("."):
                 path = Path(root) / name
@@ -177,7 +221,7 @@ def folder_items(folder: Path) -> list[Item]:
 
 def list_items(list_file: Path) -> list[Item]:
     """Paths listed one a line in `list_file` (relative to its folder); id = the line."""
-    lines = [line.strip() for line in list_file.read_text(encoding="utf-8").splitlines()]
+    lines = [line.strip() for line in list_file.read_text(encoding="utf-8", errors="surrogateescape").split("\n")]
     return [_file_item(line, list_file.parent / line) for line in lines if line and not line.startswith("#")]
 
 
@@ -224,7 +268,7 @@ def store_items(folder: Path):
             except OSError as err:
                 items.append(Item(visual_id, str(frames[0]), f"missing:{frames[0]}", problem=f"unreadable: {err.strerror or err}"))
                 continue
-            items.append(Item(visual_id, str(frames[0].absolute()), key))
+            items.append(Item(visual_id, str(frames[0].absolute()), key, files=tuple(str(p.absolute()) for p in frames)))
         else:
             values, mask = store.lookup([visual_id])
             digest = hashlib.sha256(values.numpy().tobytes() + (b"" if mask is None else mask.numpy().tobytes()))
@@ -238,19 +282,46 @@ def attach_pictures(items: list[Item], folder: Path) -> None:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such pictures folder (expected <id>.<ext> or <id>/ frame files)")
     # One listing of the folder (not one glob per item): name -> its picture, the first file by name.
-    entries = sorted(folder.iterdir())
+    # Names that are not UTF-8 or hold control characters are never shown (as files are never indexed).
+    entries = sorted(entry for entry in folder.iterdir() if not name_problem(entry.name))
     shown: dict[str, Path] = {}
     for entry in entries:
         if entry.is_file() and "." in entry.name:
             shown.setdefault(entry.name.rpartition(".")[0], entry)
     for entry in entries:
         if entry.is_dir() and entry.name not in shown:
-            first = next((p for p in sorted(entry.iterdir()) if p.is_file()), None)
+            first = next((p for p in sorted(entry.iterdir()) if p.is_file() and not name_problem(p.name)), None)
             if first is not None:
                 shown[entry.name] = first
     for item in items:
         if item.path is None and item.id in shown:
-            item.path = str(shown[item.id])
+            item.path = str(shown[item.id].resolve())  # a symlink: the file it points to, as the page shows it
+
+
+def rekey_by_content(items: list[Item]) -> None:
+    """Key file items (and frame lists) by the sha256 of their content instead of size + mtime."""
+    for item in items:
+        if item.problem or not item.files:
+            continue
+        digest = hashlib.sha256()
+        try:
+            for path in item.files:
+                with open(path, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 22), b""):
+                        digest.update(block)
+        except OSError as err:
+            item.problem = f"unreadable: {err.strerror or err}"
+            continue
+        item.key = f"content:{'||'.join(item.files)}|sha256:{digest.hexdigest()}"
+
+
+def _refuse_bad_names(items: list[Item]) -> None:
+    """Items whose id or file name is not UTF-8 or holds control characters are skipped, named escaped."""
+    for item in items:
+        problem = name_problem(item.id) or (item.path and name_problem(item.path))
+        if problem:
+            item.id, item.path = printable(item.id), item.path and printable(item.path)
+            item.key, item.problem = f"badname:{item.path or item.id}", problem
 
 
 def collect_items(images=None, features=None):
@@ -275,9 +346,12 @@ def collect_items(images=None, features=None):
             items, kind = list_items(path), "list"
         else:
             raise FileNotFoundError(f"{path}: no such image folder, list file or datasets folder")
+    _refuse_bad_names(items)
     items.sort(key=lambda item: item.id)
     seen = set()
     for item in items:
+        if item.key.startswith("badname:"):
+            continue
         if item.id in seen:
             raise ValueError(f"{images or features}: id {item.id!r} appears twice; ids must be unique")
         seen.add(item.id)
@@ -513,35 +587,55 @@ def _write_index(tmp: Path, items, done, bad, metadata: dict, faiss_type: str) -
 
 def build_index(model, out, *, images=None, features=None, processor=None, batch_size: int = 64,
                 num_workers: int = 2, chunk_size: int = 1024, max_pixels: int = DEFAULT_MAX_PIXELS,
-                faiss: str = "auto", device=None, progress: bool = True, pictures=None) -> IndexReport:
+                faiss: str = "auto", device=None, progress: bool = True, pictures=None, compare: str = "mtime",
+                overwrite: bool = False) -> IndexReport:
     """Index `images` (folder, list file or datasets folder) or `features` (store folder) with the
     checkpoint `model` (a folder or hub id) into folder `out`; see the module docstring.
 
-    `pictures`: a folder with a picture per feature row (``<id>.<ext>`` or ``<id>/`` frames), stored
-    as the row's path so that results can be shown.
+    `out` must be missing, empty or an index of the same source (`check_out_folder`; an index of
+    another source is replaced only with `overwrite`). `pictures`: a folder with a picture per
+    feature row (``<id>.<ext>`` or ``<id>/`` frames), stored as the row's path so that results can
+    be shown. `compare`: what an incremental rebuild compares to find changed files (`COMPARE`).
 
-    `chunk_size` items make one shard (the unit of resume and of the split across processes);
-    `faiss`: ``"auto"`` (HNSW when faiss is importable), ``"hnsw"``, ``"flat"``, ``"ivf_flat"``
-    or ``"none"``. Returns the `IndexReport` (complete on rank 0)."""
+    `chunk_size` items make one shard (the unit of resume and of the split across processes; rounded
+    down to a multiple of `batch_size`); `faiss`: ``"auto"`` (HNSW when faiss is importable),
+    ``"hnsw"``, ``"flat"``, ``"ivf_flat"`` or ``"none"``. Returns the `IndexReport` (complete on rank 0)."""
     from accelerate import PartialState
 
     started = time.perf_counter()
+    batch_size, num_workers = check_int("batch_size", batch_size), check_int("num_workers", num_workers)
+    chunk_size, max_pixels = check_int("chunk_size", chunk_size), check_int("max_pixels", max_pixels)
+    for name, value, allowed in (("faiss", faiss, ("auto", "hnsw", "flat", "ivf_flat", "none")), ("compare", compare, tuple(COMPARE))):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    if (images is None) == (features is None):
+        raise ValueError("pass images= (a folder, a list file or a datasets folder) or features= (a store folder)")
+    device = _checked_device(device)
+    source_path = Path(images if images is not None else features).absolute()
+    out = check_out_folder(out, source_path, {"--images": images, "--features": features, "--pictures": pictures},
+                           model, overwrite)
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     device = device or state.device
     if chunk_size % batch_size:
         chunk_size = max(batch_size, chunk_size // batch_size * batch_size)  # batches must tile a chunk
-    out = Path(out).absolute()
     recover_directory(out)
     loaded_model, loaded_processor = load_checkpoint(model, device)
     processor = processor or loaded_processor
     revision = model_revision(model, loaded_model)
     namespace = _namespace(revision, max_pixels)
     items, source_info, source = collect_items(images, features)
+    if compare == "hash":
+        rekey_by_content(items)
     if pictures is not None:
         attach_pictures(items, pictures)
         pictures = str(Path(pictures).absolute())
     if not items:
         raise ValueError(f"{images or features}: nothing to index (no files found)")
+    state.wait_for_everyone()  # every process has checked --out before the main one marks it
+    if state.is_main_process and not (out / INDEX_MARKER).is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        mark_index_folder(out, source_path)  # before any shard: a killed first build is still known as ours
+    state.wait_for_everyone()
 
     done, bad, previous = _read_cache(out, namespace)
     pending = [i for i, item in enumerate(items) if item.key not in done and item.key not in bad]
@@ -555,7 +649,9 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     report = IndexReport(out, reused=len(items) - len(pending), removed=len(previous - keys))
     unchanged = not pending and previous == keys and not (out / SHARDS_DIR).exists()
     old = _read_json(out / METADATA_FILE)
-    if state.is_main_process and unchanged and (old.get("faiss_request"), old.get("pictures")) == (faiss, pictures):
+    fingerprint = model_fingerprint(loaded_model)
+    if state.is_main_process and unchanged and (old.get("faiss_request"), old.get("pictures"), old.get("model_fingerprint"),
+                                                 old.get("source")) == (faiss, pictures, fingerprint, source_info):
         # Nothing changed since the last complete build: keep it (a faiss rebuild can take minutes).
         report.metadata = json.loads((out / METADATA_FILE).read_text(encoding="utf-8"))
         report.count = report.metadata["count"]
@@ -566,18 +662,33 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
         if missing:
             raise RuntimeError(f"{out}: {len(missing)} items were not encoded (first: {missing[0]!r}); rerun to finish")
         metadata = {
-            "format": INDEX_FORMAT, "model": _model_name(model), "model_revision": revision, "namespace": namespace,
+            "format": INDEX_FORMAT, "model": _model_name(model), "model_name": model_display_name(model),
+            "model_revision": revision, "model_fingerprint": fingerprint, "namespace": namespace,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": source_info,
-            "cache_key": "path + size + mtime (files); sha256 of the content (dataset bytes, feature rows)",
+            "cache_key": f"{COMPARE[compare]}; sha256 of the content (dataset bytes, feature rows)", "compare": compare,
             "max_pixels": max_pixels, "faiss_request": faiss, "pictures": pictures,
         }
         with atomic_directory(out) as tmp:
+            mark_index_folder(tmp, source_path)
             report.count, report.skipped = _write_index(tmp, items, done, bad, metadata, faiss)
         report.metadata = metadata
         report.encoded = sum(1 for i in pending if items[i].key in done)
     state.wait_for_everyone()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _checked_device(device):
+    """`device` as given, after checking that torch knows it and that it is there."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device!r}: no such CUDA device here ({torch.cuda.device_count()} found)")
+    return device
 
 
 def _read_json(path: Path) -> dict:
@@ -593,17 +704,25 @@ def _model_name(model) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cl2cm-index", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Folders: hidden files are left out; symlinked sub-folders are followed, a link "
+                                            "back to a folder already listed (a loop) is skipped and reported.")
     parser.add_argument("model", help="cross-modal checkpoint folder or hub id")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", help="image folder, text file listing image paths, or a datasets folder")
     what.add_argument("--features", help="feature store or image/frame store folder")
     parser.add_argument("--pictures", help="folder of pictures shown for feature rows: <id>.<ext> or <id>/ frames")
-    parser.add_argument("--out", required=True, help="index folder (created, or updated in place)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes decoding images")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="items per shard (resume and process split unit)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are skipped")
+    parser.add_argument("--out", required=True, help="index folder: new, empty, or an index cl2cm-index wrote of the same "
+                        "input (updated in place); never the input or checkpoint folder, or a folder holding other files")
+    parser.add_argument("--overwrite", action="store_true", help="replace an index of another input in --out")
+    parser.add_argument("--compare", default="mtime", choices=sorted(COMPARE),
+                        help="what a rebuild compares to find changed files: mtime (default) = path + size + "
+                             "modification time, fast but blind to a rewrite that keeps both; hash = sha256 of the content")
+    parser.add_argument("--batch-size", type=int_option("batch_size"), default=64)
+    parser.add_argument("--num-workers", type=int_option("num_workers"), default=2, help="DataLoader processes decoding images")
+    parser.add_argument("--chunk-size", type=int_option("chunk_size"), default=1024,
+                        help="items per shard (resume and process split unit), rounded down to a multiple of --batch-size")
+    parser.add_argument("--max-pixels", type=int_option("max_pixels"), default=DEFAULT_MAX_PIXELS, help="larger images are skipped")
     parser.add_argument("--faiss", default="auto", choices=["auto", "hnsw", "flat", "ivf_flat", "none"])
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
@@ -611,17 +730,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = build_index(args.model, args.out, images=args.images, features=args.features, batch_size=args.batch_size,
                              num_workers=args.num_workers, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
-                             faiss=args.faiss, device=args.device, progress=not args.no_progress, pictures=args.pictures)
+                             faiss=args.faiss, device=args.device, progress=not args.no_progress, pictures=args.pictures,
+                             compare=args.compare, overwrite=args.overwrite)
     except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"cl2cm-index: error: {err}", file=sys.stderr)
+        print(f"cl2cm-index: error: {printable(str(err))}", file=sys.stderr)
         return 2
     if report.metadata:
-        print(report.summary())
+        print(printable(report.summary()))
         for entry in report.skipped:
-            print(f"  skipped {entry['file'] or entry['id']}: {entry['reason']}")
+            print(f"  skipped {printable(entry['file'] or entry['id'])}: {entry['reason']}")
         if report.metadata.get("faiss"):
             info = report.metadata["faiss"]
             print(f"  faiss {info['type']}: recall@{info['recall_k']} {info['recall@10']:.3f} against exact search")
+        if report.count == 0:
+            print(f"cl2cm-index: error: nothing was indexed: all {len(report.skipped)} items were skipped "
+                  f"(reasons above and in {printable(str(report.out / REPORT_FILE))})", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -15,10 +15,10 @@ from conftest import backbone_config, build_wordpiece_tokenizer
 
 from cl2cm_hf import CL2CMCrossModalModel, build_processor
 from cl2cm_hf.search import ModelMismatchError, OutFolderError, SearchIndex, UnknownQueryError, build_index
-from cl2cm_hf.search.app import main as app_main
-from cl2cm_hf.search.app import model_info
-from cl2cm_hf.search.cli import main as search_main
-from cl2cm_hf.search.index_build import main as index_main
+from cl2cm_hf.cli.app import main as app_main
+from cl2cm_hf.cli.app import model_info
+from cl2cm_hf.cli.search import main as search_main
+from cl2cm_hf.cli.index import main as index_main
 
 SMALL = {"batch_size": 2, "chunk_size": 4, "num_workers": 0, "progress": False, "faiss": "none"}
 CLI_SMALL = ["--batch-size", "2", "--num-workers", "0", "--no-progress", "--faiss", "none"]
@@ -140,7 +140,7 @@ def test_a_killed_first_build_is_recognised_as_an_index(world, tmp_path, monkeyp
         raise KeyboardInterrupt("killed while encoding")
 
     out = tmp_path / "index"
-    monkeypatch.setattr(builder, "_encode_chunks", killed)
+    monkeypatch.setattr(builder, "encode_chunks", killed)
     with pytest.raises(KeyboardInterrupt):
         build_index(world["model"], out, images=world["photos"], **SMALL)
     monkeypatch.undo()

@@ -137,7 +137,7 @@ def served_page(index_folder: Path, workdir: Path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(workdir / "gradio")}
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "cl2cm_hf.search.app", str(index_folder), "--port", str(port),
+        server = subprocess.Popen([sys.executable, "-m", "cl2cm_hf.cli.app", str(index_folder), "--port", str(port),
                                    "--top", str(TOP_K)], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -2,7 +2,7 @@
 
     python trainer/app.py INDEX                 # or: CL2CM_INDEX=INDEX python trainer/app.py
 
-The page is `cl2cm_hf.search.app` (``cl2cm-app INDEX --port N`` is the same with options). To make
+The page is `cl2cm_hf.cli.app` (``cl2cm-app INDEX --port N`` is the same with options). To make
 a Gradio Space of it, put this file at the Space's root as ``app.py`` with:
 
 - ``requirements.txt``: one line installing this package with its app extra, e.g.
@@ -19,7 +19,7 @@ import os
 import sys
 
 from cl2cm_hf.search import SearchIndex
-from cl2cm_hf.search.app import serve
+from cl2cm_hf.cli.app import serve
 
 if __name__ == "__main__":
     serve(SearchIndex.load(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CL2CM_INDEX", "index")), host=None)

@@ -26,10 +26,10 @@ import evaluate
 
 from cl2cm_hf.atomic import atomic_write_text
 from cl2cm_hf.data import MissingVisualIdError, VisualFeatureStore, load_multi30k_r50, load_queries
-from cl2cm_hf.inference import load_model_and_processor
 from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator
 from cl2cm_hf.evaluation.records import MetricRecord, records_from_metrics
 from cl2cm_hf.hub import metrics_table, update_card_results
+from cl2cm_hf.inference import load_model_and_processor
 from cl2cm_hf.retrieval import METRIC_MODULE_PATH
 from cl2cm_hf.training.arguments import load_config, parse_config
 from cl2cm_hf.training.data_sources import demo_world

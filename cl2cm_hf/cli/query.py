@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 
 from cl2cm_hf.data import open_visual_store
-from cl2cm_hf.inference import load_model_and_processor
-from cl2cm_hf.inference import encode_texts, encode_visual
+from cl2cm_hf.inference import encode_texts, encode_visual, load_model_and_processor
 from cl2cm_hf.retrieval import topk
 
 

@@ -1,10 +1,12 @@
-"""Search a user's images with a CL2CM model: build an index (`build_index`, ``cl2cm-index``),
-load it and query it with text in any trained language or with an image (`SearchIndex`,
-``cl2cm-search``). Modules: ``index_build`` (encoding, shards, resume, bad files), ``index``
-(the on-disk format, `SearchIndex`, `load_checkpoint`, `model_fingerprint`), ``out_folder`` (where
-an index may be written), ``checks`` (option ranges, printable file names), ``cli``
-(``cl2cm-search``), ``app`` (``cl2cm-app``, the page)."""
+"""Search a user's images with a CL2CM model: build an index (`build_index`), load it and query it
+with text in any trained language or with an image (`SearchIndex`). The build runs in stages, one a
+module: ``sources`` (what to index, with cache keys) -> ``decode`` (files to RGB) -> ``encode``
+(DataLoader workers, the model) -> ``shards`` (finished chunks, the rerun cache) -> ``index_build``
+(the index folder, faiss). ``index`` holds the on-disk format, `SearchIndex` and the model
+fingerprint; ``out_folder`` where an index may be written; ``checks`` option ranges and printable
+names. The tools (``cl2cm-index``, ``cl2cm-search``, ``cl2cm-app``) are in `cl2cm_hf.cli`."""
 
+from .decode import BadImage, open_image
 from .index import (
     BrokenIndexError,
     ModelMismatchError,
@@ -15,7 +17,7 @@ from .index import (
     model_fingerprint,
     model_revision,
 )
-from .index_build import BadImage, IndexReport, build_index, open_image
+from .index_build import IndexReport, build_index
 from .out_folder import OutFolderError
 
 __all__ = [

@@ -40,6 +40,7 @@ from cl2cm_hf.inference import encode_texts, encode_visual, load_model_and_proce
 from cl2cm_hf.retrieval import faiss_search, topk
 
 from .checks import check_int, printable
+from .decode import BadImage, open_image
 
 METADATA_FILE = "metadata.json"
 DATA_DIR = "data"
@@ -270,7 +271,7 @@ class SearchIndex:
         path), best first; a file that is not an image is a `BadImage` with the reason."""
         from PIL import Image
 
-        from .index_build import BadImage, open_image
+
 
         if getattr(self.processor, "image_processor", None) is None:
             raise ValueError(f"{self.folder}: the model {self.metadata.get('model_name') or self.metadata.get('model')} reads "

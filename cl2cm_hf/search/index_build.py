@@ -2,7 +2,7 @@
 
     cl2cm-index MODEL --images DIR|LIST|DATASET --out INDEX
     cl2cm-index MODEL --features STORE --out INDEX          # feature store or image/frame store
-    torchrun --nproc_per_node 2 -m cl2cm_hf.search.index_build MODEL --images DIR --out INDEX
+    torchrun --nproc_per_node 2 -m cl2cm_hf.cli.index MODEL --images DIR --out INDEX
 
 Inputs: a folder (every non-hidden file below it, id = the path relative to it; symlinked
 sub-folders are followed, and one that leads to a folder already listed -- a loop, or a second
@@ -43,27 +43,22 @@ index of another source takes ``--overwrite``.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import io
 import json
-import os
-import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from cl2cm_hf.atomic import atomic_directory, atomic_write_bytes, atomic_write_text, recover_directory
-from cl2cm_hf.data.image_paths import to_rgb
-from cl2cm_hf.inference import visual_inputs
+from cl2cm_hf.atomic import atomic_directory, atomic_write_text, recover_directory
+from cl2cm_hf.search.decode import DEFAULT_MAX_PIXELS
+from cl2cm_hf.search.encode import chunked, encode_chunks
+from cl2cm_hf.search.shards import cache_namespace, read_cache, read_json
+from cl2cm_hf.search.sources import COMPARE, attach_pictures, collect_items, rekey_by_content
 
-from .checks import check_int, int_option, name_problem, printable
+from .checks import check_int
 from .index import (
     DATA_DIR,
     FAISS_FILE,
@@ -71,35 +66,14 @@ from .index import (
     METADATA_FILE,
     REPORT_FILE,
     SHARDS_DIR,
-    BrokenIndexError,
     load_checkpoint,
-    load_rows,
     model_display_name,
     model_fingerprint,
     model_revision,
 )
 from .out_folder import INDEX_MARKER, check_out_folder, mark_index_folder
 
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
 RECALL_QUERIES = 1000  # gallery rows used as queries when measuring the faiss index's recall@10
-COMPARE = {"mtime": "path + size + mtime (files)", "hash": "path + sha256 of the content (files)"}
-
-
-class BadImage(ValueError):
-    """A file that cannot be turned into an RGB image; the message is the reason in the report."""
-
-
-@dataclass
-class Item:
-    """One thing to index: id, file (None for features), cache key, caption; `row` for dataset rows."""
-
-    id: str
-    path: str | None
-    key: str
-    caption: str | None = None
-    row: int | None = None
-    problem: str | None = None  # known bad before decoding (e.g. cannot stat)
-    files: tuple[str, ...] = ()  # the files the item's embedding is read from (for --compare hash)
 
 
 @dataclass
@@ -118,422 +92,6 @@ class IndexReport:
     def summary(self) -> str:
         return (f"{self.out}: {self.count} items indexed ({self.encoded} encoded, {self.reused} reused, "
                 f"{self.removed} removed), {len(self.skipped)} skipped, {self.seconds:.1f}s")
-
-
-# --- decoding ---------------------------------------------------------------------------------
-def open_image(source, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """The RGB image in `source` (a path or bytes); `BadImage` with the reason if there is none."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-    except PermissionError:
-        raise BadImage("unreadable: permission denied") from None
-    except FileNotFoundError:
-        raise BadImage("file not found (deleted while indexing?)") from None
-    except OSError as err:
-        raise BadImage(f"unreadable: {err.strerror or err}") from None
-    with handle:
-        try:
-            size = len(source) if isinstance(source, bytes) else os.fstat(handle.fileno()).st_size
-            if size == 0:
-                raise BadImage("empty file (0 bytes)")
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(handle)
-            if image.width * image.height > max_pixels:
-                raise BadImage(f"too many pixels: {image.width}x{image.height} (limit {max_pixels}; decompression bomb?)")
-            image.load()
-            return to_rgb(image)
-        except BadImage:
-            raise
-        except UnidentifiedImageError:
-            raise BadImage("not an image (PIL cannot identify the file)") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise BadImage(f"too many pixels ({err})") from None
-        except PermissionError:
-            raise BadImage("unreadable: permission denied") from None
-        except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
-            raise BadImage(f"truncated or corrupt image: {err}") from None
-
-
-# --- sources ----------------------------------------------------------------------------------
-def _file_key(path: Path) -> str:
-    stat = path.stat()
-    return f"file:{path}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
-def _file_item(item_id: str, path: Path) -> Item:
-    path = path.absolute()
-    try:
-        path = path.resolve()  # a symlink is indexed (and shown) as the file it points to
-    except (OSError, RuntimeError):
-        pass  # a loop: stat below names it
-    try:
-        return Item(item_id, str(path), _file_key(path), files=(str(path),))
-    except FileNotFoundError:
-        return Item(item_id, str(path), f"missing:{path}", problem="file not found")
-    except OSError as err:
-        return Item(item_id, str(path), f"unstat:{path}", problem=f"unreadable: {err.strerror or err}")
-
-
-def folder_items(folder: Path) -> list[Item]:
-    """Every non-hidden file below `folder` (sorted; id = relative posix path), symlinked
-    sub-folders followed once; folders that cannot be listed, and links that lead back into
-    `folder` (or above it: a loop) or to a folder already walked, become items with the reason."""
-    items = []
-    real_root = folder.resolve()
-    walked: set[tuple[int, int]] = set()  # (device, inode) of every folder walked or about to be
-
-    def unreadable(err: OSError) -> None:
-        rel = Path(err.filename).relative_to(folder).as_posix() if err.filename else str(err)
-        items.append(Item(rel + "/", err.filename, f"unlisted:{err.filename}", problem=f"folder unreadable: {err.strerror or err}"))
-
-    def follow(path: Path) -> bool:
-        if not path.is_symlink():
-            return True
-        try:
-            target = path.resolve(strict=True)
-            st = target.stat()
-        except (OSError, RuntimeError):
-            return True  # os.walk reports what it cannot list through `unreadable`
-        if target == real_root or real_root in target.parents or target in real_root.parents:
-            reason = "symlinked folder leads back into the indexed folder (already indexed there, or a loop): not followed"
-        elif (st.st_dev, st.st_ino) in walked:
-            reason = "symlinked folder leads to a folder already indexed (a second link, or a loop): not followed"
-        else:
-            walked.add((st.st_dev, st.st_ino))
-            return True
-        rel = path.relative_to(folder).as_posix()
-        items.append(Item(rel + "/", str(path), f"revisited:{rel}", problem=reason))
-        return False
-
-    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
-        st = os.stat(root)
-        walked.add((st.st_dev, st.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and follow(Path(root) / d))
-        for name in sorted(files):
-            if not name.startswith("."):
-                path = Path(root) / name
-                items.append(_file_item(path.relative_to(folder).as_posix(), path))
-    return items
-
-
-def list_items(list_file: Path) -> list[Item]:
-    """Paths listed one a line in `list_file` (relative to its folder); id = the line."""
-    lines = [line.strip() for line in list_file.read_text(encoding="utf-8", errors="surrogateescape").split("\n")]
-    return [_file_item(line, list_file.parent / line) for line in lines if line and not line.startswith("#")]
-
-
-def dataset_items(folder: Path):
-    """Rows of a `datasets` folder: (items, dataset with undecoded images)."""
-    from datasets import Image, load_from_disk
-
-    dataset = load_from_disk(str(folder))
-    if "image" in dataset.column_names:
-        dataset = dataset.cast_column("image", Image(decode=False))
-    elif "path" not in dataset.column_names:
-        raise ValueError(f"{folder}: a dataset to index needs an 'image' (datasets.Image) or a 'path' column; found {dataset.column_names}")
-    ids = dataset["id"] if "id" in dataset.column_names else [str(i) for i in range(len(dataset))]
-    captions = dataset["caption"] if "caption" in dataset.column_names else [None] * len(dataset)
-    items = []
-    for row in range(len(dataset)):
-        if "image" in dataset.column_names:
-            image = dataset[row]["image"] or {}
-            data, path = image.get("bytes"), image.get("path")
-            if data is not None:
-                key = "sha256:" + hashlib.sha256(data).hexdigest()
-                items.append(Item(str(ids[row]), path, key, captions[row], row))
-                continue
-        else:
-            path = dataset[row]["path"]
-        item = _file_item(str(ids[row]), folder / path) if path else Item(str(ids[row]), None, f"row:{row}", problem="no image in this row")
-        item.caption, item.row = captions[row], row
-        items.append(item)
-    return items, dataset
-
-
-def store_items(folder: Path):
-    """Items of a feature store or image/frame store (`open_visual_store`); keys hash the feature
-    rows, or the frame files' path + size + mtime."""
-    from cl2cm_hf.data import ImagePathStore, open_visual_store
-
-    store = open_visual_store(folder)
-    items = []
-    for visual_id in store.ids:
-        if isinstance(store, ImagePathStore):
-            frames = store.paths(visual_id)
-            try:
-                key = "frames:" + "||".join(_file_key(p.absolute()) for p in frames)
-            except OSError as err:
-                items.append(Item(visual_id, str(frames[0]), f"missing:{frames[0]}", problem=f"unreadable: {err.strerror or err}"))
-                continue
-            items.append(Item(visual_id, str(frames[0].absolute()), key, files=tuple(str(p.absolute()) for p in frames)))
-        else:
-            values, mask = store.lookup([visual_id])
-            digest = hashlib.sha256(values.numpy().tobytes() + (b"" if mask is None else mask.numpy().tobytes()))
-            items.append(Item(visual_id, None, f"features:{visual_id}|{digest.hexdigest()}"))
-    return items, store
-
-
-def attach_pictures(items: list[Item], folder: Path) -> None:
-    """Give items without a file (feature rows) their picture in `folder`, if it has one."""
-    folder = Path(folder).absolute()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such pictures folder (expected <id>.<ext> or <id>/ frame files)")
-    # One listing of the folder (not one glob per item): name -> its picture, the first file by name.
-    # Names that are not UTF-8 or hold control characters are never shown (as files are never indexed).
-    entries = sorted(entry for entry in folder.iterdir() if not name_problem(entry.name))
-    shown: dict[str, Path] = {}
-    for entry in entries:
-        if entry.is_file() and "." in entry.name:
-            shown.setdefault(entry.name.rpartition(".")[0], entry)
-    for entry in entries:
-        if entry.is_dir() and entry.name not in shown:
-            first = next((p for p in sorted(entry.iterdir()) if p.is_file() and not name_problem(p.name)), None)
-            if first is not None:
-                shown[entry.name] = first
-    for item in items:
-        if item.path is None and item.id in shown:
-            item.path = str(shown[item.id].resolve())  # a symlink: the file it points to, as the page shows it
-
-
-def rekey_by_content(items: list[Item]) -> None:
-    """Key file items (and frame lists) by the sha256 of their content instead of size + mtime."""
-    for item in items:
-        if item.problem or not item.files:
-            continue
-        digest = hashlib.sha256()
-        try:
-            for path in item.files:
-                with open(path, "rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 22), b""):
-                        digest.update(block)
-        except OSError as err:
-            item.problem = f"unreadable: {err.strerror or err}"
-            continue
-        item.key = f"content:{'||'.join(item.files)}|sha256:{digest.hexdigest()}"
-
-
-def _refuse_bad_names(items: list[Item]) -> None:
-    """Items whose id or file name is not UTF-8 or holds control characters are skipped, named escaped."""
-    for item in items:
-        problem = name_problem(item.id) or (item.path and name_problem(item.path))
-        if problem:
-            item.id, item.path = printable(item.id), item.path and printable(item.path)
-            item.key, item.problem = f"badname:{item.path or item.id}", problem
-
-
-def collect_items(images=None, features=None):
-    """(items sorted by id, the source description, a dataset or store the loader needs)."""
-    if (images is None) == (features is None):
-        raise ValueError("pass images= (a folder, a list file or a datasets folder) or features= (a store folder)")
-    if features is not None:
-        folder = Path(features)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such feature or image store folder")
-        items, source = store_items(folder)
-        kind = "features"
-    else:
-        path = Path(images)
-        source = None
-        if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
-            items, source = dataset_items(path)
-            kind = "dataset"
-        elif path.is_dir():
-            items, kind = folder_items(path), "folder"
-        elif path.is_file():
-            items, kind = list_items(path), "list"
-        else:
-            raise FileNotFoundError(f"{path}: no such image folder, list file or datasets folder")
-    _refuse_bad_names(items)
-    items.sort(key=lambda item: item.id)
-    seen = set()
-    for item in items:
-        if item.key.startswith("badname:"):
-            continue
-        if item.id in seen:
-            raise ValueError(f"{images or features}: id {item.id!r} appears twice; ids must be unique")
-        seen.add(item.id)
-    return items, {"kind": kind, "path": str(Path(images or features).absolute())}, source
-
-
-# --- DataLoader: decoding and the processor run in the workers ---------------------------------
-class _Decode(torch.utils.data.Dataset):
-    """Item i -> (i, RGB image or None, reason or None)."""
-
-    def __init__(self, items: list[Item], dataset=None, max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.items, self.dataset, self.max_pixels = items, dataset, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        item = self.items[i]
-        if item.problem:
-            return i, None, item.problem
-        try:
-            if item.row is not None and self.dataset is not None and "image" in self.dataset.column_names:
-                image = self.dataset[item.row]["image"] or {}
-                source = image.get("bytes") or (item.path and Path(item.path))
-                return i, open_image(source, self.max_pixels), None
-            return i, open_image(item.path, self.max_pixels), None
-        except BadImage as err:
-            return i, None, str(err)
-
-
-class _ImageBatch:
-    """Collate in the worker: the processor turns the decoded images into ``pixel_values``."""
-
-    def __init__(self, processor):
-        self.processor = processor
-
-    def __call__(self, samples):
-        good = [(i, image) for i, image, reason in samples if reason is None]
-        failed = {i: reason for i, image, reason in samples if reason is not None}
-        inputs = None
-        if good:
-            try:
-                inputs = dict(self.processor(images=[image for _, image in good], return_tensors="pt"))
-            except Exception:  # noqa: BLE001 - one odd image must not sink the batch: retry one by one
-                kept, pixels = [], []
-                for i, image in good:
-                    try:
-                        pixels.append(self.processor(images=[image], return_tensors="pt")["pixel_values"])
-                        kept.append((i, image))
-                    except Exception as err:  # noqa: BLE001
-                        failed[i] = f"image processor failed: {type(err).__name__}: {err}"
-                good = kept
-                inputs = {"pixel_values": torch.cat(pixels)} if pixels else None
-        return [i for i, _ in good], inputs, failed
-
-
-class _StoreBatch:
-    """Collate in the worker for stores: `visual_inputs` looks the ids up (features or frames)."""
-
-    def __init__(self, store, processor, items: list[Item]):
-        self.store, self.processor, self.items = store, processor, items
-
-    def __call__(self, samples):
-        indices = [i for i, _, _ in samples]
-        ids = [self.items[i].id for i in indices]
-        try:
-            return indices, visual_inputs(self.store, ids, self.processor), {}
-        except Exception:  # noqa: BLE001 - find the bad items one by one
-            failed, kept = {}, []
-            for i, visual_id in zip(indices, ids):
-                try:
-                    visual_inputs(self.store, [visual_id], self.processor)
-                    kept.append(i)
-                except Exception as err:  # noqa: BLE001
-                    failed[i] = f"{type(err).__name__}: {err}"
-            inputs = visual_inputs(self.store, [self.items[i].id for i in kept], self.processor) if kept else None
-            return kept, inputs, failed
-
-
-class _StoreIds(torch.utils.data.Dataset):
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        return i, None, self.items[i].problem
-
-
-# --- shards and the cache ---------------------------------------------------------------------
-def _namespace(revision: str, max_pixels: int) -> str:
-    return hashlib.sha256(f"{revision}|max_pixels={max_pixels}".encode()).hexdigest()[:16]
-
-
-def _write_shard(folder: Path, namespace: str, entries: list[dict], embeddings: list[torch.Tensor]) -> None:
-    from safetensors.torch import save
-
-    name = hashlib.sha256("\n".join(e["key"] for e in entries).encode()).hexdigest()[:20]
-    tensor = torch.stack(embeddings) if embeddings else torch.zeros(0, 0)
-    data = save({"embeddings": tensor.contiguous()}, metadata={"entries": json.dumps(entries, ensure_ascii=False)})
-    atomic_write_bytes(folder / f"{namespace}-{name}.safetensors", data)
-
-
-def _read_cache(out: Path, namespace: str) -> tuple[dict[str, np.ndarray], dict[str, str], set[str]]:
-    """key -> embedding and key -> skip reason, from the previous index (same namespace) and the
-    shards; and the keys the previous index held."""
-    from safetensors import safe_open
-
-    done, bad = {}, {}
-    if _read_json(out / METADATA_FILE).get("namespace") == namespace:
-        try:
-            columns, embeddings = load_rows(out)
-            done.update((key, row) for key, row in zip(columns["key"], embeddings) if key)
-            report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
-            bad.update((entry["key"], entry["reason"]) for entry in report.get("skipped", []) if entry.get("key"))
-        except (BrokenIndexError, OSError, ValueError, KeyError):
-            done, bad = {}, {}  # an unreadable old index is rebuilt, never trusted
-    previous = set(done) | set(bad)
-    for shard in sorted((out / SHARDS_DIR).glob(f"{namespace}-*.safetensors")):
-        try:
-            with safe_open(str(shard), framework="pt") as handle:
-                entries = json.loads(handle.metadata()["entries"])
-                tensor = handle.get_tensor("embeddings").numpy()
-        except Exception:  # noqa: BLE001 - written atomically, so only a foreign file lands here
-            continue
-        row = 0
-        for entry in entries:
-            if entry.get("reason") is None:
-                done[entry["key"]] = tensor[row]
-                row += 1
-            else:
-                bad[entry["key"]] = entry["reason"]
-    return done, bad, previous
-
-
-# --- the build --------------------------------------------------------------------------------
-def _chunks(pending: list[int], chunk_size: int) -> list[list[int]]:
-    return [pending[i : i + chunk_size] for i in range(0, len(pending), chunk_size)]
-
-
-@torch.no_grad()
-def _encode_chunks(model, processor, items, source, chunks, shards: Path, namespace: str, batch_size: int,
-                   num_workers: int, max_pixels: int, device, progress: bool) -> None:
-    """Encode the items of `chunks` (lists of positions in `items`) and write one shard per chunk."""
-    if not chunks:
-        return
-    order = [i for chunk in chunks for i in chunk]
-    local = [items[i] for i in order]
-    if source is not None and hasattr(source, "lookup"):
-        dataset, collate = _StoreIds(local), _StoreBatch(source, processor, local)
-        if source.output_key == "visual_features":
-            num_workers = 0  # nothing to decode; a worker would get a pickled copy of the whole array
-    else:
-        dataset, collate = _Decode(local, source, max_pixels), _ImageBatch(processor)
-    batches, start = [], 0
-    for chunk in chunks:  # batches never cross a chunk, so a chunk is a shard
-        batches += [list(range(a, min(a + batch_size, start + len(chunk)))) for a in range(start, start + len(chunk), batch_size)]
-        start += len(chunk)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
-                                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
-    chunk_end = np.cumsum([len(c) for c in chunks]).tolist()
-    shards.mkdir(parents=True, exist_ok=True)
-    entries, vectors, current = [], [], 0
-    with tqdm(total=len(local), desc="index", unit="img", disable=not progress) as bar:
-        for positions, inputs, failed in loader:
-            embedded = {}
-            if inputs:
-                out = model.get_visual_features(**{k: v.to(device) for k, v in inputs.items()}).float().cpu()
-                embedded = dict(zip(positions, out))
-            for p in sorted(set(positions) | set(failed)):
-                item = local[p]
-                if p in embedded:
-                    entries.append({"key": item.key, "id": item.id})
-                    vectors.append(embedded[p])
-                else:
-                    entries.append({"key": item.key, "id": item.id, "reason": failed[p]})
-            batch_end = max(set(positions) | set(failed)) + 1
-            bar.update(len(set(positions) | set(failed)))
-            if batch_end == chunk_end[current]:
-                _write_shard(shards, namespace, entries, vectors)
-                entries, vectors, current = [], [], current + 1
 
 
 def _faiss_part(embeddings: np.ndarray, folder: Path, faiss_type: str) -> dict | None:
@@ -622,7 +180,7 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     loaded_model, loaded_processor = load_checkpoint(model, device)
     processor = processor or loaded_processor
     revision = model_revision(model, loaded_model)
-    namespace = _namespace(revision, max_pixels)
+    namespace = cache_namespace(revision, max_pixels)
     items, source_info, source = collect_items(images, features)
     if compare == "hash":
         rekey_by_content(items)
@@ -637,18 +195,18 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
         mark_index_folder(out, source_path)  # before any shard: a killed first build is still known as ours
     state.wait_for_everyone()
 
-    done, bad, previous = _read_cache(out, namespace)
+    done, bad, previous = read_cache(out, namespace)
     pending = [i for i, item in enumerate(items) if item.key not in done and item.key not in bad]
     state.wait_for_everyone()  # every process has read the cache before any writes a shard: the same plan
-    chunks = _chunks(pending, chunk_size)
+    chunks = chunked(pending, chunk_size)
     mine = [chunk for n, chunk in enumerate(chunks) if n % state.num_processes == state.process_index]
-    _encode_chunks(loaded_model, processor, items, source, mine, out / SHARDS_DIR, namespace, batch_size,
+    encode_chunks(loaded_model, processor, items, source, mine, out / SHARDS_DIR, namespace, batch_size,
                    num_workers, max_pixels, device, progress and state.is_main_process)
     state.wait_for_everyone()
     keys = {item.key for item in items}
     report = IndexReport(out, reused=len(items) - len(pending), removed=len(previous - keys))
     unchanged = not pending and previous == keys and not (out / SHARDS_DIR).exists()
-    old = _read_json(out / METADATA_FILE)
+    old = read_json(out / METADATA_FILE)
     fingerprint = model_fingerprint(loaded_model)
     if state.is_main_process and unchanged and (old.get("faiss_request"), old.get("pictures"), old.get("model_fingerprint"),
                                                  old.get("source")) == (faiss, pictures, fingerprint, source_info):
@@ -657,7 +215,7 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
         report.count = report.metadata["count"]
         report.skipped = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))["skipped"]
     elif state.is_main_process:
-        done, bad, _ = _read_cache(out, namespace)
+        done, bad, _ = read_cache(out, namespace)
         missing = [item.id for item in items if item.key not in done and item.key not in bad]
         if missing:
             raise RuntimeError(f"{out}: {len(missing)} items were not encoded (first: {missing[0]!r}); rerun to finish")
@@ -691,63 +249,5 @@ def _checked_device(device):
     return device
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def _model_name(model) -> str:
     return str(Path(model).absolute()) if Path(model).is_dir() else str(model)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cl2cm-index", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Folders: hidden files are left out; symlinked sub-folders are followed, a link "
-                                            "back to a folder already listed (a loop) is skipped and reported.")
-    parser.add_argument("model", help="cross-modal checkpoint folder or hub id")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--images", help="image folder, text file listing image paths, or a datasets folder")
-    what.add_argument("--features", help="feature store or image/frame store folder")
-    parser.add_argument("--pictures", help="folder of pictures shown for feature rows: <id>.<ext> or <id>/ frames")
-    parser.add_argument("--out", required=True, help="index folder: new, empty, or an index cl2cm-index wrote of the same "
-                        "input (updated in place); never the input or checkpoint folder, or a folder holding other files")
-    parser.add_argument("--overwrite", action="store_true", help="replace an index of another input in --out")
-    parser.add_argument("--compare", default="mtime", choices=sorted(COMPARE),
-                        help="what a rebuild compares to find changed files: mtime (default) = path + size + "
-                             "modification time, fast but blind to a rewrite that keeps both; hash = sha256 of the content")
-    parser.add_argument("--batch-size", type=int_option("batch_size"), default=64)
-    parser.add_argument("--num-workers", type=int_option("num_workers"), default=2, help="DataLoader processes decoding images")
-    parser.add_argument("--chunk-size", type=int_option("chunk_size"), default=1024,
-                        help="items per shard (resume and process split unit), rounded down to a multiple of --batch-size")
-    parser.add_argument("--max-pixels", type=int_option("max_pixels"), default=DEFAULT_MAX_PIXELS, help="larger images are skipped")
-    parser.add_argument("--faiss", default="auto", choices=["auto", "hnsw", "flat", "ivf_flat", "none"])
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        report = build_index(args.model, args.out, images=args.images, features=args.features, batch_size=args.batch_size,
-                             num_workers=args.num_workers, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
-                             faiss=args.faiss, device=args.device, progress=not args.no_progress, pictures=args.pictures,
-                             compare=args.compare, overwrite=args.overwrite)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"cl2cm-index: error: {printable(str(err))}", file=sys.stderr)
-        return 2
-    if report.metadata:
-        print(printable(report.summary()))
-        for entry in report.skipped:
-            print(f"  skipped {printable(entry['file'] or entry['id'])}: {entry['reason']}")
-        if report.metadata.get("faiss"):
-            info = report.metadata["faiss"]
-            print(f"  faiss {info['type']}: recall@{info['recall_k']} {info['recall@10']:.3f} against exact search")
-        if report.count == 0:
-            print(f"cl2cm-index: error: nothing was indexed: all {len(report.skipped)} items were skipped "
-                  f"(reasons above and in {printable(str(report.out / REPORT_FILE))})", file=sys.stderr)
-            return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

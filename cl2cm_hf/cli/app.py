@@ -23,9 +23,10 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402  (after the environment above)
+
 from cl2cm_hf.search.checks import check_int, int_option, printable  # noqa: E402
+from cl2cm_hf.search.decode import BadImage, open_image  # noqa: E402
 from cl2cm_hf.search.index import BrokenIndexError, model_display_name  # noqa: E402
-from cl2cm_hf.search.index_build import BadImage, open_image  # noqa: E402
 
 DEFAULT_TOP_K = 12
 EXAMPLE_QUERY = "ein großer roter Hund neben einem Auto"

@@ -11,9 +11,9 @@ import argparse
 import json
 import sys
 
-from .checks import int_option, printable
-from .index import BrokenIndexError, SearchIndex
-from .index_build import BadImage
+from cl2cm_hf.search.checks import int_option, printable
+from cl2cm_hf.search.decode import BadImage
+from cl2cm_hf.search.index import BrokenIndexError, SearchIndex
 
 
 def _table(hits) -> str:

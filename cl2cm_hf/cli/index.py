@@ -1,0 +1,68 @@
+"""``cl2cm-index``: build a search index (see `cl2cm_hf.search.index_build` for what it reads and writes).
+
+    torchrun --nproc_per_node 2 -m cl2cm_hf.cli.index MODEL --images DIR --out INDEX
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cl2cm_hf.search.checks import int_option, printable
+from cl2cm_hf.search.decode import DEFAULT_MAX_PIXELS
+from cl2cm_hf.search.index import (
+    REPORT_FILE,
+)
+from cl2cm_hf.search.index_build import build_index
+from cl2cm_hf.search.sources import COMPARE
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cl2cm-index", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Folders: hidden files are left out; symlinked sub-folders are followed, a link "
+                                            "back to a folder already listed (a loop) is skipped and reported.")
+    parser.add_argument("model", help="cross-modal checkpoint folder or hub id")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--images", help="image folder, text file listing image paths, or a datasets folder")
+    what.add_argument("--features", help="feature store or image/frame store folder")
+    parser.add_argument("--pictures", help="folder of pictures shown for feature rows: <id>.<ext> or <id>/ frames")
+    parser.add_argument("--out", required=True, help="index folder: new, empty, or an index cl2cm-index wrote of the same "
+                        "input (updated in place); never the input or checkpoint folder, or a folder holding other files")
+    parser.add_argument("--overwrite", action="store_true", help="replace an index of another input in --out")
+    parser.add_argument("--compare", default="mtime", choices=sorted(COMPARE),
+                        help="what a rebuild compares to find changed files: mtime (default) = path + size + "
+                             "modification time, fast but blind to a rewrite that keeps both; hash = sha256 of the content")
+    parser.add_argument("--batch-size", type=int_option("batch_size"), default=64)
+    parser.add_argument("--num-workers", type=int_option("num_workers"), default=2, help="DataLoader processes decoding images")
+    parser.add_argument("--chunk-size", type=int_option("chunk_size"), default=1024,
+                        help="items per shard (resume and process split unit), rounded down to a multiple of --batch-size")
+    parser.add_argument("--max-pixels", type=int_option("max_pixels"), default=DEFAULT_MAX_PIXELS, help="larger images are skipped")
+    parser.add_argument("--faiss", default="auto", choices=["auto", "hnsw", "flat", "ivf_flat", "none"])
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        report = build_index(args.model, args.out, images=args.images, features=args.features, batch_size=args.batch_size,
+                             num_workers=args.num_workers, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
+                             faiss=args.faiss, device=args.device, progress=not args.no_progress, pictures=args.pictures,
+                             compare=args.compare, overwrite=args.overwrite)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f"cl2cm-index: error: {printable(str(err))}", file=sys.stderr)
+        return 2
+    if report.metadata:
+        print(printable(report.summary()))
+        for entry in report.skipped:
+            print(f"  skipped {printable(entry['file'] or entry['id'])}: {entry['reason']}")
+        if report.metadata.get("faiss"):
+            info = report.metadata["faiss"]
+            print(f"  faiss {info['type']}: recall@{info['recall_k']} {info['recall@10']:.3f} against exact search")
+        if report.count == 0:
+            print(f"cl2cm-index: error: nothing was indexed: all {len(report.skipped)} items were skipped "
+                  f"(reasons above and in {printable(str(report.out / REPORT_FILE))})", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""What a build indexes (the reader stage): items from a folder, a list file, a `datasets` folder or a
+visual store, each with its cache key; pictures for feature rows; odd names refused one by one."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checks import name_problem, printable
+
+COMPARE = {"mtime": "path + size + mtime (files)", "hash": "path + sha256 of the content (files)"}
+
+
+@dataclass
+class Item:
+    """One thing to index: id, file (None for features), cache key, caption; `row` for dataset rows."""
+
+    id: str
+    path: str | None
+    key: str
+    caption: str | None = None
+    row: int | None = None
+    problem: str | None = None  # known bad before decoding (e.g. cannot stat)
+    files: tuple[str, ...] = ()  # the files the item's embedding is read from (for --compare hash)
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    return f"file:{path}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _file_item(item_id: str, path: Path) -> Item:
+    path = path.absolute()
+    try:
+        path = path.resolve()  # a symlink is indexed (and shown) as the file it points to
+    except (OSError, RuntimeError):
+        pass  # a loop: stat below names it
+    try:
+        return Item(item_id, str(path), _file_key(path), files=(str(path),))
+    except FileNotFoundError:
+        return Item(item_id, str(path), f"missing:{path}", problem="file not found")
+    except OSError as err:
+        return Item(item_id, str(path), f"unstat:{path}", problem=f"unreadable: {err.strerror or err}")
+
+
+def folder_items(folder: Path) -> list[Item]:
+    """Every non-hidden file below `folder` (sorted; id = relative posix path), symlinked
+    sub-folders followed once; folders that cannot be listed, and links that lead back into
+    `folder` (or above it: a loop) or to a folder already walked, become items with the reason."""
+    items = []
+    real_root = folder.resolve()
+    walked: set[tuple[int, int]] = set()  # (device, inode) of every folder walked or about to be
+
+    def unreadable(err: OSError) -> None:
+        rel = Path(err.filename).relative_to(folder).as_posix() if err.filename else str(err)
+        items.append(Item(rel + "/", err.filename, f"unlisted:{err.filename}", problem=f"folder unreadable: {err.strerror or err}"))
+
+    def follow(path: Path) -> bool:
+        if not path.is_symlink():
+            return True
+        try:
+            target = path.resolve(strict=True)
+            st = target.stat()
+        except (OSError, RuntimeError):
+            return True  # os.walk reports what it cannot list through `unreadable`
+        if target == real_root or real_root in target.parents or target in real_root.parents:
+            reason = "symlinked folder leads back into the indexed folder (already indexed there, or a loop): not followed"
+        elif (st.st_dev, st.st_ino) in walked:
+            reason = "symlinked folder leads to a folder already indexed (a second link, or a loop): not followed"
+        else:
+            walked.add((st.st_dev, st.st_ino))
+            return True
+        rel = path.relative_to(folder).as_posix()
+        items.append(Item(rel + "/", str(path), f"revisited:{rel}", problem=reason))
+        return False
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        st = os.stat(root)
+        walked.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and follow(Path(root) / d))
+        for name in sorted(files):
+            if not name.startswith("."):
+                path = Path(root) / name
+                items.append(_file_item(path.relative_to(folder).as_posix(), path))
+    return items
+
+
+def list_items(list_file: Path) -> list[Item]:
+    """Paths listed one a line in `list_file` (relative to its folder); id = the line."""
+    lines = [line.strip() for line in list_file.read_text(encoding="utf-8", errors="surrogateescape").split("\n")]
+    return [_file_item(line, list_file.parent / line) for line in lines if line and not line.startswith("#")]
+
+
+def dataset_items(folder: Path):
+    """Rows of a `datasets` folder: (items, dataset with undecoded images)."""
+    from datasets import Image, load_from_disk
+
+    dataset = load_from_disk(str(folder))
+    if "image" in dataset.column_names:
+        dataset = dataset.cast_column("image", Image(decode=False))
+    elif "path" not in dataset.column_names:
+        raise ValueError(f"{folder}: a dataset to index needs an 'image' (datasets.Image) or a 'path' column; found {dataset.column_names}")
+    ids = dataset["id"] if "id" in dataset.column_names else [str(i) for i in range(len(dataset))]
+    captions = dataset["caption"] if "caption" in dataset.column_names else [None] * len(dataset)
+    items = []
+    for row in range(len(dataset)):
+        if "image" in dataset.column_names:
+            image = dataset[row]["image"] or {}
+            data, path = image.get("bytes"), image.get("path")
+            if data is not None:
+                key = "sha256:" + hashlib.sha256(data).hexdigest()
+                items.append(Item(str(ids[row]), path, key, captions[row], row))
+                continue
+        else:
+            path = dataset[row]["path"]
+        item = _file_item(str(ids[row]), folder / path) if path else Item(str(ids[row]), None, f"row:{row}", problem="no image in this row")
+        item.caption, item.row = captions[row], row
+        items.append(item)
+    return items, dataset
+
+
+def store_items(folder: Path):
+    """Items of a feature store or image/frame store (`open_visual_store`); keys hash the feature
+    rows, or the frame files' path + size + mtime."""
+    from cl2cm_hf.data import ImagePathStore, open_visual_store
+
+    store = open_visual_store(folder)
+    items = []
+    for visual_id in store.ids:
+        if isinstance(store, ImagePathStore):
+            frames = store.paths(visual_id)
+            try:
+                key = "frames:" + "||".join(_file_key(p.absolute()) for p in frames)
+            except OSError as err:
+                items.append(Item(visual_id, str(frames[0]), f"missing:{frames[0]}", problem=f"unreadable: {err.strerror or err}"))
+                continue
+            items.append(Item(visual_id, str(frames[0].absolute()), key, files=tuple(str(p.absolute()) for p in frames)))
+        else:
+            values, mask = store.lookup([visual_id])
+            digest = hashlib.sha256(values.numpy().tobytes() + (b"" if mask is None else mask.numpy().tobytes()))
+            items.append(Item(visual_id, None, f"features:{visual_id}|{digest.hexdigest()}"))
+    return items, store
+
+
+def attach_pictures(items: list[Item], folder: Path) -> None:
+    """Give items without a file (feature rows) their picture in `folder`, if it has one."""
+    folder = Path(folder).absolute()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such pictures folder (expected <id>.<ext> or <id>/ frame files)")
+    # One listing of the folder (not one glob per item): name -> its picture, the first file by name.
+    # Names that are not UTF-8 or hold control characters are never shown (as files are never indexed).
+    entries = sorted(entry for entry in folder.iterdir() if not name_problem(entry.name))
+    shown: dict[str, Path] = {}
+    for entry in entries:
+        if entry.is_file() and "." in entry.name:
+            shown.setdefault(entry.name.rpartition(".")[0], entry)
+    for entry in entries:
+        if entry.is_dir() and entry.name not in shown:
+            first = next((p for p in sorted(entry.iterdir()) if p.is_file() and not name_problem(p.name)), None)
+            if first is not None:
+                shown[entry.name] = first
+    for item in items:
+        if item.path is None and item.id in shown:
+            item.path = str(shown[item.id].resolve())  # a symlink: the file it points to, as the page shows it
+
+
+def rekey_by_content(items: list[Item]) -> None:
+    """Key file items (and frame lists) by the sha256 of their content instead of size + mtime."""
+    for item in items:
+        if item.problem or not item.files:
+            continue
+        digest = hashlib.sha256()
+        try:
+            for path in item.files:
+                with open(path, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 22), b""):
+                        digest.update(block)
+        except OSError as err:
+            item.problem = f"unreadable: {err.strerror or err}"
+            continue
+        item.key = f"content:{'||'.join(item.files)}|sha256:{digest.hexdigest()}"
+
+
+def _refuse_bad_names(items: list[Item]) -> None:
+    """Items whose id or file name is not UTF-8 or holds control characters are skipped, named escaped."""
+    for item in items:
+        problem = name_problem(item.id) or (item.path and name_problem(item.path))
+        if problem:
+            item.id, item.path = printable(item.id), item.path and printable(item.path)
+            item.key, item.problem = f"badname:{item.path or item.id}", problem
+
+
+def collect_items(images=None, features=None):
+    """(items sorted by id, the source description, a dataset or store the loader needs)."""
+    if (images is None) == (features is None):
+        raise ValueError("pass images= (a folder, a list file or a datasets folder) or features= (a store folder)")
+    if features is not None:
+        folder = Path(features)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such feature or image store folder")
+        items, source = store_items(folder)
+        kind = "features"
+    else:
+        path = Path(images)
+        source = None
+        if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
+            items, source = dataset_items(path)
+            kind = "dataset"
+        elif path.is_dir():
+            items, kind = folder_items(path), "folder"
+        elif path.is_file():
+            items, kind = list_items(path), "list"
+        else:
+            raise FileNotFoundError(f"{path}: no such image folder, list file or datasets folder")
+    _refuse_bad_names(items)
+    items.sort(key=lambda item: item.id)
+    seen = set()
+    for item in items:
+        if item.key.startswith("badname:"):
+            continue
+        if item.id in seen:
+            raise ValueError(f"{images or features}: id {item.id!r} appears twice; ids must be unique")
+        seen.add(item.id)
+    return items, {"kind": kind, "path": str(Path(images or features).absolute())}, source

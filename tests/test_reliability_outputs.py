@@ -3,7 +3,7 @@
 - Folders written with `atomic_directory` survive a SIGKILL at any moment: the previous complete
   version (or the new complete one) loads, never a mix.
 - Trainer checkpoints are marked complete once written (`CompleteCheckpoints`,
-  cl2cm_hf/training/trainers.py): a save cut short leaves no marked `checkpoint-N` (`--resume` passes
+  cl2cm_hf/training/checkpoints.py): a save cut short leaves no marked `checkpoint-N` (`--resume` passes
   it over, the next training start deletes it), rotation and best-model tracking still work.
 - A truncated `model.safetensors` fails naming the file; an out-of-range `config.json` fails in the
   config class, before any module or tensor is built.
@@ -37,7 +37,8 @@ from cl2cm_hf.evaluation.records import MetricRecord
 from cl2cm_hf.modeling_cl2cm import CorruptCheckpointError, check_safetensors_file
 from cl2cm_hf.training.arguments import CL2CMArguments
 from cl2cm_hf.training.run import last_checkpoint
-from cl2cm_hf.training.trainers import CHECKPOINT_COMPLETE, CrossLingualTrainer
+from cl2cm_hf.training.checkpoints import CHECKPOINT_COMPLETE
+from cl2cm_hf.training.trainers import CrossLingualTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "a man woman dog cat plays guitar on the street with red blue ball runs in park".split()
@@ -228,7 +229,7 @@ def test_rotation_deletes_through_a_hidden_name(tmp_path, monkeypatch):
     half-deleted ``checkpoint-N``."""
     import shutil
 
-    from cl2cm_hf.training import trainers
+    from cl2cm_hf.training import checkpoints as checkpoint_module
 
     for step in (1, 2, 3):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -241,9 +242,9 @@ def test_rotation_deletes_through_a_hidden_name(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed while deleting")
         return real_rmtree(path, ignore_errors=ignore_errors)
 
-    monkeypatch.setattr(trainers.shutil, "rmtree", killed_in_rmtree)
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", killed_in_rmtree)
     with pytest.raises(KeyboardInterrupt):
-        trainers.rotate_checkpoints(tmp_path, 2, None)
+        checkpoint_module.rotate_checkpoints(tmp_path, 2, None)
     assert checkpoints(tmp_path) == ["checkpoint-2", "checkpoint-3"] and seen[-1] == ".deleting-checkpoint-1"
 
 

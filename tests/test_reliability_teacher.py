@@ -28,7 +28,7 @@ from cl2cm_hf.training.arguments import CL2CMArguments
 from cl2cm_hf.training.model_setup import TeacherError
 from cl2cm_hf.training.run import train
 from cl2cm_hf.training.run_record import RUN_RECORD
-from cl2cm_hf.training.trainers import TooManySkippedStepsError
+from cl2cm_hf.training.nonfinite import TooManySkippedStepsError
 
 REPO = Path(__file__).resolve().parents[1]
 SHRUNK = [

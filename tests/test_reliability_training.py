@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_training import _params, run_training
 
-from cl2cm_hf.training.trainers import CHECKPOINT_COMPLETE
+from cl2cm_hf.training.checkpoints import CHECKPOINT_COMPLETE
 
 # Every step saves (so "checkpoint-k exists" means "step k is done") and validates (so the resumed
 # run must also restore best-model tracking); three checkpoints kept.

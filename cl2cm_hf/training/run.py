@@ -36,7 +36,8 @@ from cl2cm_hf.training.data_sources import RunData, build_run_data, first_captio
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore
 from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal, check_teacher_folder, load_teacher, prepare_teacher
 from cl2cm_hf.training.run_record import check_owned, copy_record, read_record, result_settings, take_output_dir
-from cl2cm_hf.training.trainers import CHECKPOINT_COMPLETE, CrossLingualTrainer, CrossModalTrainer, checkpoint_folders
+from cl2cm_hf.training.checkpoints import CHECKPOINT_COMPLETE, checkpoint_folders
+from cl2cm_hf.training.trainers import CrossLingualTrainer, CrossModalTrainer
 
 logger = logging.getLogger("cl2cm")
 STAGE_DIRS = {"cl": "cross_lingual", "cm": "cross_modal"}
@@ -51,7 +52,7 @@ def stage_training_args(training_args: TrainingArguments, stage: str, **changes)
 
 def last_checkpoint(folder: str) -> str | None:
     """The newest complete Trainer checkpoint: one marked complete once every process had written it
-    (`CHECKPOINT_COMPLETE`, trainers.py) and whose weight files are whole. Any other (a save cut
+    (`CHECKPOINT_COMPLETE`, checkpoints.py) and whose weight files are whole. Any other (a save cut
     short, a checkpoint from before the mark existed, damaged weights) is passed over, with a warning,
     for the one before."""
     for path in reversed(checkpoint_folders(Path(folder))):

@@ -6,197 +6,18 @@ loss-based evaluation by retrieval metrics (an evaluator object, as sentence-tra
 """
 
 import dataclasses
-import json
-import os
-import shutil
 from collections import Counter, defaultdict
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from accelerate import PartialState
-from transformers import Trainer, TrainerCallback
-from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import Trainer
 
-from cl2cm_hf.atomic import atomic_write_text, fsync_tree
 from cl2cm_hf.evaluation.records import flat_metrics
 from cl2cm_hf.losses import info_nce, relational_distillation, sinkhorn_ot_loss, vse_triplet
+from cl2cm_hf.training.checkpoints import CompleteCheckpoints
 from cl2cm_hf.training.neighbour_batches import teacher_neighbour_sampler
+from cl2cm_hf.training.nonfinite import TERM_SETTINGS, GuardedOptimizer, NonFiniteLossError, TooManySkippedStepsError, grads_finite
 from cl2cm_hf.training.relation_queue import RelationQueue
-
-# Written into a checkpoint once every process has written its part: `last_checkpoint` (run.py)
-# resumes only from checkpoints that hold it.
-CHECKPOINT_COMPLETE = "checkpoint_complete.json"
-DELETING_PREFIX = ".deleting-"
-
-
-def checkpoint_folders(run_dir: Path) -> list[Path]:
-    """`checkpoint-N` folders of `run_dir`, oldest first."""
-    found = (p for p in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit())
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def _delete_checkpoint(checkpoint: Path) -> None:
-    """Rename to a hidden name, then delete: a kill during the deletion never leaves a half-deleted
-    ``checkpoint-N``."""
-    doomed = checkpoint.with_name(f"{DELETING_PREFIX}{checkpoint.name}")
-    shutil.rmtree(doomed, ignore_errors=True)
-    os.rename(checkpoint, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
-def rotate_checkpoints(run_dir: Path, save_total_limit: int | None, best_model_checkpoint: str | None) -> None:
-    """Trainer's `save_total_limit` rotation (keep the newest and the best, delete the oldest), each
-    deletion through `_delete_checkpoint`."""
-    if not save_total_limit or save_total_limit <= 0:
-        return
-    found = checkpoint_folders(run_dir)
-    if len(found) <= save_total_limit:
-        return
-    protected = {found[-1]} | ({Path(best_model_checkpoint)} if best_model_checkpoint else set())
-    remaining, keep = len(found), max(save_total_limit, len(protected))
-    for checkpoint in found:
-        if remaining <= keep:
-            break
-        if checkpoint not in protected:
-            _delete_checkpoint(checkpoint)
-            remaining -= 1
-
-
-class CompleteCheckpoints(TrainerCallback):
-    """Trainer checkpoints that `--resume` can trust.
-
-    Trainer writes ``checkpoint-N`` in place; once every process has written its part (`on_save`),
-    the main process drops `training_args.bin` (a pickle of settings that are in the run's
-    training_config.yaml), flushes the folder to disk and writes `CHECKPOINT_COMPLETE`. A checkpoint
-    cut short by a kill has no mark: `last_checkpoint` passes it over and the next `on_train_begin`
-    deletes it. `save_total_limit` rotation runs here, after the mark, deleting through a hidden
-    name (Trainer's own rotation, which deletes in place, is switched off by `_CL2CMTrainer`).
-
-    `training_states`: state Trainer does not know of (a `RelationQueue`), each with `file_name`,
-    `save(path)` and `load(path)`: saved into every checkpoint before its mark, loaded back when
-    training resumes from one."""
-
-    def __init__(self, save_total_limit: int | None, training_states: list | None = None):
-        self.save_total_limit = save_total_limit
-        self.training_states = training_states if training_states is not None else []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        run_dir = Path(args.output_dir)
-        if args.should_save and run_dir.is_dir():
-            for stale in run_dir.glob(f"{DELETING_PREFIX}*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            for checkpoint in checkpoint_folders(run_dir):
-                if not (checkpoint / CHECKPOINT_COMPLETE).exists():
-                    _delete_checkpoint(checkpoint)
-        PartialState().wait_for_everyone()
-        if state.global_step and self.training_states:  # resumed from checkpoint-<global_step>
-            folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            for training_state in self.training_states:
-                training_state.load(folder / training_state.file_name)
-
-    def on_save(self, args, state, control, **kwargs):
-        PartialState().wait_for_everyone()  # every process has written its part (RNG state)
-        run_dir = Path(args.output_dir)
-        folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if args.should_save and folder.is_dir():  # (hyperparameter-search trials save into subfolders: not marked)
-            (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
-            for training_state in self.training_states:
-                training_state.save(folder / training_state.file_name)
-            fsync_tree(folder)
-            atomic_write_text(folder / CHECKPOINT_COMPLETE, json.dumps({"global_step": state.global_step}) + "\n")
-            rotate_checkpoints(run_dir, self.save_total_limit, state.best_model_checkpoint)
-        PartialState().wait_for_everyone()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        # Trainer's end-of-training rule for save_total_limit 1: only the best checkpoint stays.
-        best = state.best_model_checkpoint
-        if args.should_save and self.save_total_limit == 1 and best is not None:
-            for checkpoint in checkpoint_folders(Path(args.output_dir)):
-                if checkpoint != Path(best):
-                    _delete_checkpoint(checkpoint)
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term (or a gradient) became NaN or Inf."""
-
-
-class TooManySkippedStepsError(NonFiniteLossError):
-    """A stage skipped more than `max_skipped_fraction` of its optimizer steps (on_nonfinite: skip):
-    its weights are not the result of training, so nothing of it may be published."""
-
-
-# The settings that govern each loss term (and the gradients), named when a stage skipped too many
-# steps. Any term also turns non-finite when the weights diverge: learning_rate.
-TERM_SETTINGS = {
-    "sentence": "loss, logit_scale_init_value and learnable_logit_scale (infonce) or margin (triplet)",
-    "source": "loss, logit_scale_init_value and learnable_logit_scale (infonce) or margin (triplet)",
-    "mt": "lambda_mt and the contrastive settings (logit_scale_init_value, margin)",
-    "word": "lambda_word, ot_epsilon, ot_iterations",
-    "kt": "lambda_kt, kt_temperature, kt_teacher_entropy, kt_queue_size and the teacher (cross_lingual_model)",
-    "gradient": "learning_rate, max_grad_norm",
-}
-
-
-def _grads_finite(optimizer) -> bool:
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if not grads:
-        return True
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-
-
-class GuardedOptimizer(torch.optim.Optimizer):
-    """An optimizer whose `step` runs only when `should_step()` allows it; everything else (param
-    groups, state, state dict) is the wrapped optimizer's. As accelerate's `AcceleratedOptimizer`, it
-    does not call `Optimizer.__init__`: it holds no parameters of its own."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, should_step: Callable[[], bool]):
-        self.optimizer = optimizer
-        self.should_step = should_step
-
-    @property
-    def state(self):
-        return self.optimizer.state
-
-    @state.setter
-    def state(self, state):
-        self.optimizer.state = state
-
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, param_groups):
-        self.optimizer.param_groups = param_groups
-
-    @property
-    def defaults(self):
-        return self.optimizer.defaults
-
-    @defaults.setter
-    def defaults(self, defaults):
-        self.optimizer.defaults = defaults
-
-    def add_param_group(self, param_group):
-        self.optimizer.add_param_group(param_group)
-
-    def state_dict(self):
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict):
-        self.optimizer.load_state_dict(state_dict)
-
-    def zero_grad(self, set_to_none: bool = True):
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def step(self, closure=None):
-        return self.optimizer.step(closure) if self.should_step() else None
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.optimizer!r})"
 
 
 class _CL2CMTrainer(Trainer):
@@ -292,7 +113,7 @@ class _CL2CMTrainer(Trainer):
         """No step when no micro-batch since the last step had a finite loss (on_nonfinite: skip), or
         when a gradient is not finite (stop: raise; skip: count). Under DDP the decision is shared by
         all processes, so their weights stay equal."""
-        finite_batches, finite_grads = self._finite_batches, _grads_finite(self.optimizer)
+        finite_batches, finite_grads = self._finite_batches, grads_finite(self.optimizer)
         self._finite_batches = 0
         self.optimizer_steps += 1
         flags = torch.tensor([finite_batches, 0 if finite_grads else 1], dtype=torch.float64)

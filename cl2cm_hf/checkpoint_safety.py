@@ -108,6 +108,17 @@ def read_json_object(path: str | os.PathLike, required: bool = True) -> dict:
 
 # Tokenizers --------------------------------------------------------------------------------------
 TOKENIZER_FILE = "tokenizer.json"
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
+# The JSON configs a checkpoint may hold (model, generation, tokenizer, processors): each an object.
+CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
+                "added_tokens.json", "chat_template.json", *PROCESSOR_FILES)
+
+
+def check_config_files(folder: str | os.PathLike) -> None:
+    """Raise `BadCheckpointError` naming the first of the folder's `CONFIG_FILES` that is not a JSON
+    object (config.json must exist; the others may be absent)."""
+    for name in CONFIG_FILES:
+        read_json_object(Path(folder) / name, required=name == "config.json")
 
 
 def tokenizer_files(folder: str | os.PathLike) -> list[str]:
@@ -137,7 +148,6 @@ def check_tokenizer_files(folder: str | os.PathLike) -> None:
 
 
 # Image and video processors ---------------------------------------------------------------------
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
 MAX_SIDE = 8192  # pixels per side: far beyond any vision backbone, and 8192**2 x 3 floats is 0.8 GB
 MAX_FRAMES = 4096
 _SIZE_FIELDS = ("size", "crop_size", "pad_size", "max_image_size")
@@ -255,9 +265,8 @@ def check_weights(folder: str | os.PathLike) -> None:
             raise BadCheckpointError(f"{path}: holds other tensors than {WEIGHTS_INDEX} assigns it ({odd})")
         found.update(shapes)
     expected = _expected_shapes(folder)
-    problems = [f"missing {sorted(set(expected) - set(found))[:5]}"] if set(expected) - set(found) else []
-    if set(found) - set(expected):
-        problems.append(f"unexpected {sorted(set(found) - set(expected))[:5]}")
+    problems = [f"{kind} {sorted(keys)[:5]} ({len(keys)} in all)"
+                for kind, keys in (("missing", set(expected) - set(found)), ("unexpected", set(found) - set(expected))) if keys]
     problems += [f"{key} of shape {list(found[key])}, config.json says {list(shape)}"
                  for key, shape in expected.items() if key in found and found[key] != shape][:5]
     if problems:
@@ -269,6 +278,7 @@ __all__ = [
     "BadCheckpointError",
     "UnsafeCheckpointError",
     "check_auto_map",
+    "check_config_files",
     "check_processor_config",
     "check_tokenizer_files",
     "check_weights",

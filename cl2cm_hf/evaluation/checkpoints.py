@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoProcessor
 
-from ..checkpoint_safety import check_auto_map, check_processor_config, check_tokenizer_files, read_json_object
+from ..checkpoint_safety import check_auto_map, check_config_files, check_processor_config, check_tokenizer_files, read_json_object
 from ..versioned_folders import pinned_folder
 from .encoding import as_processor
 
@@ -51,6 +51,7 @@ def check_folder(folder: Path, model_type: str, name: str | Path | None = None) 
     found = read_json_object(config_path).get("model_type")
     if found != model_type:
         raise ValueError(f"{name} is a {found!r} checkpoint; expected a {model_type!r} one")
+    check_config_files(folder)
     check_auto_map(folder)
     check_tokenizer_files(folder)
     check_processor_config(folder)

@@ -17,11 +17,10 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from transformers.tokenization_utils_base import ADDED_TOKENS_FILE, CHAT_TEMPLATE_FILE, SPECIAL_TOKENS_MAP_FILE
-from transformers.utils import CONFIG_NAME, GENERATION_CONFIG_NAME
+from transformers.tokenization_utils_base import CHAT_TEMPLATE_FILE
 
 from ..checkpoint_safety import (
-    PROCESSOR_FILES,
+    CONFIG_FILES,
     WEIGHTS_INDEX,
     BadCheckpointError,
     UnsafeCheckpointError,
@@ -41,8 +40,7 @@ README = "README.md"
 # What a checkpoint consists of besides its weights, tokenizer vocabulary and code (found from its
 # files): configs, tokenizer and processor files, the card, and the run's recipe and test results
 # that the card describes; LICENSE/NOTICE as a repository carries them.
-CHECKPOINT_CONFIGS = (CONFIG_NAME, GENERATION_CONFIG_NAME, "tokenizer_config.json", SPECIAL_TOKENS_MAP_FILE,
-                      ADDED_TOKENS_FILE, CHAT_TEMPLATE_FILE, "chat_template.json", *PROCESSOR_FILES)
+CHECKPOINT_CONFIGS = (*CONFIG_FILES, CHAT_TEMPLATE_FILE)
 RUN_FILES = ("training_config.yaml", "test_results.json", "LICENSE", "NOTICE")
 _CARD_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)|<img\s[^>]*src=[\"']([^\"']+)", re.I)
 _RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.([\w.]+)\s+import", re.M)
@@ -75,12 +73,11 @@ def code_files(folder: Path) -> tuple[list[str], list[str]]:
     """(present, missing) code files of the checkpoint: those its configs' ``auto_map`` name and
     those they import (``from .x import y``, as transformers copies them)."""
     wanted = set()
-    for name in CHECKPOINT_CONFIGS:
-        if name.endswith(".json"):
-            try:
-                wanted |= _auto_map_modules(read_json(folder / name))
-            except BadCheckpointError:
-                pass  # check_checkpoint names the file
+    for name in CONFIG_FILES:
+        try:
+            wanted |= _auto_map_modules(read_json(folder / name))
+        except BadCheckpointError:
+            pass  # check_checkpoint names the file
     seen, missing = set(), []
     while wanted - seen:
         name = sorted(wanted - seen)[0]
@@ -107,12 +104,12 @@ def checkpoint_files(folder: str | Path) -> list[str]:
     the index with the shards it lists), tokenizer and processor files, the code of ``auto_map``,
     the card and the images it shows, the run's recipe and test results. Nothing else is published."""
     folder = Path(folder)
-    names = set(CHECKPOINT_CONFIGS) | set(RUN_FILES) | {README} | _card_images(folder) | set(code_files(folder)[0])
-    try:
-        names |= set(weight_files(folder)) | {WEIGHTS_INDEX}
-        names |= set(tokenizer_files(folder))
-    except BadCheckpointError:
-        pass  # check_checkpoint names the file
+    names = set(CHECKPOINT_CONFIGS) | set(RUN_FILES) | {README, WEIGHTS_INDEX} | _card_images(folder) | set(code_files(folder)[0])
+    for found in (weight_files, tokenizer_files):
+        try:
+            names |= set(found(folder))
+        except BadCheckpointError:
+            pass  # check_checkpoint names the file
     return sorted(name for name in names if (folder / name).is_file())
 
 
@@ -144,10 +141,10 @@ def check_checkpoint(folder: str | Path) -> None:
             problems.append(str(err))
             return False
 
-    if attempt(read_json_object, folder / CONFIG_NAME):
+    if attempt(read_json_object, folder / "config.json"):
         attempt(check_weights, folder)
-    for name in CHECKPOINT_CONFIGS:
-        if name.endswith(".json") and name != CONFIG_NAME:
+    for name in CONFIG_FILES:
+        if name != "config.json":
             attempt(read_json, folder / name)
     attempt(check_tokenizer_files, folder)
     attempt(check_processor_config, folder)
@@ -179,7 +176,10 @@ def stage_checkpoint(folder: str | Path, staging: str | Path) -> list[str]:
         left_out = sorted(p.name + ("/" if p.is_dir() else "") for p in real.iterdir() if p.name not in sources)
     if left_out:
         logger.info("%s: not published (not part of a checkpoint): %s", folder, ", ".join(left_out))
-    check_checkpoint(staging)
+    try:
+        check_checkpoint(staging)  # the copy is what is uploaded
+    except CheckpointError as err:  # named by the user's paths, not the temporary copy's
+        raise CheckpointError(str(err).replace(str(staging), str(folder))) from None
     return names
 
 

@@ -11,11 +11,13 @@ CELL = re.compile(r"(tests/[\w/]+\.py)::(\w+)")
 
 
 def _table_rows() -> list[list[str]]:
+    """The body rows of every table (a header is the row above a ``|---|`` line)."""
+    lines = DOC.read_text(encoding="utf-8").splitlines()
     rows = []
-    for line in DOC.read_text(encoding="utf-8").splitlines():
-        if line.startswith("|") and not set(line) <= set("|- "):
+    for line, below in zip(lines, lines[1:] + [""]):
+        if line.startswith("|") and not set(line) <= set("|- ") and not (below.startswith("|") and set(below) <= set("|- :")):
             rows.append([cell.strip() for cell in line.strip("|").split("|")])
-    return rows[1:]  # without the header
+    return rows
 
 
 def _test_names(path: Path) -> set[str]:

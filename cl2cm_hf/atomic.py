@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .versioned_folders import VERSION_FOLDER, VERSION_KEY, link_version, try_lock_exclusive, version_folder_name
+from .versioned_folders import VERSION_FOLDER, VERSION_KEY, link_version, unless_held, version_folder_name
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -248,15 +248,11 @@ def _prune_versions(folder: Path, keep: set) -> None:
         match = VERSION_FOLDER.fullmatch(path.name)
         if not match or match["name"] != folder.name or path.name in keep or path.is_symlink():
             continue
-        fd = try_lock_exclusive(path)
-        if fd is None:
-            continue  # a reader is loading it: the next write removes it
-        try:
-            doomed = path.with_name(f".{folder.name}.{secrets.token_hex(4)}.tmp")
-            os.rename(path, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
-        finally:
-            os.close(fd)
+        with unless_held(path) as free:
+            if free:  # else a reader is loading it: a later write removes it
+                doomed = path.with_name(f".{folder.name}.{secrets.token_hex(4)}.tmp")
+                os.rename(path, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
 
 
 def publish_version(source: str | Path, folder: str | Path) -> Path:

@@ -55,15 +55,26 @@ def recorded_version(folder) -> str | None:
     return config.get(VERSION_KEY) if isinstance(config, dict) else None
 
 
+def _flock(fd: int, operation: int) -> bool:
+    """`flock`; False only when another process holds a conflicting lock (a filesystem without
+    locks counts as unlocked)."""
+    try:
+        fcntl.flock(fd, operation)
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
 def _locked(folder):
     """An open descriptor of `folder` holding a shared lock, or None if `folder` is gone (or was
     renamed away while the lock was taken)."""
     try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return None
-    if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_SH)
+    _flock(fd, fcntl.LOCK_SH)
     try:
         if os.path.samestat(os.stat(folder), os.fstat(fd)):
             return fd
@@ -79,7 +90,7 @@ def pinned_folder(path, version: str | None = None):
     from, held so that no writer removes it meanwhile. With `version` (from a config already read),
     the folder of that version when it is still kept; `matches` is False when it is not (read the
     config of `folder` again). A hub id or any non-folder is yielded unchanged."""
-    if not os.path.isdir(path):
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
         yield path, True
         return
     for _ in range(100):  # each retry means a writer removed the folder just resolved
@@ -90,6 +101,9 @@ def pinned_folder(path, version: str | None = None):
             wanted = os.path.join(os.path.dirname(real), version_folder_name(named["name"], version)) if named else None
             if wanted and os.path.isdir(wanted):
                 real, matches = wanted, True
+        if fcntl is None:
+            yield real, matches  # no reader locks here: the writer keeps the previous version
+            return
         fd = _locked(real)
         if fd is not None:
             break
@@ -101,17 +115,17 @@ def pinned_folder(path, version: str | None = None):
         os.close(fd)
 
 
-def try_lock_exclusive(folder):
-    """An open descriptor of `folder` with an exclusive lock, or None when a reader holds it."""
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+@contextlib.contextmanager
+def unless_held(folder):
+    """Yield True, holding an exclusive lock on `folder`, when no reader holds it; else False."""
     if fcntl is None:
-        return fd
+        yield True
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        yield _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
         os.close(fd)
-        return None
-    return fd
 
 
-__all__ = ["VERSION_KEY", "link_version", "pinned_folder", "recorded_version", "try_lock_exclusive", "version_folder_name"]
+__all__ = ["VERSION_KEY", "link_version", "pinned_folder", "recorded_version", "unless_held", "version_folder_name"]

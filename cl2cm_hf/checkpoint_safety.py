@@ -26,6 +26,8 @@ import os
 import re
 from pathlib import Path
 
+from .processor_sizes import ProcessorSizeError, check_processor_sizes
+
 _REFERENCE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -148,58 +150,21 @@ def check_tokenizer_files(folder: str | os.PathLike) -> None:
 
 
 # Image and video processors ---------------------------------------------------------------------
-MAX_SIDE = 8192  # pixels per side: far beyond any vision backbone, and 8192**2 x 3 floats is 0.8 GB
-MAX_FRAMES = 4096
-_SIZE_FIELDS = ("size", "crop_size", "pad_size", "max_image_size")
-_FRAME_FIELDS = ("num_frames", "max_frames", "min_frames")
-_SIDE_KEYS = ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width")
-
-
-def _count(where: str, value, limit: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-        raise BadCheckpointError(f"{where} = {value!r} is refused: expected a whole number of {what} from 1 to {limit}")
-    return value
-
-
-def _sides(where: str, size) -> dict[str, int]:
-    """The sides of a size field (an int or a mapping of `_SIDE_KEYS`), checked."""
-    if not isinstance(size, dict):
-        side = _count(where, size, MAX_SIDE, "pixels")
-        return {"height": side, "width": side}
-    unknown = sorted(set(size) - set(_SIDE_KEYS))
-    if unknown or not size:
-        raise BadCheckpointError(f"{where} = {size!r} is refused: expected keys among {', '.join(_SIDE_KEYS)}")
-    return {key: _count(f"{where}.{key}", value, MAX_SIDE, "pixels") for key, value in size.items() if value is not None}
-
-
-def _check_processor(where: str, fields: dict) -> None:
-    sides = {name: _sides(f"{where}: {name}", fields[name]) for name in _SIZE_FIELDS if fields.get(name) is not None}
-    for name in _FRAME_FIELDS:
-        if fields.get(name) is not None:
-            _count(f"{where}: {name}", fields[name], MAX_FRAMES, "frames")
-    crop, size = sides.get("crop_size"), sides.get("size")
-    if fields.get("do_center_crop") and crop and size:
-        fits = {"height": size.get("height", size.get("shortest_edge")), "width": size.get("width", size.get("shortest_edge"))}
-        for side, limit in fits.items():
-            if limit is not None and crop.get(side, 0) > limit:
-                raise BadCheckpointError(
-                    f"{where}: crop_size.{side} = {crop[side]} is refused: larger than the image after resizing "
-                    f"(size {fields['size']!r}); expected at most {limit}"
-                )
-
-
 def check_processor_config(folder: str | os.PathLike) -> None:
     """Raise `BadCheckpointError` naming the file and field when an image or video processor config
     of the folder (its own file, or nested in processor_config.json) asks for sizes that are not
-    whole numbers from 1 to `MAX_SIDE` pixels, a crop larger than the resized image, or frame
-    counts outside 1 to `MAX_FRAMES`: checked when a checkpoint is loaded, before any image is."""
+    whole numbers in range, a crop larger than the resized image, or absurd frame counts
+    (`cl2cm_hf.processor_sizes`): checked when a checkpoint is loaded, before any image is."""
     for name in PROCESSOR_FILES:
         path = Path(folder) / name
         config = read_json_object(path, required=False)
         parts = {str(path): config}
         parts.update({f"{path}: {key}": value for key, value in config.items() if isinstance(value, dict) and key.endswith("processor")})
         for where, fields in parts.items():
-            _check_processor(where, fields)
+            try:
+                check_processor_sizes(fields, where)
+            except ProcessorSizeError as err:
+                raise BadCheckpointError(str(err)) from None
 
 
 # Weights ------------------------------------------------------------------------------------------

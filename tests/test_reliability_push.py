@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_hub_cards import FakeHubApi, make_checkpoint, records_for
+from transformers import AutoProcessor
 
 from cl2cm_hf.checkpoint_safety import BadCheckpointError
 from cl2cm_hf.evaluation.checkpoints import load_model_and_processor
@@ -20,7 +21,7 @@ from cl2cm_hf.retrieval import RetrievalRanks
 SECRET = "hunter2-do-not-publish"
 # What a carded checkpoint consists of (make_checkpoint with a vision backbone, then build_card).
 CHECKPOINT = {"config.json", "model.safetensors", "configuration_cl2cm.py", "modeling_cl2cm.py", "losses.py",
-              "processing_cl2cm.py", "versioned_folders.py", "tokenizer.json", "tokenizer_config.json",
+              "processing_cl2cm.py", "processor_sizes.py", "versioned_folders.py", "tokenizer.json", "tokenizer_config.json",
               "processor_config.json", "README.md", PLOT_FILENAME, "training_config.yaml"}
 
 
@@ -190,3 +191,7 @@ def test_absurd_processor_sizes_are_refused_naming_file_and_field_before_any_ima
         load_model_and_processor(checkpoint)
     assert f"{path}: image_processor: {expected}" in str(error.value)
     refused(checkpoint, tmp_path, expected)
+    monkeypatch.undo()
+    # The processor loaded directly (the checkpoint's own code) refuses them too, naming the field.
+    with pytest.raises(ValueError, match=field):
+        AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)

@@ -235,7 +235,12 @@ def _new_version() -> str:
 def _stamp_version(folder: Path, version: str) -> None:
     """Record `version` in ``folder/config.json`` (how a loader finds the weights of the config it read)."""
     path = folder / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:  # not JSON (nor UTF-8): left as it is, loaders name the file
+        return
     if isinstance(config, dict):
         config[VERSION_KEY] = version
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -263,8 +268,7 @@ def publish_version(source: str | Path, folder: str | Path) -> Path:
     version folder."""
     source, folder = Path(source), folder_target(folder)
     version = _new_version()
-    if (source / "config.json").is_file():
-        _stamp_version(source, version)
+    _stamp_version(source, version)
     apply_umask_modes(source)
     fsync_tree(source)
     recover_directory(folder)
@@ -298,8 +302,9 @@ def remove_stale_temporaries(parent: str | Path, name: str) -> None:
 
 def final_path(path: str | Path) -> Path:
     """The path a temporary of `atomic_directory` or `atomic_write_bytes` (``.<name>.<random>.tmp``)
-    is renamed to once complete, or the published name of a version folder; any other `path` unchanged. Lets code that reads a folder while it
-    is written (a model card built inside the run's temporary folder) name it by its final name."""
+    is renamed to once complete, or the published name of a version folder; any other `path`
+    unchanged. Lets code that reads a folder while it is written (a model card built inside the
+    run's temporary folder) name it by its final name."""
     path = Path(path)
     match = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", path.name) or VERSION_FOLDER.fullmatch(path.name)
     return path.with_name(match.group(1)) if match else path

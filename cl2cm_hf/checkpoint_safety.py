@@ -108,8 +108,6 @@ def read_json_object(path: str | os.PathLike, required: bool = True) -> dict:
     return value
 
 
-# Tokenizers --------------------------------------------------------------------------------------
-TOKENIZER_FILE = "tokenizer.json"
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
 # The JSON configs a checkpoint may hold (model, generation, tokenizer, processors): each an object.
 CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -121,6 +119,10 @@ def check_config_files(folder: str | os.PathLike) -> None:
     object (config.json must exist; the others may be absent)."""
     for name in CONFIG_FILES:
         read_json_object(Path(folder) / name, required=name == "config.json")
+
+
+# Tokenizers --------------------------------------------------------------------------------------
+TOKENIZER_FILE = "tokenizer.json"
 
 
 def tokenizer_files(folder: str | os.PathLike) -> list[str]:

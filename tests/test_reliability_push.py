@@ -57,6 +57,8 @@ def test_a_push_publishes_exactly_the_checkpoint_files_and_logs_what_it_leaves_o
         (checkpoint / name).write_text(f"token: {SECRET}\n")
     (checkpoint / "sub").mkdir()
     (checkpoint / "sub" / "config.json").write_text("{}")
+    with open(checkpoint / "README.md", "a", encoding="utf-8") as card:  # only images the card shows are published
+        card.write("\n![env](.env) ![secrets](secrets.yaml) ![up](../holiday.png) <img src='notes.txt'>\n")
     api = FakeHubApi(tmp_path / "hf")
     with caplog.at_level(logging.INFO, logger="cl2cm_hf.hub.push"):
         push_checkpoint(checkpoint, "org/tiny", api=api)

@@ -42,6 +42,7 @@ README = "README.md"
 # that the card describes; LICENSE/NOTICE as a repository carries them.
 CHECKPOINT_CONFIGS = (*CONFIG_FILES, CHAT_TEMPLATE_FILE)
 RUN_FILES = ("training_config.yaml", "test_results.json", "LICENSE", "NOTICE")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
 _CARD_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)|<img\s[^>]*src=[\"']([^\"']+)", re.I)
 _RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.([\w.]+)\s+import", re.M)
 
@@ -91,12 +92,13 @@ def code_files(folder: Path) -> tuple[list[str], list[str]]:
 
 
 def _card_images(folder: Path) -> set[str]:
-    """The local files at the top of the folder that README.md shows (the recall plot)."""
+    """The images at the top of the folder that README.md shows (the recall plot): local, not
+    hidden, with an image suffix (a card linking ``.env`` as an image publishes nothing)."""
     readme = folder / README
     if not readme.is_file():
         return set()
-    refs = {a or b for a, b in _CARD_IMAGE.findall(readme.read_text(encoding="utf-8", errors="replace"))}
-    return {ref.removeprefix("./") for ref in refs if "/" not in ref.removeprefix("./") and ":" not in ref}
+    refs = {(a or b).removeprefix("./") for a, b in _CARD_IMAGE.findall(readme.read_text(encoding="utf-8", errors="replace"))}
+    return {ref for ref in refs if Path(ref).name == ref and not ref.startswith(".") and ref.lower().endswith(IMAGE_SUFFIXES)}
 
 
 def checkpoint_files(folder: str | Path) -> list[str]:

@@ -14,18 +14,29 @@ The target of a folder write must be a folder or absent: a symlink is followed d
 folder it points to is replaced; the link stays) and a regular file, a dangling link or another
 kind of path is refused with `NotADirectoryError` before anything is written, so a bad target never
 leaves the output folder in a state that breaks the next run.
+
+A checkpoint folder (one with a ``config.json``) is published as a version instead
+(`cl2cm_hf.versioned_folders`): ``.<name>.v<version>/`` beside it, ``<name>`` an atomically replaced
+symlink to it, the previous version kept (and any a reader holds), so a reader that resolved the
+link once never mixes two versions' files. A link that is such a published name is the output
+itself, never followed to its version folder.
 """
 
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+from .versioned_folders import VERSION_FOLDER, VERSION_KEY, link_version, unless_held, version_folder_name
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -147,27 +158,32 @@ def _remove(path: Path) -> None:
 
 
 def folder_target(folder: str | Path) -> Path:
-    """The folder a write to `folder` replaces: `folder` itself, or the folder a symlink points to.
-    A regular file, a dangling or looping link, or any other non-folder raises `NotADirectoryError`
-    naming the path and what it is."""
-    folder = Path(folder)
-    if folder.is_symlink():
-        try:
-            target = folder.resolve(strict=True)
-        except (OSError, RuntimeError):
-            raise NotADirectoryError(
-                f"{folder}: a symlink to {os.readlink(folder)!r}, which does not exist; expected a folder "
-                "(remove the link or point it at a folder)"
-            ) from None
-        if not target.is_dir():
-            raise NotADirectoryError(f"{folder}: a symlink to {target}, which is not a folder; expected a folder")
-        return target
-    if folder.exists() and not folder.is_dir():
+    """The path a write to `folder` replaces: `folder` itself, the published link of a versioned
+    folder, or the folder a (user's) symlink points to. A regular file, a dangling or looping link,
+    or any other non-folder raises `NotADirectoryError` naming the path and what it is."""
+    given = path = Path(folder)
+    for _ in range(40):
+        if not path.is_symlink() or link_version(path):
+            break
+        target = path.parent.resolve() / os.readlink(path)
+        path = target.parent.resolve() / target.name if target.name not in ("", ".", "..") else target.resolve()
+    else:
+        raise NotADirectoryError(f"{given}: a symlink loop; expected a folder")
+    if link_version(path):
+        return path
+    if path != given and not path.exists():
         raise NotADirectoryError(
-            f"{folder}: exists and is not a folder (a file or a special file); expected a folder or nothing "
+            f"{given}: a symlink to {os.readlink(given)!r}, which does not exist; expected a folder "
+            "(remove the link or point it at a folder)"
+        )
+    if path != given and not path.is_dir():
+        raise NotADirectoryError(f"{given}: a symlink to {path}, which is not a folder; expected a folder")
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"{path}: exists and is not a folder (a file or a special file); expected a folder or nothing "
             "(move it away or choose another output_dir)"
         )
-    return folder
+    return path
 
 
 def recover_directory(folder: str | Path) -> None:
@@ -175,6 +191,8 @@ def recover_directory(folder: str | Path) -> None:
     folder = Path(folder)
     if folder.is_symlink():
         folder = folder_target(folder)
+    if link_version(folder):
+        return  # a versioned folder's link is replaced in one rename: nothing to recover
     backup = _backup_of(folder)
     if backup.is_dir() and not backup.is_symlink() and not os.path.lexists(folder):
         os.rename(backup, folder)
@@ -186,8 +204,13 @@ def replace_directory(source: str | Path, folder: str | Path) -> None:
     On Linux the two folders are exchanged in one atomic step, so `folder` is never missing, even
     to a concurrent reader. Elsewhere the old version is renamed aside, the new one renamed in and
     the old one removed; `recover_directory` undoes a kill between the two renames. A symlink
-    `folder` is followed (see `folder_target`); a file there is refused before anything moves."""
+    `folder` is followed (see `folder_target`); a file there is refused before anything moves.
+    A checkpoint (`source` holds a config.json) or a folder already versioned is published as a
+    new version instead (`publish_version`)."""
     source, folder = Path(source), folder_target(folder)
+    if (source / "config.json").is_file() or link_version(folder):
+        publish_version(source, folder)
+        return
     apply_umask_modes(source)
     fsync_tree(source)
     recover_directory(folder)
@@ -203,6 +226,72 @@ def replace_directory(source: str | Path, folder: str | Path) -> None:
     _remove(backup)
 
 
+def _new_version() -> str:
+    """A version id: the time (sortable, readable) and a random part (unique across processes)."""
+    now = time.time()
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}-{secrets.token_hex(4)}"
+
+
+def _stamp_version(folder: Path, version: str) -> None:
+    """Record `version` in ``folder/config.json`` (how a loader finds the weights of the config it read)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:  # not JSON (nor UTF-8): left as it is, loaders name the file
+        return
+    if isinstance(config, dict):
+        config[VERSION_KEY] = version
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _prune_versions(folder: Path, keep: set) -> None:
+    """Remove the version folders of `folder` other than `keep` (names) that no reader holds
+    (renamed to a temporary first, so a kill while removing leaves what the next write removes)."""
+    for path in folder.parent.iterdir():
+        match = VERSION_FOLDER.fullmatch(path.name)
+        if not match or match["name"] != folder.name or path.name in keep or path.is_symlink():
+            continue
+        with unless_held(path) as free:
+            if free:  # else a reader is loading it: a later write removes it
+                doomed = path.with_name(f".{folder.name}.{secrets.token_hex(4)}.tmp")
+                os.rename(path, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+
+
+def publish_version(source: str | Path, folder: str | Path) -> Path:
+    """Publish the complete folder `source` as a new version of `folder` (see the module doc):
+    rename it to ``.<name>.v<version>``, then point the link `folder` at it in one rename (a folder
+    at `folder` from before versions is exchanged for the link, or moved aside on platforms without
+    `renameat2`), then remove versions beyond the previous one that no reader holds. Returns the
+    version folder."""
+    source, folder = Path(source), folder_target(folder)
+    version = _new_version()
+    _stamp_version(source, version)
+    apply_umask_modes(source)
+    fsync_tree(source)
+    recover_directory(folder)
+    previous = os.readlink(folder) if link_version(folder) else None
+    target = folder.with_name(version_folder_name(folder.name, version))
+    os.rename(source, target)
+    link = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.tmp")
+    os.symlink(target.name, link)
+    if not os.path.lexists(folder) or previous:
+        os.replace(link, folder)
+    elif exchange_paths(link, folder):
+        _remove(link)  # the folder from before versions, now at the link's temporary name
+    else:
+        backup = _backup_of(folder)
+        _remove(backup)
+        os.rename(folder, backup)
+        os.replace(link, folder)
+        _remove(backup)
+    _fsync_dir(folder.parent)
+    _prune_versions(folder, {target.name, previous})
+    return target
+
+
 def remove_stale_temporaries(parent: str | Path, name: str) -> None:
     """Remove temporaries of `name` left in `parent` by writers that were killed (hidden, never loaded)."""
     parent = Path(parent)
@@ -213,10 +302,11 @@ def remove_stale_temporaries(parent: str | Path, name: str) -> None:
 
 def final_path(path: str | Path) -> Path:
     """The path a temporary of `atomic_directory` or `atomic_write_bytes` (``.<name>.<random>.tmp``)
-    is renamed to once complete; any other `path` unchanged. Lets code that reads a folder while it
-    is written (a model card built inside the run's temporary folder) name it by its final name."""
+    is renamed to once complete, or the published name of a version folder; any other `path`
+    unchanged. Lets code that reads a folder while it is written (a model card built inside the
+    run's temporary folder) name it by its final name."""
     path = Path(path)
-    match = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", path.name)
+    match = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", path.name) or VERSION_FOLDER.fullmatch(path.name)
     return path.with_name(match.group(1)) if match else path
 
 

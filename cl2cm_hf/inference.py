@@ -4,12 +4,14 @@ through one lookup whatever their form, in batches. Evaluation, teacher embeddin
 search and the command-line tools all go through it.
 
 A hub id is first resolved to its local snapshot folder, so the same checks apply to both: the
-folder exists and holds a config.json of the expected model type, and its `auto_map` names only
-code inside it (`cl2cm_hf.checkpoint_safety.check_auto_map`) before transformers imports that code."""
+folder exists and holds a config.json (a JSON object) of the expected model type, its `auto_map`
+names only code inside it (`cl2cm_hf.checkpoint_safety.check_auto_map`) before transformers
+imports that code, its tokenizer has the files it reads and its processor sizes are in range
+(before any image is decoded). A folder being replaced by a new version is read as one version
+(`cl2cm_hf.versioned_folders.pinned_folder`: the model, the tokenizer and the processor alike)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,8 +19,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor, ProcessorMixin
 
-from cl2cm_hf.checkpoint_safety import check_auto_map
+from cl2cm_hf.checkpoint_safety import check_auto_map, check_config_files, check_processor_config, check_tokenizer_files, read_json_object
 from cl2cm_hf.processing_cl2cm import CL2CMTextProcessor
+from cl2cm_hf.versioned_folders import pinned_folder
 
 _TOKENIZER_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 CROSS_MODAL = "cl2cm_cross_modal"
@@ -153,27 +156,28 @@ def checkpoint_folder(name: str | Path) -> Path:
     return Path(snapshot_download(str(name)))
 
 
-def checked_folder(name: str | Path, model_type: str) -> Path:
-    """`checkpoint_folder(name)` after checking its config.json (present, readable, of `model_type`)
-    and its `auto_map`."""
-    folder = checkpoint_folder(name)
+def check_folder(folder: Path, model_type: str, name: str | Path | None = None) -> None:
+    """Raise `ValueError` naming the file unless `folder` is a checkpoint of `model_type` that may be
+    loaded: config.json, auto_map, tokenizer files and processor sizes (see the module doc)."""
+    name = folder if name is None else name
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ValueError(f"{name} is not a checkpoint: it has no config.json")
-    try:
-        found = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(f"{config_path}: not a readable config ({err})") from err
+    found = read_json_object(config_path).get("model_type")
     if found != model_type:
         raise ValueError(f"{name} is a {found!r} checkpoint; expected a {model_type!r} one")
+    check_config_files(folder)
     check_auto_map(folder)
-    return folder
+    check_tokenizer_files(folder)
+    check_processor_config(folder)
 
 
 def load_model_and_processor(name: str | Path, model_type: str = CROSS_MODAL):
-    """A checkpoint in eval mode and its processor; one saved before processors were (tokenizer only)
-    gets one built from its config's text prefix."""
-    folder = checked_folder(name, model_type)
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    """A checkpoint in eval mode and its processor, both read from one version of its folder; one
+    saved before processors were (tokenizer only) gets one built from its config's text prefix."""
+    with pinned_folder(checkpoint_folder(name)) as (folder, _):
+        folder = Path(folder)
+        check_folder(folder, model_type, name)
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     return model, as_processor(processor, model.config.text_prefix)

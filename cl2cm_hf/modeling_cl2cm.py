@@ -19,6 +19,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_cl2cm import CL2CMCrossLingualConfig, CL2CMCrossModalConfig
 from .losses import info_nce
+from .versioned_folders import VERSION_KEY, pinned_folder
 
 LOGIT_SCALE_MAX = 100.0  # CLIP's clamp of the learned inverse temperature
 
@@ -202,6 +203,17 @@ class CL2CMPreTrainedModel(PreTrainedModel):
         that do not fit the config (missing, unexpected or of another shape) raise
         `CheckpointMismatchError` instead of transformers' warning (missing ones would stay random)."""
         wants_info = kwargs.pop("output_loading_info", False)
+        # One version of a folder that a writer may replace meanwhile (`versioned_folders`).
+        with pinned_folder(pretrained_model_name_or_path, getattr(kwargs.get("config"), VERSION_KEY, None)) as (folder, fits):
+            if not fits:
+                kwargs.pop("config")  # read while the folder held a version since removed: use this one's
+            model, info = cls._load_checked(folder, *model_args, **kwargs)
+        if folder != pretrained_model_name_or_path:
+            model.config.name_or_path = str(pretrained_model_name_or_path)
+        return (model, info) if wants_info else model
+
+    @classmethod
+    def _load_checked(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         try:
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
@@ -224,7 +236,7 @@ class CL2CMPreTrainedModel(PreTrainedModel):
                 f"{pretrained_model_name_or_path}: the weights do not fit {cls.__name__} as its config.json describes it: "
                 f"{'; '.join(problems)} weight(s); the config or the weights were changed (or belong to another model)"
             )
-        return (model, info) if wants_info else model
+        return model, info
 
     def _init_weights(self, module):
         """Heads get N(0, initializer_range); backbones keep their own init (transformers

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
+from .processor_sizes import check_processor_sizes
+
 
 def stack_frames(pixels: torch.Tensor, lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames of several videos, ``(sum(lengths), 3, H, W)`` in order, as ``pixel_values
@@ -110,6 +112,8 @@ class CL2CMProcessor(CL2CMTextProcessor):
 
     def __init__(self, tokenizer=None, image_processor=None, text_prefix: str = "", **kwargs):
         # ProcessorMixin takes its sub-processors from this signature: tokenizer and image_processor.
+        if image_processor is not None:  # absurd sizes are refused when loaded, before any image is decoded
+            check_processor_sizes(image_processor.to_dict(), f"{type(self).__name__}: image_processor")
         super().__init__(tokenizer, text_prefix=text_prefix, image_processor=image_processor, **kwargs)
 
 

@@ -21,7 +21,7 @@ from cl2cm_hf.data import ImagePathStore, VisualFeatureStore, make_queries
 from cl2cm_hf.inference import as_processor, encode_texts, encode_visual, tokenize
 from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator
 from cl2cm_hf.inference import load_model_and_processor
-from cl2cm_hf.cli.query import search
+from cl2cm_hf.search import SearchIndex
 from cl2cm_hf.data import open_visual_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,8 +122,8 @@ def test_backbone_checkpoint_scored_and_queried_through_the_one_path(backbone_ru
     metric = pytest.importorskip("evaluate").load(str(REPO / "cl2cm_hf" / "metrics" / "retrieval_recall"))
     rows = score(str(final), model, processor, TestSet("pixels", queries, gallery), ["de", "fr"], metric)
     assert {record.lang for record in rows} == {"de", "fr"}
-    hits = search(model, processor, "ein rot hund", gallery, top=3)
-    assert len(hits) == 3 and {h[0] for h in hits} <= set(ids)
+    hits = SearchIndex.from_store(gallery, model, processor).search("ein rot hund", 3)
+    assert len(hits) == 3 and {h.id for h in hits} <= set(ids)
     # The run's own query demo went through the same search.
     log = backbone_run["log"]
     assert "Test retrieval" in log and "query: 'ein rot hund'" in log and "  1. v2" in log

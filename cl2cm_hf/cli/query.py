@@ -1,5 +1,5 @@
 """Search a saved gallery with one caption, through the checkpoint's own processor and the one
-encode path (`cl2cm_hf.inference`).
+query path (`SearchIndex`, here over the gallery in memory).
 
     python trainer/query.py RUN/cross_modal "ein roter Hund neben einem Auto" --gallery RUN/cross_modal/test_gallery
 
@@ -12,27 +12,21 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
+from cl2cm_hf.cli import run_tool
 from cl2cm_hf.data import open_visual_store
-from cl2cm_hf.inference import encode_texts, encode_visual, load_model_and_processor
-from cl2cm_hf.retrieval import topk
+from cl2cm_hf.inference import load_model_and_processor
+from cl2cm_hf.search import SearchIndex
 
 
-@torch.no_grad()
-def search(model, processor, query: str, gallery, top: int = 5, max_length: int = 64) -> list[tuple[str, float]]:
-    """The `top` gallery items for `query`, best first, as ``(visual_id, score)``."""
-    ids = gallery.ids
-    text = encode_texts(model.get_text_features, processor, [query], max_length=max_length)
-    visual = encode_visual(model, gallery, ids, processor=processor)
-    scores, best = topk(text, visual, min(top, len(ids)))
-    return [(ids[i], s) for i, s in zip(best[0].tolist(), scores[0].tolist())]
-
-
-def print_results(model, query: str, hits, captions: dict[str, str]) -> None:
+def query_gallery(model_name, query: str, gallery, captions: dict[str, str] | None = None, top: int = 5,
+                  max_length: int = 64) -> None:
+    """Print the `top` items of the gallery folder for `query`, with their captions when given."""
+    model, processor = load_model_and_processor(model_name)
+    index = SearchIndex.from_store(open_visual_store(gallery), model, processor, max_length=max_length)
+    captions = captions or {}
     print(f"query: {query!r}  (model code: {type(model).__module__})")
-    for rank, (visual_id, score) in enumerate(hits, start=1):
-        print(f"  {rank}. {visual_id}  score {score:.3f}  {captions.get(visual_id, '')}")
+    for hit in index.search(query, min(top, len(index))):
+        print(f"  {hit.rank}. {hit.id}  score {hit.score:.3f}  {captions.get(hit.id, '')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=64, help="query tokens kept")
     args = parser.parse_args(argv)
 
-    model, processor = load_model_and_processor(args.model)
-    captions = json.loads(Path(args.captions).read_text(encoding="utf-8")) if args.captions else {}
-    hits = search(model, processor, args.query, open_visual_store(args.gallery), args.top, args.max_length)
-    print_results(model, args.query, hits, captions)
-    return 0
+    def run():
+        captions = json.loads(Path(args.captions).read_text(encoding="utf-8")) if args.captions else {}
+        query_gallery(args.model, args.query, args.gallery, captions, args.top, args.max_length)
+
+    return run_tool("query", run)
 
 
 if __name__ == "__main__":

@@ -242,6 +242,17 @@ class SearchIndex:
                     raise BrokenIndexError(f"{folder / info['file']}: holds {faiss_index.ntotal} vectors; the index has {len(embeddings)}")
         return cls(folder, metadata, columns, embeddings, model, processor, faiss_index, device, max_length, mismatch)
 
+    @classmethod
+    def from_store(cls, store, model, processor, *, device=None, max_length: int = 64) -> "SearchIndex":
+        """An in-memory index over a visual store (a run's test gallery): its items encoded once with
+        `model`, searched like a built index; nothing is written."""
+        ids = list(store.ids)
+        embeddings = encode_visual(model, store, ids, processor=processor, device=device).numpy()
+        folder = getattr(store, "folder", None) or "."
+        metadata = {"count": len(ids), "dim": embeddings.shape[1], "model": getattr(model, "name_or_path", "")}
+        columns = {"id": ids, "path": [None] * len(ids), "caption": [None] * len(ids)}
+        return cls(folder, metadata, columns, embeddings, model, processor, device=device, max_length=max_length)
+
     def __len__(self) -> int:
         return len(self.ids)
 

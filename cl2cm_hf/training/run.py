@@ -24,7 +24,7 @@ from cl2cm_hf.data import ImagePathStore, PairCollator, VisualFeatureStore, open
 from cl2cm_hf.inference import as_processor, encode_texts
 from cl2cm_hf.evaluation.evaluator import CrossLingualEvaluator, CrossModalEvaluator
 from cl2cm_hf.inference import load_model_and_processor
-from cl2cm_hf.cli.query import print_results, search
+from cl2cm_hf.cli.query import query_gallery
 from cl2cm_hf.evaluation.records import TEST_RESULTS, MetricRecord, load_records, save_records
 from cl2cm_hf.hub import build_card, metrics_table
 from cl2cm_hf.modeling_cl2cm import check_safetensors_file
@@ -224,8 +224,7 @@ def run_query(folder: Path, query: str, captions: dict[str, str]) -> None:
     """Reload the final folder (model and processor) and search its test gallery with one query,
     through the library's encode path. That a folder works without cl2cm_hf (its own model and
     processor code) is what tests/test_hub_roundtrip.py checks."""
-    model, processor = load_model_and_processor(str(folder))
-    print_results(model, query, search(model, processor, query, open_visual_store(folder / "test_gallery")), captions)
+    query_gallery(str(folder), query, folder / "test_gallery", captions)
 
 
 def train(argv: list[str]) -> list[MetricRecord]:

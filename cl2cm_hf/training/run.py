@@ -32,7 +32,7 @@ from cl2cm_hf.processing_cl2cm import build_processor
 from cl2cm_hf.torch_state import cpu_threads, torch_threads
 from cl2cm_hf.training import neighbour_batches
 from cl2cm_hf.training.arguments import config_to_yaml, load_config, parse_config, publishable_settings, settings_help
-from cl2cm_hf.training.data_sources import RunData, build_run_data, first_caption_pairs
+from cl2cm_hf.training.data_sources import RunData, build_run_data, check_fits_data, first_caption_pairs
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore
 from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal, check_teacher_folder, load_teacher, prepare_teacher
 from cl2cm_hf.training.run_record import check_owned, copy_record, read_record, result_settings, take_output_dir
@@ -253,6 +253,7 @@ def run_recipe(args, values: dict) -> list[MetricRecord]:
         allow_changes=cl2cm_args.resume_allow_changes,
     )
     data = build_run_data(data_args, model_args, training_args)
+    check_fits_data(data, cl2cm_args, training_args)
 
     # One store of frozen-layer outputs for the run: stage 1, stage 2 and the teacher share it.
     frozen_layers = FrozenLayerStore() if model_args.cache_frozen_text_layers else None
@@ -264,9 +265,6 @@ def run_recipe(args, values: dict) -> list[MetricRecord]:
         teacher, teacher_processor = load_teacher(
             cl2cm_args.cross_lingual_model, run_processor, data.train_pairs, model_args.init_text_from_cross_lingual
         )
-    elif cl2cm_args.needs_teacher_embeddings:
-        using = "lambda_kt > 0" if cl2cm_args.lambda_kt else f"kt_neighbour_group_size={cl2cm_args.kt_neighbour_group_size}"
-        raise ValueError(f"stage cm with {using} needs cross_lingual_model (a stage-1 folder: the teacher)")
     if cl2cm_args.stage == "cl":
         return []
 

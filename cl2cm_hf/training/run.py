@@ -35,7 +35,17 @@ from cl2cm_hf.training.arguments import config_to_yaml, load_config, parse_confi
 from cl2cm_hf.training.data_sources import RunData, build_run_data, check_fits_data, first_caption_pairs
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore
 from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal, check_teacher_folder, load_teacher, prepare_teacher
-from cl2cm_hf.training.run_record import check_owned, copy_record, read_record, result_settings, take_output_dir
+from cl2cm_hf.training.run_record import (
+    RecordStamp,
+    RunMismatchError,
+    changes_since,
+    check_owned,
+    copy_record,
+    describe_changes,
+    read_record,
+    result_settings,
+    take_output_dir,
+)
 from cl2cm_hf.training.trainers import CHECKPOINT_COMPLETE, CrossLingualTrainer, CrossModalTrainer, checkpoint_folders
 
 logger = logging.getLogger("cl2cm")
@@ -62,13 +72,32 @@ def last_checkpoint(folder: str) -> str | None:
     return None
 
 
-def fit(trainer: Trainer, resume: bool) -> None:
+def fit(trainer: Trainer, resume: bool, out: Path) -> None:
     """Train; a stage that skipped too many steps (`max_skipped_fraction`) fails here, before any
-    of it is published."""
+    of it is published. Every checkpoint is stamped with the run record of `out` (if any), so a
+    resumed run names the settings changed since its checkpoint was written (`--resume_allow_changes`)
+    and a checkpoint that cannot continue under them fails naming them, not as a damaged file."""
+    record = read_record(out)
+    if record is not None:
+        trainer.training_states.append(RecordStamp(record))
     checkpoint = last_checkpoint(trainer.args.output_dir) if resume else None
+    changes = changes_since(Path(checkpoint), record) if checkpoint and record is not None else {}
     if checkpoint:
-        logger.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
+        logger.info("resuming from %s%s", checkpoint, f" with changed settings: {describe_changes(changes)}" if changes else "")
+        queue = getattr(trainer, "relation_queue", None)
+        if queue is not None and {"kt_queue_size", "lambda_kt"} & set(changes):
+            queue.start_empty_without_file = True  # the checkpoint was written without this queue
+    step = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except (ValueError, RuntimeError, KeyError, OSError) as err:
+        if not changes or trainer.state.global_step > step:
+            raise
+        raise RunMismatchError(
+            f"--resume: {checkpoint} does not continue under the settings changed since it was written "
+            f"({describe_changes(changes)}): {type(err).__name__}: {err}; resume with the recorded settings or start a "
+            "new run in another output_dir"
+        ) from err
     trainer.check_skipped_steps()
 
 
@@ -113,7 +142,7 @@ def train_cross_lingual(args, data: RunData, out: Path, frozen_layers: FrozenLay
         cl2cm_args=cl2cm_args,
         evaluator=evaluator,
     )
-    fit(trainer, cl2cm_args.resume)
+    fit(trainer, cl2cm_args.resume, out)
     save_stage(trainer, trainer.model, data.tokenizer, folder)
     return trainer.model
 
@@ -174,7 +203,7 @@ def train_cross_modal(
         teacher_model=teacher if cl2cm_args.lambda_kt else None,
         teacher_scale=teacher_scale,
     )
-    fit(trainer, cl2cm_args.resume)
+    fit(trainer, cl2cm_args.resume, out)
     return trainer
 
 

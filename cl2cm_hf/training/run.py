@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import AutoModel, Trainer, TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
 
@@ -89,16 +90,31 @@ def fit(trainer: Trainer, resume: bool, out: Path) -> None:
             queue.start_empty_without_file = True  # the checkpoint was written without this queue
     step = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
     try:
+        if changes and (misfit := _weights_misfit(Path(checkpoint), trainer.model)):
+            raise ValueError(f"its weights do not fit the model these settings build ({misfit})")
         trainer.train(resume_from_checkpoint=checkpoint)
     except (ValueError, RuntimeError, KeyError, OSError) as err:
         if not changes or trainer.state.global_step > step:
             raise
         raise RunMismatchError(
             f"--resume: {checkpoint} does not continue under the settings changed since it was written "
-            f"({describe_changes(changes)}): {type(err).__name__}: {err}; resume with the recorded settings or start a "
-            "new run in another output_dir"
+            f"({describe_changes(changes)}): {err}; resume with the recorded settings or start a new run in another "
+            "output_dir"
         ) from err
     trainer.check_skipped_steps()
+
+
+def _weights_misfit(checkpoint: Path, model) -> str | None:
+    """The first weights of `checkpoint` that `model` has not, or has in another shape (read from
+    the safetensors header), or None. Weights the file lacks are not counted: tied ones are saved once."""
+    path = checkpoint / "model.safetensors"
+    if not path.is_file():
+        return None
+    own = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    with safe_open(str(path), framework="pt") as handle:
+        saved = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    misfits = [f"{name} {shape} saved, {own.get(name, 'none')} now" for name, shape in saved.items() if own.get(name) != shape]
+    return "; ".join(misfits[:3]) + (f"; {len(misfits) - 3} more" if len(misfits) > 3 else "") if misfits else None
 
 
 def save_stage(trainer: Trainer, model, tokenizer, folder: Path) -> None:

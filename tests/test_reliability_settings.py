@@ -186,3 +186,27 @@ def test_list_settings_take_several_values_on_the_command_line():
     assert load_config(None, ["--target_langs", "[de, fr]"])["target_langs"] == ["de", "fr"]
     with pytest.raises(ValueError, match="--seed takes one value, got 2"):
         load_config(None, ["--seed", "1", "2"])
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("projection_dim", "256"), ("visual_dropout", "0.1"), ("logit_scale_init_value", "2.6"),
+     ("text_config.hidden_size", "32"), ("text_config.num_hidden_layers", "2"), ("text_config.hidden_dropout_prob", "0.1")],
+)
+def test_numbers_written_as_text_in_a_model_config_json_are_refused_naming_the_field(tmp_path, field, value):
+    """A checkpoint's config.json is written by code: a number as text is a hand edit, refused (a
+    ValueError naming the field) rather than read as a number."""
+    import json
+
+    from cl2cm_hf.configuration_cl2cm import CL2CMCrossModalConfig
+
+    CL2CMCrossModalConfig(text_config={"model_type": "bert", "hidden_size": 32, "num_attention_heads": 2}).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    *parents, name = field.split(".")
+    holder = config
+    for part in parents:
+        holder = holder[part]
+    holder[name] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"{field}={value!r} is invalid"):
+        CL2CMCrossModalConfig.from_pretrained(tmp_path)

@@ -5,7 +5,11 @@ the paper's ablations are config files.
 Every setting has a checked range: its field declares ``metadata={"allowed": ...}`` (an `Allowed`),
 the Trainer settings the recipes use are listed in `TRAINING_ALLOWED`, and `check_allowed` refuses
 a value outside it at parse time, naming the key, the value and what is allowed. Numbers must be
-finite. A number that YAML 1.1 reads as text (``1e-3``) is read as the number it means.
+finite. A number setting takes a number or text that spells one (YAML 1.1 reads ``1e-3`` as text,
+and a quoted ``"64"`` is text too): it is read as the number it means; any other text (``"two"``)
+is refused naming the key. A key given twice in a recipe is refused naming both lines. On the
+command line a list setting takes one or more values (``--resume_allow_changes seed lambda_kt``).
+Settings that are each in range but together cannot work are refused by `check_combinations`.
 """
 
 import dataclasses
@@ -393,7 +397,8 @@ class CL2CMArguments:
         "help": "Continue this output_dir's run from its last Trainer checkpoint of each stage; refused when the "
                 "settings that change results differ from the recorded ones (run.json)."})
     resume_allow_changes: list[str] = field(default_factory=list, metadata={
-        "help": "Settings that --resume may accept with a new value (recorded in run.json).", "allowed": Allowed()})
+        "help": "Settings that --resume may accept with a new value (recorded in run.json): "
+                "--resume_allow_changes key1 key2 ...", "allowed": Allowed()})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Start a new run in an output_dir that holds another run's outputs, replacing them."})
     push_to_hub_id: str | None = field(default=None, metadata={"allowed": NAME, "help": "Push the final folder to this hub repo."})

@@ -123,8 +123,6 @@ def test_the_published_recipe_holds_no_absolute_path(tmp_path):
         (["--visual_num_layers", "1", "--visual_hidden_size", "30", "--visual_num_heads", "4"], "visual_hidden_size=30"),
         (["--stage", "both", "--cross_lingual_model", "teacher"], "cross_lingual_model is the teacher of stage cm"),
         (["--stage", "cm"], "stage cm with lambda_kt > 0 needs cross_lingual_model"),
-        (["--stage", "cl", "--push_to_hub_id", "me/model"], "push_to_hub_id acts on the final stage-2 folder"),
-        (["--stage", "cl", "--query", "a dog"], "query acts on the final stage-2 folder"),
     ],
 )
 def test_settings_that_cannot_do_what_they_ask_are_refused_naming_them(argv, expected):

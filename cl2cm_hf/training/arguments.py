@@ -699,9 +699,6 @@ def check_combinations(model_args, data_args, cl2cm_args, training_args) -> None
     if stage == "cm" and not cl2cm_args.cross_lingual_model and cl2cm_args.needs_teacher_embeddings:
         using = "lambda_kt > 0" if cl2cm_args.lambda_kt else f"kt_neighbour_group_size={cl2cm_args.kt_neighbour_group_size}"
         raise ValueError(f"stage cm with {using} needs cross_lingual_model (a stage-1 folder: the teacher)")
-    for key in ("push_to_hub_id", "query"):
-        if stage == "cl" and getattr(cl2cm_args, key):
-            raise ValueError(f"{key} acts on the final stage-2 folder; stage cl writes none (stage both or cm)")
 
 
 def _publishable(value, root: Path, shortened: list[str], key: str):

@@ -693,6 +693,15 @@ def check_combinations(model_args, data_args, cl2cm_args, training_args) -> None
     for width, heads in towers:
         if getattr(model_args, width) % getattr(model_args, heads):
             raise ValueError(f"{width}={getattr(model_args, width)} must be a multiple of {heads}={getattr(model_args, heads)}")
+    if model_args.text_model is None:  # a tower built from scratch: its depth is known now
+        for key in ("freeze_text_layers", "cl_freeze_text_layers"):
+            if (getattr(model_args, key) or 0) > model_args.text_num_layers:
+                raise ValueError(f"{key}={getattr(model_args, key)} is more layers than text_num_layers={model_args.text_num_layers}")
+    if data_args.dataset == "demo" and data_args.demo_pixels != (model_args.visual_encoder_type == "backbone"):
+        raise ValueError(
+            f"demo_pixels={data_args.demo_pixels} with visual_encoder_type={model_args.visual_encoder_type!r}: pictures "
+            "are read by a vision backbone (demo_pixels: true with backbone), features otherwise"
+        )
     stage = cl2cm_args.stage
     if cl2cm_args.cross_lingual_model and stage != "cm":
         raise ValueError(f"cross_lingual_model is the teacher of stage cm; with stage {stage} the run trains stage 1 itself")

@@ -93,9 +93,12 @@ def row_problems(table: pa.Table, kind: str) -> dict[int, str]:
         nul = pc.fill_null(pc.match_substring(values, "\x00"), False).to_numpy(zero_copy_only=False)
         for index in np.flatnonzero(nul):
             problems.setdefault(int(index), f"NUL character in column {column!r} (binary data?)")
-        for index, value in enumerate(values.to_pylist()):
+        # A printable ASCII character is never blank: only the other values go through `is_blank`.
+        visible = pc.fill_null(pc.match_substring_regex(values, "[!-~]"), False).to_numpy(zero_copy_only=False)
+        others = np.flatnonzero(~visible)
+        for index, value in zip(others, values.take(pa.array(others, type=pa.int64())).to_pylist()):
             if is_blank(value):
-                problems.setdefault(index, f"empty {what} in column {column!r} (expected a non-empty string)")
+                problems.setdefault(int(index), f"empty {what} in column {column!r} (expected a non-empty string)")
         if column in LANGUAGE_COLUMNS[kind]:
             codes = pc.fill_null(pc.match_substring_regex(values, f"^{LANGUAGE_CODE.pattern}$"), True)
             for index in np.flatnonzero(~codes.to_numpy(zero_copy_only=False)):

@@ -83,6 +83,9 @@ def _check_saved_sub_config(config_name: str, field: str, sub) -> None:
         defaults = AutoConfig.for_model(model_type)
     except ValueError:
         raise ValueError(f"{where}.model_type={model_type!r} is not a model type this transformers knows") from None
+    texts = [k for k, v in sub.items() if isinstance(v, str) and type(getattr(defaults, k, None)) in (int, float)]
+    if texts:  # (transformers' own check would raise a non-ValueError naming neither the config nor the field's place)
+        raise ValueError(f"{where}.{texts[0]}={sub[texts[0]]!r} is invalid; expected a number, not text")
     # A field the model type aliases (attribute_map, e.g. ConvNeXt's num_hidden_layers -> num_stages) is saved under its own name.
     missing = [name for name in _SUB_ARCHITECTURE
                if hasattr(defaults, name) and name not in sub and defaults.attribute_map.get(name) not in sub]
@@ -230,7 +233,7 @@ class CL2CMCrossModalConfig(_CL2CMTextMixin, PreTrainedConfig):
         _check_positive(name, "visual_num_layers", self.visual_num_layers, allow_zero=True)
         _check_positive(name, "visual_num_heads", self.visual_num_heads)
         _check_positive(name, "visual_max_frames", self.visual_max_frames)
-        if not 0.0 <= self.visual_dropout < 1.0:
+        if not isinstance(self.visual_dropout, (int, float)) or isinstance(self.visual_dropout, bool) or not 0.0 <= self.visual_dropout < 1.0:
             raise ValueError(f"{name}.visual_dropout={self.visual_dropout!r} is invalid; expected a float in [0, 1)")
         if self.visual_encoder_type == "backbone" and self.vision_config is None:
             raise ValueError(f"{name}: visual_encoder_type='backbone' needs a vision_config")

@@ -404,3 +404,66 @@ def test_run_data_on_bad_row_skip_lists_rows_in_run_folder(tmp_path, caplog):
 def test_on_bad_row_setting_is_checked():
     with pytest.raises(ValueError, match="on_bad_row='drop'"):
         parse_config(load_config(None, ["--on_bad_row", "drop"]))
+
+
+# --- whether the settings fit the data: validation split, feature formats, batch and group sizes ---
+def _files_data(tmp_path, train_rows: int = 40, features: str = "store", *extra):
+    """A `dataset: files` run's data over `train_rows` pairs; `features`: "store" (a saved store folder)
+    or "npy" (an array plus an id list)."""
+    ids = [f"v{i}" for i in range(8)]
+    array = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    VisualFeatureStore.from_arrays(ids, array).save(tmp_path / "store")
+    np.save(tmp_path / "features.npy", array)
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    pairs = [{"visual_id": f"v{i % 8}", "source_text": f"a dog {i}", "target_text": f"ein hund {i}", "target_lang": "de"}
+             for i in range(train_rows)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    queries = "".join(json.dumps({"visual_id": i, "text": f"hund {i}", "lang": "de"}) + "\n" for i in ids)
+    (tmp_path / "val.jsonl").write_text(queries)
+    (tmp_path / "test.jsonl").write_text(queries)
+    where = {"store": ["--features_file", str(tmp_path / "store")],
+             "npy": ["--features_file", str(tmp_path / "features.npy"), "--features_ids_file", str(tmp_path / "ids.txt")]}
+    values = load_config(None, [
+        "--dataset", "files", "--train_file", str(tmp_path / "train.jsonl"), "--validation_file", str(tmp_path / "val.jsonl"),
+        "--test_file", str(tmp_path / "test.jsonl"), *where.get(features, ["--features_file", features]), "--target_langs", "[de]",
+        "--tokenizer_vocab_size", "100", "--output_dir", str(tmp_path / "run"), "--report_to", "none", "--use_cpu", "true", *extra,
+    ])
+    model_args, data_args, cl2cm_args, training_args = parse_config(values)
+    return build_run_data(data_args, model_args, training_args), cl2cm_args, training_args
+
+
+def test_a_train_file_too_small_for_its_validation_split_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"train\.jsonl: 1 training row\(s\) are too few for a validation split of 5%"):
+        _files_data(tmp_path, train_rows=1)
+    data, _, _ = _files_data(tmp_path, train_rows=2)
+    assert (len(data.train_pairs), len(data.validation_pairs)) == (1, 1)
+
+
+def test_a_npy_features_file_works_with_dataset_files_and_other_formats_are_named(tmp_path):
+    data, _, _ = _files_data(tmp_path, features="npy")
+    assert len(data.features) == 8 and "v3" in data.features
+    with pytest.raises(ValueError, match=r"features\.npy' is a \.npy array: set features_ids_file"):
+        _files_data(tmp_path, 40, str(tmp_path / "features.npy"))
+    (tmp_path / "features.pt").write_bytes(b"\x80\x02not a store")
+    with pytest.raises(ValueError, match=r"features\.pt': expected a feature store folder .*\.npy array with features_ids_file"):
+        _files_data(tmp_path, 40, str(tmp_path / "features.pt"))
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--per_device_train_batch_size", "64"], r"per_device_train_batch_size=64 x 1 process\(es\) = 64 rows per step is "
+                                                   r"larger than the data: stage 1 trains on 38 pairs"),
+        (["--stage", "cm", "--lambda_kt", "0", "--per_device_train_batch_size", "39"], "stage 2 trains on 38 pairs"),
+        (["--per_device_train_batch_size", "20", "--kt_neighbour_group_size", "10", "--precompute_teacher", "true"],
+         "kt_neighbour_group_size=10 is larger than the data: train has 8 training items"),
+    ],
+)
+def test_a_batch_or_neighbour_group_larger_than_the_data_is_refused_naming_it(tmp_path, extra, expected):
+    from cl2cm_hf.training.data_sources import check_fits_data
+
+    data, cl2cm_args, training_args = _files_data(tmp_path, 40, "store", *extra)
+    with pytest.raises(ValueError, match=expected):
+        check_fits_data(data, cl2cm_args, training_args)
+    data, cl2cm_args, training_args = _files_data(tmp_path, 40, "store", "--per_device_train_batch_size", "38")
+    check_fits_data(data, cl2cm_args, training_args)  # a batch of all the pairs fits

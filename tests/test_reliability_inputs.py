@@ -127,3 +127,103 @@ def test_zero_width_features_are_refused(shape):
     ids = ["a", "b", "c"]
     with pytest.raises(ValueError, match=r"feature store .*shape"):
         VisualFeatureStore.from_arrays(ids, np.zeros(shape, dtype=np.float32), name="feature store x")
+
+
+# Texts that look blank: Unicode spaces (NBSP, ideographic, figure, narrow, ...), line and paragraph
+# separators, zero-width and other format characters, lone combining marks and blank fillers.
+BLANK_LOOKING = [
+    "\u00a0", "\u00a0\u00a0", "\u3000", "\u3000\u3000", "\u2007", "\u202f", "\u205f", "\u1680", "\u2000\u200a",
+    "\u2028", "\u2029", "\u0085", "\u200b", "\u200c\u200d", "\u2060", "\ufeff", "\u180e", "\u00ad", "\u200e\u200f",
+    "\u202a\u202c", "\U000e0020", "\u0301", "\ufe0f", "\u3164", "\u115f\u1160", "\uffa0", "\u2800",
+    " \t\u00a0\u200b\u3000 ",
+]
+
+
+def _jsonl(tmp_path, text):
+    path = tmp_path / "q.jsonl"
+    rows = [{"visual_id": "v1", "text": "dog", "lang": "de"}, {"visual_id": "v2", "text": text, "lang": "de"}]
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return lambda: load_queries(path), r"q\.jsonl line 2 .*empty text"
+
+
+def _csv(tmp_path, text):
+    path = tmp_path / "q.csv"
+    path.write_text(f"visual_id,text,lang\nv1,dog,de\nv2,{text},de\n", encoding="utf-8")
+    return lambda: load_queries(path), r"q\.csv line 3 .*empty text"
+
+
+def _parquet(tmp_path, text):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "q.parquet"
+    pq.write_table(pa.table({"visual_id": ["v1", "v2"], "text": ["dog", text], "lang": ["de", "de"]}), path)
+    return lambda: load_queries(path), r"q\.parquet row 1 .*empty text"
+
+
+def _pairs_jsonl(tmp_path, text):
+    path = tmp_path / "p.jsonl"
+    row = {"visual_id": "v1", "source_text": "a dog", "target_text": text, "target_lang": "de"}
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    return lambda: load_pairs(path), r"p\.jsonl line 1 .*empty text in column 'target_text'"
+
+
+def _in_memory(tmp_path, text):
+    return lambda: make_queries({"visual_id": ["v1"], "text": [text], "lang": ["de"]}), "empty text"
+
+
+def _caption_file(tmp_path, text):
+    path = tmp_path / "captions.txt"
+    path.write_text(f"dog\n{text}\n", encoding="utf-8")
+    return lambda: read_captions(path), r"captions\.txt line 2: empty caption"
+
+
+def _multi30k(tmp_path, text):
+    import gzip
+
+    from cl2cm_hf.data.multi30k import multi30k_queries
+
+    (tmp_path / "task1" / "image_splits").mkdir(parents=True)
+    (tmp_path / "task1" / "raw").mkdir()
+    (tmp_path / "task1" / "image_splits" / "val.txt").write_text("1.jpg\n2.jpg\n")
+    (tmp_path / "task1" / "raw" / "val.de.gz").write_bytes(gzip.compress(f"ein Hund\n{text}\n".encode()))
+    return lambda: multi30k_queries(tmp_path, "val", "de"), r"val\.de\.gz line 2: empty caption"
+
+
+def _nrccr(tmp_path, text):
+    from cl2cm_hf.data.nrccr import load_nrccr_captions
+
+    path = tmp_path / "captions.enc"
+    path.write_text(f"video1#enc#0 a dog\nvideo1#enc#1 {text}\n", encoding="utf-8")
+    return lambda: load_nrccr_captions(path), r"captions\.enc line 2: (empty caption|no caption after the id)"
+
+
+def _id_file(tmp_path, text):
+    from cl2cm_hf.data.textfiles import read_ids
+
+    path = tmp_path / "ids.txt"
+    path.write_text(f"1.jpg\n{text}\n", encoding="utf-8")
+    return lambda: read_ids(path), r"ids\.txt line 2: empty id"
+
+
+def _store_ids(tmp_path, text):
+    ids = ["v1", text]
+    return lambda: VisualFeatureStore.from_arrays(ids, np.ones((2, 3), dtype=np.float32), name="store"), "empty visual id"
+
+
+LOADER_PATHS = [_jsonl, _csv, _parquet, _pairs_jsonl, _in_memory, _caption_file, _multi30k, _nrccr, _id_file, _store_ids]
+
+
+@pytest.mark.parametrize("loader", LOADER_PATHS, ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize("text", BLANK_LOOKING, ids=ascii)
+def test_blank_looking_texts_are_refused_on_every_loader_path(tmp_path, loader, text):
+    """One rule for blank text (`cl2cm_hf.data.schemas.is_blank`) on every reader, named by file and line."""
+    load, message = loader(tmp_path, text)
+    with pytest.raises((DataFormatError, ValueError), match=message):
+        load()
+
+
+@pytest.mark.parametrize("text", ["\u00a0a", "\u3000犬", "\u200bdog", "e\u0301", "\u3164\u314f", "\u2800\u2801"], ids=ascii)
+def test_texts_with_a_visible_character_still_load(tmp_path, text):
+    _jsonl(tmp_path, text)
+    assert load_queries(tmp_path / "q.jsonl")["text"][1] == text  # table texts are kept as written

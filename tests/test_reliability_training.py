@@ -83,3 +83,65 @@ def test_sigkill_at_random_steps_of_both_stages_then_resume_matches_uninterrupte
 def test_two_runs_with_the_same_seed_give_identical_metrics_and_weights(reference, tmp_path):
     run_training("demo.yaml", tmp_path / "again", *STEPS)
     _assert_same_run(reference, tmp_path / "again", "a second run with the same seed")
+
+
+def _resume_argv(out: Path, *more: str) -> list[str]:
+    from test_training import CONFIGS, TINY
+
+    return [str(CONFIGS / "demo.yaml"), "--output_dir", str(out), *TINY, "--max_steps", "2", "--save_strategy", "steps",
+            "--save_steps", "1", "--eval_strategy", "steps", "--eval_steps", "1", "--query", "null", *more]
+
+
+def _main(argv: list[str], capsys) -> tuple[int, str]:
+    from cl2cm_hf.training.run import main
+
+    status = main(argv)
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A tiny two-stage demo run whose checkpoints carry its run record."""
+    from cl2cm_hf.training.run import main
+
+    out = tmp_path_factory.mktemp("resume") / "run"
+    assert main(_resume_argv(out)) == 0
+    return out
+
+
+def test_resume_allow_changes_takes_several_keys_as_the_readme_writes_it(finished_run, tmp_path, capsys):
+    """`--resume_allow_changes k1 k2` accepts exactly the listed keys; any other change is refused
+    naming the setting, its recorded and its new value. A relation queue switched on by an allowed
+    change starts empty (the checkpoint was written without one), not as a "missing file"."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    record = json.loads((out / "run.json").read_text())
+    stamped = json.loads((out / "checkpoints" / "cross_modal" / "checkpoint-2" / "run.json").read_text())
+    assert stamped == record  # every checkpoint carries the record it was written under
+    changed = ["--kt_queue_size", "32", "--kt_temperature", "0.5", "--max_steps", "3"]
+
+    status, err = _main(_resume_argv(out, *changed, "--resume", "--resume_allow_changes", "kt_queue_size", "max_steps"), capsys)
+    assert status == 2 and err.count("\n") == 1 and "kt_temperature: 1.0 -> 0.5" in err, err
+    assert "kt_queue_size" not in err and "max_steps" not in err  # the allowed ones are not named as refused
+    assert json.loads((out / "run.json").read_text()) == record  # a refused resume changes nothing
+
+    status, err = _main(
+        _resume_argv(out, *changed, "--resume", "--resume_allow_changes", "kt_queue_size", "kt_temperature", "max_steps"), capsys
+    )
+    assert status == 0, err[-3000:]
+    accepted = json.loads((out / "run.json").read_text())["accepted_changes"][-1]["changes"]
+    assert accepted == {"kt_queue_size": [0, 32], "kt_temperature": [1.0, 0.5], "max_steps": [2, 3]}
+    assert (out / "checkpoints" / "cross_modal" / "checkpoint-3" / "relation_queue.safetensors").is_file()
+
+
+def test_resume_under_a_change_the_checkpoint_cannot_take_names_the_change(finished_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    status, err = _main(_resume_argv(out, "--visual_hidden_size", "48", "--resume", "--resume_allow_changes", "visual_hidden_size"), capsys)
+    assert status == 2 and err.count("\n") == 1, err[-3000:]
+    assert "checkpoint-2 does not continue under the settings changed since it was written (visual_hidden_size: 32 -> 48)" in err
+    assert "weights do not fit" in err and "Traceback" not in err

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from .badrows import RowPolicy, SkippedRows
-from .schemas import DataFormatError
+from .schemas import DataFormatError, is_blank
 from .textfiles import decode_utf8, read_bytes, read_ids
 
 FEATURES_FILE = "features.safetensors"
@@ -52,7 +52,7 @@ def index_ids(ids: Iterable[str], name: str, exclude: Container[int] = ()) -> tu
     for row, visual_id in enumerate(ids):
         if row in exclude:
             continue
-        if not visual_id.strip():
+        if is_blank(visual_id):
             raise ValueError(f"{name}: empty visual id at row {row}")
         if visual_id in index:
             raise ValueError(f"{name}: duplicate visual id {visual_id!r} at rows {index[visual_id]} and {row}")
@@ -148,7 +148,7 @@ def _bad_store_rows(ids: Sequence[str], array: np.ndarray, lengths, chunk_bytes:
     bad: dict[int, str] = {}
     first: dict[str, int] = {}
     for row, visual_id in enumerate(ids):
-        if not str(visual_id).strip():
+        if is_blank(str(visual_id)):
             bad[row] = "empty visual id"
         elif visual_id in first:
             bad[row] = f"duplicate visual id (first at row {first[visual_id]})"

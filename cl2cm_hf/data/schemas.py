@@ -10,6 +10,7 @@ Validation errors name the source (file or dataset) and the row, so a broken fil
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -34,12 +35,17 @@ ID_COLUMNS = {"pair": ("visual_id", "target_lang"), "query": ("visual_id", "lang
 # Columns holding language codes (see LANGUAGE_CODE).
 LANGUAGE_COLUMNS = {"pair": ("target_lang",), "query": ("lang",), "caption": ()}
 
-# A text or id is empty when nothing but whitespace and invisible characters (zero-width space,
-# joiners, word joiner, byte-order mark, soft hyphen) is left: such a caption tokenizes to
-# [CLS][SEP] and would train as a real one. NUL characters are refused anywhere in a text or id.
-_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
-_BLANK = re.compile(f"[\\s{_INVISIBLE}]*")
-_BLANK_ARROW = "^[\\s" + "".join(f"\\x{{{ord(c):04X}}}" for c in _INVISIBLE) + "]*$"  # the same, as an Arrow (RE2) pattern
+# Blank text, the one rule of every reader (tables, caption files, id lists, stores, queries): a text
+# or id is empty when no character in it is one a reader sees or a tokenizer keeps. Such a caption
+# tokenizes to [CLS][SEP] and would train as a real one. Blank characters: every Unicode separator
+# (Zs: space, NBSP, ideographic space, figure and narrow spaces, ...; Zl, Zp), control (Cc: tabs,
+# line breaks, ...) and format character (Cf: zero-width space and joiners, word joiner, BOM, soft
+# hyphen, Mongolian vowel separator, direction marks, tags), combining marks with nothing to combine
+# with (Mn, Me: BERT's accent stripping drops them), and the fillers that are letters or symbols in
+# Unicode but draw nothing (Hangul fillers, the blank Braille pattern). NUL characters are refused
+# anywhere in a text or id.
+_BLANK_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"})
+_BLANK_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 class DataFormatError(ValueError):
@@ -62,20 +68,19 @@ def language_code_problem(code) -> str | None:
     return f"{code!r} is not {LANGUAGE_CODE_RULE}{suggestion}"
 
 
-def is_blank(text: str) -> bool:
-    """True if `text` holds nothing but whitespace and invisible characters (see above)."""
-    return _BLANK.fullmatch(text) is not None
+def is_blank(text: str | None) -> bool:
+    """True if `text` is None or holds no character but blank ones (see the rule above)."""
+    return text is None or all(c in _BLANK_FILLERS or unicodedata.category(c) in _BLANK_CATEGORIES for c in text)
 
 
 def check_text(text: str, where: str, column: str = "caption") -> str:
-    """Return `text` stripped; raise naming `where` (e.g. ``"file.gz line 7"``) if it is empty
-    (whitespace and invisible characters only) or holds a NUL character."""
-    stripped = text.strip()
-    if is_blank(stripped):
-        raise DataFormatError(f"{where}: empty {column} (expected a non-empty string)")
-    if "\x00" in stripped:
+    """Return `text` stripped; raise naming `where` (e.g. ``"file.gz line 7"``) if it holds a NUL
+    character or is blank (`is_blank`)."""
+    if "\x00" in text:
         raise DataFormatError(f"{where}: NUL character in the {column} (binary data?)")
-    return stripped
+    if is_blank(text):
+        raise DataFormatError(f"{where}: empty {column} (expected a non-empty string)")
+    return text.strip()
 
 
 def row_problems(table: pa.Table, kind: str) -> dict[int, str]:
@@ -85,12 +90,15 @@ def row_problems(table: pa.Table, kind: str) -> dict[int, str]:
     for column in TEXT_COLUMNS[kind] + ID_COLUMNS[kind]:
         values = table.column(column)
         what = "text" if column in TEXT_COLUMNS[kind] else "id"
-        blank = pc.fill_null(pc.match_substring_regex(values, _BLANK_ARROW), True).to_numpy(zero_copy_only=False)
-        for index in np.flatnonzero(blank):
-            problems.setdefault(int(index), f"empty {what} in column {column!r} (expected a non-empty string)")
         nul = pc.fill_null(pc.match_substring(values, "\x00"), False).to_numpy(zero_copy_only=False)
         for index in np.flatnonzero(nul):
             problems.setdefault(int(index), f"NUL character in column {column!r} (binary data?)")
+        # A printable ASCII character is never blank: only the other values go through `is_blank`.
+        visible = pc.fill_null(pc.match_substring_regex(values, "[!-~]"), False).to_numpy(zero_copy_only=False)
+        others = np.flatnonzero(~visible)
+        for index, value in zip(others, values.take(pa.array(others, type=pa.int64())).to_pylist()):
+            if is_blank(value):
+                problems.setdefault(int(index), f"empty {what} in column {column!r} (expected a non-empty string)")
         if column in LANGUAGE_COLUMNS[kind]:
             codes = pc.fill_null(pc.match_substring_regex(values, f"^{LANGUAGE_CODE.pattern}$"), True)
             for index in np.flatnonzero(~codes.to_numpy(zero_copy_only=False)):

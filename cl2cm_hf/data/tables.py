@@ -14,8 +14,8 @@ there is read again line by line, to find and name the bad lines.
 
 CSV/TSV rules (one record per line, so a stray quote can never merge lines):
 
-- A line break always ends a record; a blank or whitespace-only line (without a separator) is
-  not a record. The first
+- A line break always ends a record; a blank line (without a separator; blank as `schemas.is_blank` says)
+  is not a record. The first
   other line is the header; a duplicate column name in it is an error naming the column.
 - Fields are separated by ``,`` (csv) or a tab (tsv). A field that starts with ``"`` and ends with
   the matching ``"`` right before the separator or the line end is *quoted*: the quotes are removed,
@@ -38,7 +38,7 @@ import pyarrow as pa
 from datasets import Dataset, Value, concatenate_datasets
 
 from .badrows import RowPolicy, SkippedRows
-from .schemas import ID_COLUMNS, REQUIRED_COLUMNS, DataFormatError, row_problems
+from .schemas import ID_COLUMNS, REQUIRED_COLUMNS, DataFormatError, is_blank, row_problems
 from .textfiles import read_bytes, split_lines
 
 _OPTIONAL_STRING_COLUMNS = ("caption_id",)
@@ -106,7 +106,7 @@ def _line_records(path: Path, policy: RowPolicy, keep_blank: bool = False) -> li
         if "\x00" in text:
             policy.bad(path, f"line {number}", "NUL byte (binary data, not a text file)", content=text.replace("\x00", "\\0"))
             continue
-        if keep_blank or text.strip():
+        if keep_blank or not is_blank(text):
             records.append((number, text))
     return records
 
@@ -221,7 +221,7 @@ def _scan_csv(path: Path, fmt: str, policy: RowPolicy):
     """Rows of a csv/tsv file, line by line (see the rules above): a record with an unclosed quote
     or the wrong number of fields is bad."""
     delimiter = _delimiter(fmt)
-    lines = [(n, t) for n, t in _line_records(path, policy, keep_blank=True) if t.strip() or delimiter in t]
+    lines = [(n, t) for n, t in _line_records(path, policy, keep_blank=True) if not is_blank(t) or delimiter in t]
     if not lines:
         raise DataFormatError(f"{path}: empty file (expected a header line)")
     header = _csv_header(path, fmt, *lines[0])
@@ -248,12 +248,12 @@ def _csv_takes_fast_path(path: Path, fmt: str) -> bool:
     shift every later row). A header with a duplicate column raises."""
     text = read_bytes(path).decode("utf-8", "replace").removeprefix("\ufeff")
     lines = split_lines(text)
-    if not lines or not lines[0].strip():
+    if not lines or is_blank(lines[0]):
         return False
     header = _csv_header(path, fmt, 1, lines[0])
     delimiter = _delimiter(fmt)
     return '"' not in text and all(
-        (line.strip() or delimiter in line) and line.count(delimiter) == len(header) - 1 for line in lines[1:]
+        (not is_blank(line) or delimiter in line) and line.count(delimiter) == len(header) - 1 for line in lines[1:]
     )
 
 

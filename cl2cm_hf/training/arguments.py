@@ -5,7 +5,11 @@ the paper's ablations are config files.
 Every setting has a checked range: its field declares ``metadata={"allowed": ...}`` (an `Allowed`),
 the Trainer settings the recipes use are listed in `TRAINING_ALLOWED`, and `check_allowed` refuses
 a value outside it at parse time, naming the key, the value and what is allowed. Numbers must be
-finite. A number that YAML 1.1 reads as text (``1e-3``) is read as the number it means.
+finite. A number setting takes a number or text that spells one (YAML 1.1 reads ``1e-3`` as text,
+and a quoted ``"64"`` is text too): it is read as the number it means; any other text (``"two"``)
+is refused naming the key. A key given twice in a recipe is refused naming both lines. On the
+command line a list setting takes one or more values (``--resume_allow_changes seed lambda_kt``).
+Settings that are each in range but together cannot work are refused by `check_combinations`.
 """
 
 import dataclasses
@@ -22,7 +26,7 @@ import torch
 import yaml
 from transformers import TrainingArguments
 
-from cl2cm_hf.data.schemas import language_code_problem
+from cl2cm_hf.data.schemas import is_blank, language_code_problem
 from cl2cm_hf.torch_state import cpu_threads
 
 
@@ -30,6 +34,8 @@ from cl2cm_hf.torch_state import cpu_threads
 class Allowed:
     """The values a setting may take. Numbers: finite and within ``low``..``high`` (an open end
     excluded); `choices`: one of these; `language_code`: see `cl2cm_hf.data.schemas.LANGUAGE_CODE`;
+    `nonblank`: text that is not blank (`cl2cm_hf.data.schemas.is_blank`: an empty path would mean
+    the working directory);
     a list: at least `min_items` items, each allowed by the rest. None (an unset optional) passes."""
 
     low: float | None = None
@@ -38,6 +44,7 @@ class Allowed:
     high_open: bool = False
     choices: tuple = ()
     language_code: bool = False
+    nonblank: bool = False
     min_items: int | None = None
     why: str = ""
 
@@ -54,6 +61,8 @@ class Allowed:
             return None if value in self.choices else f"expected one of {list(self.choices)}"
         if self.language_code:
             return language_code_problem(value)
+        if self.nonblank:
+            return "expected a non-empty path or name" if not isinstance(value, str) or is_blank(value) else None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
                 return f"expected a finite number ({self.describe()})"
@@ -90,6 +99,7 @@ def one_of(*choices) -> Allowed:
 
 
 LANGUAGE_CODES = Allowed(language_code=True, min_items=1)
+NAME = Allowed(nonblank=True)  # a path, hub id or name: None (unset) or non-blank text
 
 
 @dataclass
@@ -97,6 +107,7 @@ class ModelArguments:
     text_model: str | None = field(
         default=None,
         metadata={
+            "allowed": NAME,
             "help": "Pretrained text backbone (folder, hub id, or pkg:<module> for a model shipped in a Python package); "
             "None builds a small BERT from scratch."
         },
@@ -129,7 +140,7 @@ class ModelArguments:
     visual_encoder_type: str = field(
         default="features", metadata={"help": "features | backbone", "allowed": one_of("features", "backbone")}
     )
-    vision_model: str | None = field(default=None, metadata={"help": "Pretrained vision backbone for backbone mode."})
+    vision_model: str | None = field(default=None, metadata={"allowed": NAME, "help": "Pretrained vision backbone for backbone mode."})
     vision_config: dict | None = field(
         default=None,
         metadata={
@@ -211,23 +222,23 @@ class DataArguments:
             "allowed": one_of("demo", "multi30k_r50", "multi30k", "nrccr", "files"),
         },
     )
-    shared_root: str = field(default="../shared", metadata={"help": "multi30k_r50: folder holding data/."})
+    shared_root: str = field(default="../shared", metadata={"allowed": NAME, "help": "multi30k_r50: folder holding data/."})
     data_root: str | None = field(
-        default=None, metadata={"help": "multi30k | nrccr: folder that relative data file names are read from."}
+        default=None, metadata={"allowed": NAME, "help": "multi30k | nrccr: folder that relative data file names are read from."}
     )
     train_file: str | None = field(
         default=None,
-        metadata={"help": "files: translated pairs (jsonl/csv/parquet); nrccr: the English training captions (NRCCR file)."},
+        metadata={"allowed": NAME, "help": "files: translated pairs (jsonl/csv/parquet); nrccr: the English training captions (NRCCR file)."},
     )
     validation_file: str | None = field(
-        default=None, metadata={"help": "files: validation queries; nrccr: human validation captions, '{lang}' per language."}
+        default=None, metadata={"allowed": NAME, "help": "files: validation queries; nrccr: human validation captions, '{lang}' per language."}
     )
     test_file: str | None = field(
-        default=None, metadata={"help": "files: test queries; nrccr: human test captions, '{lang}' per language."}
+        default=None, metadata={"allowed": NAME, "help": "files: test queries; nrccr: human test captions, '{lang}' per language."}
     )
     features_file: str | None = field(
         default=None,
-        metadata={"help": "files | multi30k | nrccr: visual feature store (a saved store folder, or .npy + features_ids_file)."},
+        metadata={"allowed": NAME, "help": "files | multi30k | nrccr: visual feature store (a saved store folder, or .npy + features_ids_file)."},
     )
     target_langs: list[str] = field(
         default_factory=lambda: ["de", "fr"],
@@ -237,7 +248,7 @@ class DataArguments:
         default=32,
         metadata={"help": "Tokens per text, [CLS] and [SEP] included.", "allowed": at_least(3, "room for one token")},
     )
-    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder; None trains one on the training text."})
+    tokenizer: str | None = field(default=None, metadata={"allowed": NAME, "help": "Tokenizer folder; None trains one on the training text."})
     tokenizer_vocab_size: int = field(default=2000, metadata={"allowed": at_least(6, "5 special tokens and a word")})
     demo_items: int = field(default=1500, metadata={"allowed": at_least(1)})
     demo_validation_items: int = field(default=200, metadata={"allowed": at_least(1)})
@@ -267,6 +278,7 @@ class DataArguments:
     demo_image_cache: str | None = field(
         default=None,
         metadata={
+            "allowed": NAME,
             "help": "Folder of rendered demo pictures, one subfolder per world kind, seed and size (rendered once, "
             "reused while the world is the same); None: <output_dir>/demo_pictures."
         },
@@ -291,22 +303,23 @@ class DataArguments:
         default=2,
         metadata={"help": "multi30k: English captions of task 1 (one per image) or task 2 (five).", "allowed": one_of(1, 2)},
     )
-    train_split: str = field(default="train", metadata={"help": "multi30k: training split name."})
-    validation_split: str = field(default="val", metadata={"help": "multi30k: validation split name."})
-    test_split: str = field(default="test_2016_flickr", metadata={"help": "multi30k: test split name."})
+    train_split: str = field(default="train", metadata={"allowed": NAME, "help": "multi30k: training split name."})
+    validation_split: str = field(default="val", metadata={"allowed": NAME, "help": "multi30k: validation split name."})
+    test_split: str = field(default="test_2016_flickr", metadata={"allowed": NAME, "help": "multi30k: test split name."})
     mt_train_file: str | None = field(
         default=None,
         metadata={
+            "allowed": NAME,
             "help": "multi30k | nrccr: machine translation of the training English captions, '{lang}' replaced by each "
             "target language (multi30k: one line per training image; nrccr: an NRCCR caption file)."
         },
     )
     mt_validation_file: str | None = field(
         default=None,
-        metadata={"help": "multi30k | nrccr: MT of the validation English captions (stage-1 validation); like mt_train_file."},
+        metadata={"allowed": NAME, "help": "multi30k | nrccr: MT of the validation English captions (stage-1 validation); like mt_train_file."},
     )
     features_ids_file: str | None = field(
-        default=None, metadata={"help": "features_file as .npy: the visual ids of its rows (one per line, or JSON)."}
+        default=None, metadata={"allowed": NAME, "help": "features_file as .npy: the visual ids of its rows (one per line, or JSON)."}
     )
     on_bad_row: str = field(
         default="error",
@@ -358,7 +371,7 @@ class CL2CMArguments:
                 "other in the teacher's space (needs precompute_teacher; must divide the batch size); 0: random batches.",
         "allowed": at_least(0)})
     precompute_teacher: bool = field(default=False, metadata={"help": "Encode the training set with the teacher once."})
-    cross_lingual_model: str | None = field(default=None, metadata={"help": "stage cm: an existing stage-1 folder as teacher."})
+    cross_lingual_model: str | None = field(default=None, metadata={"allowed": NAME, "help": "stage cm: an existing stage-1 folder as teacher."})
     cl_num_train_epochs: float | None = field(
         default=None, metadata={"help": "Stage 1 epochs (default: num_train_epochs).", "allowed": above(0)}
     )
@@ -384,11 +397,12 @@ class CL2CMArguments:
         "help": "Continue this output_dir's run from its last Trainer checkpoint of each stage; refused when the "
                 "settings that change results differ from the recorded ones (run.json)."})
     resume_allow_changes: list[str] = field(default_factory=list, metadata={
-        "help": "Settings that --resume may accept with a new value (recorded in run.json).", "allowed": Allowed()})
+        "help": "Settings that --resume may accept with a new value (recorded in run.json): "
+                "--resume_allow_changes key1 key2 ...", "allowed": Allowed()})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Start a new run in an output_dir that holds another run's outputs, replacing them."})
-    push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the final folder to this hub repo."})
-    query: str | None = field(default=None, metadata={"help": "After training: run this query against the test gallery."})
+    push_to_hub_id: str | None = field(default=None, metadata={"allowed": NAME, "help": "Push the final folder to this hub repo."})
+    query: str | None = field(default=None, metadata={"allowed": NAME, "help": "After training: run this query against the test gallery."})
     query_lang: str = field(default="de", metadata={"allowed": LANGUAGE_CODES})
     cpu_threads: str | int = field(default="auto", metadata={
         "help": "Torch CPU threads for training and evaluation: auto (torch's count: OMP_NUM_THREADS, else one per "
@@ -434,6 +448,7 @@ TRAINING_DEFAULTS = {
 
 # Ranges of the Trainer settings the recipes use (TrainingArguments' own fields carry none).
 TRAINING_ALLOWED = {
+    "output_dir": NAME,
     "per_device_train_batch_size": at_least(1),
     "per_device_eval_batch_size": at_least(1),
     "gradient_accumulation_steps": at_least(1),
@@ -548,16 +563,29 @@ def _accepts_str(hint) -> bool:
     return any(isinstance(a, type) and issubclass(a, str) for a in args)
 
 
-def _from_command_line(raw: str, hint):
-    """A command-line value: kept as text for text settings (so `--eval_strategy no` stays "no"),
-    else read as YAML (so 0.1, true, null, [de, fr] work)."""
+def _from_command_line(tokens: list[str], hint, key: str):
+    """A command-line value from the tokens after ``--key``: kept as text for text settings (so
+    `--eval_strategy no` stays "no"), else read as YAML (so 0.1, true, null, [de, fr] work). A list
+    setting takes one or more tokens, as argparse's ``nargs="+"`` (``--resume_allow_changes seed
+    lambda_kt``, ``--target_langs de fr``); any other setting takes one."""
+    list_hint = next((h for h in (hint, *typing.get_args(hint)) if typing.get_origin(h) in (list, tuple)), None)
+    if list_hint is not None and len(tokens) > 1:
+        item = (typing.get_args(list_hint) or (typing.Any,))[0]
+        return [_from_command_line([token], item, key) for token in tokens]
+    if len(tokens) != 1:
+        raise ValueError(f"command line: --{key} takes one value, got {len(tokens)}: {' '.join(tokens)}")
+    (raw,) = tokens
     if raw in ("null", "None", "~"):
         return None
-    return raw if _accepts_str(hint) else yaml.safe_load(raw)
+    if _accepts_str(hint):
+        return raw
+    value = yaml.safe_load(raw)
+    return [value] if list_hint is not None and not isinstance(value, list) and value is not None else value
 
 
-def _parse_overrides(argv: list[str]) -> dict:
-    """`--key value` pairs as raw text; `--flag` alone is true."""
+def _parse_overrides(argv: list[str]) -> dict[str, list[str]]:
+    """`--key value...` as the raw text tokens of each key (`--key=value` is one token); `--flag`
+    alone is true."""
     overrides, i = {}, 0
     while i < len(argv):
         token = argv[i]
@@ -566,13 +594,29 @@ def _parse_overrides(argv: list[str]) -> dict:
         key = token[2:].replace("-", "_")
         if "=" in key:
             key, raw = key.split("=", 1)
-            i += 1
-        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            raw, i = argv[i + 1], i + 2
+            tokens, i = [raw], i + 1
         else:
-            raw, i = "true", i + 1
-        overrides[key] = raw
+            end = i + 1
+            while end < len(argv) and not argv[end].startswith("--"):
+                end += 1
+            tokens, i = argv[i + 1 : end] or ["true"], end
+        overrides[key] = tokens
     return overrides
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the last
+    silently, so a recipe would run with a value its author may not have meant)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise ValueError(f"{key_node.start_mark.name}: key '{key}' is given twice (line {seen[key]} and line {line})")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def load_config(path: str | Path | None, argv: list[str] | None = None) -> dict:
@@ -584,7 +628,8 @@ def load_config(path: str | Path | None, argv: list[str] | None = None) -> dict:
     if path is not None:
         path = Path(path)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            with path.open(encoding="utf-8") as stream:  # (the loader's messages name the stream's file)
+                loaded = yaml.load(stream, Loader=_RecipeLoader) or {}
         except yaml.YAMLError as err:
             raise ValueError(f"{path}: not valid YAML: {err}") from err
         if not isinstance(loaded, dict):
@@ -596,7 +641,7 @@ def load_config(path: str | Path | None, argv: list[str] | None = None) -> dict:
             if key not in types_by_key:
                 raise ValueError(f"{source}: unknown key '{key}' (see cl2cm_hf/training/arguments.py for the settings)")
             if source == "command line":
-                value = _from_command_line(value, types_by_key[key])
+                value = _from_command_line(value, types_by_key[key], key)
             values[key] = _check_type(key, value, types_by_key[key], source)
             _check_value(key, values[key], allowed_by_key.get(key), source)
     return values
@@ -608,10 +653,61 @@ def parse_config(values: dict):
     unknown = set(values) - set(_field_types())
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)} (see cl2cm_hf/training/arguments.py for the settings)")
-    return tuple(
+    parsed = tuple(
         cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values})
         for cls in ARGUMENT_CLASSES
     )
+    check_combinations(*parsed)
+    return parsed
+
+
+def global_batch(training_args) -> tuple[int, str]:
+    """Rows of one micro-step over all processes, and how they come about: the columns every row of
+    a contrastive or distillation term is scored against (the losses gather every process's batch;
+    gradient accumulation adds steps, not columns)."""
+    processes = max(1, training_args.world_size)
+    size = training_args.per_device_train_batch_size
+    return size * processes, f"per_device_train_batch_size={size} x {processes} process(es)"
+
+
+def check_combinations(model_args, data_args, cl2cm_args, training_args) -> None:
+    """Refuse settings that are each in range but together cannot do what they ask, naming them
+    (settings that must fit the data are checked once it is read: `data_sources.check_fits_data`)."""
+    batch, batch_text = global_batch(training_args)
+    if cl2cm_args.lambda_kt and cl2cm_args.kt_teacher_entropy is not None:
+        columns = batch + cl2cm_args.kt_queue_size
+        if cl2cm_args.kt_teacher_entropy > math.log(columns):
+            raise ValueError(
+                f"kt_teacher_entropy={cl2cm_args.kt_teacher_entropy} is above what the batch allows: a teacher row spans "
+                f"at most {columns} columns ({batch_text} + kt_queue_size={cl2cm_args.kt_queue_size}), and the entropy "
+                f"of a distribution over {columns} columns is at most ln({columns}) = {math.log(columns):.4g} nats"
+            )
+    group = cl2cm_args.kt_neighbour_group_size
+    if group and training_args.per_device_train_batch_size % group:
+        raise ValueError(
+            f"kt_neighbour_group_size={group} must divide per_device_train_batch_size="
+            f"{training_args.per_device_train_batch_size} (each batch is made of whole groups)"
+        )
+    towers = [("text_hidden_size", "text_num_heads")] if model_args.text_model is None else []
+    towers += [("visual_hidden_size", "visual_num_heads")] if model_args.visual_num_layers else []
+    for width, heads in towers:
+        if getattr(model_args, width) % getattr(model_args, heads):
+            raise ValueError(f"{width}={getattr(model_args, width)} must be a multiple of {heads}={getattr(model_args, heads)}")
+    if model_args.text_model is None:  # a tower built from scratch: its depth is known now
+        for key in ("freeze_text_layers", "cl_freeze_text_layers"):
+            if (getattr(model_args, key) or 0) > model_args.text_num_layers:
+                raise ValueError(f"{key}={getattr(model_args, key)} is more layers than text_num_layers={model_args.text_num_layers}")
+    if data_args.dataset == "demo" and data_args.demo_pixels != (model_args.visual_encoder_type == "backbone"):
+        raise ValueError(
+            f"demo_pixels={data_args.demo_pixels} with visual_encoder_type={model_args.visual_encoder_type!r}: pictures "
+            "are read by a vision backbone (demo_pixels: true with backbone), features otherwise"
+        )
+    stage = cl2cm_args.stage
+    if cl2cm_args.cross_lingual_model and stage != "cm":
+        raise ValueError(f"cross_lingual_model is the teacher of stage cm; with stage {stage} the run trains stage 1 itself")
+    if stage == "cm" and not cl2cm_args.cross_lingual_model and cl2cm_args.needs_teacher_embeddings:
+        using = "lambda_kt > 0" if cl2cm_args.lambda_kt else f"kt_neighbour_group_size={cl2cm_args.kt_neighbour_group_size}"
+        raise ValueError(f"stage cm with {using} needs cross_lingual_model (a stage-1 folder: the teacher)")
 
 
 def _publishable(value, root: Path, shortened: list[str], key: str):

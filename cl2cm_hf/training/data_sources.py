@@ -2,6 +2,7 @@
 test queries, the visual feature store and the tokenizer."""
 
 import functools
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from cl2cm_hf.data import (
 )
 from cl2cm_hf.data.image_paths import IMAGES_FILE
 
+from .arguments import global_batch
 from .model_setup import scratch_image_processor
 
 
@@ -103,12 +105,11 @@ def _files(data_args, seed: int, skipped: SkippedRows | None = None):
         raise ValueError(f"dataset: files needs {', '.join(missing)}")
     # Every row checked at load (on_bad_row: error stops naming file and line, skip lists the row).
     policy = {"on_bad_row": data_args.on_bad_row, "skipped": skipped}
-    features = open_visual_store(data_args.features_file, **policy)
-    pairs = load_pairs(data_args.train_file, visual_ids=features, **policy).train_test_split(test_size=0.05, seed=seed)
+    features = _visual_store(data_args, policy)
+    pairs = _split_validation_pairs(load_pairs(data_args.train_file, visual_ids=features, **policy), seed, data_args.train_file, 0.05)
     queries = {
         split: load_queries(getattr(data_args, f"{split}_file"), visual_ids=features, **policy) for split in ("validation", "test")
     }
-    pairs = {"train": pairs["train"], "validation": pairs["test"]}
     texts = list(pairs["train"]["source_text"]) + list(pairs["train"]["target_text"])
     return Path(data_args.train_file).stem, pairs, queries, features, texts
 
@@ -134,6 +135,25 @@ def _multi30k_r50(data_args, seed: int):
     queries = {"validation": fold.queries["validation"], "test": fold.queries["test"]}
     texts = list(pairs["train"]["source_text"]) + list(pairs["train"]["target_text"])
     return f"multi30k_r50 fold {data_args.fold}", pairs, queries, fold.features, texts
+
+
+def _visual_store(data_args, policy: dict | None = None):
+    """The run's visual items (`features_file`): an image store (a folder with images.json, read by
+    a vision backbone), a saved feature store (a folder, or its features.safetensors), or a ``.npy``
+    array whose row ids are in `features_ids_file`. `policy`: `on_bad_row` and `skipped`, to check
+    every row now."""
+    path = _data_path(data_args, data_args.features_file)
+    policy = policy or {}
+    if path.suffix.lower() == ".npy":
+        if not data_args.features_ids_file:
+            raise ValueError(f"features_file={str(path)!r} is a .npy array: set features_ids_file (the id of each row)")
+        return VisualFeatureStore.from_npy(path, _data_path(data_args, data_args.features_ids_file), **policy)
+    if path.is_file() and path.suffix.lower() != ".safetensors":
+        raise ValueError(
+            f"features_file={str(path)!r}: expected a feature store folder (features.safetensors + ids.json, or its "
+            f"features.safetensors), an image store folder ({IMAGES_FILE}), or a .npy array with features_ids_file"
+        )
+    return open_visual_store(path, **policy)
 
 
 def _check_visual_input(features, model_args) -> None:
@@ -169,23 +189,22 @@ def _per_lang(data_args, key: str, lang: str) -> Path:
     return _data_path(data_args, template.format(lang=lang))
 
 
-def _feature_store(data_args) -> VisualFeatureStore:
-    path = _data_path(data_args, data_args.features_file)
-    if path.suffix == ".npy":
-        if not data_args.features_ids_file:
-            raise ValueError(f"features_file={str(path)!r} is a .npy array: set features_ids_file (the id of each row)")
-        return VisualFeatureStore.from_npy(path, _data_path(data_args, data_args.features_ids_file))
-    return VisualFeatureStore.load(path)
-
-
 def _require(data_args, dataset: str, keys) -> None:
     missing = [k for k in keys if not getattr(data_args, k)]
     if missing:
         raise ValueError(f"dataset: {dataset} needs {', '.join(missing)}")
 
 
-def _split_validation_pairs(pairs: Dataset, seed: int) -> dict[str, Dataset]:
-    held = pairs.train_test_split(test_size=min(0.05, 1000 / len(pairs)), seed=seed)
+def _split_validation_pairs(pairs: Dataset, seed: int, source, fraction: float | None = None) -> dict[str, Dataset]:
+    """Training pairs and a held-out validation split: `fraction` of the rows (default 5%, at most
+    1000), at least one row, and at least one row left for training; `source` names the data."""
+    fraction = fraction if fraction is not None else min(0.05, 1000 / max(1, len(pairs)))
+    if math.ceil(fraction * len(pairs)) >= len(pairs):
+        raise ValueError(
+            f"{source}: {len(pairs)} training row(s) are too few for a validation split of {fraction:.0%} of the rows "
+            "(at least 1 row held out and 1 left for training): give at least 2 rows"
+        )
+    held = pairs.train_test_split(test_size=fraction, seed=seed)
     return {"train": held["train"], "validation": held["test"]}
 
 
@@ -208,13 +227,13 @@ def _multi30k(data_args, seed: int):
     if data_args.mt_validation_file:
         pairs = {"train": train, "validation": pairs_of(data_args.validation_split, "mt_validation_file")}
     else:
-        pairs = _split_validation_pairs(train, seed)
+        pairs = _split_validation_pairs(train, seed, f"multi30k {data_args.train_split}")
     queries = {
         name: concatenate_datasets([multi30k_queries(root, split, lang, task=1) for lang in ("en", *langs)])
         for name, split in (("validation", data_args.validation_split), ("test", data_args.test_split))
     }
     texts = list(pairs["train"]["source_text"]) + list(pairs["train"]["target_text"])
-    return f"multi30k {data_args.test_split}", pairs, queries, _feature_store(data_args), texts
+    return f"multi30k {data_args.test_split}", pairs, queries, _visual_store(data_args), texts
 
 
 def _nrccr(data_args, seed: int):
@@ -224,13 +243,34 @@ def _nrccr(data_args, seed: int):
     langs = data_args.target_langs
     source = _data_path(data_args, data_args.train_file)
     train = concatenate_datasets([nrccr_pairs(source, _per_lang(data_args, "mt_train_file", lang), lang) for lang in langs])
-    pairs = _split_validation_pairs(train, seed)
+    pairs = _split_validation_pairs(train, seed, source)
     queries = {
         name: concatenate_datasets([nrccr_queries(_per_lang(data_args, key, lang), lang) for lang in langs])
         for name, key in (("validation", "validation_file"), ("test", "test_file"))
     }
     texts = list(pairs["train"]["source_text"]) + list(pairs["train"]["target_text"])
-    return f"nrccr {source.name}", pairs, queries, _feature_store(data_args), texts
+    return f"nrccr {source.name}", pairs, queries, _visual_store(data_args), texts
+
+
+def check_fits_data(data: RunData, cl2cm_args, training_args) -> None:
+    """Refuse, before any training, a batch larger than the training pairs of a stage or a
+    teacher-neighbour group larger than its items (settings that need the data read to be checked)."""
+    batch, batch_text = global_batch(training_args)
+    stages = {"cl": ["stage 1"], "cm": ["stage 2"], "both": ["stage 1", "stage 2"]}[cl2cm_args.stage]
+    for stage in stages:
+        pairs = data.train_pairs
+        if stage == "stage 1" and cl2cm_args.cl_first_caption_only:
+            pairs = first_caption_pairs(data).train_pairs
+        if batch > len(pairs):
+            raise ValueError(
+                f"{batch_text} = {batch} rows per step is larger than the data: {stage} trains on {len(pairs)} pairs "
+                f"of {data.name}"
+            )
+    group = cl2cm_args.kt_neighbour_group_size
+    if group and "stage 2" in stages:
+        items = len(set(data.train_pairs["visual_id"]))
+        if group > items:
+            raise ValueError(f"kt_neighbour_group_size={group} is larger than the data: {data.name} has {items} training items")
 
 
 def build_run_data(data_args, model_args, training_args) -> RunData:

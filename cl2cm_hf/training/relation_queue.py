@@ -30,6 +30,7 @@ class RelationQueue:
         if size < 1:
             raise ValueError(f"kt_queue_size={size}: expected at least 1 (0 switches the queue off)")
         self.size = size
+        self.start_empty_without_file = False
         self.student_k: torch.Tensor | None = None
         self.teacher_k: torch.Tensor | None = None
 
@@ -53,7 +54,17 @@ class RelationQueue:
         atomic_write_bytes(path, safetensors_bytes(tensors, {"size": str(self.size)}))
 
     def load(self, path: Path) -> None:
+        """The queue saved in a checkpoint, cut to `size`. A checkpoint written while the queue was off
+        (`start_empty_without_file`, set when --resume accepted a change of kt_queue_size or lambda_kt)
+        holds none: the queue then starts empty."""
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: missing; a checkpoint of a run with kt_queue_size={self.size} holds its relation queue")
+            if self.start_empty_without_file:
+                return
+            raise FileNotFoundError(
+                f"{path}: missing; a checkpoint of a run with kt_queue_size={self.size} and lambda_kt > 0 holds its relation "
+                "queue (a checkpoint written with the queue off resumes with it only under --resume_allow_changes kt_queue_size)"
+            )
         tensors = load_file(str(path))
-        self.student_k, self.teacher_k = tensors.get("student_k"), tensors.get("teacher_k")
+        student_k, teacher_k = tensors.get("student_k"), tensors.get("teacher_k")
+        self.student_k = None if student_k is None else student_k[-self.size :]
+        self.teacher_k = None if teacher_k is None else teacher_k[-self.size :]

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import AutoModel, Trainer, TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
 
@@ -32,10 +33,20 @@ from cl2cm_hf.processing_cl2cm import build_processor
 from cl2cm_hf.torch_state import cpu_threads, torch_threads
 from cl2cm_hf.training import neighbour_batches
 from cl2cm_hf.training.arguments import config_to_yaml, load_config, parse_config, publishable_settings, settings_help
-from cl2cm_hf.training.data_sources import RunData, build_run_data, first_caption_pairs
+from cl2cm_hf.training.data_sources import RunData, build_run_data, check_fits_data, first_caption_pairs
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore
 from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal, check_teacher_folder, load_teacher, prepare_teacher
-from cl2cm_hf.training.run_record import check_owned, copy_record, read_record, result_settings, take_output_dir
+from cl2cm_hf.training.run_record import (
+    RecordStamp,
+    RunMismatchError,
+    changes_since,
+    check_owned,
+    copy_record,
+    describe_changes,
+    read_record,
+    result_settings,
+    take_output_dir,
+)
 from cl2cm_hf.training.checkpoints import CHECKPOINT_COMPLETE, checkpoint_folders
 from cl2cm_hf.training.trainers import CrossLingualTrainer, CrossModalTrainer
 
@@ -63,14 +74,48 @@ def last_checkpoint(folder: str) -> str | None:
     return None
 
 
-def fit(trainer: Trainer, resume: bool) -> None:
+def fit(trainer: Trainer, resume: bool, out: Path) -> None:
     """Train; a stage that skipped too many steps (`max_skipped_fraction`) fails here, before any
-    of it is published."""
+    of it is published. Every checkpoint is stamped with the run record of `out` (if any), so a
+    resumed run names the settings changed since its checkpoint was written (`--resume_allow_changes`)
+    and a checkpoint that cannot continue under them fails naming them, not as a damaged file."""
+    record = read_record(out)
+    if record is not None:
+        trainer.training_states.append(RecordStamp(record))
     checkpoint = last_checkpoint(trainer.args.output_dir) if resume else None
+    changes = changes_since(Path(checkpoint), record) if checkpoint and record is not None else {}
     if checkpoint:
-        logger.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
+        logger.info("resuming from %s%s", checkpoint, f" with changed settings: {describe_changes(changes)}" if changes else "")
+        queue = getattr(trainer, "relation_queue", None)
+        if queue is not None and {"kt_queue_size", "lambda_kt"} & set(changes):
+            queue.start_empty_without_file = True  # the checkpoint was written without this queue
+    step = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
+    try:
+        if changes and (misfit := _weights_misfit(Path(checkpoint), trainer.model)):
+            raise ValueError(f"its weights do not fit the model these settings build ({misfit})")
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except (ValueError, RuntimeError, KeyError, OSError) as err:
+        if not changes or trainer.state.global_step > step:
+            raise
+        raise RunMismatchError(
+            f"--resume: {checkpoint} does not continue under the settings changed since it was written "
+            f"({describe_changes(changes)}): {err}; resume with the recorded settings or start a new run in another "
+            "output_dir"
+        ) from err
     trainer.check_skipped_steps()
+
+
+def _weights_misfit(checkpoint: Path, model) -> str | None:
+    """The first weights of `checkpoint` that `model` has not, or has in another shape (read from
+    the safetensors header), or None. Weights the file lacks are not counted: tied ones are saved once."""
+    path = checkpoint / "model.safetensors"
+    if not path.is_file():
+        return None
+    own = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    with safe_open(str(path), framework="pt") as handle:
+        saved = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    misfits = [f"{name} {shape} saved, {own.get(name, 'none')} now" for name, shape in saved.items() if own.get(name) != shape]
+    return "; ".join(misfits[:3]) + (f"; {len(misfits) - 3} more" if len(misfits) > 3 else "") if misfits else None
 
 
 def save_stage(trainer: Trainer, model, tokenizer, folder: Path) -> None:
@@ -114,7 +159,7 @@ def train_cross_lingual(args, data: RunData, out: Path, frozen_layers: FrozenLay
         cl2cm_args=cl2cm_args,
         evaluator=evaluator,
     )
-    fit(trainer, cl2cm_args.resume)
+    fit(trainer, cl2cm_args.resume, out)
     save_stage(trainer, trainer.model, data.tokenizer, folder)
     return trainer.model
 
@@ -175,7 +220,7 @@ def train_cross_modal(
         teacher_model=teacher if cl2cm_args.lambda_kt else None,
         teacher_scale=teacher_scale,
     )
-    fit(trainer, cl2cm_args.resume)
+    fit(trainer, cl2cm_args.resume, out)
     return trainer
 
 
@@ -253,6 +298,7 @@ def run_recipe(args, values: dict) -> list[MetricRecord]:
         allow_changes=cl2cm_args.resume_allow_changes,
     )
     data = build_run_data(data_args, model_args, training_args)
+    check_fits_data(data, cl2cm_args, training_args)
 
     # One store of frozen-layer outputs for the run: stage 1, stage 2 and the teacher share it.
     frozen_layers = FrozenLayerStore() if model_args.cache_frozen_text_layers else None
@@ -264,9 +310,6 @@ def run_recipe(args, values: dict) -> list[MetricRecord]:
         teacher, teacher_processor = load_teacher(
             cl2cm_args.cross_lingual_model, run_processor, data.train_pairs, model_args.init_text_from_cross_lingual
         )
-    elif cl2cm_args.needs_teacher_embeddings:
-        using = "lambda_kt > 0" if cl2cm_args.lambda_kt else f"kt_neighbour_group_size={cl2cm_args.kt_neighbour_group_size}"
-        raise ValueError(f"stage cm with {using} needs cross_lingual_model (a stage-1 folder: the teacher)")
     if cl2cm_args.stage == "cl":
         return []
 

@@ -114,7 +114,8 @@ def _existing_outputs(out: Path) -> list[str]:
     return [name for name in RUN_OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
 
 
-def _describe(diffs: Mapping[str, tuple]) -> str:
+def describe_changes(diffs: Mapping[str, tuple]) -> str:
+    """``key: old -> new; ...`` of `differing`'s result."""
     return "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in diffs.items())
 
 
@@ -142,7 +143,7 @@ def claim_output_dir(out: Path, settings: Mapping, *, resume: bool, overwrite: b
     refused = {k: v for k, v in diffs.items() if k not in set(allow_changes)}
     if refused:
         raise RunMismatchError(
-            f"--resume: {out} was started with other settings ({_describe(refused)}); resume with the recorded settings, "
+            f"--resume: {out} was started with other settings ({describe_changes(refused)}); resume with the recorded settings, "
             "start a new run in another output_dir, or allow a harmless change with --resume_allow_changes <key>"
         )
     if diffs:
@@ -171,6 +172,32 @@ def check_owned(folder: Path, record: Mapping, what: str) -> None:
             f"--resume: {what} {folder} belongs to another run ({owner}, this run is {record['run_id']}); "
             "remove it or start a new run in another output_dir"
         )
+
+
+class RecordStamp:
+    """The run record written into every Trainer checkpoint (a training state of
+    `trainers.CompleteCheckpoints`), so `--resume` knows the settings a checkpoint was written with
+    and names what changed since (`changes_since`)."""
+
+    file_name = RUN_RECORD
+
+    def __init__(self, record: Mapping):
+        self.record = record
+
+    def save(self, path: Path) -> None:
+        write_record(Path(path).parent, self.record)
+
+    def load(self, path: Path) -> None:
+        """Nothing to restore: `changes_since` reads the stamp before training starts."""
+
+
+def changes_since(checkpoint: Path, record: Mapping) -> dict[str, tuple]:
+    """`{setting: (value when `checkpoint` was written, value now)}`; empty for a checkpoint without
+    a stamp (written by an older version). A stamp of another run is refused (`check_owned`)."""
+    if read_record(checkpoint) is None:
+        return {}
+    check_owned(checkpoint, record, "checkpoint")
+    return differing(read_record(checkpoint)["settings"], record["settings"])
 
 
 def take_output_dir(out: Path, settings: Mapping, *, resume: bool, overwrite: bool, allow_changes: Iterable[str] = ()) -> dict:

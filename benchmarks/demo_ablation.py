@@ -30,8 +30,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.provenance import git_commit, machine  # noqa: E402
 from benchmarks.pairing import lambda_kt_partners  # noqa: E402
+from benchmarks.provenance import git_commit, machine  # noqa: E402
 from cl2cm_hf.atomic import atomic_write_text  # noqa: E402
 from cl2cm_hf.evaluation.records import flat_metrics  # noqa: E402
 from cl2cm_hf.training.run import train  # noqa: E402

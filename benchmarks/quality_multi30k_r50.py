@@ -46,16 +46,17 @@ import torch  # noqa: E402
 from transformers import set_seed  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from cl2cm_hf.training.arguments import load_config, parse_config  # noqa: E402
+from benchmarks.pairing import KT_ONLY, lambda_kt_partners  # noqa: E402
+from benchmarks.provenance import git_commit, machine  # noqa: E402
 from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator  # noqa: E402
 from cl2cm_hf.evaluation.records import flat_metrics  # noqa: E402
+from cl2cm_hf.processing_cl2cm import build_processor  # noqa: E402
 from cl2cm_hf.retrieval import METRIC_KEYS  # noqa: E402
-from cl2cm_hf.training.model_setup import build_cross_modal  # noqa: E402
-from cl2cm_hf.training.run import train_cross_lingual, train_cross_modal  # noqa: E402
 from cl2cm_hf.training.data_sources import build_run_data  # noqa: E402
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore, FrozenPrefixBackbone  # noqa: E402
-from benchmarks.provenance import git_commit, machine  # noqa: E402
-from benchmarks.pairing import KT_ONLY, lambda_kt_partners  # noqa: E402
+from cl2cm_hf.training.model_setup import build_cross_modal  # noqa: E402
+from cl2cm_hf.training.recipe import RunSettings, load_config, parse_config  # noqa: E402
+from cl2cm_hf.training.run import train_cross_lingual, train_cross_modal  # noqa: E402
 
 TOWERS = {"e5": "trainer/configs/multi30k_r50_e5.yaml", "minilm": "trainer/configs/multi30k_r50_minilm.yaml"}
 ME5_DIR = REPO / "benchmarks" / "cache" / "me5-small"
@@ -113,21 +114,6 @@ def parse_variant(spec: str) -> tuple[str, str, dict]:
     return name, base, settings
 
 
-def as_argv(settings: dict) -> list[str]:
-    argv = []
-    for key, value in settings.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (list, tuple)):
-            text = "[" + ", ".join(str(v) for v in value) + "]"
-        elif value is None:
-            text = "null"
-        else:
-            text = str(value)
-        argv += [f"--{key}", text]
-    return argv
-
-
 def ensure_me5() -> None:
     if (ME5_DIR / "config.json").exists():
         return
@@ -146,8 +132,9 @@ class Run:
         values = self.values({})
         model_args, data_args, _, training_args = parse_config(values)
         self.data = build_run_data(data_args, model_args, training_args)
+        self.processor = build_processor(self.data.tokenizer, model_args.text_prefix)
         evaluator = lambda queries, split: CrossModalEvaluator(  # noqa: E731
-            queries, self.data.features, self.data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,
+            queries, self.data.features, self.processor, data_args.target_langs, data_args.max_length,
             dataset=self.data.name, split=split,
         )
         self.validation = evaluator(self.data.validation_queries, "validation")
@@ -162,15 +149,14 @@ class Run:
 
     def values(self, settings: dict) -> dict:
         out = str(self.work / self.tower / f"fold{self.fold}")
-        argv = as_argv({**self.common, "fold": self.fold, "output_dir": out, **settings})
-        return load_config(REPO / TOWERS[self.tower], argv)
+        return load_config(REPO / TOWERS[self.tower], {**self.common, "fold": self.fold, "output_dir": out, **settings})
 
     def system(self, name: str, base: str, settings: dict, evaluate_test: bool) -> dict:
         """Train (or build) one system; its validation and (optionally) test metrics and timings."""
         values = self.values({**SYSTEM_SETTINGS[base], **settings})
         values["output_dir"] = str(Path(values["output_dir"]) / name)
-        args = parse_config(values)
-        model_args, data_args, cl2cm_args, training_args = args
+        run_settings = RunSettings.from_recipe(values)
+        model_args, data_args, cl2cm_args, training_args = run_settings.groups
         out = Path(training_args.output_dir)
         started = time.time()
         timings = {}
@@ -186,10 +172,10 @@ class Run:
                 ignored = STAGE2_ONLY | {k for k in OVERRIDDEN_IN_STAGE1 if values.get(f"cl_{k}") is not None}
                 key = json.dumps({k: v for k, v in sorted(values.items()) if k not in ignored}, default=str)
                 if key not in self.stage1_models:
-                    self.stage1_models[key] = train_cross_lingual(args, self.data, out, self.frozen_layers)
+                    self.stage1_models[key] = train_cross_lingual(run_settings, self.data, self.processor, out, self.frozen_layers)
                     timings["stage1_s"] = round(time.time() - started, 1)
                 teacher = self.stage1_models[key]
-            trainer = train_cross_modal(args, self.data, out, teacher, self.frozen_layers)
+            trainer = train_cross_modal(run_settings, self.data, self.processor, out, teacher, self.frozen_layers)
             model = trainer.accelerator.unwrap_model(trainer.model)
         timings["train_s"] = round(time.time() - started, 1)
         model.eval()
@@ -204,7 +190,7 @@ class Run:
     def prefill(self) -> float:
         """Run every text of the benchmark (all folds) through the pretrained tower's frozen layers once
         (the cache then serves every fold and system); returns the seconds it took."""
-        from cl2cm_hf.inference import as_processor, encode_texts
+        from cl2cm_hf.inference import encode_texts
         from cl2cm_hf.training.data_sources import _load_r50
 
         started = time.time()
@@ -212,7 +198,7 @@ class Run:
         everything = _load_r50(str(Path(data_args.shared_root).resolve()), tuple(data_args.target_langs), data_args.first_caption_only)
         texts = list(dict.fromkeys([*everything["pairs"]["source_text"], *everything["pairs"]["target_text"], *everything["queries"]["text"]]))
         model = self.untrained.eval()
-        encode_texts(model.get_text_features, as_processor(self.data.tokenizer, model.config.text_prefix), texts, 128, data_args.max_length)
+        encode_texts(model.get_text_features, self.processor, texts, 128, data_args.max_length)
         return time.time() - started
 
     def pretrained_cache_keys(self) -> list[str]:
@@ -432,7 +418,7 @@ def main(argv=None) -> None:
     report["disk_cache_at_start"] = sum(cache_sizes.values())
     kept_caches: list[str] = list(cache_sizes)
     for tower in args.towers:
-        recipe = load_config(REPO / TOWERS[tower], as_argv(common))
+        recipe = load_config(REPO / TOWERS[tower], common)
         report["tower_notes"][tower] = (
             f"`{TOWERS[tower]}` (text_model `{recipe['text_model']}`, freeze_text_layers {recipe['freeze_text_layers']}, "
             f"cache_frozen_text_layers {recipe['cache_frozen_text_layers']})"

@@ -26,16 +26,17 @@ import os
 import re
 from pathlib import Path
 
+from .errors import CL2CMError
 from .processor_sizes import ProcessorSizeError, check_processor_sizes
 
 _REFERENCE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(CL2CMError):
     """A checkpoint's `auto_map` points at code outside the checkpoint (the message names the entry)."""
 
 
-class BadCheckpointError(ValueError):
+class BadCheckpointError(CL2CMError):
     """A file of a checkpoint is missing, unreadable or does not fit the others (the message names it)."""
 
 

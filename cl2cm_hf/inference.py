@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor, ProcessorMixin
 
 from cl2cm_hf.checkpoint_safety import check_auto_map, check_config_files, check_processor_config, check_tokenizer_files, read_json_object
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.processing_cl2cm import CL2CMTextProcessor
 from cl2cm_hf.versioned_folders import pinned_folder
 
@@ -33,7 +34,7 @@ def as_processor(tokenizer_or_processor, text_prefix: str = ""):
     if isinstance(tokenizer_or_processor, ProcessorMixin):
         own = getattr(tokenizer_or_processor, "text_prefix", None)
         if text_prefix and text_prefix != own:
-            raise ValueError(f"text_prefix={text_prefix!r} differs from the processor's own text_prefix={own!r}")
+            raise CL2CMError(f"text_prefix={text_prefix!r} differs from the processor's own text_prefix={own!r}")
         return tokenizer_or_processor
     return CL2CMTextProcessor(tokenizer_or_processor, text_prefix=text_prefix)
 
@@ -82,7 +83,7 @@ def encode_texts(
     With `sort_by_length`, texts are tokenized once, batched by length and padded per batch only as
     far as the batch needs; the rows are put back in input order."""
     if len(texts) == 0:
-        raise ValueError("encode_texts got no texts")
+        raise CL2CMError("encode_texts got no texts")
     encoded = processor(text=list(texts), truncation=True, max_length=max_length)["input_ids"]
     if sort_by_length:
         batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
@@ -120,10 +121,10 @@ def encode_visual(
     """
     is_store = hasattr(source, "lookup")
     if is_store == (visual_ids is None):
-        raise ValueError("encode_visual: pass a store with visual_ids, or in-memory images/videos without them")
+        raise CL2CMError("encode_visual: pass a store with visual_ids, or in-memory images/videos without them")
     items = visual_ids if is_store else list(source)
     if not is_store and processor is None:
-        raise ValueError("encode_visual: in-memory images need a processor with an image processor")
+        raise CL2CMError("encode_visual: in-memory images need a processor with an image processor")
     chunks = []
     for start in tqdm(range(0, len(items), batch_size), desc="encode visual", disable=not progress):
         chunk = items[start : start + batch_size]
@@ -151,7 +152,7 @@ def checkpoint_folder(name: str | Path) -> Path:
         looks_local = True
     if looks_local:
         if not path.is_dir():
-            raise ValueError(f"{name} is not a checkpoint: no such folder")
+            raise CL2CMError(f"{name} is not a checkpoint: no such folder")
         return path
     return Path(snapshot_download(str(name)))
 
@@ -162,10 +163,10 @@ def check_folder(folder: Path, model_type: str, name: str | Path | None = None) 
     name = folder if name is None else name
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise ValueError(f"{name} is not a checkpoint: it has no config.json")
+        raise CL2CMError(f"{name} is not a checkpoint: it has no config.json")
     found = read_json_object(config_path).get("model_type")
     if found != model_type:
-        raise ValueError(f"{name} is a {found!r} checkpoint; expected a {model_type!r} one")
+        raise CL2CMError(f"{name} is a {found!r} checkpoint; expected a {model_type!r} one")
     check_config_files(folder)
     check_auto_map(folder)
     check_tokenizer_files(folder)

@@ -6,6 +6,8 @@ from contextlib import contextmanager
 
 import torch
 
+from cl2cm_hf.errors import CL2CMError
+
 
 @contextmanager
 def torch_threads(num_threads: int | None) -> Iterator[None]:
@@ -47,5 +49,5 @@ def cpu_threads(setting: str | int) -> int | None:
     if setting == "auto":
         return None
     if isinstance(setting, bool) or not str(setting).isdigit() or int(setting) < 1:
-        raise ValueError(f"cpu_threads={setting!r}; expected 'auto' or a positive number of threads")
+        raise CL2CMError(f"cpu_threads={setting!r}; expected 'auto' or a positive number of threads")
     return int(setting)

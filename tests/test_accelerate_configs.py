@@ -11,7 +11,6 @@ from unittest import mock
 
 import pytest
 import yaml
-
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.utils import DistributedType
 

@@ -13,8 +13,8 @@ from cl2cm_hf.data.demo_grammar import plan_caption
 from cl2cm_hf.data.demo_lexicon import NOUNS
 from cl2cm_hf.data.demo_mt_noise import semantic_error
 from cl2cm_hf.data.demo_scenes import confusable_variant, sample_scene
-from cl2cm_hf.training.arguments import load_config, parse_config
 from cl2cm_hf.training.data_sources import build_run_data
+from cl2cm_hf.training.recipe import load_config, parse_config
 
 SMALL = {"seed": 5, "num_items": 80, "val_items": 20, "test_items": 20, "corpus_items": 10}
 # sha256 of SMALL's pairs, queries, scenes and corpus, computed with the code before these settings existed

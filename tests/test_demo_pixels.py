@@ -14,8 +14,8 @@ from transformers import AutoModel, AutoProcessor, ConvNextImageProcessorPil, Vi
 
 from cl2cm_hf.data import ImagePathStore
 from cl2cm_hf.evaluation.records import flat_metrics
-from cl2cm_hf.training.arguments import load_config, parse_config
 from cl2cm_hf.training.model_setup import scratch_image_processor, scratch_vision_backbone
+from cl2cm_hf.training.recipe import load_config, parse_config
 
 RECIPE = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "demo_pixels.yaml"
 # A few items, one epoch per stage, tiny text tower: the recipe's data path and vision tower as shipped.

@@ -140,7 +140,7 @@ def test_neighbour_sampler_refuses_groups_that_do_not_fill_batches():
     ],
 )
 def test_distillation_settings_are_checked_when_read(overrides, message):
-    from cl2cm_hf.training.arguments import load_config, parse_config
+    from cl2cm_hf.training.recipe import load_config, parse_config
 
     with pytest.raises(ValueError, match=message):
         parse_config(load_config(Path(__file__).resolve().parents[1] / "trainer" / "configs" / "demo.yaml", overrides))

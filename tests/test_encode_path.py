@@ -17,12 +17,10 @@ from conftest import build_wordpiece_tokenizer, features_config
 from transformers import AutoProcessor, ViTConfig, ViTImageProcessorPil, ViTModel
 
 from cl2cm_hf import CL2CMCrossModalModel, CL2CMProcessor, CL2CMTextProcessor, build_processor
-from cl2cm_hf.data import ImagePathStore, VisualFeatureStore, make_queries
-from cl2cm_hf.inference import as_processor, encode_texts, encode_visual, tokenize
+from cl2cm_hf.data import ImagePathStore, VisualFeatureStore, make_queries, open_visual_store
 from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator
-from cl2cm_hf.inference import load_model_and_processor
+from cl2cm_hf.inference import as_processor, encode_texts, encode_visual, load_model_and_processor, tokenize
 from cl2cm_hf.search import SearchIndex
-from cl2cm_hf.data import open_visual_store
 
 REPO = Path(__file__).resolve().parents[1]
 COLORS = {"red": ("rot", "rouge", (220, 30, 30)), "blue": ("blau", "bleu", (30, 30, 220)), "green": ("grün", "vert", (30, 200, 30))}

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 from huggingface_hub import ModelCard
+from test_training import run_training
 
+from cl2cm_hf.cli.leaderboard import main as leaderboard
 from cl2cm_hf.data import VisualFeatureStore, make_queries
 from cl2cm_hf.evaluation.records import load_records
 from cl2cm_hf.hub import metrics_table
-from test_training import run_training
-from cl2cm_hf.cli.leaderboard import main as leaderboard
 
 DIRECTIONS = {"t2v", "v2t", None}
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from conftest import SHARED, tiny_bert_config
 
+from cl2cm_hf.training.arguments import ModelArguments, resolve_model_reference
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore, FrozenPrefixBackbone, cache_frozen_layers, plain_backbone
-from cl2cm_hf.training.arguments import ModelArguments, load_config, parse_config, resolve_model_reference
 from cl2cm_hf.training.model_setup import freeze_lower_layers
+from cl2cm_hf.training.recipe import load_config, parse_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
 needs_data = pytest.mark.skipif(

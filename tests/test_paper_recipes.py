@@ -13,10 +13,10 @@ import torch
 from conftest import MBERT_DIR, requires_shared
 
 from cl2cm_hf.data import PairCollator, VisualFeatureStore
-from cl2cm_hf.training.arguments import load_config, parse_config
-from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal
-from cl2cm_hf.training.run import stage_training_args
 from cl2cm_hf.training.data_sources import build_run_data
+from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal
+from cl2cm_hf.training.recipe import load_config, parse_config
+from cl2cm_hf.training.run import stage_training_args
 from cl2cm_hf.training.trainers import CrossLingualTrainer, CrossModalTrainer
 
 pytestmark = requires_shared

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cl2cm_hf.torch_state import cpu_threads
-from cl2cm_hf.training.arguments import load_config, parse_config
+from cl2cm_hf.training.recipe import load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 # The demo recipe as `make demo` runs it, shrunk to seconds.

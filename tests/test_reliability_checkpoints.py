@@ -132,9 +132,9 @@ def test_every_way_the_project_loads_a_checkpoint_refuses_outside_code(tmp_path)
     """The leaderboard, query, search and the push check all go through the same checks."""
     from conftest import build_wordpiece_tokenizer
 
-    from cl2cm_hf.inference import load_model_and_processor
     from cl2cm_hf.cli.leaderboard import main as leaderboard
     from cl2cm_hf.hub import CheckpointError, check_checkpoint
+    from cl2cm_hf.inference import load_model_and_processor
     from cl2cm_hf.processing_cl2cm import build_processor
     from cl2cm_hf.search import load_checkpoint
 

@@ -29,8 +29,8 @@ from cl2cm_hf.data import (
 )
 from cl2cm_hf.data.schemas import is_blank
 from cl2cm_hf.data.textfiles import read_captions, read_lines
-from cl2cm_hf.training.arguments import load_config, parse_config
 from cl2cm_hf.training.data_sources import build_run_data
+from cl2cm_hf.training.recipe import load_config, parse_config
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 _counter = itertools.count()

@@ -36,8 +36,8 @@ from cl2cm_hf.data import PairCollator
 from cl2cm_hf.evaluation.records import MetricRecord
 from cl2cm_hf.modeling_cl2cm import CorruptCheckpointError, check_safetensors_file
 from cl2cm_hf.training.arguments import CL2CMArguments
-from cl2cm_hf.training.run import last_checkpoint
 from cl2cm_hf.training.checkpoints import CHECKPOINT_COMPLETE
+from cl2cm_hf.training.run import last_checkpoint
 from cl2cm_hf.training.trainers import CrossLingualTrainer
 
 REPO = Path(__file__).resolve().parents[1]

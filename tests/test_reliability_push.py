@@ -14,8 +14,8 @@ from test_hub_cards import FakeHubApi, make_checkpoint, records_for
 from transformers import AutoProcessor
 
 from cl2cm_hf.checkpoint_safety import BadCheckpointError
-from cl2cm_hf.inference import load_model_and_processor
 from cl2cm_hf.hub import PLOT_FILENAME, CheckpointError, build_card, push_checkpoint
+from cl2cm_hf.inference import load_model_and_processor
 from cl2cm_hf.retrieval import RetrievalRanks
 
 SECRET = "hunter2-do-not-publish"

@@ -14,11 +14,11 @@ import torch
 from conftest import backbone_config, build_wordpiece_tokenizer
 
 from cl2cm_hf import CL2CMCrossModalModel, build_processor
-from cl2cm_hf.search import ModelMismatchError, OutFolderError, SearchIndex, UnknownQueryError, build_index
 from cl2cm_hf.cli.app import main as app_main
 from cl2cm_hf.cli.app import model_info
-from cl2cm_hf.cli.search import main as search_main
 from cl2cm_hf.cli.index import main as index_main
+from cl2cm_hf.cli.search import main as search_main
+from cl2cm_hf.search import ModelMismatchError, OutFolderError, SearchIndex, UnknownQueryError, build_index
 
 SMALL = {"batch_size": 2, "chunk_size": 4, "num_workers": 0, "progress": False, "faiss": "none"}
 CLI_SMALL = ["--batch-size", "2", "--num-workers", "0", "--no-progress", "--faiss", "none"]

@@ -8,14 +8,9 @@ import pytest
 import yaml
 from transformers import TrainingArguments
 
-from cl2cm_hf.training.arguments import (
-    ARGUMENT_CLASSES,
-    TRAINING_ALLOWED,
-    CL2CMArguments,
-    config_to_yaml,
-    load_config,
-    parse_config,
-)
+from cl2cm_hf.hub.local_paths import config_to_yaml
+from cl2cm_hf.training.arguments import ARGUMENT_CLASSES, TRAINING_ALLOWED, CL2CMArguments
+from cl2cm_hf.training.recipe import load_config, parse_config
 
 
 @pytest.mark.parametrize(
@@ -51,7 +46,6 @@ from cl2cm_hf.training.arguments import (
         ("target_langs", "[]", "at least 1"),
         ("target_langs", "['de ', fr]", "did you mean 'de'"),
         ("target_langs", "[DE]", "did you mean 'de'"),
-        ("query_lang", "FR", "did you mean 'fr'"),
         ("dataset", "multi30", "one of"),
         ("pooling", "max", "one of"),
         ("source_task", "3", "one of"),
@@ -148,7 +142,7 @@ def test_empty_paths_are_refused_naming_the_setting(key, value):
 
 
 def test_empty_output_dir_ends_the_command_with_one_line_and_status_2(tmp_path, capsys, monkeypatch):
-    from cl2cm_hf.training.run import main
+    from cl2cm_hf.cli.train import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["--output_dir", ""]) == 2

@@ -26,9 +26,9 @@ from cl2cm_hf.data import build_demo_world, train_demo_tokenizer
 from cl2cm_hf.losses import relational_distillation, sinkhorn_ot_loss
 from cl2cm_hf.training.arguments import CL2CMArguments
 from cl2cm_hf.training.model_setup import TeacherError
+from cl2cm_hf.training.nonfinite import TooManySkippedStepsError
 from cl2cm_hf.training.run import train
 from cl2cm_hf.training.run_record import RUN_RECORD
-from cl2cm_hf.training.nonfinite import TooManySkippedStepsError
 
 REPO = Path(__file__).resolve().parents[1]
 SHRUNK = [

@@ -93,7 +93,7 @@ def _resume_argv(out: Path, *more: str) -> list[str]:
 
 
 def _main(argv: list[str], capsys) -> tuple[int, str]:
-    from cl2cm_hf.training.run import main
+    from cl2cm_hf.cli.train import main
 
     status = main(argv)
     return status, capsys.readouterr().err
@@ -102,7 +102,7 @@ def _main(argv: list[str], capsys) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     """A tiny two-stage demo run whose checkpoints carry its run record."""
-    from cl2cm_hf.training.run import main
+    from cl2cm_hf.cli.train import main
 
     out = tmp_path_factory.mktemp("resume") / "run"
     assert main(_resume_argv(out)) == 0

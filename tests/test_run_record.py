@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cl2cm_hf.training.arguments import load_config, parse_config
+from cl2cm_hf.training.recipe import load_config, parse_config
 from cl2cm_hf.training.run_record import (
     RUN_RECORD,
     RunMismatchError,

@@ -26,12 +26,12 @@ from conftest import backbone_config, build_wordpiece_tokenizer, features_config
 from test_distributed import subprocess_env, torchrun
 
 from cl2cm_hf import CL2CMCrossModalModel, build_processor
+from cl2cm_hf.cli.index import main as index_main
+from cl2cm_hf.cli.search import main as search_main
 from cl2cm_hf.data import VisualFeatureStore
 from cl2cm_hf.inference import encode_visual
 from cl2cm_hf.search import BrokenIndexError, SearchIndex, build_index, load_checkpoint, open_image
-from cl2cm_hf.cli.search import main as search_main
 from cl2cm_hf.search.index import load_rows
-from cl2cm_hf.cli.index import main as index_main
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "tests" / "search" / "build.py"

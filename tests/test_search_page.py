@@ -75,12 +75,12 @@ def picture(i: int) -> Image.Image:
 def build_tiny_index(root: Path, n: int = 12) -> Path:
     """`cl2cm-index` over n pictures (a datasets folder with id, path, caption) with a tiny random
     vision-backbone checkpoint: the page must show what the API answers, whatever the model."""
+    from conftest import IMAGE_SIZE, backbone_config, build_wordpiece_tokenizer
     from datasets import Dataset
     from transformers import ViTImageProcessorPil
 
     from cl2cm_hf import CL2CMCrossModalModel, build_processor
     from cl2cm_hf.search import build_index
-    from conftest import IMAGE_SIZE, backbone_config, build_wordpiece_tokenizer
 
     words = sorted({w for texts in QUERIES.values() for text in texts for w in re.findall(r"\w+", text.lower())})
     torch.manual_seed(0)
@@ -353,8 +353,8 @@ FAST_DEMO = [
 
 def demo_world_of(final: Path):
     """The demo world a run trained and was tested on, rebuilt from its saved recipe."""
-    from cl2cm_hf.training.arguments import load_config, parse_config
     from cl2cm_hf.training.data_sources import demo_world
+    from cl2cm_hf.training.recipe import load_config, parse_config
 
     _, data_args, _, training_args = parse_config(load_config(final / "training_config.yaml"))
     return demo_world(data_args, training_args.seed)

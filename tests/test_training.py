@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from cl2cm_hf.evaluation.records import flat_metrics, load_records
 from cl2cm_hf.hub import metrics_table
-from cl2cm_hf.training.arguments import load_config, parse_config
+from cl2cm_hf.training.recipe import load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "trainer" / "configs"

@@ -18,8 +18,8 @@ Host and port come from Gradio's own variables (a Space sets ``GRADIO_SERVER_NAM
 import os
 import sys
 
-from cl2cm_hf.search import SearchIndex
 from cl2cm_hf.cli.app import serve
+from cl2cm_hf.search import SearchIndex
 
 if __name__ == "__main__":
     serve(SearchIndex.load(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CL2CM_INDEX", "index")), host=None)

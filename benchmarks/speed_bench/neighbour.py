@@ -30,7 +30,7 @@ POLICIES = {
 SHRUNK_DEMO = ["--demo_items", "128", "--demo_validation_items", "32", "--demo_test_items", "32", "--text_num_layers", "1",
                "--cl_num_train_epochs", "1", "--num_train_epochs", "1"]
 # The old default's demo: the library's `main` without trainer/run.py's set-up (what `cl2cm-train` runs).
-LIBRARY_MAIN = "import sys; from cl2cm_hf.training.run import main; sys.exit(main(sys.argv[1:]))"
+LIBRARY_MAIN = "import sys; from cl2cm_hf.cli.train import main; sys.exit(main(sys.argv[1:]))"
 
 
 def policy_env(wait_policy: str | None) -> dict:

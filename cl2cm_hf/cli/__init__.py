@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from cl2cm_hf.errors import CL2CMError
+from cl2cm_hf.search.checks import printable
 
 # OS errors that say something about the files a user named, not about this program.
 _FILE_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC,
@@ -22,13 +23,14 @@ def is_user_error(err: BaseException) -> bool:
 
 
 def run_tool(prog: str, run: Callable[[], int | None]) -> int:
-    """`run()`'s exit status (0 for None); a user error is one line on stderr and status 2
-    (``CL2CM_DEBUG=1`` re-raises it with its traceback); anything else propagates."""
+    """`run()`'s exit status (0 for None); a user error is one line on stderr (control characters
+    escaped) and status 2 (``CL2CM_DEBUG=1`` re-raises it with its traceback); anything else
+    propagates with its traceback."""
     try:
         status = run()
     except Exception as err:
         if not is_user_error(err) or os.environ.get("CL2CM_DEBUG"):
             raise
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {printable(str(err))}", file=sys.stderr)
         return 2
     return 0 if status is None else status

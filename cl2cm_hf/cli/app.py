@@ -24,9 +24,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402  (after the environment above)
 
+from cl2cm_hf.cli import run_tool
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.checks import check_int, int_option, printable  # noqa: E402
 from cl2cm_hf.search.decode import BadImage, open_image  # noqa: E402
-from cl2cm_hf.search.index import BrokenIndexError, model_display_name  # noqa: E402
+from cl2cm_hf.search.index import model_display_name  # noqa: E402
 
 DEFAULT_TOP_K = 12
 EXAMPLE_QUERY = "ein großer roter Hund neben einem Auto"
@@ -179,17 +181,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from cl2cm_hf.search import SearchIndex
 
-    try:
+    def run():
         index = SearchIndex.load(args.index, allow_model_mismatch=args.allow_model_mismatch)
         if args.top is not None and len(index) and args.top > len(index):
-            raise ValueError(f"--top {args.top} is more than the {len(index)} items of the index {args.index}")
-    except (BrokenIndexError, ValueError, OSError) as err:
-        print(f"cl2cm-app: error: {printable(str(err))}", file=sys.stderr)
-        return 2
-    if index.model_mismatch:
-        print(f"cl2cm-app: warning: {printable(index.model_mismatch)}", file=sys.stderr)
-    serve(index, args.host, args.port, DEFAULT_TOP_K if args.top is None else args.top)
-    return 0
+            raise CL2CMError(f"--top {args.top} is more than the {len(index)} items of the index {args.index}")
+        if index.model_mismatch:
+            print(f"cl2cm-app: warning: {printable(index.model_mismatch)}", file=sys.stderr)
+        serve(index, args.host, args.port, DEFAULT_TOP_K if args.top is None else args.top)
+
+    return run_tool("cl2cm-app", run)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cl2cm_hf.cli import run_tool
 from cl2cm_hf.search.checks import int_option, printable
 from cl2cm_hf.search.decode import DEFAULT_MAX_PIXELS
 from cl2cm_hf.search.index import (
@@ -42,15 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         report = build_index(args.model, args.out, images=args.images, features=args.features, batch_size=args.batch_size,
                              num_workers=args.num_workers, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
                              faiss=args.faiss, device=args.device, progress=not args.no_progress, pictures=args.pictures,
                              compare=args.compare, overwrite=args.overwrite)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"cl2cm-index: error: {printable(str(err))}", file=sys.stderr)
-        return 2
-    if report.metadata:
+        return show(report)
+
+    def show(report) -> int:
+        if not report.metadata:
+            return 0
         print(printable(report.summary()))
         for entry in report.skipped:
             print(f"  skipped {printable(entry['file'] or entry['id'])}: {entry['reason']}")
@@ -61,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cl2cm-index: error: nothing was indexed: all {len(report.skipped)} items were skipped "
                   f"(reasons above and in {printable(str(report.out / REPORT_FILE))})", file=sys.stderr)
             return 2
-    return 0
+        return 0
+
+    return run_tool("cl2cm-index", run)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,16 @@ from pathlib import Path
 import evaluate
 
 from cl2cm_hf.atomic import atomic_write_text
+from cl2cm_hf.cli import run_tool
 from cl2cm_hf.data import MissingVisualIdError, VisualFeatureStore, load_multi30k_r50, load_queries
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator
 from cl2cm_hf.evaluation.records import MetricRecord, records_from_metrics
 from cl2cm_hf.hub import metrics_table, update_card_results
 from cl2cm_hf.inference import load_model_and_processor
 from cl2cm_hf.retrieval import METRIC_MODULE_PATH
-from cl2cm_hf.training.arguments import load_config, parse_config
 from cl2cm_hf.training.data_sources import demo_world
+from cl2cm_hf.training.recipe import load_config, parse_config
 
 SPLIT = "test"  # every test set of the leaderboard is a test split
 
@@ -72,14 +74,14 @@ def load_test_set(spec: str, args) -> TestSet:
     if "@" in spec:
         queries, features = spec.split("@", 1)
         return TestSet(Path(queries).stem, load_queries(queries), VisualFeatureStore.load(features))
-    raise ValueError(f"unknown dataset {spec!r}: expected one of {sorted(DATASETS)} or QUERIES@FEATURES")
+    raise CL2CMError(f"unknown dataset {spec!r}: expected one of {sorted(DATASETS)} or QUERIES@FEATURES")
 
 
 def score(model_name: str, model, tokenizer, test_set: TestSet, langs, metric) -> list[MetricRecord]:
     """Records of one model on one test set (`model` field: `model_name`), metrics from the evaluate module."""
     expected = model.config.visual_feature_dim
     if model.config.visual_encoder_type == "features" and test_set.features.feature_dim != expected:
-        raise ValueError(
+        raise CL2CMError(
             f"{test_set.name}: features have dim {test_set.features.feature_dim} but {model_name} expects {expected}"
         )
     evaluator = CrossModalEvaluator(
@@ -89,7 +91,7 @@ def score(model_name: str, model, tokenizer, test_set: TestSet, langs, metric) -
     try:
         ranks_by_lang = evaluator.ranks(model)
     except MissingVisualIdError as err:
-        raise ValueError(f"{test_set.name}: {err}") from err
+        raise CL2CMError(f"{test_set.name}: {err}") from err
     records = []
     for lang, result in ranks_by_lang.items():
         predictions = [*result.t2v.tolist(), *result.v2t.tolist()]
@@ -123,24 +125,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-cards", action="store_true", help="write results into each local model's README.md")
     args = parser.parse_args(argv)
 
-    metric = evaluate.load(METRIC_MODULE_PATH)
-    test_sets = [load_test_set(spec, args) for spec in args.datasets]
-    out, rows, failures = Path(args.out), [], {}
-    for name in args.models:
-        try:
-            model, tokenizer = load_model_and_processor(name)
-            scored = [(test_set, score(name, model, tokenizer, test_set, args.langs, metric)) for test_set in test_sets]
-        except Exception as err:  # one failing model must not lose the others' rows
-            failures[name] = f"{type(err).__name__}: {err}"
-            print(f"FAILED {name}: {failures[name]}", file=sys.stderr)
-        else:
-            for test_set, records in scored:
-                rows += records
-                if args.update_cards and Path(name).is_dir():
-                    update_card_results(name, records, visual_modality=test_set.visual_modality)
-        write(out, rows, failures)
-    print(markdown(rows, failures))
-    return 1 if failures else 0
+    def run() -> int:
+        metric = evaluate.load(METRIC_MODULE_PATH)
+        test_sets = [load_test_set(spec, args) for spec in args.datasets]
+        out, rows, failures = Path(args.out), [], {}
+        for name in args.models:
+            try:
+                model, tokenizer = load_model_and_processor(name)
+                scored = [(test_set, score(name, model, tokenizer, test_set, args.langs, metric)) for test_set in test_sets]
+            except Exception as err:  # one failing model must not lose the others' rows
+                failures[name] = f"{type(err).__name__}: {err}"
+                print(f"FAILED {name}: {failures[name]}", file=sys.stderr)
+            else:
+                for test_set, records in scored:
+                    rows += records
+                    if args.update_cards and Path(name).is_dir():
+                        update_card_results(name, records, visual_modality=test_set.visual_modality)
+            write(out, rows, failures)
+        print(markdown(rows, failures))
+        return 1 if failures else 0
+
+    return run_tool("cl2cm-leaderboard", run)
 
 
 if __name__ == "__main__":

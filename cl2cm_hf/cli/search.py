@@ -11,9 +11,10 @@ import argparse
 import json
 import sys
 
+from cl2cm_hf.cli import run_tool
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.checks import int_option, printable
-from cl2cm_hf.search.decode import BadImage
-from cl2cm_hf.search.index import BrokenIndexError, SearchIndex
+from cl2cm_hf.search.index import SearchIndex
 
 
 def _table(hits) -> str:
@@ -38,27 +39,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.query is None) == (args.image is None):
         parser.error("give a text query or --image FILE (one of them)")
-    try:
+
+    def run():
         index = SearchIndex.load(args.index, allow_model_mismatch=args.allow_model_mismatch)
         if index.model_mismatch:
             print(f"cl2cm-search: warning: {printable(index.model_mismatch)}", file=sys.stderr)
         if args.top is not None and len(index) and args.top > len(index):
-            raise ValueError(f"--top {args.top} is more than the {len(index)} items of the index {args.index}")
+            raise CL2CMError(f"--top {args.top} is more than the {len(index)} items of the index {args.index}")
         if args.image:
             hits = index.search_image(args.image, args.top, exact=args.exact)
         else:
             hits = index.search(args.query, args.top, exact=args.exact)
-    except (BrokenIndexError, BadImage, FileNotFoundError, ValueError, OSError) as err:
-        print(f"cl2cm-search: error: {printable(str(err))}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"index": str(index.folder), "query": args.query or {"image": args.image},
-                          "hits": [h.to_dict() for h in hits]}, ensure_ascii=False, indent=1))
-    else:
-        print(f"{index.metadata['count']} items, model {printable(str(index.metadata['model']))}; "
-              f"query {printable(repr(args.query or args.image))}")
-        print(_table(hits))
-    return 0
+        show(index, hits)
+
+    def show(index, hits):
+        if args.json:
+            print(json.dumps({"index": str(index.folder), "query": args.query or {"image": args.image},
+                              "hits": [h.to_dict() for h in hits]}, ensure_ascii=False, indent=1))
+        else:
+            print(f"{index.metadata['count']} items, model {printable(str(index.metadata['model']))}; "
+                  f"query {printable(repr(args.query or args.image))}")
+            print(_table(hits))
+
+    return run_tool("cl2cm-search", run)
 
 
 if __name__ == "__main__":

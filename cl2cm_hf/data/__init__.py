@@ -25,8 +25,8 @@ from .schemas import (
     validate_queries,
     validate_rows,
 )
-from .stores import open_visual_store
 from .splits import RetrievalData, kfold_visual_ids, select_visual
+from .stores import open_visual_store
 from .tables import load_pairs, load_queries
 from .tokenizer import train_demo_tokenizer
 

@@ -16,6 +16,8 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from cl2cm_hf.errors import CL2CMError
+
 from .schemas import DataFormatError
 
 ON_BAD_ROW = ("error", "skip")
@@ -66,7 +68,7 @@ class RowPolicy:
 
     def __init__(self, on_bad_row: str = "error", skipped: SkippedRows | None = None):
         if on_bad_row not in ON_BAD_ROW:
-            raise ValueError(f"on_bad_row={on_bad_row!r}; expected one of {list(ON_BAD_ROW)}")
+            raise CL2CMError(f"on_bad_row={on_bad_row!r}; expected one of {list(ON_BAD_ROW)}")
         self.skip = on_bad_row == "skip"
         self.skipped = skipped if skipped is not None else SkippedRows()
         self._start = len(self.skipped)

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.inference import as_processor, tokenize, visual_inputs
 
 TEACHER_COLUMNS = ("teacher_source_embeds", "teacher_target_embeds")
@@ -40,7 +41,7 @@ class PairCollator:
 
     def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         if not rows:
-            raise ValueError("PairCollator got an empty batch")
+            raise CL2CMError("PairCollator got an empty batch")
         batch: dict[str, torch.Tensor] = {}
         for side in ("source", "target"):
             encoded = tokenize(self.processor, _column(rows, f"{side}_text"), self.max_length)

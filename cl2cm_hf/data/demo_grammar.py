@@ -22,8 +22,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from .demo_lexicon import (
-    ACTIONS, COLOURS, DE_ARTICLES, DE_ENDINGS, DE_RELATIVE_PRONOUNS, DE_SYNONYMS, FR_SYNONYMS, INVERSE_RELATION,
-    NOUNS, RELATIONS, SIZES, VOWELS,
+    ACTIONS,
+    COLOURS,
+    DE_ARTICLES,
+    DE_ENDINGS,
+    DE_RELATIVE_PRONOUNS,
+    DE_SYNONYMS,
+    FR_SYNONYMS,
+    INVERSE_RELATION,
+    NOUNS,
+    RELATIONS,
+    SIZES,
+    VOWELS,
 )
 from .demo_scenes import DemoObject, Scene
 

@@ -19,6 +19,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from cl2cm_hf.errors import CL2CMError
+
 from .demo_grammar import Clause, Token, detokenize
 from .demo_scenes import Scene, alter_object, alterations, other_relation
 
@@ -55,7 +57,7 @@ def _edit(tokens: list[Token], kind: str, i: int, rng: np.random.Generator) -> l
 def add_mt_noise(tokens: list[Token], rate: float, rng: np.random.Generator) -> tuple[str, list[str]]:
     """The sentence after noise and the names of the edits applied (empty when left clean)."""
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"mt_noise={rate!r}; expected a rate in [0, 1]")
+        raise CL2CMError(f"mt_noise={rate!r}; expected a rate in [0, 1]")
     applied: list[str] = []
     if rng.random() < rate:
         for _ in range(1 + int(rng.binomial(2, 0.3))):

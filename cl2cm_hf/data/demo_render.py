@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from cl2cm_hf.errors import CL2CMError
+
 from .demo_lexicon import COLOURS, NOUNS, RELATIONS
 from .demo_scenes import DemoObject, Scene
 
@@ -315,7 +317,7 @@ def _mark_ops(action: str | None, x0: float, base: float, w: float, h: float, fa
         inset = facing * 0.06 * w
         bowl = ((near, base - 0.2 * h), (far, base - 0.2 * h), (far - inset, base), (near + inset, base))
         return [_Op("polygon", bowl, ACTION_RGB, outlined=False)]
-    raise ValueError(f"no mark for action {action!r}")
+    raise CL2CMError(f"no mark for action {action!r}")
 
 
 # --- layout -------------------------------------------------------------------------------
@@ -349,7 +351,7 @@ def _layout(scene: Scene, rng: np.random.Generator) -> list[_Placed]:
     relations = {subject: "next to" for subject in range(0, len(scene.objects), 2)}  # unrelated: beside it
     for subject, rel, obj in scene.relations:
         if obj != 1 or subject not in relations or rel not in _LAYER:
-            raise ValueError(f"relation {(subject, rel, obj)} of {scene}: expected (0 or 2, one of {sorted(_LAYER)}, 1)")
+            raise CL2CMError(f"relation {(subject, rel, obj)} of {scene}: expected (0 or 2, one of {sorted(_LAYER)}, 1)")
         relations[subject] = rel
     side = 1 if rng.random() < 0.5 else -1
     sides = {0: side, 2: -side}  # the two subjects go to opposite sides of the anchor
@@ -436,10 +438,10 @@ def render_video(scene: Scene, schedule: Sequence[set[int]], size: int = 64,
     exactly as `demo_scenes.video_schedule` says. `rng` defaults to `scene_rng(scene)`.
     """
     if size < 16:
-        raise ValueError(f"size={size}; expected >= 16 pixels for the silhouettes to stay visible")
+        raise CL2CMError(f"size={size}; expected >= 16 pixels for the silhouettes to stay visible")
     unknown = {i for present in schedule for i in present} - set(range(len(scene.objects)))
     if unknown:
-        raise ValueError(f"schedule names objects {sorted(unknown)}; the scene has {len(scene.objects)}")
+        raise CL2CMError(f"schedule names objects {sorted(unknown)}; the scene has {len(scene.objects)}")
     rng = scene_rng(scene) if rng is None else rng
     placed = _layout(scene, rng)
     ops = [(p, _object_ops(p)) for p in placed]

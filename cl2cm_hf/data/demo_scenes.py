@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from cl2cm_hf.errors import CL2CMError
+
 from .demo_lexicon import ACTIONS, CANONICAL_RELATION, COLOURS, INVERSE_RELATION, NOUNS, RELATIONS, SIZES
 
 BACKBONE_SEED = 1_000_003
@@ -86,7 +88,7 @@ def alter_object(scene: Scene, index: int, kind: str, rng: np.random.Generator) 
         taken = {x.noun for x in scene.objects}
         changed = replace(o, noun=_other([n for n in NOUN_KEYS if o.action is None or NOUNS[n].animate], taken, rng))
     else:
-        raise ValueError(f"kind={kind!r}; expected 'colour' or 'noun'")
+        raise CL2CMError(f"kind={kind!r}; expected 'colour' or 'noun'")
     return Scene(scene.objects[:index] + (changed,) + scene.objects[index + 1 :], scene.relations)
 
 

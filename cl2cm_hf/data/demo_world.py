@@ -25,6 +25,8 @@ import PIL
 from datasets import DatasetDict
 from PIL import Image
 
+from cl2cm_hf.errors import CL2CMError
+
 from ..atomic import atomic_directory
 from . import demo_render
 from .demo_grammar import HUMAN_REALIZERS, MT_REALIZERS, detokenize, plan_caption, realize_en
@@ -61,7 +63,7 @@ class DemoWorld(RetrievalData):
         """Per item, the objects present in each frame (the frame features' schedule); None for images."""
         missing = [key for key in ("seed", "visual_kind", "frames") if key not in self.config]
         if missing:
-            raise ValueError(f"DemoWorld.config lacks {missing}; pictures need a world made by build_demo_world")
+            raise CL2CMError(f"DemoWorld.config lacks {missing}; pictures need a world made by build_demo_world")
         if self.config["visual_kind"] != "video":
             return None
         return _video_schedules(list(self.scenes.values()), self.config["seed"], tuple(self.config["frames"]))
@@ -203,18 +205,18 @@ def build_demo_world(
         corpus_items: scenes (outside every split) whose captions form the extra tokenizer corpus.
     """
     if visual_kind not in ("image", "video"):
-        raise ValueError(f"visual_kind={visual_kind!r}; expected 'image' or 'video'")
+        raise CL2CMError(f"visual_kind={visual_kind!r}; expected 'image' or 'video'")
     unknown = [lang for lang in target_langs if lang not in MT_REALIZERS]
     if unknown:
-        raise ValueError(f"target_langs {unknown} have no demo grammar; available: {sorted(MT_REALIZERS)}")
+        raise CL2CMError(f"target_langs {unknown} have no demo grammar; available: {sorted(MT_REALIZERS)}")
     if min(num_items, val_items, test_items, captions_per_item, human_captions_per_item) < 1:
-        raise ValueError("num_items, val_items, test_items and the captions per item must be >= 1")
+        raise CL2CMError("num_items, val_items, test_items and the captions per item must be >= 1")
     if not 0.0 <= mt_semantic_errors <= 1.0:
-        raise ValueError(f"mt_semantic_errors={mt_semantic_errors!r}; expected a rate in [0, 1]")
+        raise CL2CMError(f"mt_semantic_errors={mt_semantic_errors!r}; expected a rate in [0, 1]")
     if not 0.0 <= confusable < 1.0:
-        raise ValueError(f"confusable={confusable!r}; expected a probability in [0, 1) (1 would never start a new scene)")
+        raise CL2CMError(f"confusable={confusable!r}; expected a probability in [0, 1) (1 would never start a new scene)")
     if not 4 <= frames[0] <= frames[1]:
-        raise ValueError(f"frames={frames!r}; expected (min, max) with 4 <= min <= max")
+        raise CL2CMError(f"frames={frames!r}; expected (min, max) with 4 <= min <= max")
 
     sizes = {"train": num_items, "validation": val_items, "test": test_items}
     scenes = _sample_scenes(sum(sizes.values()) + corpus_items, _rng(seed, "scenes"), confusable)

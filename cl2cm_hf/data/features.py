@@ -24,6 +24,8 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from cl2cm_hf.errors import CL2CMError
+
 from .badrows import RowPolicy, SkippedRows
 from .schemas import DataFormatError, is_blank
 from .textfiles import decode_utf8, read_bytes, read_ids
@@ -40,7 +42,7 @@ class MissingVisualIdError(KeyError):
         return str(self.args[0])
 
 
-class NonFiniteFeatureError(ValueError):
+class NonFiniteFeatureError(CL2CMError):
     """A feature row holds NaN or Inf."""
 
 
@@ -53,9 +55,9 @@ def index_ids(ids: Iterable[str], name: str, exclude: Container[int] = ()) -> tu
         if row in exclude:
             continue
         if is_blank(visual_id):
-            raise ValueError(f"{name}: empty visual id at row {row}")
+            raise CL2CMError(f"{name}: empty visual id at row {row}")
         if visual_id in index:
-            raise ValueError(f"{name}: duplicate visual id {visual_id!r} at rows {index[visual_id]} and {row}")
+            raise CL2CMError(f"{name}: duplicate visual id {visual_id!r} at rows {index[visual_id]} and {row}")
         index[visual_id] = row
     return ids, index
 
@@ -107,7 +109,7 @@ def _mmap_safetensors(path: Path, key: str) -> np.ndarray:
         raise DataFormatError(f"{path}: no tensor {key!r} (found {sorted(k for k in header if k != '__metadata__')})")
     info = header[key]
     if info["dtype"] not in _SAFETENSORS_DTYPES:
-        raise ValueError(f"{path}: tensor {key!r} has dtype {info['dtype']}; expected one of {sorted(_SAFETENSORS_DTYPES)}")
+        raise CL2CMError(f"{path}: tensor {key!r} has dtype {info['dtype']}; expected one of {sorted(_SAFETENSORS_DTYPES)}")
     begin, end = info["data_offsets"]
     dtype, offset, shape = _SAFETENSORS_DTYPES[info["dtype"]], 8 + header_len + begin, tuple(info["shape"])
     if end - begin != int(np.prod(shape)) * np.dtype(dtype).itemsize or offset + end - begin > size:
@@ -136,9 +138,9 @@ def as_lengths(lengths, name: str) -> np.ndarray:
     if values.dtype.kind == "f":
         if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
             bad = values[~(np.isfinite(values) & (values == np.round(values)))].reshape(-1)[0]
-            raise ValueError(f"{name}: lengths must be whole numbers of frames, got {bad!r}")
+            raise CL2CMError(f"{name}: lengths must be whole numbers of frames, got {bad!r}")
     elif values.dtype.kind not in "iu":
-        raise ValueError(f"{name}: lengths must be whole numbers of frames, got dtype {values.dtype}")
+        raise CL2CMError(f"{name}: lengths must be whole numbers of frames, got dtype {values.dtype}")
     return values.astype(np.int64)
 
 
@@ -158,7 +160,7 @@ def _bad_store_rows(ids: Sequence[str], array: np.ndarray, lengths, chunk_bytes:
         frames = array.shape[1]
         lengths = np.full(len(ids), frames) if lengths is None else as_lengths(lengths, "lengths").reshape(-1)
         if lengths.shape != (len(ids),):
-            raise ValueError(f"lengths has shape {lengths.shape}; expected ({len(ids)},)")
+            raise CL2CMError(f"lengths has shape {lengths.shape}; expected ({len(ids)},)")
         for row in np.flatnonzero((lengths < 1) | (lengths > frames)):
             bad.setdefault(int(row), f"length {lengths[row]}; expected 1..{frames}")
     step = max(1, chunk_bytes // max(4 * int(np.prod(array.shape[1:])), 1))
@@ -197,13 +199,13 @@ class VisualFeatureStore:
         self._ids, self._index = index_ids(ids, self.name, self._excluded)
         self._rows = np.array(sorted(self._index.values()), dtype=np.int64)  # the rows in use
         if array.ndim not in (2, 3) or 0 in array.shape[1:]:
-            raise ValueError(
+            raise CL2CMError(
                 f"{self.name}: features must be (N, D) or (N, T, D) with D and T at least 1, got shape {array.shape}"
             )
         if array.shape[0] != len(self._ids):
-            raise ValueError(f"{self.name}: {len(self._ids)} ids but {array.shape[0]} feature rows; expected one row per id")
+            raise CL2CMError(f"{self.name}: {len(self._ids)} ids but {array.shape[0]} feature rows; expected one row per id")
         if not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"{self.name}: features have dtype {array.dtype}; expected floating point")
+            raise CL2CMError(f"{self.name}: features have dtype {array.dtype}; expected floating point")
         self._array = array
         self._lengths = self._check_lengths(lengths)
         self._lazy = isinstance(array, np.memmap) or (array.base is not None and isinstance(array.base, np.memmap))
@@ -214,18 +216,18 @@ class VisualFeatureStore:
     def _check_lengths(self, lengths) -> np.ndarray | None:
         if self._array.ndim == 2:
             if lengths is not None:
-                raise ValueError(f"{self.name}: lengths are only for frame features (N, T, D)")
+                raise CL2CMError(f"{self.name}: lengths are only for frame features (N, T, D)")
             return None
         frames = self._array.shape[1]
         lengths = np.full(len(self._ids), frames, dtype=np.int64) if lengths is None else as_lengths(lengths, self.name)
         if lengths.shape != (len(self._ids),):
-            raise ValueError(f"{self.name}: lengths has shape {lengths.shape}; expected ({len(self._ids)},)")
+            raise CL2CMError(f"{self.name}: lengths has shape {lengths.shape}; expected ({len(self._ids)},)")
         out_of_range = (lengths < 1) | (lengths > frames)
         out_of_range[list(self._excluded)] = False
         bad = np.flatnonzero(out_of_range)
         if bad.size:
             row = int(bad[0])
-            raise ValueError(
+            raise CL2CMError(
                 f"{self.name}: visual_id {self._ids[row]!r} (row {row}) has length {lengths[row]}; expected 1..{frames}"
             )
         return lengths

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cl2cm_hf.atomic import atomic_write_text
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.processing_cl2cm import pixel_inputs
 
 from .features import index_ids, read_id_list, rows_of
@@ -52,12 +53,12 @@ class ImagePathStore:
         self._ids, self._index = index_ids(paths.keys(), self.name)
         kinds = {isinstance(p, (str, os.PathLike)) for p in paths.values()}
         if len(kinds) > 1:
-            raise ValueError(f"{self.name}: mixes single images and frame lists; use one kind for all items")
+            raise CL2CMError(f"{self.name}: mixes single images and frame lists; use one kind for all items")
         self._is_video = kinds == {False}
         self._paths = [[Path(p)] if not self._is_video else [Path(f) for f in p] for p in paths.values()]
         for visual_id, frames in zip(self._ids, self._paths):
             if not frames:
-                raise ValueError(f"{self.name}: visual_id {visual_id!r} has no frame files")
+                raise CL2CMError(f"{self.name}: visual_id {visual_id!r} has no frame files")
         self.image_processor = image_processor
 
     @classmethod
@@ -77,7 +78,7 @@ class ImagePathStore:
             raise FileNotFoundError(f"{index}: missing; an image store folder holds {IMAGES_FILE} and the image files")
         items = json.loads(index.read_text(encoding="utf-8")).get("items")
         if not isinstance(items, dict):
-            raise ValueError(f"{index}: expected {{\"items\": {{visual_id: file or [frame files]}}}}")
+            raise CL2CMError(f"{index}: expected {{\"items\": {{visual_id: file or [frame files]}}}}")
         paths = {i: folder / p if isinstance(p, str) else [folder / f for f in p] for i, p in items.items()}
         return cls(paths, image_processor, name=f"image store {folder}")
 
@@ -113,7 +114,7 @@ class ImagePathStore:
         by `image_processor` (a transformers image processor), else by the store's own."""
         processor = image_processor or self.image_processor
         if processor is None:
-            raise ValueError(f"{self.name}: no image processor; pass image_processor= to the store or to lookup")
+            raise CL2CMError(f"{self.name}: no image processor; pass image_processor= to the store or to lookup")
         rows = rows_of(self._index, visual_ids, self.name)
         frames = [[self._open(visual_ids[i], p) for p in self._paths[row]] for i, row in enumerate(rows)]
         if not self._is_video:

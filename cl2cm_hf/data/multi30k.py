@@ -18,6 +18,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
+from cl2cm_hf.errors import CL2CMError
+
 from .schemas import PAIR_FEATURES_WITH_CAPTION_ID, DataFormatError, make_pairs, make_queries
 from .textfiles import read_captions, read_ids
 
@@ -33,7 +35,7 @@ def _split_file(root: Path, split: str, task: int) -> tuple[Path, str]:
         candidates = [split, split.removesuffix("_flickr")]
         make = lambda name: root / "task2" / "image_splits" / f"{name}_images.txt"  # noqa: E731
     else:
-        raise ValueError(f"task={task!r}: Multi30K has task 1 and task 2")
+        raise CL2CMError(f"task={task!r}: Multi30K has task 1 and task 2")
     for name in candidates:
         if make(name).is_file():
             return make(name), name
@@ -101,12 +103,12 @@ def multi30k_pairs(
     split_file = _split_file(root, split, task)[0]
     if translations is None:
         if task != 1:
-            raise ValueError("Multi30K task 2 captions are not translations of each other: pass translations=")
+            raise CL2CMError("Multi30K task 2 captions are not translations of each other: pass translations=")
         translations = [root / "task1" / "raw" / f"{_split_file(root, split, 1)[1]}.{target_lang}.gz"]
     elif isinstance(translations, (str, os.PathLike)):
         translations = [translations]
     if len(translations) not in (1, len(sources)):
-        raise ValueError(f"expected 1 or {len(sources)} translation files for task {task}, got {len(translations)}")
+        raise CL2CMError(f"expected 1 or {len(sources)} translation files for task {task}, got {len(translations)}")
     targets = [read_captions(f, expected=len(image_ids), against=str(split_file)) for f in translations]
     use = sources[:1] if first_caption_only else sources
     columns: dict[str, list[str]] = {name: [] for name in PAIR_FEATURES_WITH_CAPTION_ID}

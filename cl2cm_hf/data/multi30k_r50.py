@@ -22,6 +22,8 @@ from pathlib import Path
 
 from datasets import DatasetDict, concatenate_datasets
 
+from cl2cm_hf.errors import CL2CMError
+
 from .features import VisualFeatureStore
 from .multi30k import multi30k_image_ids, multi30k_pairs, multi30k_queries
 from .schemas import DataFormatError
@@ -54,7 +56,7 @@ def load_multi30k_r50(
     m30k = root / "multi30k"
     unknown = [lang for lang in langs if lang not in NLLB_FILES]
     if unknown:
-        raise ValueError(f"no NLLB translations for {unknown}; available: {sorted(NLLB_FILES)}")
+        raise CL2CMError(f"no NLLB translations for {unknown}; available: {sorted(NLLB_FILES)}")
     visual_ids = multi30k_image_ids(m30k, SPLIT, task=1)
     nllb = root / "nllb-flickr30k-200"
     if read_ids(nllb / "filenames.txt") != visual_ids:
@@ -68,7 +70,7 @@ def load_multi30k_r50(
     for lang in langs:
         human = m30k / "task1" / "raw" / f"{SPLIT}.{lang}.gz"
         if not human.is_file():
-            raise ValueError(
+            raise CL2CMError(
                 f"{human}: no human {lang} translation of test_2016 (Multi30K has de and fr); drop {lang!r} from langs"
             )
         queries.append(multi30k_queries(m30k, SPLIT, lang, task=1))
@@ -84,10 +86,10 @@ def multi30k_r50_fold(data: dict, fold: int, num_folds: int = 5, seed: int = 0, 
     """
     folds = kfold_visual_ids(data["visual_ids"], num_folds, seed)
     if not 0 <= fold < num_folds:
-        raise ValueError(f"fold={fold}; expected 0..{num_folds - 1}")
+        raise CL2CMError(f"fold={fold}; expected 0..{num_folds - 1}")
     train_ids, test_ids = folds[fold]
     if not 0 <= val_items < len(train_ids):
-        raise ValueError(f"val_items={val_items}; expected 0..{len(train_ids) - 1}")
+        raise CL2CMError(f"val_items={val_items}; expected 0..{len(train_ids) - 1}")
     cut = len(train_ids) - val_items
     splits = {"train": train_ids[:cut], "validation": train_ids[cut:], "test": test_ids}
     if not val_items:

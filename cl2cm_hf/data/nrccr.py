@@ -12,6 +12,8 @@ import re
 
 from datasets import Dataset
 
+from cl2cm_hf.errors import CL2CMError
+
 from .schemas import DataFormatError, check_text, make_pairs, make_queries, rows_to_dataset
 from .textfiles import read_lines
 
@@ -72,7 +74,7 @@ def nrccr_pairs(
     translation (or the reverse) raises naming the first such id, unless ``on_missing="drop"``.
     """
     if on_missing not in ("error", "drop"):
-        raise ValueError(f"on_missing={on_missing!r}; expected 'error' or 'drop'")
+        raise CL2CMError(f"on_missing={on_missing!r}; expected 'error' or 'drop'")
     sources, targets = _read(source_path), _read(target_path)
     by_key = {(r[0], r[3]): r for r in targets}
     if on_missing == "error":

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, Features, Value
 
+from cl2cm_hf.errors import CL2CMError
+
 PAIR_COLUMNS = ("visual_id", "source_text", "target_text", "target_lang")
 QUERY_COLUMNS = ("visual_id", "text", "lang")
 CAPTION_COLUMNS = ("visual_id", "text", "caption_id")
@@ -48,7 +50,7 @@ _BLANK_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"})
 _BLANK_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(CL2CMError):
     """A data file or dataset does not have the expected shape; the message names where."""
 
 
@@ -114,7 +116,7 @@ def validate_rows(dataset: Dataset, kind: str, source: str = "dataset", row_offs
     (a jsonl file: ``unit="line", row_offset=1``; a csv file with a header: ``row_offset=2``).
     """
     if kind not in REQUIRED_COLUMNS:
-        raise ValueError(f"unknown row type {kind!r}; expected one of {sorted(REQUIRED_COLUMNS)}")
+        raise CL2CMError(f"unknown row type {kind!r}; expected one of {sorted(REQUIRED_COLUMNS)}")
     missing = [c for c in REQUIRED_COLUMNS[kind] if c not in dataset.column_names]
     if missing:
         raise DataFormatError(

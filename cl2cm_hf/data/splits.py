@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
+from cl2cm_hf.errors import CL2CMError
+
 
 @dataclass
 class RetrievalData:
@@ -30,7 +32,7 @@ def select_visual(dataset: Dataset, visual_ids: Iterable[str]) -> Dataset:
 def kfold_visual_ids(visual_ids: Sequence[str], num_folds: int = 5, seed: int = 0) -> list[tuple[list[str], list[str]]]:
     """``(train_ids, test_ids)`` per fold: a seeded permutation cut into `num_folds` near-equal test parts."""
     if not 2 <= num_folds <= len(visual_ids):
-        raise ValueError(f"num_folds={num_folds} must be between 2 and the number of items ({len(visual_ids)})")
+        raise CL2CMError(f"num_folds={num_folds} must be between 2 and the number of items ({len(visual_ids)})")
     order = np.random.default_rng(seed).permutation(len(visual_ids))
     parts = np.array_split(order, num_folds)
     folds = []

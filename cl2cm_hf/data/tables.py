@@ -37,6 +37,8 @@ from pathlib import Path
 import pyarrow as pa
 from datasets import Dataset, Value, concatenate_datasets
 
+from cl2cm_hf.errors import CL2CMError
+
 from .badrows import RowPolicy, SkippedRows
 from .schemas import ID_COLUMNS, REQUIRED_COLUMNS, DataFormatError, is_blank, row_problems
 from .textfiles import read_bytes, split_lines
@@ -49,7 +51,7 @@ def _format_of(path: Path) -> str:
     kind = suffixes[-1] if suffixes else ""
     formats = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
     if kind not in formats:
-        raise ValueError(f"{path}: unknown table format {kind or '(no suffix)'!r}; expected one of {sorted(formats)}")
+        raise CL2CMError(f"{path}: unknown table format {kind or '(no suffix)'!r}; expected one of {sorted(formats)}")
     return formats[kind]
 
 
@@ -172,7 +174,7 @@ def split_record(line: str, delimiter: str) -> list[str]:
                 after = end if after < 0 else after
                 value = line[start:after]
                 if value.count('"') < 2:
-                    raise ValueError(f"field {len(fields) + 1} opens a quote that is not closed on its line")
+                    raise CL2CMError(f"field {len(fields) + 1} opens a quote that is not closed on its line")
         else:
             after = line.find(delimiter, start)
             after = end if after < 0 else after
@@ -374,7 +376,7 @@ def load_table(
     ``visual_id`` must be in."""
     paths = [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) else list(path_or_paths)
     if not paths:
-        raise ValueError("no files given")
+        raise CL2CMError("no files given")
     policy = RowPolicy(on_bad_row, skipped)
     parts = [_read_one(Path(p), kind, cache_dir, policy, visual_ids) for p in paths]
     if len(parts) == 1:

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from cl2cm_hf.errors import CL2CMError
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Letters of en/de/fr (and digits): WordPiece gets every one as a word start and as a "##" piece,
 # so an unseen word such as "größer" is split into pieces instead of becoming [UNK].
@@ -50,7 +52,7 @@ def train_demo_tokenizer(
     """
     texts = list(texts)
     if not texts:
-        raise ValueError("train_demo_tokenizer needs at least one text")
+        raise CL2CMError("train_demo_tokenizer needs at least one text")
     normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
     if kind == "wordpiece":
         tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -69,7 +71,7 @@ def train_demo_tokenizer(
         )
         tokenizer.train_from_iterator(texts, trainer=trainer)
     else:
-        raise ValueError(f"kind={kind!r}; expected 'wordpiece' or 'bpe'")
+        raise CL2CMError(f"kind={kind!r}; expected 'wordpiece' or 'bpe'")
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]

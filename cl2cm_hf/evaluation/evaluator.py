@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 import torch
 
-from cl2cm_hf.inference import as_processor, encode_texts, encode_visual
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.evaluation.records import MetricRecord, records_from_metrics
+from cl2cm_hf.inference import as_processor, encode_texts, encode_visual
 from cl2cm_hf.retrieval import metrics_from_ranks, ranks, retrieval_metrics
 
 
@@ -55,7 +56,7 @@ class CrossModalEvaluator(_Evaluator):
         for lang in self.langs:
             self.by_lang[lang] = _columns_in_lang(queries, "lang", lang, "text", "visual_id")
             if not self.by_lang[lang][0]:
-                raise ValueError(f"no evaluation queries in language {lang!r}")
+                raise CL2CMError(f"no evaluation queries in language {lang!r}")
         self.gallery_ids = _unique_in_order(vid for _, ids in self.by_lang.values() for vid in ids)
 
     @torch.no_grad()
@@ -94,7 +95,7 @@ class CrossLingualEvaluator(_Evaluator):
         for lang in self.langs:
             self.by_lang[lang] = _columns_in_lang(pairs, "target_lang", lang, "source_text", "target_text")
             if not self.by_lang[lang][0]:
-                raise ValueError(f"no validation pairs in language {lang!r}")
+                raise CL2CMError(f"no validation pairs in language {lang!r}")
 
     @torch.no_grad()
     def __call__(self, model) -> list[MetricRecord]:

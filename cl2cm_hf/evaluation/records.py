@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cl2cm_hf.atomic import atomic_write_text
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.retrieval import DIRECTIONS, METRIC_KEYS
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class MetricRecord:
 
     def __post_init__(self):
         if self.metric not in METRICS:
-            raise ValueError(f"metric record {self._fields()}: unknown retrieval metric {self.metric!r}; expected one of {METRICS}")
+            raise CL2CMError(f"metric record {self._fields()}: unknown retrieval metric {self.metric!r}; expected one of {METRICS}")
         if self.key not in METRIC_KEYS:
             if self.direction is None:
                 problem = f"{self.metric!r} needs a direction, one of {DIRECTIONS}"
@@ -54,9 +55,9 @@ class MetricRecord:
                 problem = f"direction must be one of {DIRECTIONS} (None for sumr), got {self.direction!r}"
             else:
                 problem = f"{self.metric!r} has no direction (None), got {self.direction!r}"
-            raise ValueError(f"metric record {self._fields()}: {problem}")
+            raise CL2CMError(f"metric record {self._fields()}: {problem}")
         if not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
-            raise ValueError(f"metric record {self._fields()}: value must be a finite number, got a non-finite or non-numeric {self.value!r}")
+            raise CL2CMError(f"metric record {self._fields()}: value must be a finite number, got a non-finite or non-numeric {self.value!r}")
 
     def _fields(self) -> dict:
         return {k: getattr(self, k) for k in FIELDS}
@@ -77,10 +78,10 @@ class MetricRecord:
         """A record from a JSON row (`to_json`, or a leaderboard row with ``model``)."""
         missing = [k for k in ("dataset", "lang", "metric", "value") if row.get(k) is None]
         if missing:
-            raise ValueError(f"metric row {dict(row)} lacks {missing}")
+            raise CL2CMError(f"metric row {dict(row)} lacks {missing}")
         unknown = sorted(set(row) - set(FIELDS) - {"model"})
         if unknown:
-            raise ValueError(f"metric row {dict(row)} has unknown fields {unknown}; expected {FIELDS} and model")
+            raise CL2CMError(f"metric row {dict(row)} has unknown fields {unknown}; expected {FIELDS} and model")
         return cls(dataset=str(row["dataset"]), split=row.get("split"), lang=str(row["lang"]),
                    direction=row.get("direction"), metric=str(row["metric"]), value=float(row["value"]), model=row.get("model"))
 
@@ -91,7 +92,7 @@ def records_from_metrics(metrics: Mapping[str, float], *, dataset: str, split: s
     `metrics_from_ranks` or the ``retrieval_recall`` evaluate module), in `METRIC_KEYS` order."""
     missing = [key for key in METRIC_KEYS if key not in metrics]
     if missing:
-        raise ValueError(f"{dataset} {lang}: metrics lack {missing}; expected every key of {METRIC_KEYS}")
+        raise CL2CMError(f"{dataset} {lang}: metrics lack {missing}; expected every key of {METRIC_KEYS}")
     return [MetricRecord(dataset, split, lang, *_split_key(key), float(metrics[key]), model) for key in METRIC_KEYS]
 
 
@@ -99,7 +100,7 @@ def selection_score(records: Iterable[MetricRecord]) -> float:
     """Mean SumR over the records' languages: the score that picks the best checkpoint (`eval_sumr`)."""
     sumrs = [record.value for record in records if record.metric == "sumr"]
     if not sumrs:
-        raise ValueError("no sumr record to select a checkpoint by")
+        raise CL2CMError("no sumr record to select a checkpoint by")
     return sum(sumrs) / len(sumrs)
 
 
@@ -124,7 +125,7 @@ def _migrate_flat(flat: Mapping, *, dataset: str, split: str | None, source: str
     langs = [name[: -len("_sumr")] for name in flat if name.endswith("_sumr")]
     langs = [lang for lang in langs if all(f"{lang}_{key}" in flat for key in METRIC_KEYS)]
     if not langs:
-        raise ValueError(f"{source}: neither a list of metric rows nor flat '<lang>_<metric>' keys ({sorted(flat)[:5]} ...)")
+        raise CL2CMError(f"{source}: neither a list of metric rows nor flat '<lang>_<metric>' keys ({sorted(flat)[:5]} ...)")
     records = [r for lang in langs
                for r in records_from_metrics({k: flat[f"{lang}_{k}"] for k in METRIC_KEYS}, dataset=dataset, split=split, lang=lang)]
     logger.warning(
@@ -143,22 +144,22 @@ def load_records(path: str | Path, *, dataset: str = "unknown", split: str | Non
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+        raise CL2CMError(f"{path}: not valid JSON ({err})") from err
     if isinstance(data, Mapping) and isinstance(data.get("rows"), list):
         data = data["rows"]
     if isinstance(data, list):
         records = []
         for index, row in enumerate(data):
             if not isinstance(row, Mapping):
-                raise ValueError(f"{path}: row {index} is a {type(row).__name__}; expected an object with {FIELDS}")
+                raise CL2CMError(f"{path}: row {index} is a {type(row).__name__}; expected an object with {FIELDS}")
             try:
                 records.append(MetricRecord.from_json(row))
             except ValueError as err:
-                raise ValueError(f"{path}: row {index}: {err}") from err
+                raise CL2CMError(f"{path}: row {index}: {err}") from err
         return records
     if isinstance(data, Mapping):
         return _migrate_flat(data, dataset=dataset, split=split, source=str(path))
-    raise ValueError(f"{path}: expected a list of metric rows, got {type(data).__name__}")
+    raise CL2CMError(f"{path}: expected a list of metric rows, got {type(data).__name__}")
 
 
 __all__ = ["METRICS", "TEST_RESULTS", "MetricRecord", "flat_metrics", "load_records", "records_from_metrics", "save_records", "selection_score"]

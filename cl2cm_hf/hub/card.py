@@ -27,7 +27,9 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from cl2cm_hf.atomic import atomic_write_text, final_path
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.evaluation.records import TEST_RESULTS, MetricRecord, load_records
+from cl2cm_hf.hub.local_paths import publishable_settings
 from cl2cm_hf.hub.push import README, CheckpointError, read_json
 from cl2cm_hf.hub.results import (
     MODALITIES,
@@ -45,7 +47,6 @@ TAGS = ["custom_code", "cross-lingual", "cross-modal-retrieval", "cl2cm"]
 RESULTS_START = "<!-- cl2cm:results:start -->"
 RESULTS_END = "<!-- cl2cm:results:end -->"
 SOURCE_LANGUAGE = "en"  # CL2CM trains from English captions and their machine translations
-LOCAL_PATH = "<local path>"  # what a card shows instead of a local absolute path
 STAGE_FOLDERS = ("cross_modal", "cross_lingual")  # a run's stage folders: the card is named after the run
 _EXAMPLE_CAPTIONS = {
     "en": ["A dog runs across a meadow.", "Two children play on the beach."],
@@ -149,17 +150,6 @@ def training_summary(training_config: Mapping | None) -> list[str]:
     return lines
 
 
-def _without_local_paths(value):
-    """`value` (a recipe) with every local absolute path replaced by ``<local path>``."""
-    if isinstance(value, Mapping):
-        return {key: _without_local_paths(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_without_local_paths(item) for item in value]
-    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
-        return LOCAL_PATH
-    return value
-
-
 def _base_models(config: Mapping, training_config: Mapping) -> list[str]:
     candidates = [
         (config.get("text_config") or {}).get("_name_or_path"),
@@ -232,7 +222,7 @@ def build_card(folder: str | Path, records: Iterable[MetricRecord] | None = None
     if training_config is None:
         recipe = folder / "training_config.yaml"
         training_config = yaml.safe_load(recipe.read_text(encoding="utf-8")) if recipe.is_file() else {}
-    training_config = _without_local_paths(dict(training_config or {}))
+    training_config = publishable_settings(dict(training_config or {}))[0]
     if records is None:
         stored = folder / TEST_RESULTS
         records = load_records(stored, dataset=str(training_config.get("dataset") or "unknown")) if stored.is_file() else []
@@ -240,7 +230,7 @@ def build_card(folder: str | Path, records: Iterable[MetricRecord] | None = None
     if visual_modality is None:
         visual_modality = _modality_of_config(config)
     if visual_modality not in (None, *MODALITIES):
-        raise ValueError(f"visual_modality must be one of {MODALITIES} or None, got {visual_modality!r}")
+        raise CL2CMError(f"visual_modality must be one of {MODALITIES} or None, got {visual_modality!r}")
     targets = [str(lang) for lang in (target_languages if target_languages is not None else training_config.get("target_langs") or [])]
     targets = [lang for lang in targets if lang != SOURCE_LANGUAGE]
     languages = [SOURCE_LANGUAGE, *targets] if targets else []

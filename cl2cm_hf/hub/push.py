@@ -19,6 +19,8 @@ from pathlib import Path
 
 from transformers.tokenization_utils_base import CHAT_TEMPLATE_FILE
 
+from cl2cm_hf.errors import CL2CMError
+
 from ..checkpoint_safety import (
     CONFIG_FILES,
     WEIGHTS_INDEX,
@@ -47,7 +49,7 @@ _CARD_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)|<img\s[^>]*src=[\"']([^\
 _RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.([\w.]+)\s+import", re.M)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CL2CMError):
     """A checkpoint folder is missing what a Hub repository needs to load (weights, code, card), or
     holds a file that must not be published (a symlink out of the folder)."""
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult
 
 from cl2cm_hf.atomic import atomic_write_bytes
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.evaluation.records import METRICS, MetricRecord
 from cl2cm_hf.retrieval import DIRECTIONS, METRIC_KEYS, recall_at_k
 
@@ -73,7 +74,7 @@ def _task(direction: str | None, modality: str | None) -> tuple[str, str]:
 
 def _check_modality(modality: str | None) -> None:
     if modality is not None and modality not in MODALITIES:
-        raise ValueError(f"visual_modality must be one of {MODALITIES} or None, got {modality!r}")
+        raise CL2CMError(f"visual_modality must be one of {MODALITIES} or None, got {modality!r}")
 
 
 def eval_result(record: MetricRecord, visual_modality: str | None) -> EvalResult:

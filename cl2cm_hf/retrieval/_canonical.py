@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from cl2cm_hf.errors import CL2CMError
+
 PAIR_BATCH = 1 << 14  # pairs per batch where rows are gathered for canonical re-scoring
 _PAIR_WORKSPACE = 1 << 19  # float64 elements of each canonical-score workspace (4 MiB)
 _UNIT_ROUNDOFF_32 = 2.0**-24
@@ -72,14 +74,14 @@ def norms(x: torch.Tensor, name: str, offset: int = 0) -> torch.Tensor:
         finite_rows = torch.isfinite(x).all(dim=1)
         if not bool(finite_rows.all()):
             bad = int(torch.nonzero(~finite_rows)[0, 0]) + offset
-            raise ValueError(f"{name} has non-finite values (NaN or inf), first in row {bad}")
-        raise ValueError(f"{name} has rows too large for float32 scores; L2-normalise the embeddings")
+            raise CL2CMError(f"{name} has non-finite values (NaN or inf), first in row {bad}")
+        raise CL2CMError(f"{name} has rows too large for float32 scores; L2-normalise the embeddings")
     return row_norms.double() * (1.0 + 2.0**-10)
 
 
 def check_magnitude(max_query_norm: float, max_gallery_norm: float) -> None:
     if max_query_norm * max_gallery_norm > 1e36:
-        raise ValueError(
+        raise CL2CMError(
             "embedding norms are too large for float32 scores (|q| * |g| > 1e36); L2-normalise the embeddings"
         )
 

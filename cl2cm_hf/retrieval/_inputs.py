@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cl2cm_hf.errors import CL2CMError
+
 
 class Rows:
     """Read access by row blocks to an ``(n, d)`` matrix held as a tensor or a numpy array
@@ -15,21 +17,21 @@ class Rows:
         self.name = name
         if isinstance(data, torch.Tensor):
             if data.is_complex() or data.dtype == torch.bool:
-                raise ValueError(f"{name} must hold real numbers, got dtype {data.dtype}")
+                raise CL2CMError(f"{name} must hold real numbers, got dtype {data.dtype}")
             self._tensor, self._array = data.detach(), None
             shape = tuple(data.shape)
             self.device = data.device if device is None else device
         else:
             array = data if isinstance(data, np.ndarray) else np.asarray(data)
             if array.dtype.kind not in "fiu":
-                raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
+                raise CL2CMError(f"{name} must hold real numbers, got dtype {array.dtype}")
             self._tensor, self._array = None, array
             shape = array.shape
             self.device = torch.device("cpu") if device is None else device
         if len(shape) != 2:
-            raise ValueError(f"{name} must be a 2-D (n, d) matrix of embeddings, got shape {shape}")
+            raise CL2CMError(f"{name} must be a 2-D (n, d) matrix of embeddings, got shape {shape}")
         if shape[0] == 0 or shape[1] == 0:
-            raise ValueError(f"{name} is empty (shape {shape})")
+            raise CL2CMError(f"{name} is empty (shape {shape})")
         self.n, self.d = int(shape[0]), int(shape[1])
 
     def block(self, start: int, stop: int) -> torch.Tensor:
@@ -50,7 +52,7 @@ class Rows:
 
 def check_pair(queries: Rows, gallery: Rows) -> None:
     if queries.d != gallery.d:
-        raise ValueError(
+        raise CL2CMError(
             f"embedding dims differ: {queries.name} has d={queries.d} but {gallery.name} has d={gallery.d}"
         )
 
@@ -61,18 +63,18 @@ def check_text_to_visual(text_to_visual, n_text: int, n_visual: int) -> np.ndarr
         text_to_visual = text_to_visual.detach().cpu().numpy()
     index = np.asarray(text_to_visual)
     if index.ndim != 1 or index.shape[0] != n_text:
-        raise ValueError(
+        raise CL2CMError(
             f"text_to_visual must hold one visual index per caption: expected shape ({n_text},), got {index.shape}"
         )
     if index.dtype.kind not in "iu":
         if index.dtype.kind == "f" and np.all(np.isfinite(index)) and np.all(index == np.round(index)):
             index = index.astype(np.int64)
         else:
-            raise ValueError(f"text_to_visual must hold integer gallery indices, got dtype {index.dtype}")
+            raise CL2CMError(f"text_to_visual must hold integer gallery indices, got dtype {index.dtype}")
     index = index.astype(np.int64)
     bad = np.nonzero((index < 0) | (index >= n_visual))[0]
     if bad.size:
-        raise ValueError(
+        raise CL2CMError(
             f"text_to_visual[{int(bad[0])}]={int(index[bad[0]])} is out of range for a gallery of "
             f"{n_visual} visual items ({bad.size} caption(s) out of range)"
         )
@@ -81,5 +83,5 @@ def check_text_to_visual(text_to_visual, n_text: int, n_visual: int) -> np.ndarr
 
 def check_k(k, n_gallery: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_gallery:
-        raise ValueError(f"k must be an integer in [1, {n_gallery}] (the gallery size), got {k!r}")
+        raise CL2CMError(f"k must be an integer in [1, {n_gallery}] (the gallery size), got {k!r}")
     return int(k)

@@ -10,6 +10,7 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.torch_state import float32_matmul_precision, torch_threads
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
@@ -32,7 +33,7 @@ def _positive_or_none(value, name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        raise CL2CMError(f"{name} must be a positive integer or None, got {value!r}")
     return int(value)
 
 
@@ -44,7 +45,7 @@ def tile_sizes(n_query: int, n_gallery: int, chunk_size, query_chunk_size, memor
     query_chunk_size = _positive_or_none(query_chunk_size, "query_chunk_size")
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     if budget < 2**20:
-        raise ValueError(f"memory_budget must be at least 1 MiB, got {memory_budget!r}")
+        raise CL2CMError(f"memory_budget must be at least 1 MiB, got {memory_budget!r}")
     elements = max(1, min(_TILE_CAP, budget // (bytes_per_element * max(1, workers))))
     row_cap = n_query if workers <= 1 else min(_DEFAULT_QUERY_BLOCK, max(64, -(-n_query // (4 * workers))))
     if chunk_size is None and query_chunk_size is None:

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import torch
 
+from cl2cm_hf.errors import CL2CMError
+
 from ._canonical import norms
 from ._inputs import Rows
 from .search import topk
@@ -57,7 +59,7 @@ def build_faiss_index(gallery, index_type: str = "hnsw", *, nlist: int | None = 
     elif index_type == "flat":
         index = faiss.IndexFlatIP(rows.d)
     else:
-        raise ValueError(f"index_type must be 'hnsw', 'ivf_flat' or 'flat', got {index_type!r}")
+        raise CL2CMError(f"index_type must be 'hnsw', 'ivf_flat' or 'flat', got {index_type!r}")
     for start in range(0, rows.n, int(chunk_size)):
         block = rows.block(start, min(start + int(chunk_size), rows.n))
         norms(block, rows.name, start)  # rejects NaN / inf
@@ -69,7 +71,7 @@ def faiss_search(index, queries, k: int):
     """``(scores, indices)`` float32/int64 tensors of the index's approximate top-`k`."""
     rows = Rows(queries, "queries", device=torch.device("cpu"))
     if rows.d != index.d:
-        raise ValueError(f"embedding dims differ: queries have d={rows.d} but the index has d={index.d}")
+        raise CL2CMError(f"embedding dims differ: queries have d={rows.d} but the index has d={index.d}")
     scores, indices = index.search(_float32_numpy(rows.block(0, rows.n)), int(k))
     return torch.from_numpy(scores), torch.from_numpy(indices.astype(np.int64))
 

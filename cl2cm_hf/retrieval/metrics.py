@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cl2cm_hf.errors import CL2CMError
+
 RECALL_KS = (1, 5, 10)
 DIRECTIONS = ("t2v", "v2t")
 METRIC_KEYS = (
@@ -37,17 +39,17 @@ def check_ranks(ranks, name="ranks"):
         ranks = ranks.detach().cpu().numpy()
     array = np.asarray(ranks)
     if array.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D sequence of ranks, got shape {array.shape}")
+        raise CL2CMError(f"{name} must be a 1-D sequence of ranks, got shape {array.shape}")
     if array.size == 0:
-        raise ValueError(f"{name} is empty: at least one query is needed")
+        raise CL2CMError(f"{name} is empty: at least one query is needed")
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise ValueError(f"{name} must hold integer ranks, got non-integer values")
+            raise CL2CMError(f"{name} must hold integer ranks, got non-integer values")
     elif array.dtype.kind not in "iu":
-        raise ValueError(f"{name} must hold integer ranks, got dtype {array.dtype}")
+        raise CL2CMError(f"{name} must hold integer ranks, got dtype {array.dtype}")
     array = array.astype(np.int64)
     if array.min() < 1:
-        raise ValueError(f"{name} are 1-based (the best rank is 1), got a minimum of {int(array.min())}")
+        raise CL2CMError(f"{name} are 1-based (the best rank is 1), got a minimum of {int(array.min())}")
     return array
 
 
@@ -55,7 +57,7 @@ def recall_at_k(ranks, k):
     """Percentage (0-100) of queries whose correct item ranks within the top `k`."""
     ranks = check_ranks(ranks)
     if int(k) < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise CL2CMError(f"k must be >= 1, got {k}")
     return float(100.0 * np.count_nonzero(ranks <= int(k)) / ranks.size)
 
 
@@ -107,12 +109,12 @@ def metrics_from_long_format(predictions, direction):
     ranks = np.asarray(predictions)
     labels = np.asarray(direction, dtype=object)
     if ranks.shape[0] != labels.shape[0]:
-        raise ValueError(f"{ranks.shape[0]} ranks but {labels.shape[0]} directions")
+        raise CL2CMError(f"{ranks.shape[0]} ranks but {labels.shape[0]} directions")
     unknown = sorted({str(label) for label in labels.tolist()} - set(DIRECTIONS))
     if unknown:
-        raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {unknown}")
+        raise CL2CMError(f"direction must be one of {list(DIRECTIONS)}, got {unknown}")
     parts = {name: ranks[labels == name] for name in DIRECTIONS}
     missing = [name for name, part in parts.items() if part.size == 0]
     if missing:
-        raise ValueError(f"no ranks for direction(s) {missing}: pass the ranks of both directions")
+        raise CL2CMError(f"no ranks for direction(s) {missing}: pass the ranks of both directions")
     return metrics_from_ranks(parts["t2v"], parts["v2t"])

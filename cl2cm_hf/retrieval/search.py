@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from cl2cm_hf.errors import CL2CMError
+
 from ._canonical import PAIR_BATCH, canonical_dot, check_magnitude, error_factor, norms
 from ._inputs import Rows, check_k, check_pair
 from ._tiles import DEFAULT_MEMORY_BUDGET, Buffer, TileWorkers, tile_sizes
@@ -47,7 +49,7 @@ def topk(queries, gallery, k: int, chunk_size: int | None = None, *, query_chunk
     k = check_k(k, g_rows.n)
     margin = max(16, k // 2) if margin is None else int(margin)
     if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+        raise CL2CMError(f"margin must be >= 0, got {margin}")
     q = q_rows.block(0, q_rows.n)
     q_norm = norms(q, "queries")
     rel, absolute = error_factor(q_rows.d)

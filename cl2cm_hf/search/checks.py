@@ -8,6 +8,8 @@ import argparse
 import numbers
 import unicodedata
 
+from cl2cm_hf.errors import CL2CMError
+
 # name -> (lowest, highest) allowed; the highest values guard against typos that would exhaust memory.
 LIMITS = {
     "batch_size": (1, 65_536),
@@ -26,7 +28,7 @@ def check_int(name: str, value, low: int | None = None, high: int | None = None)
     low, high = LIMITS.get(name, (low, high)) if low is None else (low, high)
     whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
     if isinstance(value, bool) or not whole or not low <= int(value) <= high:
-        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+        raise CL2CMError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
     return int(value)
 
 

@@ -7,11 +7,12 @@ import os
 import warnings
 
 from cl2cm_hf.data.image_paths import to_rgb
+from cl2cm_hf.errors import CL2CMError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
 
 
-class BadImage(ValueError):
+class BadImage(CL2CMError):
     """A file that cannot be turned into an RGB image; the message is the reason in the report."""
 
 

@@ -36,6 +36,7 @@ import torch
 
 from cl2cm_hf.atomic import recover_directory
 from cl2cm_hf.data.schemas import is_blank
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.inference import encode_texts, encode_visual, load_model_and_processor
 from cl2cm_hf.retrieval import faiss_search, topk
 
@@ -53,15 +54,15 @@ DEFAULT_TOP_K = 5
 _NOT_MODEL = (".md", ".png", ".jpg", ".jpeg", ".svg")
 
 
-class BrokenIndexError(ValueError):
+class BrokenIndexError(CL2CMError):
     """An index folder that is missing, incomplete or unreadable; the message names the file."""
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(CL2CMError):
     """The model given to search an index is not the one the index was built with."""
 
 
-class UnknownQueryError(ValueError):
+class UnknownQueryError(CL2CMError):
     """A text query of which the tokenizer knows no word: every token is its unknown token."""
 
 
@@ -222,7 +223,7 @@ class SearchIndex:
             processor = processor or loaded
             given = str(metadata["model"])
         elif processor is None:
-            raise ValueError("SearchIndex.load: pass processor= with model=")
+            raise CL2CMError("SearchIndex.load: pass processor= with model=")
         else:
             given = str(getattr(model, "name_or_path", "") or "the model passed as model=")
         mismatch = _model_mismatch(folder, metadata, model, given)
@@ -270,9 +271,9 @@ class SearchIndex:
         item of a smaller index). A blank query is a ValueError, one of which the tokenizer knows no
         word an `UnknownQueryError`."""
         if not isinstance(query, str):
-            raise ValueError(f"search: query must be a text (str), got {type(query).__name__}")
+            raise CL2CMError(f"search: query must be a text (str), got {type(query).__name__}")
         if is_blank(query):
-            raise ValueError(f"search: the query {printable(query)!r} is empty; type a caption to search for")
+            raise CL2CMError(f"search: the query {printable(query)!r} is empty; type a caption to search for")
         k = self._top_k(top_k)
         self._check_known_words(query)
         return self.search_embeddings(self.encode_queries([query]), k, exact=exact)[0]
@@ -285,7 +286,7 @@ class SearchIndex:
 
 
         if getattr(self.processor, "image_processor", None) is None:
-            raise ValueError(f"{self.folder}: the model {self.metadata.get('model_name') or self.metadata.get('model')} reads "
+            raise CL2CMError(f"{self.folder}: the model {self.metadata.get('model_name') or self.metadata.get('model')} reads "
                              "precomputed features, not pixels; search with its features through search_embeddings")
         k = self._top_k(top_k)
         if isinstance(image, (str, os.PathLike)):
@@ -302,7 +303,7 @@ class SearchIndex:
                 raise BadImage(f"search_image: the image has no pixels ({image.size[0]}x{image.size[1]})")
             image = image.convert("RGB")
         else:
-            raise ValueError(f"search_image: image must be a PIL image, an (H, W, 3) array or a file path, got {type(image).__name__}")
+            raise CL2CMError(f"search_image: image must be a PIL image, an (H, W, 3) array or a file path, got {type(image).__name__}")
         query = encode_visual(self.model, [image], processor=self.processor, device=self.device)
         return self.search_embeddings(query, k, exact=exact)[0]
 
@@ -312,7 +313,7 @@ class SearchIndex:
             return min(DEFAULT_TOP_K, max(len(self), 1))
         k = check_int("top_k", top_k)
         if len(self) and k > len(self):
-            raise ValueError(f"top_k={k} is more than the {len(self)} items of the index {self.folder}; ask for at most {len(self)}")
+            raise CL2CMError(f"top_k={k} is more than the {len(self)} items of the index {self.folder}; ask for at most {len(self)}")
         return k
 
     def _check_known_words(self, query: str) -> None:
@@ -328,7 +329,7 @@ class SearchIndex:
     def search_embeddings(self, queries, top_k: int | None = None, *, exact: bool = False) -> list[list["SearchHit"]]:
         """Hits of each row of `queries` ``(n, dim)``: exact `topk`, or the faiss index when present."""
         if not isinstance(exact, bool):
-            raise ValueError(f"exact must be True or False, got {exact!r}")
+            raise CL2CMError(f"exact must be True or False, got {exact!r}")
         if len(self) == 0:
             return [[] for _ in range(len(queries))]
         k = self._top_k(top_k)

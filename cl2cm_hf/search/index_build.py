@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from cl2cm_hf.atomic import atomic_directory, atomic_write_text, recover_directory
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.decode import DEFAULT_MAX_PIXELS
 from cl2cm_hf.search.encode import chunked, encode_chunks
 from cl2cm_hf.search.shards import cache_namespace, read_cache, read_json
@@ -165,9 +166,9 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     chunk_size, max_pixels = check_int("chunk_size", chunk_size), check_int("max_pixels", max_pixels)
     for name, value, allowed in (("faiss", faiss, ("auto", "hnsw", "flat", "ivf_flat", "none")), ("compare", compare, tuple(COMPARE))):
         if value not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+            raise CL2CMError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
     if (images is None) == (features is None):
-        raise ValueError("pass images= (a folder, a list file or a datasets folder) or features= (a store folder)")
+        raise CL2CMError("pass images= (a folder, a list file or a datasets folder) or features= (a store folder)")
     device = _checked_device(device)
     source_path = Path(images if images is not None else features).absolute()
     out = check_out_folder(out, source_path, {"--images": images, "--features": features, "--pictures": pictures},
@@ -188,7 +189,7 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
         attach_pictures(items, pictures)
         pictures = str(Path(pictures).absolute())
     if not items:
-        raise ValueError(f"{images or features}: nothing to index (no files found)")
+        raise CL2CMError(f"{images or features}: nothing to index (no files found)")
     state.wait_for_everyone()  # every process has checked --out before the main one marks it
     if state.is_main_process and not (out / INDEX_MARKER).is_file():
         out.mkdir(parents=True, exist_ok=True)
@@ -243,9 +244,9 @@ def _checked_device(device):
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+        raise CL2CMError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
     if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"device {device!r}: no such CUDA device here ({torch.cuda.device_count()} found)")
+        raise CL2CMError(f"device {device!r}: no such CUDA device here ({torch.cuda.device_count()} found)")
     return device
 
 

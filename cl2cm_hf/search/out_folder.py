@@ -16,6 +16,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from cl2cm_hf.atomic import atomic_write_text, folder_target
+from cl2cm_hf.errors import CL2CMError
 
 from .index import DATA_DIR, FAISS_FILE, INDEX_FORMAT, METADATA_FILE, REPORT_FILE, SHARDS_DIR
 
@@ -29,7 +30,7 @@ _LAYOUT = {
 }
 
 
-class OutFolderError(ValueError):
+class OutFolderError(CL2CMError):
     """``--out`` names a folder that cl2cm-index must not replace; the message says why."""
 
 

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cl2cm_hf.errors import CL2CMError
+
 from .checks import name_problem, printable
 
 COMPARE = {"mtime": "path + size + mtime (files)", "hash": "path + sha256 of the content (files)"}
@@ -101,7 +103,7 @@ def dataset_items(folder: Path):
     if "image" in dataset.column_names:
         dataset = dataset.cast_column("image", Image(decode=False))
     elif "path" not in dataset.column_names:
-        raise ValueError(f"{folder}: a dataset to index needs an 'image' (datasets.Image) or a 'path' column; found {dataset.column_names}")
+        raise CL2CMError(f"{folder}: a dataset to index needs an 'image' (datasets.Image) or a 'path' column; found {dataset.column_names}")
     ids = dataset["id"] if "id" in dataset.column_names else [str(i) for i in range(len(dataset))]
     captions = dataset["caption"] if "caption" in dataset.column_names else [None] * len(dataset)
     items = []
@@ -195,7 +197,7 @@ def _refuse_bad_names(items: list[Item]) -> None:
 def collect_items(images=None, features=None):
     """(items sorted by id, the source description, a dataset or store the loader needs)."""
     if (images is None) == (features is None):
-        raise ValueError("pass images= (a folder, a list file or a datasets folder) or features= (a store folder)")
+        raise CL2CMError("pass images= (a folder, a list file or a datasets folder) or features= (a store folder)")
     if features is not None:
         folder = Path(features)
         if not folder.is_dir():
@@ -221,6 +223,6 @@ def collect_items(images=None, features=None):
         if item.key.startswith("badname:"):
             continue
         if item.id in seen:
-            raise ValueError(f"{images or features}: id {item.id!r} appears twice; ids must be unique")
+            raise CL2CMError(f"{images or features}: id {item.id!r} appears twice; ids must be unique")
         seen.add(item.id)
     return items, {"kind": kind, "path": str(Path(images or features).absolute())}, source

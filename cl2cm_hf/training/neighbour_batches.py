@@ -11,6 +11,8 @@ batches."""
 import numpy as np
 from torch.utils.data import Sampler
 
+from cl2cm_hf.errors import CL2CMError
+
 
 def item_keys(item_ids: list[str], embeddings: np.ndarray) -> tuple[list[str], dict[str, list[int]], np.ndarray]:
     """(items in first-seen order, rows of each item, the L2-normalised mean embedding of each item's rows)."""
@@ -50,9 +52,9 @@ class TeacherNeighbourSampler(Sampler[int]):
 
     def __init__(self, item_ids: list[str], embeddings: np.ndarray, group_size: int, batch_size: int, seed: int):
         if group_size < 2:
-            raise ValueError(f"kt_neighbour_group_size={group_size}: expected at least 2 (0 switches it off)")
+            raise CL2CMError(f"kt_neighbour_group_size={group_size}: expected at least 2 (0 switches it off)")
         if batch_size % group_size:
-            raise ValueError(
+            raise CL2CMError(
                 f"kt_neighbour_group_size={group_size} must divide per_device_train_batch_size={batch_size} "
                 "(each batch is made of whole groups)"
             )
@@ -82,6 +84,6 @@ class TeacherNeighbourSampler(Sampler[int]):
 def teacher_neighbour_sampler(train_dataset, group_size: int, batch_size: int, seed: int) -> TeacherNeighbourSampler:
     """The sampler for a training set that carries precomputed teacher keys (``teacher_source_embeds``)."""
     if "teacher_source_embeds" not in train_dataset.column_names:
-        raise ValueError("kt_neighbour_group_size needs the teacher's embeddings of the training set: set precompute_teacher: true")
+        raise CL2CMError("kt_neighbour_group_size needs the teacher's embeddings of the training set: set precompute_teacher: true")
     embeddings = np.asarray(train_dataset.with_format("numpy")["teacher_source_embeds"], dtype=np.float32)
     return TeacherNeighbourSampler(train_dataset["visual_id"], embeddings, group_size, batch_size, seed)

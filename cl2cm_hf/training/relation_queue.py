@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from cl2cm_hf.atomic import atomic_write_bytes
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.losses import gather_with_grad
 
 
@@ -28,7 +29,7 @@ class RelationQueue:
 
     def __init__(self, size: int):
         if size < 1:
-            raise ValueError(f"kt_queue_size={size}: expected at least 1 (0 switches the queue off)")
+            raise CL2CMError(f"kt_queue_size={size}: expected at least 1 (0 switches the queue off)")
         self.size = size
         self.start_empty_without_file = False
         self.student_k: torch.Tensor | None = None

@@ -1,7 +1,8 @@
 """A CL2CM run: stage 1 (cross-lingual) and/or stage 2 (cross-modal) from one YAML recipe.
 
-The entry points are `trainer/run.py` (`accelerate launch trainer/run.py <recipe>`) and the console
-script `cl2cm-train`; both call `main`.
+`run(settings)` runs a parsed recipe (`RunSettings`) and returns its `RunResult`; `train(argv)` is the
+same from a recipe path and ``--key value`` tokens. The command line (`trainer/run.py`, `cl2cm-train`)
+is `cl2cm_hf.cli.train`.
 
 Writes `<output_dir>/cross_lingual/` and `<output_dir>/cross_modal/` (AutoModel-loadable folders with
 tokenizer); the final folder also holds `training_config.yaml` (reproduces the run),
@@ -11,31 +12,29 @@ and `--resume` continues from them.
 
 import dataclasses
 import logging
-import os
-import sys
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from transformers import AutoModel, Trainer, TrainingArguments, set_seed
-from transformers.utils import logging as hf_logging
 
 from cl2cm_hf.atomic import atomic_directory, atomic_write_text, folder_target, recover_directory
-from cl2cm_hf.data import ImagePathStore, PairCollator, VisualFeatureStore, open_visual_store
-from cl2cm_hf.inference import as_processor, encode_texts
+from cl2cm_hf.data import ImagePathStore, PairCollator, VisualFeatureStore
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.evaluation.evaluator import CrossLingualEvaluator, CrossModalEvaluator
-from cl2cm_hf.inference import load_model_and_processor
-from cl2cm_hf.cli.query import query_gallery
-from cl2cm_hf.evaluation.records import TEST_RESULTS, MetricRecord, load_records, save_records
-from cl2cm_hf.hub import build_card, metrics_table
+from cl2cm_hf.evaluation.records import TEST_RESULTS, MetricRecord, save_records
+from cl2cm_hf.hub import build_card, metrics_table, push_checkpoint
+from cl2cm_hf.hub.local_paths import config_to_yaml, publishable_settings
+from cl2cm_hf.inference import encode_texts
 from cl2cm_hf.modeling_cl2cm import check_safetensors_file
 from cl2cm_hf.processing_cl2cm import build_processor
 from cl2cm_hf.torch_state import cpu_threads, torch_threads
 from cl2cm_hf.training import neighbour_batches
-from cl2cm_hf.training.arguments import config_to_yaml, load_config, parse_config, publishable_settings, settings_help
+from cl2cm_hf.training.checkpoints import CHECKPOINT_COMPLETE, checkpoint_folders
 from cl2cm_hf.training.data_sources import RunData, build_run_data, check_fits_data, first_caption_pairs
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore
 from cl2cm_hf.training.model_setup import build_cross_lingual, build_cross_modal, check_teacher_folder, load_teacher, prepare_teacher
+from cl2cm_hf.training.recipe import RunSettings
 from cl2cm_hf.training.run_record import (
     RecordStamp,
     RunMismatchError,
@@ -47,7 +46,6 @@ from cl2cm_hf.training.run_record import (
     result_settings,
     take_output_dir,
 )
-from cl2cm_hf.training.checkpoints import CHECKPOINT_COMPLETE, checkpoint_folders
 from cl2cm_hf.training.trainers import CrossLingualTrainer, CrossModalTrainer
 
 logger = logging.getLogger("cl2cm")
@@ -92,7 +90,7 @@ def fit(trainer: Trainer, resume: bool, out: Path) -> None:
     step = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
     try:
         if changes and (misfit := _weights_misfit(Path(checkpoint), trainer.model)):
-            raise ValueError(f"its weights do not fit the model these settings build ({misfit})")
+            raise CL2CMError(f"its weights do not fit the model these settings build ({misfit})")
         trainer.train(resume_from_checkpoint=checkpoint)
     except (ValueError, RuntimeError, KeyError, OSError) as err:
         if not changes or trainer.state.global_step > step:
@@ -128,10 +126,11 @@ def save_stage(trainer: Trainer, model, tokenizer, folder: Path) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def train_cross_lingual(args, data: RunData, out: Path, frozen_layers: FrozenLayerStore | None = None):
+def train_cross_lingual(settings: RunSettings, data: RunData, processor, out: Path, frozen_layers: FrozenLayerStore | None = None):
     """Stage 1; returns the trained network (loaded from its folder when `resume` finds it complete).
-    `frozen_layers`: the run's store under `cache_frozen_text_layers`."""
-    model_args, data_args, cl2cm_args, training_args = args
+    `processor`: the run's (tokenizer and text prefix); `frozen_layers`: the run's store under
+    `cache_frozen_text_layers`."""
+    model_args, data_args, cl2cm_args, training_args = settings.model, settings.data, settings.method, settings.training
     folder = out / STAGE_DIRS["cl"]
     recover_directory(folder)  # a kill between the two renames of a folder swap
     if cl2cm_args.resume and (folder / "config.json").exists():
@@ -141,36 +140,34 @@ def train_cross_lingual(args, data: RunData, out: Path, frozen_layers: FrozenLay
     if cl2cm_args.cl_first_caption_only:
         data = first_caption_pairs(data)
     set_seed(training_args.seed)  # each stage starts from the same RNG state, resumed or not
-    model = build_cross_lingual(model_args, data.tokenizer, data_args.max_length, frozen_layers)
+    model = build_cross_lingual(model_args, processor.tokenizer, data_args.max_length, frozen_layers)
     stage_args = stage_training_args(
         training_args, "cl", num_train_epochs=cl2cm_args.cl_num_train_epochs, learning_rate=cl2cm_args.cl_learning_rate
     )
     evaluator = CrossLingualEvaluator(
-        data.validation_pairs, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,
-        dataset=data.name, split="validation",
+        data.validation_pairs, processor, data_args.target_langs, data_args.max_length, dataset=data.name, split="validation"
     )
     trainer = CrossLingualTrainer(
         model=model,
         args=stage_args,
         train_dataset=data.train_pairs,
         eval_dataset=data.validation_pairs,
-        data_collator=PairCollator(data.tokenizer, None, data_args.max_length, model_args.text_prefix),
-        processing_class=data.tokenizer,
+        data_collator=PairCollator(processor, None, data_args.max_length),
+        processing_class=processor.tokenizer,
         cl2cm_args=cl2cm_args,
         evaluator=evaluator,
     )
     fit(trainer, cl2cm_args.resume, out)
-    save_stage(trainer, trainer.model, data.tokenizer, folder)
+    save_stage(trainer, trainer.model, processor.tokenizer, folder)
     return trainer.model
 
 
-def precompute_teacher(teacher, data: RunData, data_args, model_args, device, teacher_processor=None, item_keys: bool = False):
+def precompute_teacher(teacher, data: RunData, processor, max_length: int, device, item_keys: bool = False):
     """Teacher sentence embeddings of every training pair, computed once and carried by the batches;
-    `teacher_processor`: the teacher's own (None: it tokenizes as the run's). `item_keys`
+    `processor`: the one the teacher tokenizes with (its own, or the run's). `item_keys`
     (``kt_teacher_keys: item``): each pair's source key is the normalised mean over its item's rows
     (all its source captions), so the teacher relates an MT caption to items, not to one caption."""
-    processor = teacher_processor or as_processor(data.tokenizer, model_args.text_prefix)
-    encode = dict(processor=processor, max_length=data_args.max_length, device=device)
+    encode = dict(processor=processor, max_length=max_length, device=device)
     teacher = teacher.to(device).eval()
     source = encode_texts(lambda **kw: teacher.get_text_features(**kw, language="source"), texts=data.train_pairs["source_text"], **encode)
     target = encode_texts(lambda **kw: teacher.get_text_features(**kw, language="target"), texts=data.train_pairs["target_text"], **encode)
@@ -183,27 +180,28 @@ def precompute_teacher(teacher, data: RunData, data_args, model_args, device, te
 
 
 def train_cross_modal(
-    args, data: RunData, out: Path, teacher, frozen_layers: FrozenLayerStore | None = None, teacher_processor=None
+    settings: RunSettings, data: RunData, processor, out: Path, teacher, frozen_layers: FrozenLayerStore | None = None,
+    teacher_processor=None,
 ):
     """Stage 2 from the stage-1 network `teacher` (None: no stage 1); returns its trainer. The stage-1
     network becomes the frozen teacher (`prepare_teacher`) and the text tower starts as a copy of it.
     `teacher_processor`: the teacher's own processor where it tokenizes differently (`load_teacher`)."""
-    model_args, data_args, cl2cm_args, training_args = args
+    model_args, data_args, cl2cm_args, training_args = settings.model, settings.data, settings.method, settings.training
     set_seed(training_args.seed)
     if teacher is not None:
         teacher = prepare_teacher(teacher, model_args, frozen_layers)
     model = build_cross_modal(
-        model_args, data.tokenizer, data_args.max_length, data.features.feature_dim, teacher, frozen_layers
+        model_args, processor.tokenizer, data_args.max_length, data.features.feature_dim, teacher, frozen_layers
     )
     stage_args = stage_training_args(training_args, "cm")
     train_pairs, teacher_scale = data.train_pairs, None
     if cl2cm_args.needs_teacher_embeddings and cl2cm_args.precompute_teacher:
         train_pairs, teacher_scale = precompute_teacher(
-            teacher, data, data_args, model_args, stage_args.device, teacher_processor, cl2cm_args.kt_teacher_keys == "item"
+            teacher, data, teacher_processor or processor, data_args.max_length, stage_args.device, cl2cm_args.kt_teacher_keys == "item"
         )
         teacher = teacher_processor = None
     evaluator = CrossModalEvaluator(
-        data.validation_queries, data.features, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,
+        data.validation_queries, data.features, processor, data_args.target_langs, data_args.max_length,
         dataset=data.name, split="validation",
     )
     trainer = CrossModalTrainer(
@@ -211,10 +209,8 @@ def train_cross_modal(
         args=stage_args,
         train_dataset=train_pairs,
         eval_dataset=data.validation_queries,
-        data_collator=PairCollator(
-            data.tokenizer, data.features, data_args.max_length, model_args.text_prefix, teacher_processor=teacher_processor
-        ),
-        processing_class=data.tokenizer,
+        data_collator=PairCollator(processor, data.features, data_args.max_length, teacher_processor=teacher_processor),
+        processing_class=processor.tokenizer,
         cl2cm_args=cl2cm_args,
         evaluator=evaluator,
         teacher_model=teacher if cl2cm_args.lambda_kt else None,
@@ -224,14 +220,13 @@ def train_cross_modal(
     return trainer
 
 
-def finish(trainer: CrossModalTrainer, data: RunData, args, values: dict, out: Path) -> Path:
-    """Test-set evaluation, then the final folder: model, tokenizer, recipe, results
-    (`test_results.json`: a list of metric records), card."""
-    model_args, data_args, cl2cm_args, _ = args
+def finish(trainer: CrossModalTrainer, data: RunData, processor, settings: RunSettings, out: Path) -> tuple[Path, list[MetricRecord]]:
+    """Test-set evaluation, then the final folder: model, processor, recipe, results
+    (`test_results.json`: a list of metric records), card; returns the folder and the records."""
+    data_args, values = settings.data, settings.recipe
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
     test_evaluator = CrossModalEvaluator(
-        data.test_queries, data.features, data.tokenizer, data_args.target_langs, data_args.max_length, model_args.text_prefix,
-        dataset=data.name, split="test",
+        data.test_queries, data.features, processor, data_args.target_langs, data_args.max_length, dataset=data.name, split="test"
     )
     test_ranks = test_evaluator.ranks(model)
     records = test_evaluator.metrics(test_ranks)
@@ -241,9 +236,7 @@ def finish(trainer: CrossModalTrainer, data: RunData, args, values: dict, out: P
         print(f"\nTest retrieval ({data.name}, target-language queries):\n{table}\n", flush=True)
         with atomic_directory(folder) as tmp:
             model.save_pretrained(tmp)
-            # The processor (tokenizer, text prefix, image processor of an image store) saves the tokenizer too.
-            image_processor = getattr(data.features, "image_processor", None)
-            build_processor(data.tokenizer, model.config.text_prefix, image_processor).save_pretrained(tmp)
+            processor.save_pretrained(tmp)  # the tokenizer, the text prefix and an image store's image processor
             (tmp / "training_config.yaml").write_text(config_to_yaml(values))
             copy_record(out, tmp)
             save_records(records, tmp / TEST_RESULTS)
@@ -252,7 +245,7 @@ def finish(trainer: CrossModalTrainer, data: RunData, args, values: dict, out: P
                        target_languages=data_args.target_langs, visual_modality="video" if data.features.is_video else "image")
         atomic_write_text(out / "test_results.md", table + "\n")
     trainer.accelerator.wait_for_everyone()
-    return folder
+    return folder, records
 
 
 def save_gallery(store, visual_ids, folder: Path) -> None:
@@ -265,27 +258,33 @@ def save_gallery(store, visual_ids, folder: Path) -> None:
     VisualFeatureStore.from_arrays(visual_ids, features, lengths=lengths).save(folder)
 
 
-def run_query(folder: Path, query: str, captions: dict[str, str]) -> None:
-    """Reload the final folder (model and processor) and search its test gallery with one query,
-    through the library's encode path. That a folder works without cl2cm_hf (its own model and
-    processor code) is what tests/test_hub_roundtrip.py checks."""
-    query_gallery(str(folder), query, folder / "test_gallery", captions)
+@dataclasses.dataclass
+class RunResult:
+    """What a run made: the test metric records (empty for a stage-1-only run; `records.flat_metrics`
+    gives ``{"de_sumr": ...}``), the final cross-modal folder (None without stage 2) and the captions
+    of its test gallery (for a query demo)."""
+
+    records: list[MetricRecord]
+    folder: Path | None = None
+    gallery_captions: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def run(settings: RunSettings) -> RunResult:
+    """Run a parsed recipe under its CPU thread setting."""
+    with torch_threads(cpu_threads(settings.method.cpu_threads)):
+        return run_recipe(settings)
 
 
 def train(argv: list[str]) -> list[MetricRecord]:
-    """Run the recipe `argv` (a YAML path and/or `--key value` overrides); returns the test metric
-    records (empty for a stage-1-only run; `records.flat_metrics` gives ``{"de_sumr": ...}``)."""
+    """Run the recipe `argv` (a YAML path and/or ``--key value`` overrides); returns the test metric records."""
     argv = list(argv)
     config_path = argv.pop(0) if argv and not argv[0].startswith("--") else None
-    values = load_config(config_path, argv)
-    args = parse_config(values)
-    with torch_threads(cpu_threads(args[2].cpu_threads)):
-        return run_recipe(args, values)
+    return run(RunSettings.load(config_path, argv)).records
 
 
-def run_recipe(args, values: dict) -> list[MetricRecord]:
-    """The stages of a parsed recipe (`train` applies its CPU thread setting around them)."""
-    model_args, data_args, cl2cm_args, training_args = args
+def run_recipe(settings: RunSettings) -> RunResult:
+    """The stages of a parsed recipe (`run` applies its CPU thread setting around them)."""
+    model_args, data_args, cl2cm_args, training_args = settings.model, settings.data, settings.method, settings.training
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
     out = Path(training_args.output_dir)
@@ -294,62 +293,28 @@ def run_recipe(args, values: dict) -> list[MetricRecord]:
     for stage_dir in STAGE_DIRS.values():
         folder_target(out / stage_dir)  # a stage path that is a file or a dangling link: refused before training
     take_output_dir(
-        out, result_settings(args, values), resume=cl2cm_args.resume, overwrite=cl2cm_args.overwrite_output_dir,
+        out, result_settings(settings.groups, settings.recipe), resume=cl2cm_args.resume, overwrite=cl2cm_args.overwrite_output_dir,
         allow_changes=cl2cm_args.resume_allow_changes,
     )
     data = build_run_data(data_args, model_args, training_args)
     check_fits_data(data, cl2cm_args, training_args)
+    # The run's one processor: tokenizer, text prefix and (an image store's) image processor.
+    processor = build_processor(data.tokenizer, model_args.text_prefix, getattr(data.features, "image_processor", None))
 
     # One store of frozen-layer outputs for the run: stage 1, stage 2 and the teacher share it.
     frozen_layers = FrozenLayerStore() if model_args.cache_frozen_text_layers else None
     teacher = teacher_processor = None
     if cl2cm_args.stage in ("cl", "both"):
-        teacher = train_cross_lingual(args, data, out, frozen_layers)
+        teacher = train_cross_lingual(settings, data, processor, out, frozen_layers)
     elif cl2cm_args.cross_lingual_model:
-        run_processor = as_processor(data.tokenizer, model_args.text_prefix)
         teacher, teacher_processor = load_teacher(
-            cl2cm_args.cross_lingual_model, run_processor, data.train_pairs, model_args.init_text_from_cross_lingual
+            cl2cm_args.cross_lingual_model, processor, data.train_pairs, model_args.init_text_from_cross_lingual
         )
     if cl2cm_args.stage == "cl":
-        return []
+        return RunResult([])
 
-    trainer = train_cross_modal(args, data, out, teacher, frozen_layers, teacher_processor)
-    folder = finish(trainer, data, args, values, out)
-    if trainer.is_world_process_zero():
-        if cl2cm_args.push_to_hub_id:
-            from cl2cm_hf.hub import push_checkpoint
-
-            push_checkpoint(folder, cl2cm_args.push_to_hub_id)
-        if cl2cm_args.query:
-            run_query(folder, cl2cm_args.query, data.gallery_captions)
-    return load_records(folder / TEST_RESULTS)
-
-
-USAGE = """usage: cl2cm-train [RECIPE.yaml] [--key value ...]
-       accelerate launch trainer/run.py [RECIPE.yaml] [--key value ...]
-
-Train CL2CM (stage 1 cross-lingual, stage 2 cross-modal) from a YAML recipe; any setting can be
-given or overridden on the command line."""
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point. Exit status 0 after a successful run; 2 with a one-line message for a
-    problem with the recipe, the data, a checkpoint or the output folder (``CL2CM_DEBUG=1`` shows the
-    traceback); 1 for anything else (its traceback)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # One Trainer bar per stage is the run's progress; transformers' bars of one-shard saves and loads
-    # are noise next to it. Process-wide, here at the run's entry, because transformers has no per-call
-    # switch; HF_HUB_DISABLE_PROGRESS_BARS=0 keeps them.
-    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") != "0":
-        hf_logging.disable_progress_bar()
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(USAGE + "\n" + settings_help())
-        return 0
-    try:
-        train(argv)
-    except (ValueError, OSError) as err:  # what a user's input causes: named, without a traceback
-        if os.environ.get("CL2CM_DEBUG"):
-            raise
-        print(f"cl2cm-train: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    trainer = train_cross_modal(settings, data, processor, out, teacher, frozen_layers, teacher_processor)
+    folder, records = finish(trainer, data, processor, settings, out)
+    if trainer.is_world_process_zero() and cl2cm_args.push_to_hub_id:
+        push_checkpoint(folder, cl2cm_args.push_to_hub_id)
+    return RunResult(records, folder, data.gallery_captions)

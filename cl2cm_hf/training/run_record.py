@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from cl2cm_hf.errors import CL2CMError
+
 from ..atomic import atomic_write_text
 from ..data.badrows import SKIPPED_ROWS_FILE
 
@@ -27,7 +29,7 @@ RUN_OUTPUTS = ("cross_lingual", "cross_modal", "checkpoints", "test_results.md",
 # Settings that never change what a run computes: where it writes and logs, what it does after
 # training, and how it resumes.
 RESULT_NEUTRAL = frozenset({
-    "output_dir", "resume", "overwrite_output_dir", "resume_allow_changes", "push_to_hub_id", "query", "query_lang",
+    "output_dir", "resume", "overwrite_output_dir", "resume_allow_changes", "push_to_hub_id", "query",
     "logging_steps", "logging_strategy", "logging_first_step", "report_to", "run_name", "disable_tqdm",
     "save_total_limit", "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor",
     "cpu_threads", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
@@ -43,7 +45,7 @@ RESULT_TRAINING_FIELDS = (
 )
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(CL2CMError):
     """An output folder belongs to another run, or to this run with other settings."""
 
 

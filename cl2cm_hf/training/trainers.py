@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.evaluation.records import flat_metrics
 from cl2cm_hf.losses import info_nce, relational_distillation, sinkhorn_ot_loss, vse_triplet
 from cl2cm_hf.training.checkpoints import CompleteCheckpoints
@@ -226,7 +227,7 @@ class CrossModalTrainer(_CL2CMTrainer):
             teacher_model.eval()
             self.teacher_model = teacher_model.to(self.args.device)
         if self.cl2cm_args.lambda_kt and teacher_model is None and teacher_scale is None:
-            raise ValueError("lambda_kt > 0 needs a teacher: a stage-1 model or precomputed teacher embeddings")
+            raise CL2CMError("lambda_kt > 0 needs a teacher: a stage-1 model or precomputed teacher embeddings")
         queue_size = self.cl2cm_args.kt_queue_size if self.cl2cm_args.lambda_kt else 0
         self.relation_queue = RelationQueue(queue_size) if queue_size else None
         if self.relation_queue is not None:

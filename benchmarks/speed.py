@@ -38,15 +38,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.provenance import REPO, git_commit  # noqa: E402
-from benchmarks.speed_bench.encode import bench_encode  # noqa: E402
-from benchmarks.speed_bench.evaluation import bench_eval  # noqa: E402
-from benchmarks.speed_bench.gallery import bench_gallery  # noqa: E402
-from benchmarks.speed_bench.neighbour import bench_neighbour  # noqa: E402
-from benchmarks.speed_bench.ot_loss import bench_ot  # noqa: E402
-from benchmarks.speed_bench.report import machine_description, write_report  # noqa: E402
-from benchmarks.speed_bench.step import bench_step  # noqa: E402
-from benchmarks.speed_bench.timing import ROWS  # noqa: E402
+from benchmarks.provenance import REPO, git_commit
+from benchmarks.speed_bench.encode import bench_encode
+from benchmarks.speed_bench.evaluation import bench_eval
+from benchmarks.speed_bench.gallery import bench_gallery
+from benchmarks.speed_bench.neighbour import bench_neighbour
+from benchmarks.speed_bench.ot_loss import bench_ot
+from benchmarks.speed_bench.report import machine_description, write_report
+from benchmarks.speed_bench.step import bench_step
+from benchmarks.speed_bench.timing import ROWS
 
 SECTIONS = {"ot": bench_ot, "eval": bench_eval, "gallery": bench_gallery, "step": bench_step, "encode": bench_encode,
             "neighbour": bench_neighbour}

@@ -184,7 +184,7 @@ def _weight_files(name_or_path, kwargs) -> list[str]:
             name_or_path, "model.safetensors", cache_dir=kwargs.get("cache_dir"), revision=kwargs.get("revision"),
             subfolder=kwargs.get("subfolder") or "", local_files_only=True, _raise_exceptions_for_missing_entries=False,
         )
-    except Exception:  # noqa: BLE001 - only used to improve an error message
+    except Exception:
         return []
     return [found] if found else []
 

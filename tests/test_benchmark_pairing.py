@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.pairing import lambda_kt_partners  # noqa: E402
+from benchmarks.pairing import lambda_kt_partners
 
 
 def test_partners_differ_only_in_settings_of_the_distillation_term():

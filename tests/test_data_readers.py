@@ -31,7 +31,7 @@ def write_gz(path, lines):
 def m30k(tmp_path):
     """A three-image Multi30K tree: task 1 en/de, task 2 en x5, with the real naming quirks."""
     root = tmp_path / "multi30k"
-    for task, name in ((1, "task1/image_splits/test_2016_flickr.txt"), (2, "task2/image_splits/test_2016_images.txt")):
+    for _task, name in ((1, "task1/image_splits/test_2016_flickr.txt"), (2, "task2/image_splits/test_2016_images.txt")):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("\n".join(IMAGES) + "\n")
     write_gz(root / "task1/raw/test_2016_flickr.en.gz", ["a dog", "a cat", "a car"])

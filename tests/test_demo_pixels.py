@@ -17,6 +17,8 @@ from cl2cm_hf.evaluation.records import flat_metrics
 from cl2cm_hf.training.model_setup import scratch_image_processor, scratch_vision_backbone
 from cl2cm_hf.training.recipe import load_config, parse_config
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 RECIPE = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "demo_pixels.yaml"
 # A few items, one epoch per stage, tiny text tower: the recipe's data path and vision tower as shipped.
 SHRUNK = [

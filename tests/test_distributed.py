@@ -30,9 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "tests" / "distributed" / "equivalence.py"
 TOL = 1e-6
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo"
-)
+)]
 
 
 def free_port() -> int:

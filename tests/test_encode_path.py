@@ -22,6 +22,8 @@ from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator
 from cl2cm_hf.inference import as_processor, encode_texts, encode_visual, load_model_and_processor, tokenize
 from cl2cm_hf.search import SearchIndex
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 COLORS = {"red": ("rot", "rouge", (220, 30, 30)), "blue": ("blau", "bleu", (30, 30, 220)), "green": ("grün", "vert", (30, 200, 30))}
 NOUNS = {"dog": ("hund", "chien", (4, 4, 20, 20)), "car": ("auto", "voiture", (14, 10, 36, 26)), "cat": ("katze", "chat", (20, 2, 30, 38))}

@@ -26,6 +26,8 @@ from conftest import (
 
 from cl2cm_hf import CL2CMCrossLingualModel, CL2CMCrossModalModel, build_processor
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 CODE_FILES = ("configuration_cl2cm.py", "modeling_cl2cm.py", "losses.py")
 PROCESSOR_FILES = ("processing_cl2cm.py", "processor_config.json")  # cross-modal checkpoints

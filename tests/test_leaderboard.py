@@ -12,6 +12,8 @@ from cl2cm_hf.data import VisualFeatureStore, make_queries
 from cl2cm_hf.evaluation.records import load_records
 from cl2cm_hf.hub import metrics_table
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 DIRECTIONS = {"t2v", "v2t", None}
 
 

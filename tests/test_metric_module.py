@@ -15,6 +15,8 @@ import pytest
 from cl2cm_hf import retrieval
 from cl2cm_hf.retrieval import metrics
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parent.parent
 MODULE_DIR = Path(retrieval.METRIC_MODULE_PATH)
 MODULE_FILE = MODULE_DIR / "retrieval_recall.py"

@@ -14,6 +14,8 @@ from cl2cm_hf.training.frozen_layers import FrozenLayerStore, FrozenPrefixBackbo
 from cl2cm_hf.training.model_setup import freeze_lower_layers
 from cl2cm_hf.training.recipe import load_config, parse_config
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 CONFIGS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
 needs_data = pytest.mark.skipif(
     not (SHARED / "data" / "multi30k").is_dir(), reason="../shared is absent (no offline Multi30K copy)"

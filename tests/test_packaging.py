@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -19,7 +19,7 @@ from cl2cm_hf.training.recipe import load_config, parse_config
 from cl2cm_hf.training.run import stage_training_args
 from cl2cm_hf.training.trainers import CrossLingualTrainer, CrossModalTrainer
 
-pytestmark = requires_shared
+pytestmark = [pytest.mark.slow, requires_shared]
 
 MULTI30K = {"de": "multi30k_clip_mbert_de.yaml", "fr": "multi30k_clip_mbert_fr.yaml", "cs": "multi30k_clip_mbert_cs.yaml"}
 CONFIGS = Path(__file__).resolve().parents[1] / "trainer" / "configs"

@@ -12,6 +12,8 @@ import pytest
 from cl2cm_hf.torch_state import cpu_threads
 from cl2cm_hf.training.recipe import load_config, parse_config
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 # The demo recipe as `make demo` runs it, shrunk to seconds.
 SHRUNK = [

@@ -20,6 +20,8 @@ from cl2cm_hf.training.arguments import CL2CMArguments
 from cl2cm_hf.training.nonfinite import NonFiniteLossError
 from cl2cm_hf.training.trainers import CrossLingualTrainer, CrossModalTrainer
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 SMALL = settings(max_examples=40, deadline=None)
 
 

@@ -40,6 +40,8 @@ from cl2cm_hf.training.checkpoints import CHECKPOINT_COMPLETE
 from cl2cm_hf.training.run import last_checkpoint
 from cl2cm_hf.training.trainers import CrossLingualTrainer
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "a man woman dog cat plays guitar on the street with red blue ball runs in park".split()
 # Files Trainer itself writes into a checkpoint to resume (optimizer, scheduler, RNG, AMP scaler):

@@ -11,6 +11,8 @@ import pytest
 
 from cl2cm_hf.atomic import atomic_directory, replace_directory
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
@@ -46,7 +48,7 @@ def test_written_files_and_folders_get_the_umask_permissions(tmp_path, umask):
 def test_a_stage_folder_that_is_a_file_is_refused_and_left_alone(tmp_path):
     target = tmp_path / "stage"
     target.write_text("not a folder")
-    for attempt in range(2):  # the second attempt meets the same state: nothing was half-changed
+    for _attempt in range(2):  # the second attempt meets the same state: nothing was half-changed
         with pytest.raises(NotADirectoryError, match="stage: exists and is not a folder"):
             with atomic_directory(target) as tmp:
                 (tmp / "x").write_text("new")

@@ -20,6 +20,8 @@ from cl2cm_hf.cli.index import main as index_main
 from cl2cm_hf.cli.search import main as search_main
 from cl2cm_hf.search import ModelMismatchError, OutFolderError, SearchIndex, UnknownQueryError, build_index
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 SMALL = {"batch_size": 2, "chunk_size": 4, "num_workers": 0, "progress": False, "faiss": "none"}
 CLI_SMALL = ["--batch-size", "2", "--num-workers", "0", "--no-progress", "--faiss", "none"]
 

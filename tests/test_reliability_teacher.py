@@ -30,6 +30,8 @@ from cl2cm_hf.training.nonfinite import TooManySkippedStepsError
 from cl2cm_hf.training.run import train
 from cl2cm_hf.training.run_record import RUN_RECORD
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 SHRUNK = [
     "--demo_items", "128", "--demo_validation_items", "32", "--demo_test_items", "32", "--text_num_layers", "1",

@@ -20,6 +20,8 @@ from test_training import _params, run_training
 
 from cl2cm_hf.training.checkpoints import CHECKPOINT_COMPLETE
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 # Every step saves (so "checkpoint-k exists" means "step k is done") and validates (so the resumed
 # run must also restore best-model tracking); three checkpoints kept.
 STEPS = ["--max_steps", "6", "--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps",

@@ -258,7 +258,7 @@ def test_memory_stays_bounded_on_a_large_gallery(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     growth = json.loads(out.stdout.strip().splitlines()[-1])
-    for name, grown in growth.items():
+    for _name, grown in growth.items():
         assert grown < 96 * 2**20, growth
 
 

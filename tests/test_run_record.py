@@ -15,6 +15,8 @@ from cl2cm_hf.training.run_record import (
     write_record,
 )
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 
 def _settings(**overrides):
     argv = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]

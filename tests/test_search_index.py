@@ -33,6 +33,8 @@ from cl2cm_hf.inference import encode_visual
 from cl2cm_hf.search import BrokenIndexError, SearchIndex, build_index, load_checkpoint, open_image
 from cl2cm_hf.search.index import load_rows
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "tests" / "search" / "build.py"
 SMALL = {"batch_size": 2, "chunk_size": 4, "num_workers": 0, "progress": False}  # as tests/search/build.py

@@ -40,10 +40,10 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
     reason="Debian's chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver)",
-)
+)]
 
 TOP_K = 6
 QUERIES_PER_LANG = 3

@@ -5,10 +5,14 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import speed  # noqa: E402
-from benchmarks.speed_bench.report import NEIGHBOUR_BLOCK, write_report  # noqa: E402
+from benchmarks import speed
+from benchmarks.speed_bench.report import NEIGHBOUR_BLOCK, write_report
+
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
 
 
 def _row(section: str, what: str) -> dict:

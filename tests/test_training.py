@@ -17,6 +17,8 @@ from cl2cm_hf.evaluation.records import flat_metrics, load_records
 from cl2cm_hf.hub import metrics_table
 from cl2cm_hf.training.recipe import load_config, parse_config
 
+pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "trainer" / "configs"
 # A world and towers small enough for seconds per stage.

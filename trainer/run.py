@@ -18,7 +18,7 @@ import sys
 # 10-70x at 2 threads on a 2-core machine; benchmarks/speed.py, section neighbour). Numbers unchanged.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cl2cm_hf.cli.train import main  # noqa: E402
+from cl2cm_hf.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

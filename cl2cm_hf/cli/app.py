@@ -22,13 +22,13 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import gradio as gr  # noqa: E402  (after the environment above)
+import gradio as gr
 
 from cl2cm_hf.cli import run_tool
 from cl2cm_hf.errors import CL2CMError
-from cl2cm_hf.search.checks import check_int, int_option, printable  # noqa: E402
-from cl2cm_hf.search.decode import BadImage, open_image  # noqa: E402
-from cl2cm_hf.search.index import model_display_name  # noqa: E402
+from cl2cm_hf.search.checks import check_int, int_option, printable
+from cl2cm_hf.search.decode import BadImage, open_image
+from cl2cm_hf.search.index import model_display_name
 
 DEFAULT_TOP_K = 12
 EXAMPLE_QUERY = "ein großer roter Hund neben einem Auto"

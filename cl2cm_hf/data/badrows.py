@@ -74,7 +74,7 @@ class RowPolicy:
         self._start = len(self.skipped)
 
     @classmethod
-    def of(cls, on_bad_row: "str | RowPolicy" = "error", skipped: SkippedRows | None = None) -> "RowPolicy":
+    def of(cls, on_bad_row: str | RowPolicy = "error", skipped: SkippedRows | None = None) -> RowPolicy:
         return on_bad_row if isinstance(on_bad_row, RowPolicy) else cls(on_bad_row, skipped)
 
     def bad(self, source, position: str | None, reason: str, visual_id=None, content=None) -> None:

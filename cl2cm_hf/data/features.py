@@ -234,7 +234,7 @@ class VisualFeatureStore:
 
     # --- construction and persistence -------------------------------------------------------
     @classmethod
-    def from_arrays(cls, ids: Sequence[str], array, lengths=None, name: str | None = None) -> "VisualFeatureStore":
+    def from_arrays(cls, ids: Sequence[str], array, lengths=None, name: str | None = None) -> VisualFeatureStore:
         """A store over an in-memory array (numpy or torch); checked for NaN/Inf at once."""
         if isinstance(array, torch.Tensor):
             array = array.detach().cpu().numpy()
@@ -249,7 +249,7 @@ class VisualFeatureStore:
         mmap: bool = True,
         on_bad_row: str | None = None,
         skipped: SkippedRows | None = None,
-    ) -> "VisualFeatureStore":
+    ) -> VisualFeatureStore:
         """A store over a ``.npy`` array (memory-mapped by default); `ids` a list or an id file.
         `on_bad_row`/`skipped`: see `load`."""
         npy_path = Path(npy_path)
@@ -266,7 +266,7 @@ class VisualFeatureStore:
     @classmethod
     def load(
         cls, path: str | os.PathLike, mmap: bool = True, on_bad_row: str | None = None, skipped: SkippedRows | None = None
-    ) -> "VisualFeatureStore":
+    ) -> VisualFeatureStore:
         """A store saved by `save` (the folder, or its ``features.safetensors``).
 
         A truncated or corrupted file raises `DataFormatError` naming it. With `on_bad_row` set, every
@@ -288,7 +288,7 @@ class VisualFeatureStore:
                 digest = (handle.metadata() or {}).get("ids_sha256")
         except DataFormatError:
             raise
-        except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError
+        except Exception as err:
             raise DataFormatError(f"{tensors}: not a valid safetensors file ({err}); truncated or corrupted") from None
         if mmap:
             array = _mmap_safetensors(tensors, "features")
@@ -301,7 +301,7 @@ class VisualFeatureStore:
         return cls._with_policy(ids, array, lengths, f"feature store {folder}", on_bad_row, skipped)
 
     @classmethod
-    def _with_policy(cls, ids, array, lengths, name, on_bad_row, skipped) -> "VisualFeatureStore":
+    def _with_policy(cls, ids, array, lengths, name, on_bad_row, skipped) -> VisualFeatureStore:
         if on_bad_row is None:
             return cls(ids, array, lengths, name=name)
         policy = RowPolicy(on_bad_row, skipped)
@@ -347,7 +347,7 @@ class VisualFeatureStore:
             values[np.arange(values.shape[1])[None, :] >= self._lengths[rows][:, None]] = 0.0
         return values
 
-    def validate(self, chunk_bytes: int = 1 << 26) -> "VisualFeatureStore":
+    def validate(self, chunk_bytes: int = 1 << 26) -> VisualFeatureStore:
         """Scan every row for NaN/Inf (in chunks, so memory-mapped stores stay cheap)."""
         row_bytes = 4 * int(np.prod(self._array.shape[1:]))
         step = max(1, chunk_bytes // max(row_bytes, 1))

@@ -64,13 +64,13 @@ class ImagePathStore:
     @classmethod
     def from_split_file(
         cls, ids: Sequence[str] | str | os.PathLike, image_root: str | os.PathLike, image_processor=None
-    ) -> "ImagePathStore":
+    ) -> ImagePathStore:
         """Items named by file (e.g. a Multi30K image split, ids = file names) under `image_root`."""
         root = Path(image_root)
         return cls({i: root / i for i in read_id_list(ids)}, image_processor, name=f"image path store {root}")
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, image_processor=None) -> "ImagePathStore":
+    def load(cls, folder: str | os.PathLike, image_processor=None) -> ImagePathStore:
         """A store saved by `save`."""
         folder = Path(folder)
         index = folder / IMAGES_FILE

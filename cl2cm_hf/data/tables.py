@@ -307,7 +307,7 @@ def _read_one(
             dataset = _fast_read(path, fmt, strings, cache_dir)
     except DataFormatError:
         raise
-    except Exception as err:  # noqa: BLE001 - every failure is re-read below to name the bad line
+    except Exception as err:
         failure = err
     if fmt == "parquet" and dataset is None:
         raise DataFormatError(f"{path}: not a readable parquet file ({type(failure).__name__}: {failure})") from None

@@ -51,13 +51,13 @@ class _ImageBatch:
         if good:
             try:
                 inputs = dict(self.processor(images=[image for _, image in good], return_tensors="pt"))
-            except Exception:  # noqa: BLE001 - one odd image must not sink the batch: retry one by one
+            except Exception:
                 kept, pixels = [], []
                 for i, image in good:
                     try:
                         pixels.append(self.processor(images=[image], return_tensors="pt")["pixel_values"])
                         kept.append((i, image))
-                    except Exception as err:  # noqa: BLE001
+                    except Exception as err:
                         failed[i] = f"image processor failed: {type(err).__name__}: {err}"
                 good = kept
                 inputs = {"pixel_values": torch.cat(pixels)} if pixels else None
@@ -75,13 +75,13 @@ class _StoreBatch:
         ids = [self.items[i].id for i in indices]
         try:
             return indices, visual_inputs(self.store, ids, self.processor), {}
-        except Exception:  # noqa: BLE001 - find the bad items one by one
+        except Exception:
             failed, kept = {}, []
             for i, visual_id in zip(indices, ids):
                 try:
                     visual_inputs(self.store, [visual_id], self.processor)
                     kept.append(i)
-                except Exception as err:  # noqa: BLE001
+                except Exception as err:
                     failed[i] = f"{type(err).__name__}: {err}"
             inputs = visual_inputs(self.store, [self.items[i].id for i in kept], self.processor) if kept else None
             return kept, inputs, failed

@@ -134,7 +134,7 @@ def model_display_name(name: str | os.PathLike) -> str:
         data = ModelCard.load(folder / "README.md").data
         index = data.get("model-index") or [{}]
         card_name = data.get("model_name") or (index[0].get("name") if isinstance(index[0], dict) else None)
-    except Exception:  # noqa: BLE001 - no card, or a card that does not parse: the folder's name
+    except Exception:
         card_name = None
     return str(card_name) if isinstance(card_name, str) and card_name.strip() else folder.resolve().name
 
@@ -165,7 +165,7 @@ def load_rows(folder: str | os.PathLike) -> tuple[dict[str, list], np.ndarray]:
     data = Path(folder) / DATA_DIR
     try:
         dataset = load_from_disk(str(data))
-    except Exception as err:  # noqa: BLE001 - datasets raises FileNotFoundError, ValueError, ArrowInvalid...
+    except Exception as err:
         raise BrokenIndexError(f"{data}: not a readable datasets folder ({type(err).__name__}: {err})") from None
     missing = {"id", "embedding"} - set(dataset.column_names)
     if missing:
@@ -205,7 +205,7 @@ class SearchIndex:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, model=None, processor=None, *, device=None, use_faiss: bool = True,
-             max_length: int = 64, allow_model_mismatch: bool = False) -> "SearchIndex":
+             max_length: int = 64, allow_model_mismatch: bool = False) -> SearchIndex:
         """Load the index in `folder` with the model it was built with (from its metadata), or with
         `model` and `processor` when given: a model whose `model_fingerprint` differs from the one
         recorded at build time is refused (`ModelMismatchError`, naming both) unless
@@ -244,7 +244,7 @@ class SearchIndex:
         return cls(folder, metadata, columns, embeddings, model, processor, faiss_index, device, max_length, mismatch)
 
     @classmethod
-    def from_store(cls, store, model, processor, *, device=None, max_length: int = 64) -> "SearchIndex":
+    def from_store(cls, store, model, processor, *, device=None, max_length: int = 64) -> SearchIndex:
         """An in-memory index over a visual store (a run's test gallery): its items encoded once with
         `model`, searched like a built index; nothing is written."""
         ids = list(store.ids)
@@ -266,7 +266,7 @@ class SearchIndex:
         """Text embeddings through the checkpoint's processor (its text prefix) and `get_text_features`."""
         return encode_texts(self.model.get_text_features, self.processor, texts, max_length=self.max_length, device=self.device)
 
-    def search(self, query: str, top_k: int | None = None, *, exact: bool = False) -> list["SearchHit"]:
+    def search(self, query: str, top_k: int | None = None, *, exact: bool = False) -> list[SearchHit]:
         """The `top_k` items best matching the text `query`, best first (`top_k` None: 5, or every
         item of a smaller index). A blank query is a ValueError, one of which the tokenizer knows no
         word an `UnknownQueryError`."""
@@ -278,7 +278,7 @@ class SearchIndex:
         self._check_known_words(query)
         return self.search_embeddings(self.encode_queries([query]), k, exact=exact)[0]
 
-    def search_image(self, image, top_k: int | None = None, *, exact: bool = False) -> list["SearchHit"]:
+    def search_image(self, image, top_k: int | None = None, *, exact: bool = False) -> list[SearchHit]:
         """The `top_k` items most like `image` (a PIL image, an ``(H, W, 3)`` uint8 array or a file
         path), best first; a file that is not an image is a `BadImage` with the reason."""
         from PIL import Image
@@ -326,7 +326,7 @@ class SearchIndex:
             raise UnknownQueryError(f"search: no word of the query {printable(query)!r} is known to the model's tokenizer "
                                     f"(every token is {tokenizer.unk_token}); try words of a language it was trained on")
 
-    def search_embeddings(self, queries, top_k: int | None = None, *, exact: bool = False) -> list[list["SearchHit"]]:
+    def search_embeddings(self, queries, top_k: int | None = None, *, exact: bool = False) -> list[list[SearchHit]]:
         """Hits of each row of `queries` ``(n, dim)``: exact `topk`, or the faiss index when present."""
         if not isinstance(exact, bool):
             raise CL2CMError(f"exact must be True or False, got {exact!r}")

@@ -54,7 +54,7 @@ def read_cache(out: Path, namespace: str) -> tuple[dict[str, np.ndarray], dict[s
             with safe_open(str(shard), framework="pt") as handle:
                 entries = json.loads(handle.metadata()["entries"])
                 tensor = handle.get_tensor("embeddings").numpy()
-        except Exception:  # noqa: BLE001 - written atomically, so only a foreign file lands here
+        except Exception:
             continue
         row = 0
         for entry in entries:

@@ -69,7 +69,7 @@ class _CL2CMTrainer(Trainer):
             # finite, the step itself is skipped (see `_should_step`): Adam's momentum
             # and weight decay would otherwise still move the weights.
             return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
-        for name, (weight, value) in terms.items():
+        for name, (_, value) in terms.items():
             self._term_sums[f"loss_{name}"] += float(value.detach())
         self._term_steps += 1
         if model.training:

@@ -2,15 +2,10 @@
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-from .configuration_cl2cm import CL2CMCrossLingualConfig, CL2CMCrossModalConfig
-from .losses import gather_with_grad, info_nce, relational_distillation, sinkhorn_ot_loss, vse_triplet
-from .modeling_cl2cm import (
-    CL2CMCrossLingualModel,
-    CL2CMCrossLingualOutput,
-    CL2CMCrossModalModel,
-    CL2CMCrossModalOutput,
-)
-from .processing_cl2cm import CL2CMProcessor, CL2CMTextProcessor, build_processor
+from cl2cm_hf.configuration_cl2cm import CL2CMCrossLingualConfig, CL2CMCrossModalConfig
+from cl2cm_hf.losses import gather_with_grad, info_nce, relational_distillation, sinkhorn_ot_loss, vse_triplet
+from cl2cm_hf.modeling_cl2cm import CL2CMCrossLingualModel, CL2CMCrossLingualOutput, CL2CMCrossModalModel, CL2CMCrossModalOutput
+from cl2cm_hf.processing_cl2cm import CL2CMProcessor, CL2CMTextProcessor, build_processor
 
 # In-process use: AutoConfig/AutoModel resolve our model types from the installed package.
 AutoConfig.register(CL2CMCrossLingualConfig.model_type, CL2CMCrossLingualConfig, exist_ok=True)

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .versioned_folders import VERSION_FOLDER, VERSION_KEY, link_version, unless_held, version_folder_name
+from cl2cm_hf.versioned_folders import VERSION_FOLDER, VERSION_KEY, link_version, unless_held, version_folder_name
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2

@@ -26,8 +26,8 @@ import os
 import re
 from pathlib import Path
 
-from .errors import CL2CMError
-from .processor_sizes import ProcessorSizeError, check_processor_sizes
+from cl2cm_hf.errors import CL2CMError
+from cl2cm_hf.processor_sizes import ProcessorSizeError, check_processor_sizes
 
 _REFERENCE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
 

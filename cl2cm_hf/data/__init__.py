@@ -4,16 +4,16 @@ benchmark), visual stores, collators, the built-in demo world and its tokenizer.
 Every loader returns ``datasets.Dataset``/``DatasetDict`` with the row types of `schemas`.
 """
 
-from .badrows import ON_BAD_ROW, SKIPPED_ROWS_FILE, RowPolicy, SkippedRows, report_skipped_rows
-from .collators import PairCollator, TextCollator, VisualCollator
-from .demo_render import render_scene, render_video
-from .demo_world import DemoWorld, build_demo_world
-from .features import MissingVisualIdError, NonFiniteFeatureError, VisualFeatureStore
-from .image_paths import ImagePathStore
-from .multi30k import load_multi30k, multi30k_captions, multi30k_image_ids, multi30k_pairs, multi30k_queries
-from .multi30k_r50 import load_multi30k_r50, multi30k_r50_fold
-from .nrccr import load_nrccr_captions, nrccr_pairs, nrccr_queries
-from .schemas import (
+from cl2cm_hf.data.badrows import ON_BAD_ROW, SKIPPED_ROWS_FILE, RowPolicy, SkippedRows, report_skipped_rows
+from cl2cm_hf.data.collators import PairCollator, TextCollator, VisualCollator
+from cl2cm_hf.data.demo_render import render_scene, render_video
+from cl2cm_hf.data.demo_world import DemoWorld, build_demo_world
+from cl2cm_hf.data.features import MissingVisualIdError, NonFiniteFeatureError, VisualFeatureStore
+from cl2cm_hf.data.image_paths import ImagePathStore
+from cl2cm_hf.data.multi30k import load_multi30k, multi30k_captions, multi30k_image_ids, multi30k_pairs, multi30k_queries
+from cl2cm_hf.data.multi30k_r50 import load_multi30k_r50, multi30k_r50_fold
+from cl2cm_hf.data.nrccr import load_nrccr_captions, nrccr_pairs, nrccr_queries
+from cl2cm_hf.data.schemas import (
     CAPTION_FEATURES,
     PAIR_FEATURES,
     PAIR_FEATURES_WITH_CAPTION_ID,
@@ -25,10 +25,10 @@ from .schemas import (
     validate_queries,
     validate_rows,
 )
-from .splits import RetrievalData, kfold_visual_ids, select_visual
-from .stores import open_visual_store
-from .tables import load_pairs, load_queries
-from .tokenizer import train_demo_tokenizer
+from cl2cm_hf.data.splits import RetrievalData, kfold_visual_ids, select_visual
+from cl2cm_hf.data.stores import open_visual_store
+from cl2cm_hf.data.tables import load_pairs, load_queries
+from cl2cm_hf.data.tokenizer import train_demo_tokenizer
 
 __all__ = [
     "ON_BAD_ROW",

@@ -16,9 +16,8 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from cl2cm_hf.data.schemas import DataFormatError
 from cl2cm_hf.errors import CL2CMError
-
-from .schemas import DataFormatError
 
 ON_BAD_ROW = ("error", "skip")
 SKIPPED_ROWS_FILE = "skipped_rows.jsonl"
@@ -57,7 +56,7 @@ class SkippedRows:
 
     def write(self, path: str | Path) -> Path:
         """Write the records to `path` (jsonl) atomically."""
-        from ..atomic import atomic_write_text
+        from cl2cm_hf.atomic import atomic_write_text
 
         atomic_write_text(path, self.to_jsonl())
         return Path(path)

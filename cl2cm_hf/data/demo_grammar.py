@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .demo_lexicon import (
+from cl2cm_hf.data.demo_lexicon import (
     ACTIONS,
     COLOURS,
     DE_ARTICLES,
@@ -35,7 +35,7 @@ from .demo_lexicon import (
     SIZES,
     VOWELS,
 )
-from .demo_scenes import DemoObject, Scene
+from cl2cm_hf.data.demo_scenes import DemoObject, Scene
 
 _DE_ADJ_ENDINGS = ("e", "er", "es", "en", "em")
 _DE_PRONOUNS = {"m": "er", "f": "sie", "n": "es"}

@@ -19,10 +19,9 @@ from dataclasses import replace
 
 import numpy as np
 
+from cl2cm_hf.data.demo_grammar import Clause, Token, detokenize
+from cl2cm_hf.data.demo_scenes import Scene, alter_object, alterations, other_relation
 from cl2cm_hf.errors import CL2CMError
-
-from .demo_grammar import Clause, Token, detokenize
-from .demo_scenes import Scene, alter_object, alterations, other_relation
 
 NOISE_KINDS = ("drop", "replace", "agreement", "reorder", "untranslated")
 

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from cl2cm_hf.data.demo_lexicon import COLOURS, NOUNS, RELATIONS
+from cl2cm_hf.data.demo_scenes import DemoObject, Scene
 from cl2cm_hf.errors import CL2CMError
-
-from .demo_lexicon import COLOURS, NOUNS, RELATIONS
-from .demo_scenes import DemoObject, Scene
 
 SUPERSAMPLE = 4
 COLOUR_RGB = {

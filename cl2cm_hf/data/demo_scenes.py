@@ -19,9 +19,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from cl2cm_hf.data.demo_lexicon import ACTIONS, CANONICAL_RELATION, COLOURS, INVERSE_RELATION, NOUNS, RELATIONS, SIZES
 from cl2cm_hf.errors import CL2CMError
-
-from .demo_lexicon import ACTIONS, CANONICAL_RELATION, COLOURS, INVERSE_RELATION, NOUNS, RELATIONS, SIZES
 
 BACKBONE_SEED = 1_000_003
 NOUN_KEYS = sorted(NOUNS)

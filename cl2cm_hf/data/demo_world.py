@@ -25,17 +25,16 @@ import PIL
 from datasets import DatasetDict
 from PIL import Image
 
+from cl2cm_hf.atomic import atomic_directory
+from cl2cm_hf.data import demo_render
+from cl2cm_hf.data.demo_grammar import HUMAN_REALIZERS, MT_REALIZERS, detokenize, plan_caption, realize_en
+from cl2cm_hf.data.demo_mt_noise import add_mt_noise, semantic_error
+from cl2cm_hf.data.demo_scenes import BACKBONE_SEED, Scene, SceneEncoder, confusable_variant, sample_scene, video_schedule
+from cl2cm_hf.data.features import MissingVisualIdError, VisualFeatureStore
+from cl2cm_hf.data.image_paths import ImagePathStore
+from cl2cm_hf.data.schemas import make_pairs, make_queries
+from cl2cm_hf.data.splits import RetrievalData
 from cl2cm_hf.errors import CL2CMError
-
-from ..atomic import atomic_directory
-from . import demo_render
-from .demo_grammar import HUMAN_REALIZERS, MT_REALIZERS, detokenize, plan_caption, realize_en
-from .demo_mt_noise import add_mt_noise, semantic_error
-from .demo_scenes import BACKBONE_SEED, Scene, SceneEncoder, confusable_variant, sample_scene, video_schedule
-from .features import MissingVisualIdError, VisualFeatureStore
-from .image_paths import ImagePathStore
-from .schemas import make_pairs, make_queries
-from .splits import RetrievalData
 
 SPLITS = ("train", "validation", "test")
 RENDER_MANIFEST = "render.json"  # what a folder of pictures was rendered from: size, world, items, renderer, Pillow

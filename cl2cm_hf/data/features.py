@@ -24,11 +24,10 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from cl2cm_hf.data.badrows import RowPolicy, SkippedRows
+from cl2cm_hf.data.schemas import DataFormatError, is_blank
+from cl2cm_hf.data.textfiles import decode_utf8, read_bytes, read_ids
 from cl2cm_hf.errors import CL2CMError
-
-from .badrows import RowPolicy, SkippedRows
-from .schemas import DataFormatError, is_blank
-from .textfiles import decode_utf8, read_bytes, read_ids
 
 FEATURES_FILE = "features.safetensors"
 IDS_FILE = "ids.json"

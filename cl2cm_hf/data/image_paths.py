@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from cl2cm_hf.atomic import atomic_write_text
+from cl2cm_hf.data.features import index_ids, read_id_list, rows_of
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.processing_cl2cm import pixel_inputs
-
-from .features import index_ids, read_id_list, rows_of
 
 IMAGES_FILE = "images.json"
 

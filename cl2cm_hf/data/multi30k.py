@@ -18,10 +18,9 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
+from cl2cm_hf.data.schemas import PAIR_FEATURES_WITH_CAPTION_ID, DataFormatError, make_pairs, make_queries
+from cl2cm_hf.data.textfiles import read_captions, read_ids
 from cl2cm_hf.errors import CL2CMError
-
-from .schemas import PAIR_FEATURES_WITH_CAPTION_ID, DataFormatError, make_pairs, make_queries
-from .textfiles import read_captions, read_ids
 
 TASK2_CAPTIONS = 5
 

@@ -22,13 +22,12 @@ from pathlib import Path
 
 from datasets import DatasetDict, concatenate_datasets
 
+from cl2cm_hf.data.features import VisualFeatureStore
+from cl2cm_hf.data.multi30k import multi30k_image_ids, multi30k_pairs, multi30k_queries
+from cl2cm_hf.data.schemas import DataFormatError
+from cl2cm_hf.data.splits import RetrievalData, kfold_visual_ids, select_visual
+from cl2cm_hf.data.textfiles import read_ids
 from cl2cm_hf.errors import CL2CMError
-
-from .features import VisualFeatureStore
-from .multi30k import multi30k_image_ids, multi30k_pairs, multi30k_queries
-from .schemas import DataFormatError
-from .splits import RetrievalData, kfold_visual_ids, select_visual
-from .textfiles import read_ids
 
 SPLIT = "test_2016_flickr"
 NLLB_FILES = {"de": "deu_Latn.txt", "fr": "fra_Latn.txt", "cs": "ces_Latn.txt"}

@@ -12,10 +12,9 @@ import re
 
 from datasets import Dataset
 
+from cl2cm_hf.data.schemas import DataFormatError, check_text, make_pairs, make_queries, rows_to_dataset
+from cl2cm_hf.data.textfiles import read_lines
 from cl2cm_hf.errors import CL2CMError
-
-from .schemas import DataFormatError, check_text, make_pairs, make_queries, rows_to_dataset
-from .textfiles import read_lines
 
 _CAPTION_ID = re.compile(r"^(?P<visual>[^#\s]+)#(?P<tag>[^#\s]+)#(?P<k>\d+)$")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .features import VisualFeatureStore
-from .image_paths import IMAGES_FILE, ImagePathStore
+from cl2cm_hf.data.features import VisualFeatureStore
+from cl2cm_hf.data.image_paths import IMAGES_FILE, ImagePathStore
 
 
 def open_visual_store(folder: str | os.PathLike, **feature_options) -> VisualFeatureStore | ImagePathStore:

@@ -37,11 +37,10 @@ from pathlib import Path
 import pyarrow as pa
 from datasets import Dataset, Value, concatenate_datasets
 
+from cl2cm_hf.data.badrows import RowPolicy, SkippedRows
+from cl2cm_hf.data.schemas import ID_COLUMNS, REQUIRED_COLUMNS, DataFormatError, is_blank, row_problems
+from cl2cm_hf.data.textfiles import read_bytes, split_lines
 from cl2cm_hf.errors import CL2CMError
-
-from .badrows import RowPolicy, SkippedRows
-from .schemas import ID_COLUMNS, REQUIRED_COLUMNS, DataFormatError, is_blank, row_problems
-from .textfiles import read_bytes, split_lines
 
 _OPTIONAL_STRING_COLUMNS = ("caption_id",)
 

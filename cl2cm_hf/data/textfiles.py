@@ -15,7 +15,7 @@ import re
 import zlib
 from pathlib import Path
 
-from .schemas import DataFormatError, check_text
+from cl2cm_hf.data.schemas import DataFormatError, check_text
 
 _LINE_BREAK = re.compile(r"\r\n|\n|\r")
 _GZIP_MAGIC = b"\x1f\x8b"

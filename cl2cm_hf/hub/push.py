@@ -19,9 +19,7 @@ from pathlib import Path
 
 from transformers.tokenization_utils_base import CHAT_TEMPLATE_FILE
 
-from cl2cm_hf.errors import CL2CMError
-
-from ..checkpoint_safety import (
+from cl2cm_hf.checkpoint_safety import (
     CONFIG_FILES,
     WEIGHTS_INDEX,
     BadCheckpointError,
@@ -34,7 +32,8 @@ from ..checkpoint_safety import (
     tokenizer_files,
     weight_files,
 )
-from ..versioned_folders import pinned_folder
+from cl2cm_hf.errors import CL2CMError
+from cl2cm_hf.versioned_folders import pinned_folder
 
 logger = logging.getLogger(__name__)
 

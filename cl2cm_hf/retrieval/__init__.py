@@ -58,11 +58,11 @@ threads as torch has intra-op threads, each running single-threaded ops (see
 ``_tiles.TileWorkers``); thread and matmul-precision settings change only inside that context.
 """
 
-from ._tiles import DEFAULT_MEMORY_BUDGET
-from .faiss_index import build_faiss_index, faiss_recall_at_k, faiss_search
-from .metrics import DIRECTIONS, METRIC_KEYS, METRIC_MODULE_PATH, RECALL_KS, metrics_from_ranks, recall_at_k
-from .ranking import RetrievalRanks, ranks, retrieval_metrics
-from .search import topk
+from cl2cm_hf.retrieval._tiles import DEFAULT_MEMORY_BUDGET
+from cl2cm_hf.retrieval.faiss_index import build_faiss_index, faiss_recall_at_k, faiss_search
+from cl2cm_hf.retrieval.metrics import DIRECTIONS, METRIC_KEYS, METRIC_MODULE_PATH, RECALL_KS, metrics_from_ranks, recall_at_k
+from cl2cm_hf.retrieval.ranking import RetrievalRanks, ranks, retrieval_metrics
+from cl2cm_hf.retrieval.search import topk
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",

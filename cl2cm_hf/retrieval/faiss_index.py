@@ -9,10 +9,9 @@ import numpy as np
 import torch
 
 from cl2cm_hf.errors import CL2CMError
-
-from ._canonical import norms
-from ._inputs import Rows
-from .search import topk
+from cl2cm_hf.retrieval._canonical import norms
+from cl2cm_hf.retrieval._inputs import Rows
+from cl2cm_hf.retrieval.search import topk
 
 
 def _faiss():

@@ -10,10 +10,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._canonical import PAIR_BATCH, canonical_dot, check_magnitude, error_factor, norms, round_down, round_up
-from ._inputs import Rows, check_pair, check_text_to_visual
-from ._tiles import Buffer, TileWorkers, tile_sizes
-from .metrics import metrics_from_ranks
+from cl2cm_hf.retrieval._canonical import PAIR_BATCH, canonical_dot, check_magnitude, error_factor, norms, round_down, round_up
+from cl2cm_hf.retrieval._inputs import Rows, check_pair, check_text_to_visual
+from cl2cm_hf.retrieval._tiles import Buffer, TileWorkers, tile_sizes
+from cl2cm_hf.retrieval.metrics import metrics_from_ranks
 
 _OWN_PAIR_BATCH = 1 << 10  # captions per job scoring their own item canonically
 

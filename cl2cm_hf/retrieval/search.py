@@ -13,10 +13,9 @@ import math
 import torch
 
 from cl2cm_hf.errors import CL2CMError
-
-from ._canonical import PAIR_BATCH, canonical_dot, check_magnitude, error_factor, norms
-from ._inputs import Rows, check_k, check_pair
-from ._tiles import DEFAULT_MEMORY_BUDGET, Buffer, TileWorkers, tile_sizes
+from cl2cm_hf.retrieval._canonical import PAIR_BATCH, canonical_dot, check_magnitude, error_factor, norms
+from cl2cm_hf.retrieval._inputs import Rows, check_k, check_pair
+from cl2cm_hf.retrieval._tiles import DEFAULT_MEMORY_BUDGET, Buffer, TileWorkers, tile_sizes
 
 _STREAM_BLOCK_BYTES = 2 * 2**20  # gallery rows per streamed matmul: its norms are then taken from cache
 _STREAM_BYTES_PER_SCORE = 20  # a segment's float32 score plus torch.topk's (value, index) pair for it

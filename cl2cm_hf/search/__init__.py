@@ -6,8 +6,8 @@ module: ``sources`` (what to index, with cache keys) -> ``decode`` (files to RGB
 fingerprint; ``out_folder`` where an index may be written; ``checks`` option ranges and printable
 names. The tools (``cl2cm-index``, ``cl2cm-search``, ``cl2cm-app``) are in `cl2cm_hf.cli`."""
 
-from .decode import BadImage, open_image
-from .index import (
+from cl2cm_hf.search.decode import BadImage, open_image
+from cl2cm_hf.search.index import (
     BrokenIndexError,
     ModelMismatchError,
     SearchHit,
@@ -17,8 +17,8 @@ from .index import (
     model_fingerprint,
     model_revision,
 )
-from .index_build import IndexReport, build_index
-from .out_folder import OutFolderError
+from cl2cm_hf.search.index_build import IndexReport, build_index
+from cl2cm_hf.search.out_folder import OutFolderError
 
 __all__ = [
     "BadImage",

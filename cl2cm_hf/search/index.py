@@ -39,9 +39,8 @@ from cl2cm_hf.data.schemas import is_blank
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.inference import encode_texts, encode_visual, load_model_and_processor
 from cl2cm_hf.retrieval import faiss_search, topk
-
-from .checks import check_int, printable
-from .decode import BadImage, open_image
+from cl2cm_hf.search.checks import check_int, printable
+from cl2cm_hf.search.decode import BadImage, open_image
 
 METADATA_FILE = "metadata.json"
 DATA_DIR = "data"

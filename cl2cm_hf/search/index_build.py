@@ -54,13 +54,10 @@ import torch
 
 from cl2cm_hf.atomic import atomic_directory, atomic_write_text, recover_directory
 from cl2cm_hf.errors import CL2CMError
+from cl2cm_hf.search.checks import check_int
 from cl2cm_hf.search.decode import DEFAULT_MAX_PIXELS
 from cl2cm_hf.search.encode import chunked, encode_chunks
-from cl2cm_hf.search.shards import cache_namespace, read_cache, read_json
-from cl2cm_hf.search.sources import COMPARE, attach_pictures, collect_items, rekey_by_content
-
-from .checks import check_int
-from .index import (
+from cl2cm_hf.search.index import (
     DATA_DIR,
     FAISS_FILE,
     INDEX_FORMAT,
@@ -72,7 +69,9 @@ from .index import (
     model_fingerprint,
     model_revision,
 )
-from .out_folder import INDEX_MARKER, check_out_folder, mark_index_folder
+from cl2cm_hf.search.out_folder import INDEX_MARKER, check_out_folder, mark_index_folder
+from cl2cm_hf.search.shards import cache_namespace, read_cache, read_json
+from cl2cm_hf.search.sources import COMPARE, attach_pictures, collect_items, rekey_by_content
 
 RECALL_QUERIES = 1000  # gallery rows used as queries when measuring the faiss index's recall@10
 

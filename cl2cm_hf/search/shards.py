@@ -11,14 +11,7 @@ import numpy as np
 import torch
 
 from cl2cm_hf.atomic import atomic_write_bytes
-
-from .index import (
-    METADATA_FILE,
-    REPORT_FILE,
-    SHARDS_DIR,
-    BrokenIndexError,
-    load_rows,
-)
+from cl2cm_hf.search.index import METADATA_FILE, REPORT_FILE, SHARDS_DIR, BrokenIndexError, load_rows
 
 
 def cache_namespace(revision: str, max_pixels: int) -> str:

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cl2cm_hf.errors import CL2CMError
-
-from .checks import name_problem, printable
+from cl2cm_hf.search.checks import name_problem, printable
 
 COMPARE = {"mtime": "path + size + mtime (files)", "hash": "path + sha256 of the content (files)"}
 

@@ -28,9 +28,8 @@ from cl2cm_hf.data import (
 )
 from cl2cm_hf.data.image_paths import IMAGES_FILE
 from cl2cm_hf.errors import CL2CMError
+from cl2cm_hf.training.model_setup import scratch_image_processor
 from cl2cm_hf.training.recipe import global_batch
-
-from .model_setup import scratch_image_processor
 
 
 @dataclass

@@ -19,8 +19,7 @@ from cl2cm_hf.checkpoint_safety import check_auto_map
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.inference import as_processor
 from cl2cm_hf.training.arguments import ModelArguments
-
-from .frozen_layers import FrozenLayerStore, cache_frozen_layers, plain_backbone
+from cl2cm_hf.training.frozen_layers import FrozenLayerStore, cache_frozen_layers, plain_backbone
 
 
 def _head_kwargs(args: ModelArguments) -> dict:

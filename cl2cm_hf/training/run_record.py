@@ -18,10 +18,9 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from cl2cm_hf.atomic import atomic_write_text
+from cl2cm_hf.data.badrows import SKIPPED_ROWS_FILE
 from cl2cm_hf.errors import CL2CMError
-
-from ..atomic import atomic_write_text
-from ..data.badrows import SKIPPED_ROWS_FILE
 
 RUN_RECORD = "run.json"
 # What a run writes into its output_dir (and all that `overwrite_output_dir` removes).

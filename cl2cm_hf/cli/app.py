@@ -25,6 +25,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 
 from cl2cm_hf.cli import run_tool
+from cl2cm_hf.data.schemas import is_blank
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.checks import check_int, int_option, printable
 from cl2cm_hf.search.decode import BadImage, open_image
@@ -105,7 +106,7 @@ def build_app(index, top_k: int = DEFAULT_TOP_K) -> gr.Blocks:
         return gallery_value(hits), [str(hit.path) for hit in hits if hit.path]
 
     def by_text(query: str):
-        if not (query or "").strip():
+        if is_blank(query or ""):
             return refuse("Type a caption to search for.")
         try:
             return shown(index.search(query, top_k=top_k))

@@ -1,3 +1,4 @@
+# Copyright 2026 The cl2cm-hf authors. Licensed under the Apache License, Version 2.0.
 """Configurations of the two CL2CM dual encoders.
 
 This file is copied into every checkpoint, so it imports only the standard library, torch and

@@ -21,16 +21,17 @@ def embeddings(model, name: str) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         if name.startswith("cross_lingual"):
             return {
-                "source": model.get_text_features(ids, mask),
-                "target": model.get_text_features(ids, mask, language="target"),
+                "source": model.get_text_features(ids, mask).pooler_output,
+                "target": model.get_text_features(ids, mask, language="target").pooler_output,
             }
         if name == "features":
-            image = model.get_visual_features(visual_features=EXPECTED["image_features"])
-            video = model.get_visual_features(visual_features=EXPECTED["video_features"], visual_mask=frames)
+            image = model.get_image_features(visual_features=EXPECTED["image_features"])
+            video = model.get_video_features(visual_features=EXPECTED["video_features"], visual_mask=frames)
         else:
-            image = model.get_visual_features(pixel_values=EXPECTED["images"])
-            video = model.get_visual_features(pixel_values=EXPECTED["videos"], visual_mask=frames)
-        return {"text": model.get_text_features(ids, mask), "image": image, "video": video}
+            image = model.get_image_features(pixel_values=EXPECTED["images"])
+            video = model.get_video_features(pixel_values=EXPECTED["videos"], visual_mask=frames)
+        text = model.get_text_features(ids, mask)
+        return {"text": text.pooler_output, "image": image.pooler_output, "video": video.pooler_output}
 
 
 @pytest.mark.parametrize("name", ["cross_lingual", "cross_lingual_separate", "features", "backbone"])

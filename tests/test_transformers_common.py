@@ -1,0 +1,104 @@
+"""transformers' own common tests (ModelTesterMixin, ConfigTester) against every model setup:
+cross-modal on features `(B, D)`, on frame sequences `(B, T, D)` with `visual_mask`, on a tiny CLIP
+vision backbone with images and with videos `(B, T, 3, H, W)`, and cross-lingual (shared and
+separate towers). The test files come from the source release of the installed transformers
+(tests/transformers_common/fetch.py, cached by `make transformers-tests`); the testers follow
+CLIP's tests/models/clip/test_modeling_clip.py, and the skips are CLIP's, for CLIP's reasons."""
+
+import sys
+import unittest
+
+import pytest
+from transformers_common import fetch
+
+try:
+    sys.path.insert(0, str(fetch.fetch()))
+except Exception as err:  # noqa: BLE001 - no network and no cache: say why, run the rest of the suite
+    pytest.skip(
+        f"transformers {fetch.VERSION}'s common tests are not cached in {fetch.CACHE} and could not be fetched "
+        f"({type(err).__name__}: {err}); run `make transformers-tests` with network access",
+        allow_module_level=True,
+    )
+
+from hf_tests.test_configuration_common import ConfigTester  # noqa: E402
+from hf_tests.test_modeling_common import ModelTesterMixin  # noqa: E402
+from transformers_common.testers import CrossLingualTester, CrossModalTester  # noqa: E402
+
+from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCrossModalConfig, CL2CMCrossModalModel  # noqa: E402
+
+
+class CL2CMTesterMixin(ModelTesterMixin):
+    """What CLIPModelTest sets and skips, for the same reasons (a dual encoder)."""
+
+    test_attention_outputs = False  # as CLIPModelTest: attentions are tested per tower (get_*_features tests)
+    _is_composite = True
+
+    @unittest.skip(reason="Hidden_states is tested in individual model tests")
+    def test_hidden_states_output(self):
+        pass
+
+    @unittest.skip(reason="Inputs_embeds is tested in individual model tests")
+    def test_inputs_embeds(self):
+        pass
+
+    @unittest.skip(reason="Retain_grad is tested in individual model tests")
+    def test_retain_grad_hidden_states_attentions(self):
+        pass
+
+
+class CrossModalSetup(CL2CMTesterMixin):
+    all_model_classes = (CL2CMCrossModalModel,)
+    backbone = video = False
+    visual_num_layers = 0
+
+    def setUp(self):
+        self.model_tester = CrossModalTester(self, self.backbone, self.video, self.visual_num_layers)
+        self.additional_model_inputs = list(self.model_tester.visual_inputs())
+
+
+class CL2CMFeaturesModelTest(CrossModalSetup, unittest.TestCase):
+    # Precomputed features carry no pixel_values to read the batch from and no vision_config width.
+    skip_test_image_features_output_shape = skip_test_video_features_output_shape = True
+
+
+class CL2CMFramesModelTest(CrossModalSetup, unittest.TestCase):
+    video = True
+    visual_num_layers = 1
+    skip_test_image_features_output_shape = skip_test_video_features_output_shape = True
+
+
+class CL2CMPixelImagesModelTest(CrossModalSetup, unittest.TestCase):
+    backbone = True
+
+
+class CL2CMPixelVideosModelTest(CrossModalSetup, unittest.TestCase):
+    backbone = video = True
+    visual_num_layers = 1
+
+
+class CL2CMCrossLingualModelTest(CL2CMTesterMixin, unittest.TestCase):
+    all_model_classes = (CL2CMCrossLingualModel,)
+    additional_model_inputs = ["target_input_ids"]
+    share_encoders = True
+
+    def setUp(self):
+        self.model_tester = CrossLingualTester(self, self.share_encoders)
+
+
+class CL2CMCrossLingualSeparateTowersModelTest(CL2CMCrossLingualModelTest):
+    share_encoders = False
+
+
+class CL2CMConfigTest(unittest.TestCase):
+    def test_cross_modal_config(self):
+        text = CrossModalTester(self, backbone=True, video=False).get_config()
+        ConfigTester(
+            self, config_class=CL2CMCrossModalConfig, has_text_modality=False,
+            text_config=text.text_config.to_dict(), vision_config=text.vision_config.to_dict(), visual_encoder_type="backbone",
+        ).run_common_tests()
+
+    def test_cross_lingual_config(self):
+        text = CrossLingualTester(self).get_config()
+        ConfigTester(
+            self, config_class=CL2CMCrossLingualConfig, has_text_modality=False, text_config=text.text_config.to_dict()
+        ).run_common_tests()

@@ -295,6 +295,15 @@ class CL2CMPreTrainedModel(PreTrainedModel):
         )
         return pooled, tokens, mask
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False, though we are code outside transformers: for custom code transformers skips, when
+        initialising missing weights, every module whose own parameters were loaded (in case its
+        `_init_weights` writes in place), which also skips a backbone's module-level init (CLIP's
+        scaled attention and MLP init) and leaves those weights at N(0, 0.02). Our `_init_weights`
+        writes only through `transformers.initialization`, which leaves loaded weights alone."""
+        return False
+
     def _init_weights(self, module):
         """Heads get N(0, initializer_range); backbones keep their own init (transformers
         dispatches each PreTrainedModel child to its own `_init_weights`)."""
@@ -306,8 +315,10 @@ class CL2CMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, nn.MultiheadAttention):
-            module._reset_parameters()
+        elif isinstance(module, nn.MultiheadAttention):  # torch's own init, through transformers' guarded functions
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+            init.zeros_(module.out_proj.bias)
         if isinstance(module, (CL2CMCrossLingualModel, CL2CMCrossModalModel)):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 

@@ -604,11 +604,13 @@ class CL2CMCrossModalModel(CL2CMPreTrainedModel):
             raise ValueError("this model runs a vision backbone: pass pixel_values, not visual_features")
         values, frame_dim = (visual_features, 3) if features_mode else (pixel_values, 5)
         if video is not None and values.dim() in (frame_dim - 1, frame_dim) and (values.dim() == frame_dim) != video:
-            name, shape = ("visual_features", "(B, D)") if features_mode else ("pixel_values", "(B, 3, H, W)")
-            frames = "(B, T, D)" if features_mode else "(B, T, 3, H, W)"
+            name = "visual_features" if features_mode else "pixel_values"
+            shapes = {"image": "(B, D)" if features_mode else "(B, 3, H, W)",
+                      "video": "(B, T, D)" if features_mode else "(B, T, 3, H, W)"}
+            want, other = ("video", "image") if video else ("image", "video")
             raise ValueError(
-                f"get_image_features takes images, {name} {shape}; frame sequences {frames} go to get_video_features "
-                f"(got shape {tuple(values.shape)})"
+                f"get_{want}_features takes {name} {shapes[want]}, got shape {tuple(values.shape)}; "
+                f"{shapes[other]} goes to get_{other}_features"
             )
         if features_mode:
             states, embeds, hidden, maps = self.visual_model(values, visual_mask, **flags)

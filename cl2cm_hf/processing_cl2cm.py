@@ -89,7 +89,7 @@ class CL2CMTextProcessor(ProcessorMixin):
             if self.image_processor is None:
                 raise ValueError(
                     f"{type(self).__name__} has no image processor: this checkpoint reads precomputed visual "
-                    "features (pass them to get_visual_features as visual_features)"
+                    "features (pass them to get_image_features / get_video_features as visual_features)"
                 )
             data.update(pixel_inputs(self.image_processor, images, videos))
         return BatchFeature(data, tensor_type=return_tensors)

@@ -45,7 +45,7 @@ def load_standalone(folder: Path) -> str:
         "import torch\nfrom transformers import AutoModel, AutoTokenizer\n"
         f"m = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()\n"
         f"t = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
-        "e = m.get_text_features(**{k: v for k, v in t(['ein roter hund'], return_tensors='pt').items() if k != 'token_type_ids'})\n"
+        "e = m.get_text_features(**{k: v for k, v in t(['ein roter hund'], return_tensors='pt').items() if k != 'token_type_ids'}).pooler_output\n"
         "print(type(m).__module__, tuple(e.shape))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}

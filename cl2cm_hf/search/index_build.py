@@ -13,7 +13,7 @@ frame sequences) or an `ImagePathStore` folder (``images.json``; images or frame
 and the page show it): ``DIR/<id>.<ext>``, or the first file of ``DIR/<id>/`` (video frames), as
 the demo world's rendered pictures are named. Items that have their own file keep it.
 
-Encoding goes through the checkpoint's processor and ``model.get_visual_features``: files are
+Encoding goes through the checkpoint's processor and ``embed_visual`` (the model's ``get_image_features`` / ``get_video_features``): files are
 opened and turned into ``pixel_values`` by the processor inside DataLoader workers, so decoding
 runs behind the model's forward. Under ``torchrun`` / ``accelerate launch`` each process encodes
 every world-size-th chunk; rank 0 merges.
@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from cl2cm_hf.atomic import atomic_directory, atomic_write_bytes, atomic_write_text, recover_directory
 from cl2cm_hf.data.image_paths import to_rgb
-from cl2cm_hf.evaluation.encoding import visual_inputs
+from cl2cm_hf.evaluation.encoding import embed_visual, visual_inputs
 
 from .index import (
     DATA_DIR,
@@ -447,7 +447,7 @@ def _encode_chunks(model, processor, items, source, chunks, shards: Path, namesp
         for positions, inputs, failed in loader:
             embedded = {}
             if inputs:
-                out = model.get_visual_features(**{k: v.to(device) for k, v in inputs.items()}).float().cpu()
+                out = embed_visual(model, **{k: v.to(device) for k, v in inputs.items()}).float().cpu()
                 embedded = dict(zip(positions, out))
             for p in sorted(set(positions) | set(failed)):
                 item = local[p]

@@ -595,3 +595,76 @@ def test_config_round_trip(tmp_path):
     assert loaded.vision_config.model_type == "clip_vision_model" and loaded.vision_config.hidden_size == 32
     assert loaded.text_config.model_type == "bert" and loaded.text_config.hidden_size == 32
     assert loaded.to_diff_dict() == config.to_diff_dict()
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers' conventions (issue 18)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_reload_with_another_projection_dim_needs_ignore_mismatched_sizes(tmp_path):
+    model = build(features_config)
+    model.save_pretrained(tmp_path)
+    config = features_config(projection_dim=PROJECTION_DIM * 2)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        CL2CMCrossModalModel.from_pretrained(tmp_path, config=config)
+    loaded = CL2CMCrossModalModel.from_pretrained(tmp_path, config=config, ignore_mismatched_sizes=True)
+    assert loaded.text_model.projection.weight.shape[0] == PROJECTION_DIM * 2
+    assert_state_equal(loaded.text_model.backbone, model.text_model.backbone.state_dict())
+
+
+def test_output_loading_info_returns_the_problems_instead_of_raising(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = build(features_config)
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["text_model.projection.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded, info = CL2CMCrossModalModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert "text_model.projection.weight" in info["missing_keys"]
+
+
+def test_return_dict_false_and_output_flags_of_the_config():
+    model = build(features_config)
+    ids, mask = text_batch()
+    features = torch.randn(3, FEATURE_DIM)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, visual_features=features, output_hidden_states=True)
+        assert len(out.text_model_output.hidden_states) == 3  # embeddings + 2 layers
+        model.config.return_dict = False
+        as_tuple = model.get_text_features(input_ids=ids, attention_mask=mask)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[1], out.text_embeds)
+
+
+def test_feature_inputs_are_cast_to_the_model_dtype():
+    model = build(features_config, visual_num_layers=1).to(torch.bfloat16)
+    ids, mask = text_batch()
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, visual_features=torch.randn(3, 2, FEATURE_DIM), visual_mask=frame_mask([2, 1, 2], 2))
+    assert out.visual_embeds.dtype == torch.bfloat16 and torch.isfinite(out.logits_per_text.float()).all()
+
+
+@pytest.mark.parametrize("config_fn", [features_config, cross_lingual_config])
+def test_input_embeddings_resize_and_require_grads(config_fn):
+    model = build(config_fn)
+    assert model.get_input_embeddings() is model.text_model.backbone.embeddings.word_embeddings
+    model.resize_token_embeddings(1010)
+    assert model.get_input_embeddings().weight.shape[0] == 1010
+    model.enable_input_require_grads()  # what PEFT calls with gradient checkpointing
+
+
+def test_cross_lingual_main_input_name_is_forwards_first_argument():
+    import inspect
+
+    assert CL2CMCrossLingualModel.main_input_name == list(inspect.signature(CL2CMCrossLingualModel.forward).parameters)[1]
+
+
+def test_missing_weights_of_a_backbone_get_the_backbones_own_init():
+    config = backbone_config()
+    model = CL2CMCrossModalModel.from_pretrained(None, config=config, state_dict={})
+    attention = model.visual_model.backbone.encoder.layers[0].self_attn
+    width, layers = config.vision_config.hidden_size, config.vision_config.num_hidden_layers
+    clip_std = width**-0.5 * (2 * layers) ** -0.5  # CLIP's scaled init, not N(0, initializer_range)
+    assert abs(attention.q_proj.weight.std().item() - clip_std) < 0.3 * clip_std

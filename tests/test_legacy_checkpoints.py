@@ -1,6 +1,7 @@
 """Checkpoints saved before the transformers-5 renames (issue 18) still load, through our classes
-and through AutoModel, and give the embeddings they gave then (tests/fixtures/legacy_checkpoints,
-written by its make_fixtures.py on main's code of the time)."""
+and through AutoModel, and give the embeddings they gave then (tests/fixtures/legacy_checkpoints:
+config and weights of each kind, with expected.safetensors holding the fixed inputs and embeddings;
+written on main's code of the time by make_fixtures.py, see commit 63b362a)."""
 
 from pathlib import Path
 

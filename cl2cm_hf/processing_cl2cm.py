@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 from transformers import BatchFeature, ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, Unpack
 
 
 def stack_frames(pixels: torch.Tensor, lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,25 +35,36 @@ def stack_frames(pixels: torch.Tensor, lengths: Sequence[int]) -> tuple[torch.Te
     return batch, mask
 
 
-def pixel_inputs(image_processor, images=None, videos=None) -> dict[str, torch.Tensor]:
+def _as_videos(videos) -> list[list]:
+    """A batch of videos as lists of frames: a list of videos (each a list of frames or a
+    ``(T, ...)`` array), or one video as a 4-D ``(T, ...)`` array or tensor, as transformers takes."""
+    if getattr(videos, "ndim", None) == 4:
+        return [list(videos)]
+    return [list(video) for video in videos]
+
+
+def pixel_inputs(image_processor, images=None, videos=None, **images_kwargs) -> dict[str, torch.Tensor]:
     """Images (PIL images or ``(H, W, C)`` arrays) -> ``{"pixel_values": (B, 3, H, W)}``; videos
-    (each a list of frames) -> ``{"pixel_values": (B, T, 3, H, W), "visual_mask": (B, T)}``."""
-    if (images is None) == (videos is None):
-        raise ValueError("pass images or videos (exactly one of them)")
+    -> ``{"pixel_values": (B, T, 3, H, W), "visual_mask": (B, T)}``; both -> one frame batch, the
+    images first as one-frame videos. `images_kwargs` go to the image processor."""
+    if images is None and videos is None:
+        raise ValueError("pass images or videos")
+    clips = []
+    if images is not None:
+        clips += [[image] for image in (list(images) if isinstance(images, (list, tuple)) else [images])]
     if videos is not None:
-        videos = [list(video) for video in videos]
-        empty = [i for i, video in enumerate(videos) if not video]
+        videos = _as_videos(videos)
+        empty = [i for i, video in enumerate(videos) if not len(video)]
         if empty:
             raise ValueError(f"video {empty[0]} has no frames")
-        flat = [frame for video in videos for frame in video]
-    else:
-        flat = list(images) if isinstance(images, (list, tuple)) else [images]
+        clips += videos
+    flat = [frame for clip in clips for frame in clip]
     if not flat:
         raise ValueError("no images to process")
-    pixels = image_processor(images=flat, return_tensors="pt")["pixel_values"].float()
+    pixels = image_processor(images=flat, **{**images_kwargs, "return_tensors": "pt"})["pixel_values"].float()
     if videos is None:
         return {"pixel_values": pixels}
-    pixels, mask = stack_frames(pixels, [len(video) for video in videos])
+    pixels, mask = stack_frames(pixels, [len(clip) for clip in clips])
     return {"pixel_values": pixels, "visual_mask": mask}
 
 
@@ -67,31 +79,42 @@ class CL2CMTextProcessor(ProcessorMixin):
             Put before every text (the config's ``text_prefix``).
     """
 
-    image_processor = None  # no pixels: the visual side of these checkpoints is precomputed
-
     def __init__(self, tokenizer=None, text_prefix: str = "", **kwargs):
         if not isinstance(text_prefix, str):
             raise ValueError(f"{type(self).__name__}.text_prefix={text_prefix!r} is invalid; expected a string")
         self.text_prefix = text_prefix
         super().__init__(tokenizer, **kwargs)
 
-    def __call__(self, text=None, images=None, videos=None, return_tensors=None, **text_kwargs) -> BatchFeature:
-        """Model inputs for `text` (a string or a list; each gets ``text_prefix``; `text_kwargs` such as
-        ``padding``, ``truncation``, ``max_length`` go to the tokenizer) and for `images` or
-        `videos` (lists of frames), as `pixel_inputs` makes them (torch tensors)."""
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """`ProcessorMixin.save_pretrained`, without leaving the file's `auto_map` on the object
+        (transformers sets it while saving custom code), so the processor saved equals the one loaded."""
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            self.__dict__.pop("auto_map", None)
+
+    def __call__(self, text=None, **kwargs: Unpack[ProcessingKwargs]) -> BatchFeature:
+        """Model inputs for `text` (a string or a list; each gets ``text_prefix``). Keyword arguments
+        follow transformers' processors: flat (``padding``, ``truncation``, ``max_length``,
+        ``return_tensors``) or per modality (``text_kwargs={...}``)."""
+        if "images" in kwargs or "videos" in kwargs:
+            raise ValueError(
+                f"{type(self).__name__} has no image processor: this checkpoint reads precomputed visual "
+                "features (pass them to get_image_features / get_video_features as visual_features)"
+            )
+        return self._encode(text, None, None, kwargs)
+
+    def _encode(self, text, images, videos, kwargs) -> BatchFeature:
         if text is None and images is None and videos is None:
             raise ValueError(f"{type(self).__name__}: pass text, images or videos")
+        merged = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        return_tensors = merged["text_kwargs"].pop("return_tensors", None)
         data = {}
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)
-            data.update(self.tokenizer([self.text_prefix + t for t in texts], return_tensors=return_tensors, **text_kwargs))
+            data.update(self.tokenizer([self.text_prefix + t for t in texts], return_tensors=return_tensors, **merged["text_kwargs"]))
         if images is not None or videos is not None:
-            if self.image_processor is None:
-                raise ValueError(
-                    f"{type(self).__name__} has no image processor: this checkpoint reads precomputed visual "
-                    "features (pass them to get_image_features / get_video_features as visual_features)"
-                )
-            data.update(pixel_inputs(self.image_processor, images, videos))
+            data.update(pixel_inputs(self.image_processor, images, videos, **merged["images_kwargs"]))
         return BatchFeature(data, tensor_type=return_tensors)
 
 
@@ -111,6 +134,16 @@ class CL2CMProcessor(CL2CMTextProcessor):
     def __init__(self, tokenizer=None, image_processor=None, text_prefix: str = "", **kwargs):
         # ProcessorMixin takes its sub-processors from this signature: tokenizer and image_processor.
         super().__init__(tokenizer, text_prefix=text_prefix, image_processor=image_processor, **kwargs)
+
+    def __call__(self, text=None, images=None, videos=None, **kwargs: Unpack[ProcessingKwargs]) -> BatchFeature:
+        """Model inputs for `text` (each gets ``text_prefix``), `images` and `videos` (each a list of
+        frames or a ``(T, ...)`` array), as `pixel_inputs` makes them; keyword arguments as in
+        `CL2CMTextProcessor.__call__`, image ones (``images_kwargs``) going to the image processor."""
+        return self._encode(text, images, videos, kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return [*super().model_input_names, "visual_mask"]
 
 
 def build_processor(tokenizer, text_prefix: str = "", image_processor=None) -> CL2CMTextProcessor:

@@ -375,6 +375,13 @@ class CL2CMCrossLingualModel(CL2CMPreTrainedModel):
                 raise ValueError(f"the target text tower cannot take the backbone's weights: missing {missing}")
         return model
 
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        """`PreTrainedModel.resize_token_embeddings` on both towers: with `share_encoders=False` the
+        target tower has its own embeddings, which must take the new token ids too."""
+        if self.target_text_model is not None:
+            self.target_text_model.backbone.resize_token_embeddings(*args, **kwargs)
+        return super().resize_token_embeddings(*args, **kwargs)
+
     def _tower(self, language: str) -> CL2CMTextTower:
         if language not in ("source", "target"):
             raise ValueError(f"language must be 'source' or 'target', got {language!r}")

@@ -646,13 +646,21 @@ def test_feature_inputs_are_cast_to_the_model_dtype():
     assert out.visual_embeds.dtype == torch.bfloat16 and torch.isfinite(out.logits_per_text.float()).all()
 
 
-@pytest.mark.parametrize("config_fn", [features_config, cross_lingual_config])
-def test_input_embeddings_resize_and_require_grads(config_fn):
-    model = build(config_fn)
+@pytest.mark.parametrize("config_fn, kwargs", [(features_config, {}), (cross_lingual_config, {"share_encoders": False})])
+def test_input_embeddings_resize_and_require_grads(config_fn, kwargs):
+    model = build(config_fn, **kwargs)
     assert model.get_input_embeddings() is model.text_model.backbone.embeddings.word_embeddings
     model.resize_token_embeddings(1010)
     assert model.get_input_embeddings().weight.shape[0] == 1010
     model.enable_input_require_grads()  # what PEFT calls with gradient checkpointing
+    ids, mask = text_batch()
+    ids[0, 1] = 1009  # a new token id, on every tower
+    with torch.no_grad():
+        if config_fn is cross_lingual_config:
+            assert model.target_text_model.backbone.get_input_embeddings().weight.shape[0] == 1010
+            model(source_input_ids=ids, target_input_ids=ids, source_attention_mask=mask, target_attention_mask=mask)
+        else:
+            model.get_text_features(input_ids=ids, attention_mask=mask)
 
 
 def test_cross_lingual_main_input_name_is_forwards_first_argument():

@@ -85,6 +85,13 @@ class CL2CMTextProcessor(ProcessorMixin):
         self.text_prefix = text_prefix
         super().__init__(tokenizer, **kwargs)
 
+    def __getattr__(self, name: str):
+        # `image_processor` is None here (precomputed visual features), without a class attribute
+        # that CL2CMProcessor, whose __init__ takes one, would inherit.
+        if name == "image_processor":
+            return None
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """`ProcessorMixin.save_pretrained`, without leaving the file's `auto_map` on the object
         (transformers sets it while saving custom code), so the processor saved equals the one loaded."""

@@ -507,7 +507,8 @@ class CL2CMBackboneEncoder(nn.Module):
             )
         frames, mask = _as_frames(pixel_values, visual_mask, feature_dims=3)
         batch, num_frames = frames.shape[:2]
-        out = self.backbone(pixel_values=frames.flatten(0, 1), **output_flags)
+        # Only flags asked for: a backbone without attention maps (ConvNeXt) may not take output_attentions.
+        out = self.backbone(pixel_values=frames.flatten(0, 1), **{k: v for k, v in output_flags.items() if v})
         pooled = out.pooler_output if getattr(out, "pooler_output", None) is not None else out.last_hidden_state[:, 0]
         states, pooled, _, _ = self.frame_pooler(pooled.reshape(batch, num_frames, -1), mask)
         return out, states, self.projection(pooled)
@@ -624,7 +625,7 @@ class CL2CMCrossModalModel(CL2CMPreTrainedModel):
             last = states
         else:
             out, states, embeds = self.visual_model(values, visual_mask, **flags)
-            hidden, maps = out.hidden_states, out.attentions
+            hidden, maps = getattr(out, "hidden_states", None), getattr(out, "attentions", None)
             last = states if values.dim() == frame_dim else out.last_hidden_state
         return BaseModelOutputWithPooling(
             last_hidden_state=last, pooler_output=nn.functional.normalize(embeds, dim=-1), hidden_states=hidden, attentions=maps

@@ -107,14 +107,14 @@ class CrossModalTester:
 
 
 class CrossLingualTester:
-    def __init__(self, parent, share_encoders: bool = True, is_training=True):
-        self.parent, self.share_encoders, self.is_training = parent, share_encoders, is_training
+    def __init__(self, parent, is_training=True):
+        self.parent, self.is_training = parent, is_training
         self.batch_size = BATCH
         self.text_model_tester = TextTester()
 
     def get_config(self) -> CL2CMCrossLingualConfig:
         return CL2CMCrossLingualConfig(
-            text_config=self.text_model_tester.get_config().to_dict(), projection_dim=16, share_encoders=self.share_encoders
+            text_config=self.text_model_tester.get_config().to_dict(), projection_dim=16
         )
 
     def prepare_config_and_inputs_for_common(self):

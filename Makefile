@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint test test-fast demo bench clean
+.PHONY: setup lint test test-fast demo bench clean transformers-tests
 
 # pip's output goes to $(SETUP_LOG): nothing on success; on failure the log is printed and make stops.
 SETUP_LOG := $(VENV)/setup.log
@@ -28,11 +28,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # Everything (CI); `make test-fast`: the tests not marked slow, under two minutes on two cores.
-test: lint
+test: lint transformers-tests
 	$(PY) -m pytest -q
 
-test-fast: lint
+test-fast: lint transformers-tests
 	$(PY) -m pytest -q -m "not slow"
+
+# transformers' common tests from the source release of the installed transformers (pip download),
+# unpacked once into the ignored .cache/transformers-tests/<version>/ (tests/transformers_common/fetch.py).
+transformers-tests: $(STAMP)
+	-$(PY) tests/transformers_common/fetch.py  # offline: the common tests skip, saying why
 
 demo: $(STAMP)
 	$(PY) trainer/run.py trainer/configs/demo.yaml
@@ -43,7 +48,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/quality_multi30k_r50.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .cache/transformers-tests
 
 # `make app`: the search page over the demo pixel model's test pictures, on http://127.0.0.1:$(APP_PORT).
 # The first time it trains trainer/configs/demo_pixels.yaml and indexes the run's test gallery; each

@@ -6,7 +6,7 @@ latency on a large gallery, exact and HNSW. Writes benchmarks/results/search_spe
     python benchmarks/search_speed.py --n 100000 --images 64 --out /tmp/s.md   # a smoke run
 
 throughput  `build_index` on JPEG files (decoding and the processor in DataLoader workers, shards,
-            the dataset written; model load included) vs `model.get_visual_features` alone on the
+            the dataset written; model load included) vs `model.get_image_features` alone on the
             same batches already decoded; goal >= 0.8.
 exact       one query at a time, k=10, on an (n, 256) L2-normalised gallery (a mixture of 1,000
             clusters, as embeddings are): exact `cl2cm_hf.retrieval.topk`, p50/p95, against the time
@@ -77,10 +77,10 @@ def throughput(count: int, batch_size: int, workers: int) -> dict:
         batches = [processor(images=[open_image(tmp / "photos" / n) for n in names[a : a + batch_size]], return_tensors="pt")
                    for a in range(0, count, batch_size)]
         with torch.no_grad():
-            model.get_visual_features(**batches[0])  # warm up
+            model.get_image_features(**batches[0])  # warm up
             start = time.perf_counter()
             for batch in batches:
-                model.get_visual_features(**batch)
+                model.get_image_features(**batch)
             bare = time.perf_counter() - start
         start = time.perf_counter()
         build_index(model_dir, tmp / "index", images=tmp / "photos", batch_size=batch_size, num_workers=workers,
@@ -154,7 +154,7 @@ def _report(name: str, r: dict, args) -> list[str]:
             f"{r['index_ips']:.1f} img/s | **{r['ratio']:.2f}** |", "",
             "Model: CL2CM with a ViT (6 layers, width 384, 224 px, patch 16; random weights). `build_index` time includes "
             "loading the checkpoint, listing and stat-ing the files, decoding + processor in the DataLoader worker(s), the "
-            "shards and writing the dataset; the bare forward is `get_visual_features` on the same batches already made.",
+            "shards and writing the dataset; the bare forward is `get_image_features` on the same batches already made.",
         ]
     size = f"{args.n:,} x {args.d} gallery, k=10 ({args.repeats} queries, one at a time)"
     if name == "exact":

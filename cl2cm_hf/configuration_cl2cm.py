@@ -1,3 +1,4 @@
+# Copyright 2026 The cl2cm-hf authors. Licensed under the Apache License, Version 2.0.
 """Configurations of the two CL2CM dual encoders.
 
 This file is copied into every checkpoint, so it imports only the standard library, torch and
@@ -12,20 +13,22 @@ load with layers dropped or left random. Configs built in code keep their defaul
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .errors import CL2CMError
+
 POOLING_MODES = ("cls", "mean")
 VISUAL_ENCODER_TYPES = ("features", "backbone")
 
 
 def _check_choice(config_name: str, field: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"{config_name}.{field}={value!r} is not supported; expected one of {list(choices)}")
+        raise CL2CMError(f"{config_name}.{field}={value!r} is not supported; expected one of {list(choices)}")
 
 
 def _check_positive(config_name: str, field: str, value, allow_zero: bool = False) -> None:
     low = 0 if allow_zero else 1
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         expected = "a non-negative integer" if allow_zero else "a positive integer"
-        raise ValueError(f"{config_name}.{field}={value!r} is invalid; expected {expected}")
+        raise CL2CMError(f"{config_name}.{field}={value!r} is invalid; expected {expected}")
 
 
 # Sizes of a backbone sub-config that must be positive / non-negative integers where present, and
@@ -41,7 +44,7 @@ _SUB_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dr
 
 def _check_sub_config_type(config_name: str, field: str, value) -> None:
     if value is not None and not isinstance(value, (dict, PreTrainedConfig)):
-        raise ValueError(f"{config_name}.{field}={value!r} is invalid; expected a config (a mapping)")
+        raise CL2CMError(f"{config_name}.{field}={value!r} is invalid; expected a config (a mapping)")
 
 
 def _check_sub_config(config_name: str, field: str, sub) -> None:
@@ -56,11 +59,11 @@ def _check_sub_config(config_name: str, field: str, sub) -> None:
     for name in _SUB_PROBABILITIES:
         value = getattr(sub, name, None)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0):
-            raise ValueError(f"{where}.{name}={value!r} is invalid; expected a probability in [0, 1]")
+            raise CL2CMError(f"{where}.{name}={value!r} is invalid; expected a probability in [0, 1]")
     hidden, heads = getattr(sub, "hidden_size", None), getattr(sub, "num_attention_heads", None)
     explicit_head_dim = getattr(sub, "head_dim", None) is not None  # then widths need not divide
     if isinstance(hidden, int) and isinstance(heads, int) and not explicit_head_dim and hidden % heads:
-        raise ValueError(f"{where}: hidden_size={hidden} is not divisible by num_attention_heads={heads}")
+        raise CL2CMError(f"{where}: hidden_size={hidden} is not divisible by num_attention_heads={heads}")
 
 
 # Fields of a backbone sub-config that decide its architecture; a saved sub-config must state each
@@ -75,22 +78,22 @@ def _check_saved_sub_config(config_name: str, field: str, sub) -> None:
     where = f"{config_name}.{field}"
     _check_sub_config_type(config_name, field, sub)
     if sub is None:
-        raise ValueError(f"{where} is missing from the saved config; expected the backbone's config (a mapping)")
+        raise CL2CMError(f"{where} is missing from the saved config; expected the backbone's config (a mapping)")
     model_type = sub.get("model_type")
     if not isinstance(model_type, str):
-        raise ValueError(f"{where}.model_type is missing from the saved config; expected the backbone's model type")
+        raise CL2CMError(f"{where}.model_type is missing from the saved config; expected the backbone's model type")
     try:
         defaults = AutoConfig.for_model(model_type)
     except ValueError:
-        raise ValueError(f"{where}.model_type={model_type!r} is not a model type this transformers knows") from None
+        raise CL2CMError(f"{where}.model_type={model_type!r} is not a model type this transformers knows") from None
     texts = [k for k, v in sub.items() if isinstance(v, str) and type(getattr(defaults, k, None)) in (int, float)]
     if texts:  # (transformers' own check would raise a non-ValueError naming neither the config nor the field's place)
-        raise ValueError(f"{where}.{texts[0]}={sub[texts[0]]!r} is invalid; expected a number, not text")
+        raise CL2CMError(f"{where}.{texts[0]}={sub[texts[0]]!r} is invalid; expected a number, not text")
     # A field the model type aliases (attribute_map, e.g. ConvNeXt's num_hidden_layers -> num_stages) is saved under its own name.
     missing = [name for name in _SUB_ARCHITECTURE
                if hasattr(defaults, name) and name not in sub and defaults.attribute_map.get(name) not in sub]
     if missing:
-        raise ValueError(
+        raise CL2CMError(
             f"{where}.{missing[0]} is missing from the saved config (also missing: {missing[1:]}); it decides the "
             "architecture, so loading without it would drop layers or leave them random"
         )
@@ -107,10 +110,10 @@ class _CL2CMTextMixin:
         """`PreTrainedConfig.from_dict`, refusing a saved config that lacks an architecture field."""
         name = cls.__name__
         if not isinstance(config_dict, dict):
-            raise ValueError(f"{name}: expected a mapping of config fields, got {type(config_dict).__name__}")
+            raise CL2CMError(f"{name}: expected a mapping of config fields, got {type(config_dict).__name__}")
         missing = [field for field in cls.architecture_fields if field not in config_dict]
         if missing:
-            raise ValueError(
+            raise CL2CMError(
                 f"{name}.{missing[0]} is missing from the saved config (also missing: {missing[1:]}); it decides the "
                 "architecture, so loading without it would drop layers or leave them random"
             )
@@ -124,9 +127,9 @@ class _CL2CMTextMixin:
         _check_choice(name, "pooling", self.pooling, POOLING_MODES)
         _check_positive(name, "projection_dim", self.projection_dim)
         if not isinstance(self.logit_scale_init_value, (int, float)) or self.logit_scale_init_value != self.logit_scale_init_value:
-            raise ValueError(f"{name}.logit_scale_init_value={self.logit_scale_init_value!r} is invalid; expected a float")
+            raise CL2CMError(f"{name}.logit_scale_init_value={self.logit_scale_init_value!r} is invalid; expected a float")
         if not isinstance(self.learnable_logit_scale, bool):
-            raise ValueError(f"{name}.learnable_logit_scale={self.learnable_logit_scale!r} is invalid; expected true/false")
+            raise CL2CMError(f"{name}.learnable_logit_scale={self.learnable_logit_scale!r} is invalid; expected true/false")
         _check_sub_config(name, "text_config", self.text_config)
 
 
@@ -234,12 +237,12 @@ class CL2CMCrossModalConfig(_CL2CMTextMixin, PreTrainedConfig):
         _check_positive(name, "visual_num_heads", self.visual_num_heads)
         _check_positive(name, "visual_max_frames", self.visual_max_frames)
         if not isinstance(self.visual_dropout, (int, float)) or isinstance(self.visual_dropout, bool) or not 0.0 <= self.visual_dropout < 1.0:
-            raise ValueError(f"{name}.visual_dropout={self.visual_dropout!r} is invalid; expected a float in [0, 1)")
+            raise CL2CMError(f"{name}.visual_dropout={self.visual_dropout!r} is invalid; expected a float in [0, 1)")
         if self.visual_encoder_type == "backbone" and self.vision_config is None:
-            raise ValueError(f"{name}: visual_encoder_type='backbone' needs a vision_config")
+            raise CL2CMError(f"{name}: visual_encoder_type='backbone' needs a vision_config")
         width = self.vision_config.hidden_size if self.visual_encoder_type == "backbone" else self.visual_hidden_size
         if self.visual_num_layers and width % self.visual_num_heads:
-            raise ValueError(
+            raise CL2CMError(
                 f"{name}: visual width {width} is not divisible by visual_num_heads={self.visual_num_heads}"
             )
 

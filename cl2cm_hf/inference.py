@@ -66,6 +66,19 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 
 @torch.no_grad()
+def pooled(output) -> torch.Tensor:
+    """The embeddings of a `get_*_features` output (`pooler_output`); a tensor passes through."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def embed_visual(model, **inputs) -> torch.Tensor:
+    """Normalised embeddings of one visual batch: `get_video_features` for frame sequences
+    (``visual_features (B, T, D)`` or ``pixel_values (B, T, 3, H, W)``), else `get_image_features`."""
+    values = inputs.get("visual_features", inputs.get("pixel_values"))
+    video = values is not None and values.dim() in (3, 5)
+    return pooled((model.get_video_features if video else model.get_image_features)(**inputs))
+
+
 def encode_texts(
     encode: Callable[..., torch.Tensor],
     processor,
@@ -77,7 +90,7 @@ def encode_texts(
     progress: bool = False,
 ) -> torch.Tensor:
     """Embed `texts` with `encode(input_ids=..., attention_mask=...)` (e.g. a model's
-    `get_text_features`) and return `(len(texts), d)` in the input order. `processor`: a CL2CM
+    `get_text_features`; a model output gives its `pooler_output`) and return `(len(texts), d)` in the input order. `processor`: a CL2CM
     processor (it adds the text prefix); see `as_processor` to wrap a bare tokenizer.
 
     With `sort_by_length`, texts are tokenized once, batched by length and padded per batch only as
@@ -94,7 +107,7 @@ def encode_texts(
     for batch in tqdm(batches, desc="encode texts", disable=not progress):
         features = processor.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt", **pad_kwargs)
         features = {k: v.to(device) for k, v in features.items() if k in ("input_ids", "attention_mask")}
-        embeds = encode(**features).float().cpu()
+        embeds = pooled(encode(**features)).float().cpu()
         if out is None:
             out = torch.empty(len(texts), embeds.shape[1])
         out[torch.tensor(batch)] = embeds
@@ -111,7 +124,7 @@ def encode_visual(
     progress: bool = False,
     processor=None,
 ) -> torch.Tensor:
-    """Embed visual items with `model.get_visual_features`, whatever form they come in:
+    """Embed visual items with `embed_visual` (the model's image or video features), whatever form they come in:
 
     - a store and the `visual_ids` to look up (see `visual_inputs`): precomputed features
       ``(N, D)``, frame features ``(N, T, D)`` with their mask, or image files / frame files read
@@ -134,7 +147,7 @@ def encode_visual(
             frames = isinstance(chunk[0], (list, tuple))
             inputs = processor(videos=chunk) if frames else processor(images=chunk)
         inputs = {key: value.to(device) for key, value in inputs.items()}
-        chunks.append(model.get_visual_features(**inputs).float().cpu())
+        chunks.append(embed_visual(model, **inputs).float().cpu())
     return torch.cat(chunks)
 
 

@@ -11,6 +11,8 @@ Imports only torch (the file travels inside checkpoints next to the modeling cod
 import torch
 import torch.nn.functional as F
 
+from .errors import CL2CMError
+
 
 def _world() -> tuple[int, int]:
     """(rank, world size) of the default process group, (0, 1) without one."""
@@ -238,9 +240,9 @@ def sinkhorn_ot_loss(
     a batch with none gives a zero that still belongs to the graph.
     """
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y batch sizes differ: {x.shape[0]} vs {y.shape[0]}")
+        raise CL2CMError(f"x and y batch sizes differ: {x.shape[0]} vs {y.shape[0]}")
     if tuple(x_mask.shape) != tuple(x.shape[:2]) or tuple(y_mask.shape) != tuple(y.shape[:2]):
-        raise ValueError(
+        raise CL2CMError(
             f"masks {tuple(x_mask.shape)}, {tuple(y_mask.shape)} do not match tokens {tuple(x.shape[:2])}, {tuple(y.shape[:2])}"
         )
     x_mask, y_mask = x_mask.to(x.dtype), y_mask.to(y.dtype)

@@ -1,3 +1,4 @@
+# Copyright 2026 The cl2cm-hf authors. Licensed under the Apache License, Version 2.0.
 """CL2CM dual encoders: the stage-1 cross-lingual network and the stage-2 cross-modal network.
 
 Copied into every checkpoint with ``configuration_cl2cm.py`` and ``losses.py``; it imports only the
@@ -15,9 +16,12 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_cl2cm import CL2CMCrossLingualConfig, CL2CMCrossModalConfig
+from .errors import CL2CMError
 from .losses import info_nce
 from .versioned_folders import VERSION_KEY, pinned_folder
 
@@ -32,10 +36,14 @@ class CL2CMCrossLingualOutput(ModelOutput):
     unnormalised token states `(B, L, projection_dim)` with their masks, for word-level alignment.
     `scale` is ``exp(logit_scale)`` clamped (the model's `scale()`: the inverse temperature; the
     `logit_scale` parameter itself stays in log space, as in CLIP), returned because DDP needs every
-    parameter of the loss to pass through `forward`.
+    parameter of the loss to pass through `forward`. `logits_per_text` (`(B, B)`, source rows, target
+    columns) are the scaled similarities, under CLIP's name; `source_model_output` and
+    `target_model_output` are the towers' outputs (hidden states and attentions when asked), as
+    CLIP's `text_model_output`.
     """
 
     loss: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
     source_embeds: torch.FloatTensor | None = None
     target_embeds: torch.FloatTensor | None = None
     scale: torch.FloatTensor | None = None
@@ -43,6 +51,11 @@ class CL2CMCrossLingualOutput(ModelOutput):
     source_token_mask: torch.LongTensor | None = None
     target_token_embeds: torch.FloatTensor | None = None
     target_token_mask: torch.LongTensor | None = None
+    source_model_output: BaseModelOutputWithPooling | None = None
+    target_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in super().to_tuple())
 
 
 @dataclass
@@ -54,6 +67,9 @@ class CL2CMCrossModalOutput(ModelOutput):
     forward covers every text the loss needs. `scale` is ``exp(logit_scale)`` clamped (the model's
     `scale()`: the inverse temperature of `logits_per_text`; the `logit_scale` parameter stays in log
     space, as in CLIP), returned because DDP needs every parameter of the loss to pass through `forward`.
+    `text_model_output` and `vision_model_output` are what `get_text_features` and
+    `get_image_features` / `get_video_features` return (hidden states and attentions when asked), as
+    in CLIP's output.
     """
 
     loss: torch.FloatTensor | None = None
@@ -63,11 +79,16 @@ class CL2CMCrossModalOutput(ModelOutput):
     visual_embeds: torch.FloatTensor | None = None
     target_text_embeds: torch.FloatTensor | None = None
     scale: torch.FloatTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in super().to_tuple())
 
 
 def _check_mask(mask: torch.Tensor | None, expected: tuple, mask_name: str, input_name: str) -> None:
     if mask is not None and tuple(mask.shape) != tuple(expected):
-        raise ValueError(f"{mask_name} has shape {tuple(mask.shape)} but {input_name} needs {tuple(expected)}")
+        raise CL2CMError(f"{mask_name} has shape {tuple(mask.shape)} but {input_name} needs {tuple(expected)}")
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -85,17 +106,19 @@ class CL2CMTextTower(nn.Module):
         self.backbone = backbone if backbone is not None else _text_backbone_from_config(config.text_config)
         self.projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        """Return `(sentence (B, d) unnormalised, tokens (B, L, d), attention_mask (B, L))`."""
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **output_flags):
+        """Return `(backbone output, sentence (B, d) unnormalised, tokens (B, L, d), attention_mask (B, L))`;
+        `output_flags` (`output_attentions`, `output_hidden_states`) go to the backbone."""
         if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+            raise CL2CMError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         _check_mask(attention_mask, input_ids.shape, "attention_mask", "input_ids")
         kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs, **output_flags)
+        hidden = out.last_hidden_state
         pooled = hidden[:, 0] if self.pooling == "cls" else masked_mean(hidden, attention_mask)
-        return self.projection(pooled), self.projection(hidden), attention_mask
+        return out, self.projection(pooled), self.projection(hidden), attention_mask
 
 
 def _text_backbone_from_config(text_config):
@@ -127,19 +150,31 @@ class CL2CMFramePooler(nn.Module):
             else None
         )
 
-    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor, output_hidden_states=False, output_attentions=False):
+        """Return `(frame states (B, T, H), their masked mean (B, H), states before and after each
+        temporal layer or None, each layer's attention maps (B, heads, T, T) or None)`."""
+        states, maps = [], []
         if self.layers is not None:
             if frames.shape[1] > self.max_frames:
-                raise ValueError(f"got {frames.shape[1]} frames but the model knows visual_max_frames={self.max_frames}")
+                raise CL2CMError(f"got {frames.shape[1]} frames but the model knows visual_max_frames={self.max_frames}")
             positions = torch.arange(frames.shape[1], device=frames.device)
             # A zero-length video keeps one attendable (zero) slot so attention stays finite.
             attend = mask.bool().clone()
             attend[:, 0] |= ~attend.any(1)
-            frames = self.layers(frames + self.position_embeddings(positions), src_key_padding_mask=~attend)
-        return masked_mean(frames, mask)
+            frames = frames + self.position_embeddings(positions)
+            for layer in self.layers.layers:  # the layers one by one, to report their states and maps
+                states.append(frames)
+                if output_attentions:  # norm_first layers attend over norm1(x)
+                    normed = layer.norm1(frames)
+                    maps.append(layer.self_attn(normed, normed, normed, key_padding_mask=~attend,
+                                                average_attn_weights=False)[1])
+                frames = layer(frames, src_key_padding_mask=~attend)
+        states.append(frames)
+        pooled = masked_mean(frames, mask)
+        return frames, pooled, tuple(states) if output_hidden_states else None, tuple(maps) if output_attentions else None
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CL2CMError):
     """A checkpoint's weights do not match the model its config describes."""
 
 
@@ -199,21 +234,27 @@ class CL2CMPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained`; a truncated or corrupted ``*.safetensors`` file raises
-        `CorruptCheckpointError` naming the file (safetensors' own message does not), and weights
-        that do not fit the config (missing, unexpected or of another shape) raise
-        `CheckpointMismatchError` instead of transformers' warning (missing ones would stay random)."""
+        `CorruptCheckpointError` naming the file (safetensors' own message does not).
+
+        Weights of a checkpoint that do not fit the config (missing, unexpected or of another shape)
+        raise `CheckpointMismatchError` by default, where transformers only warns and leaves them
+        random. What the caller asks for is honoured as in transformers: `ignore_mismatched_sizes=True`
+        re-initialises weights of another shape (a new head, e.g. another `projection_dim`),
+        `output_loading_info=True` returns `(model, info)` with every problem listed instead of
+        raising, and weights given as `state_dict` without a checkpoint (`None`) are the caller's.
+        """
         wants_info = kwargs.pop("output_loading_info", False)
         # One version of a folder that a writer may replace meanwhile (`versioned_folders`).
         with pinned_folder(pretrained_model_name_or_path, getattr(kwargs.get("config"), VERSION_KEY, None)) as (folder, fits):
             if not fits:
                 kwargs.pop("config")  # read while the folder held a version since removed: use this one's
-            model, info = cls._load_checked(folder, *model_args, **kwargs)
+            model, info = cls._load_checked(folder, *model_args, wants_info=wants_info, **kwargs)
         if folder != pretrained_model_name_or_path:
             model.config.name_or_path = str(pretrained_model_name_or_path)
         return (model, info) if wants_info else model
 
     @classmethod
-    def _load_checked(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+    def _load_checked(cls, pretrained_model_name_or_path, *model_args, wants_info: bool = False, **kwargs):
         try:
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
@@ -226,17 +267,55 @@ class CL2CMPreTrainedModel(PreTrainedModel):
             raise CorruptCheckpointError(
                 f"{named} (safetensors: {err}); the file is truncated or corrupted: save or download it again"
             ) from err
+        kinds = ("missing_keys", "unexpected_keys") + (() if kwargs.get("ignore_mismatched_sizes") else ("mismatched_keys",))
         problems = [
             f"{kind.split('_')[0]} {sorted(map(str, keys))[:5]}{' ...' if len(keys) > 5 else ''} ({len(keys)} in all)"
-            for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+            for kind in kinds
             if (keys := info.get(kind))
         ]
-        if problems:
+        if problems and not wants_info and pretrained_model_name_or_path is not None:
             raise CheckpointMismatchError(
                 f"{pretrained_model_name_or_path}: the weights do not fit {cls.__name__} as its config.json describes it: "
                 f"{'; '.join(problems)} weight(s); the config or the weights were changed (or belong to another model)"
             )
         return model, info
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The text backbone's token embeddings (what `resize_token_embeddings` and PEFT's
+        `enable_input_require_grads` work on)."""
+        return self.text_model.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.backbone.set_input_embeddings(value)
+
+    def _output_flags(self, output_attentions: bool | None, output_hidden_states: bool | None) -> dict:
+        """`output_attentions` / `output_hidden_states` as asked, else as the config says."""
+        return {
+            "output_attentions": self.config.output_attentions if output_attentions is None else output_attentions,
+            "output_hidden_states": self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+        }
+
+    @staticmethod
+    def _text_output(tower: CL2CMTextTower, input_ids, attention_mask, token_type_ids, flags):
+        """`(BaseModelOutputWithPooling with the normalised embeddings as pooler_output, projected
+        token embeddings (B, L, d), their mask (B, L))` of one text tower."""
+        out, sentence, tokens, mask = tower(input_ids, attention_mask, token_type_ids, **flags)
+        pooled = BaseModelOutputWithPooling(
+            last_hidden_state=out.last_hidden_state,
+            pooler_output=nn.functional.normalize(sentence, dim=-1),
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+        return pooled, tokens, mask
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False, though we are code outside transformers: for custom code transformers skips, when
+        initialising missing weights, every module whose own parameters were loaded (in case its
+        `_init_weights` writes in place), which also skips a backbone's module-level init (CLIP's
+        scaled attention and MLP init) and leaves those weights at N(0, 0.02). Our `_init_weights`
+        writes only through `transformers.initialization`, which leaves loaded weights alone."""
+        return False
 
     def _init_weights(self, module):
         """Heads get N(0, initializer_range); backbones keep their own init (transformers
@@ -249,8 +328,10 @@ class CL2CMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, nn.MultiheadAttention):
-            module._reset_parameters()
+        elif isinstance(module, nn.MultiheadAttention):  # torch's own init, through transformers' guarded functions
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+            init.zeros_(module.out_proj.bias)
         if isinstance(module, (CL2CMCrossLingualModel, CL2CMCrossModalModel)):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
@@ -284,6 +365,7 @@ class CL2CMCrossLingualModel(CL2CMPreTrainedModel):
     flag, never one module under two names, which `save_pretrained` cannot store)."""
 
     config_class = CL2CMCrossLingualConfig
+    main_input_name = "source_input_ids"
 
     def __init__(self, config: CL2CMCrossLingualConfig, text_model: nn.Module | None = None):
         super().__init__(config)
@@ -303,24 +385,38 @@ class CL2CMCrossLingualModel(CL2CMPreTrainedModel):
             # A backbone passed as a module may carry a pooler, which the target tower is built without.
             missing, _ = model.target_text_model.backbone.load_state_dict(backbone.state_dict(), strict=False)
             if missing:
-                raise ValueError(f"the target text tower cannot take the backbone's weights: missing {missing}")
+                raise CL2CMError(f"the target text tower cannot take the backbone's weights: missing {missing}")
         return model
+
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        """`PreTrainedModel.resize_token_embeddings` on both towers: with `share_encoders=False` the
+        target tower has its own embeddings, which must take the new token ids too."""
+        if self.target_text_model is not None:
+            self.target_text_model.backbone.resize_token_embeddings(*args, **kwargs)
+        return super().resize_token_embeddings(*args, **kwargs)
 
     def _tower(self, language: str) -> CL2CMTextTower:
         if language not in ("source", "target"):
-            raise ValueError(f"language must be 'source' or 'target', got {language!r}")
+            raise CL2CMError(f"language must be 'source' or 'target', got {language!r}")
         return self.target_text_model if language == "target" and self.target_text_model is not None else self.text_model
 
-    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, language: str = "source"):
-        """L2-normalised sentence embeddings `(B, projection_dim)` of one side."""
-        sentence, _, _ = self._tower(language)(input_ids, attention_mask, token_type_ids)
-        return nn.functional.normalize(sentence, dim=-1)
+    @can_return_tuple
+    def get_text_features(
+        self, input_ids, attention_mask=None, token_type_ids=None, language: str = "source",
+        output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """One side's texts: `pooler_output` holds the L2-normalised sentence embeddings
+        `(B, projection_dim)` (the retrieval embeddings), `last_hidden_state` the backbone's token
+        states; `return_dict=False` gives a tuple, as in transformers."""
+        flags = self._output_flags(output_attentions, output_hidden_states)
+        return self._text_output(self._tower(language), input_ids, attention_mask, token_type_ids, flags)[0]
 
     def get_token_features(self, input_ids, attention_mask=None, token_type_ids=None, language: str = "source"):
         """Projected token embeddings `(B, L, projection_dim)` and their mask `(B, L)`."""
-        _, tokens, mask = self._tower(language)(input_ids, attention_mask, token_type_ids)
+        _, _, tokens, mask = self._tower(language)(input_ids, attention_mask, token_type_ids)
         return tokens, mask
 
+    @can_return_tuple
     def forward(
         self,
         source_input_ids: torch.LongTensor,
@@ -330,18 +426,26 @@ class CL2CMCrossLingualModel(CL2CMPreTrainedModel):
         source_token_type_ids: torch.Tensor | None = None,
         target_token_type_ids: torch.Tensor | None = None,
         return_loss: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> CL2CMCrossLingualOutput:
         if source_input_ids.shape[0] != target_input_ids.shape[0]:
-            raise ValueError(
+            raise CL2CMError(
                 f"source and target batch sizes differ: {source_input_ids.shape[0]} vs {target_input_ids.shape[0]}"
             )
-        src, src_tokens, src_mask = self._tower("source")(source_input_ids, source_attention_mask, source_token_type_ids)
-        tgt, tgt_tokens, tgt_mask = self._tower("target")(target_input_ids, target_attention_mask, target_token_type_ids)
-        src, tgt = nn.functional.normalize(src, dim=-1), nn.functional.normalize(tgt, dim=-1)
+        flags = self._output_flags(output_attentions, output_hidden_states)
+        src_out, src_tokens, src_mask = self._text_output(
+            self._tower("source"), source_input_ids, source_attention_mask, source_token_type_ids, flags
+        )
+        tgt_out, tgt_tokens, tgt_mask = self._text_output(
+            self._tower("target"), target_input_ids, target_attention_mask, target_token_type_ids, flags
+        )
+        src, tgt = src_out.pooler_output, tgt_out.pooler_output
         scale = self.scale()
         loss = info_nce(src, tgt, 1.0 / scale) if return_loss else None
         return CL2CMCrossLingualOutput(
             loss=loss,
+            logits_per_text=scale * src @ tgt.t(),
             source_embeds=src,
             target_embeds=tgt,
             scale=scale,
@@ -349,6 +453,8 @@ class CL2CMCrossLingualModel(CL2CMPreTrainedModel):
             source_token_mask=src_mask,
             target_token_embeds=tgt_tokens,
             target_token_mask=tgt_mask,
+            source_model_output=src_out,
+            target_model_output=tgt_out,
         )
 
 
@@ -373,19 +479,24 @@ class CL2CMFeatureEncoder(nn.Module):
         )
         self.projection = nn.Linear(config.visual_hidden_size, config.projection_dim, bias=False)
 
-    def forward(self, visual_features: torch.Tensor, visual_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, visual_features, visual_mask=None, output_hidden_states=False, output_attentions=False):
+        """Return `(frame states (B, T, H), embeddings (B, d) unnormalised, hidden states, attentions)`
+        (the last two are the frame pooler's, None unless asked)."""
         if visual_features.dim() not in (2, 3):
-            raise ValueError(
+            raise CL2CMError(
                 f"visual_features must be (batch, {self.feature_dim}) or (batch, frames, {self.feature_dim}), "
                 f"got shape {tuple(visual_features.shape)}"
             )
         if visual_features.shape[-1] != self.feature_dim:
-            raise ValueError(
+            raise CL2CMError(
                 f"visual_features last dim is {visual_features.shape[-1]} but the model expects "
                 f"visual_feature_dim={self.feature_dim}"
             )
         frames, mask = _as_frames(visual_features, visual_mask, feature_dims=1)
-        return self.projection(self.frame_pooler(self.input_proj(frames), mask))
+        # Features come from files (float32) whatever dtype the model was loaded in.
+        frames = frames.to(self.projection.weight.dtype)
+        states, pooled, hidden, maps = self.frame_pooler(self.input_proj(frames), mask, output_hidden_states, output_attentions)
+        return states, self.projection(pooled), hidden, maps
 
 
 class CL2CMBackboneEncoder(nn.Module):
@@ -400,23 +511,27 @@ class CL2CMBackboneEncoder(nn.Module):
         )
         self.projection = nn.Linear(hidden, config.projection_dim, bias=False)
 
-    def forward(self, pixel_values: torch.Tensor, visual_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, pixel_values, visual_mask=None, **output_flags):
+        """Return `(backbone output over the B*T frames, frame states (B, T, H), embeddings (B, d)
+        unnormalised)`; `output_flags` (`output_attentions`, `output_hidden_states`) go to the backbone."""
         if pixel_values.dim() not in (4, 5):
-            raise ValueError(
+            raise CL2CMError(
                 f"pixel_values must be (batch, 3, H, W) or (batch, frames, 3, H, W), got shape {tuple(pixel_values.shape)}"
             )
         frames, mask = _as_frames(pixel_values, visual_mask, feature_dims=3)
         batch, num_frames = frames.shape[:2]
-        out = self.backbone(pixel_values=frames.flatten(0, 1))
+        # Only flags asked for: a backbone without attention maps (ConvNeXt) may not take output_attentions.
+        out = self.backbone(pixel_values=frames.flatten(0, 1), **{k: v for k, v in output_flags.items() if v})
         pooled = out.pooler_output if getattr(out, "pooler_output", None) is not None else out.last_hidden_state[:, 0]
-        return self.projection(self.frame_pooler(pooled.reshape(batch, num_frames, -1), mask))
+        states, pooled, _, _ = self.frame_pooler(pooled.reshape(batch, num_frames, -1), mask)
+        return out, states, self.projection(pooled)
 
 
 def _as_frames(values: torch.Tensor, mask: torch.Tensor | None, feature_dims: int):
     """View an image batch as one-frame videos and check or build the frame mask `(B, T)`."""
     if values.dim() == 1 + feature_dims:
         if mask is not None:
-            raise ValueError("visual_mask is for frame sequences (B, T, ...); a batch of single images takes none")
+            raise CL2CMError("visual_mask is for frame sequences (B, T, ...); a batch of single images takes none")
         values = values.unsqueeze(1)
     frames_shape = values.shape[:2]
     if mask is None:
@@ -428,9 +543,12 @@ def _as_frames(values: torch.Tensor, mask: torch.Tensor | None, feature_dims: in
 class CL2CMCrossModalModel(CL2CMPreTrainedModel):
     """Stage 2: the visual-text dual encoder used at inference.
 
-    Text: `get_text_features(input_ids, attention_mask)`. Visual: `get_visual_features(...)` on
-    precomputed features (`visual_encoder_type="features"`, `(B, D)` images or `(B, T, D)` frames
-    with `visual_mask`) or on `pixel_values` (`"backbone"`, `(B, 3, H, W)` or `(B, T, 3, H, W)`).
+    Text: `get_text_features(input_ids, attention_mask)`. Visual: `get_image_features(...)` on
+    images, `get_video_features(...)` on frame sequences with `visual_mask`, either as precomputed
+    features (`visual_encoder_type="features"`: `visual_features` `(B, D)` or `(B, T, D)`) or as
+    `pixel_values` (`"backbone"`: `(B, 3, H, W)` or `(B, T, 3, H, W)`). Each returns a
+    `BaseModelOutputWithPooling` whose `pooler_output` holds the L2-normalised embeddings
+    `(B, projection_dim)` (CLIP leaves its projection unnormalised; ours is the retrieval embedding).
     """
 
     config_class = CL2CMCrossModalConfig
@@ -465,23 +583,68 @@ class CL2CMCrossModalModel(CL2CMPreTrainedModel):
         config = cls.config_class(text_config=text_backbone.config.to_dict(), **config_kwargs)
         return cls(config, text_model=text_backbone, vision_model=vision_backbone)
 
-    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """L2-normalised caption embeddings `(B, projection_dim)`."""
-        sentence, _, _ = self.text_model(input_ids, attention_mask, token_type_ids)
-        return nn.functional.normalize(sentence, dim=-1)
+    @can_return_tuple
+    def get_text_features(
+        self, input_ids, attention_mask=None, token_type_ids=None,
+        output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """Captions: `pooler_output` holds the L2-normalised embeddings `(B, projection_dim)`,
+        `last_hidden_state` the text backbone's token states; `return_dict=False` gives a tuple."""
+        flags = self._output_flags(output_attentions, output_hidden_states)
+        return self._text_output(self.text_model, input_ids, attention_mask, token_type_ids, flags)[0]
 
-    def get_visual_features(self, visual_features=None, visual_mask=None, pixel_values=None) -> torch.Tensor:
-        """L2-normalised visual embeddings `(B, projection_dim)` of images or videos."""
-        if self.config.visual_encoder_type == "features":
-            if visual_features is None:
-                raise ValueError("this model reads precomputed features: pass visual_features, not pixel_values")
-            embeds = self.visual_model(visual_features, visual_mask)
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values=None, visual_features=None,
+        output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """Images, `pixel_values` `(B, 3, H, W)` or `visual_features` `(B, D)`: `pooler_output` holds the
+        L2-normalised embeddings; `last_hidden_state` is the vision backbone's (features mode: the
+        visual head's states `(B, 1, H)`), hidden states and attentions likewise."""
+        return self._visual_output(visual_features, pixel_values, None, False, output_attentions, output_hidden_states)
+
+    @can_return_tuple
+    def get_video_features(
+        self, pixel_values=None, visual_features=None, visual_mask=None,
+        output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """Videos, `pixel_values` `(B, T, 3, H, W)` or `visual_features` `(B, T, D)`, with `visual_mask`
+        `(B, T)` (1 = a frame; default all): `pooler_output` holds the L2-normalised embeddings,
+        `last_hidden_state` the frame states `(B, T, H)` after the temporal layers; hidden states and
+        attentions are the vision backbone's over all `B * T` frames (features mode: the temporal
+        layers')."""
+        return self._visual_output(visual_features, pixel_values, visual_mask, True, output_attentions, output_hidden_states)
+
+    def _visual_output(self, visual_features, pixel_values, visual_mask, video, output_attentions, output_hidden_states):
+        """Both visual methods and `forward` (`video=None`: decided by the input's shape)."""
+        flags = self._output_flags(output_attentions, output_hidden_states)
+        features_mode = self.config.visual_encoder_type == "features"
+        if features_mode and visual_features is None:
+            raise CL2CMError("this model reads precomputed features: pass visual_features, not pixel_values")
+        if not features_mode and pixel_values is None:
+            raise CL2CMError("this model runs a vision backbone: pass pixel_values, not visual_features")
+        values, frame_dim = (visual_features, 3) if features_mode else (pixel_values, 5)
+        if video is not None and values.dim() in (frame_dim - 1, frame_dim) and (values.dim() == frame_dim) != video:
+            name = "visual_features" if features_mode else "pixel_values"
+            shapes = {"image": "(B, D)" if features_mode else "(B, 3, H, W)",
+                      "video": "(B, T, D)" if features_mode else "(B, T, 3, H, W)"}
+            want, other = ("video", "image") if video else ("image", "video")
+            raise CL2CMError(
+                f"get_{want}_features takes {name} {shapes[want]}, got shape {tuple(values.shape)}; "
+                f"{shapes[other]} goes to get_{other}_features"
+            )
+        if features_mode:
+            states, embeds, hidden, maps = self.visual_model(values, visual_mask, **flags)
+            last = states
         else:
-            if pixel_values is None:
-                raise ValueError("this model runs a vision backbone: pass pixel_values, not visual_features")
-            embeds = self.visual_model(pixel_values, visual_mask)
-        return nn.functional.normalize(embeds, dim=-1)
+            out, states, embeds = self.visual_model(values, visual_mask, **flags)
+            hidden, maps = getattr(out, "hidden_states", None), getattr(out, "attentions", None)
+            last = states if values.dim() == frame_dim else out.last_hidden_state
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last, pooler_output=nn.functional.normalize(embeds, dim=-1), hidden_states=hidden, attentions=maps
+        )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -494,18 +657,24 @@ class CL2CMCrossModalModel(CL2CMPreTrainedModel):
         target_attention_mask: torch.Tensor | None = None,
         target_token_type_ids: torch.Tensor | None = None,
         return_loss: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> CL2CMCrossModalOutput:
         visual = visual_features if visual_features is not None else pixel_values
         if visual is not None and visual.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"text and visual batch sizes differ: {input_ids.shape[0]} vs {visual.shape[0]}")
+            raise CL2CMError(f"text and visual batch sizes differ: {input_ids.shape[0]} vs {visual.shape[0]}")
         if target_input_ids is not None and target_input_ids.shape[0] != input_ids.shape[0]:
-            raise ValueError(
+            raise CL2CMError(
                 f"input_ids and target_input_ids batch sizes differ: {input_ids.shape[0]} vs {target_input_ids.shape[0]}"
             )
-        text_embeds = self.get_text_features(input_ids, attention_mask, token_type_ids)
-        visual_embeds = self.get_visual_features(visual_features, visual_mask, pixel_values)
+        flags = self._output_flags(output_attentions, output_hidden_states)
+        text_output = self._text_output(self.text_model, input_ids, attention_mask, token_type_ids, flags)[0]
+        vision_output = self._visual_output(
+            visual_features, pixel_values, visual_mask, None, output_attentions, output_hidden_states
+        )
+        text_embeds, visual_embeds = text_output.pooler_output, vision_output.pooler_output
         target_embeds = (
-            self.get_text_features(target_input_ids, target_attention_mask, target_token_type_ids)
+            self._text_output(self.text_model, target_input_ids, target_attention_mask, target_token_type_ids, {})[0].pooler_output
             if target_input_ids is not None
             else None
         )
@@ -520,6 +689,8 @@ class CL2CMCrossModalModel(CL2CMPreTrainedModel):
             visual_embeds=visual_embeds,
             target_text_embeds=target_embeds,
             scale=scale,
+            text_model_output=text_output,
+            vision_model_output=vision_output,
         )
 
 

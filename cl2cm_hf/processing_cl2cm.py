@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 import torch
 from transformers import BatchFeature, ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, Unpack
 
+from .errors import CL2CMError
 from .processor_sizes import check_processor_sizes
 
 
@@ -24,7 +26,7 @@ def stack_frames(pixels: torch.Tensor, lengths: Sequence[int]) -> tuple[torch.Te
     """Frames of several videos, ``(sum(lengths), 3, H, W)`` in order, as ``pixel_values
     (B, T, 3, H, W)`` zero-padded to the longest video and ``visual_mask (B, T)`` (1 = a frame)."""
     if len(pixels) != sum(lengths):
-        raise ValueError(f"stack_frames: {len(pixels)} frames but the lengths {list(lengths)} add up to {sum(lengths)}")
+        raise CL2CMError(f"stack_frames: {len(pixels)} frames but the lengths {list(lengths)} add up to {sum(lengths)}")
     longest = max(lengths)
     batch = pixels.new_zeros((len(lengths), longest, *pixels.shape[1:]))
     mask = torch.zeros((len(lengths), longest), dtype=torch.long)
@@ -36,25 +38,36 @@ def stack_frames(pixels: torch.Tensor, lengths: Sequence[int]) -> tuple[torch.Te
     return batch, mask
 
 
-def pixel_inputs(image_processor, images=None, videos=None) -> dict[str, torch.Tensor]:
+def _as_videos(videos) -> list[list]:
+    """A batch of videos as lists of frames: a list of videos (each a list of frames or a
+    ``(T, ...)`` array), or one video as a 4-D ``(T, ...)`` array or tensor, as transformers takes."""
+    if getattr(videos, "ndim", None) == 4:
+        return [list(videos)]
+    return [list(video) for video in videos]
+
+
+def pixel_inputs(image_processor, images=None, videos=None, **images_kwargs) -> dict[str, torch.Tensor]:
     """Images (PIL images or ``(H, W, C)`` arrays) -> ``{"pixel_values": (B, 3, H, W)}``; videos
-    (each a list of frames) -> ``{"pixel_values": (B, T, 3, H, W), "visual_mask": (B, T)}``."""
-    if (images is None) == (videos is None):
-        raise ValueError("pass images or videos (exactly one of them)")
+    -> ``{"pixel_values": (B, T, 3, H, W), "visual_mask": (B, T)}``; both -> one frame batch, the
+    images first as one-frame videos. `images_kwargs` go to the image processor."""
+    if images is None and videos is None:
+        raise CL2CMError("pass images or videos")
+    clips = []
+    if images is not None:
+        clips += [[image] for image in (list(images) if isinstance(images, (list, tuple)) else [images])]
     if videos is not None:
-        videos = [list(video) for video in videos]
-        empty = [i for i, video in enumerate(videos) if not video]
+        videos = _as_videos(videos)
+        empty = [i for i, video in enumerate(videos) if not len(video)]
         if empty:
-            raise ValueError(f"video {empty[0]} has no frames")
-        flat = [frame for video in videos for frame in video]
-    else:
-        flat = list(images) if isinstance(images, (list, tuple)) else [images]
+            raise CL2CMError(f"video {empty[0]} has no frames")
+        clips += videos
+    flat = [frame for clip in clips for frame in clip]
     if not flat:
-        raise ValueError("no images to process")
-    pixels = image_processor(images=flat, return_tensors="pt")["pixel_values"].float()
+        raise CL2CMError("no images to process")
+    pixels = image_processor(images=flat, **{**images_kwargs, "return_tensors": "pt"})["pixel_values"].float()
     if videos is None:
         return {"pixel_values": pixels}
-    pixels, mask = stack_frames(pixels, [len(video) for video in videos])
+    pixels, mask = stack_frames(pixels, [len(clip) for clip in clips])
     return {"pixel_values": pixels, "visual_mask": mask}
 
 
@@ -69,31 +82,49 @@ class CL2CMTextProcessor(ProcessorMixin):
             Put before every text (the config's ``text_prefix``).
     """
 
-    image_processor = None  # no pixels: the visual side of these checkpoints is precomputed
-
     def __init__(self, tokenizer=None, text_prefix: str = "", **kwargs):
         if not isinstance(text_prefix, str):
-            raise ValueError(f"{type(self).__name__}.text_prefix={text_prefix!r} is invalid; expected a string")
+            raise CL2CMError(f"{type(self).__name__}.text_prefix={text_prefix!r} is invalid; expected a string")
         self.text_prefix = text_prefix
         super().__init__(tokenizer, **kwargs)
 
-    def __call__(self, text=None, images=None, videos=None, return_tensors=None, **text_kwargs) -> BatchFeature:
-        """Model inputs for `text` (a string or a list; each gets ``text_prefix``; `text_kwargs` such as
-        ``padding``, ``truncation``, ``max_length`` go to the tokenizer) and for `images` or
-        `videos` (lists of frames), as `pixel_inputs` makes them (torch tensors)."""
+    def __getattr__(self, name: str):
+        # `image_processor` is None here (precomputed visual features), without a class attribute
+        # that CL2CMProcessor, whose __init__ takes one, would inherit.
+        if name == "image_processor":
+            return None
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """`ProcessorMixin.save_pretrained`, without leaving the file's `auto_map` on the object
+        (transformers sets it while saving custom code), so the processor saved equals the one loaded."""
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            self.__dict__.pop("auto_map", None)
+
+    def __call__(self, text=None, **kwargs: Unpack[ProcessingKwargs]) -> BatchFeature:
+        """Model inputs for `text` (a string or a list; each gets ``text_prefix``). Keyword arguments
+        follow transformers' processors: flat (``padding``, ``truncation``, ``max_length``,
+        ``return_tensors``) or per modality (``text_kwargs={...}``)."""
+        if "images" in kwargs or "videos" in kwargs:
+            raise CL2CMError(
+                f"{type(self).__name__} has no image processor: this checkpoint reads precomputed visual "
+                "features (pass them to get_image_features / get_video_features as visual_features)"
+            )
+        return self._encode(text, None, None, kwargs)
+
+    def _encode(self, text, images, videos, kwargs) -> BatchFeature:
         if text is None and images is None and videos is None:
-            raise ValueError(f"{type(self).__name__}: pass text, images or videos")
+            raise CL2CMError(f"{type(self).__name__}: pass text, images or videos")
+        merged = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        return_tensors = merged["text_kwargs"].pop("return_tensors", None)
         data = {}
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)
-            data.update(self.tokenizer([self.text_prefix + t for t in texts], return_tensors=return_tensors, **text_kwargs))
+            data.update(self.tokenizer([self.text_prefix + t for t in texts], return_tensors=return_tensors, **merged["text_kwargs"]))
         if images is not None or videos is not None:
-            if self.image_processor is None:
-                raise ValueError(
-                    f"{type(self).__name__} has no image processor: this checkpoint reads precomputed visual "
-                    "features (pass them to get_visual_features as visual_features)"
-                )
-            data.update(pixel_inputs(self.image_processor, images, videos))
+            data.update(pixel_inputs(self.image_processor, images, videos, **merged["images_kwargs"]))
         return BatchFeature(data, tensor_type=return_tensors)
 
 
@@ -115,6 +146,16 @@ class CL2CMProcessor(CL2CMTextProcessor):
         if image_processor is not None:  # absurd sizes are refused when loaded, before any image is decoded
             check_processor_sizes(image_processor.to_dict(), f"{type(self).__name__}: image_processor")
         super().__init__(tokenizer, text_prefix=text_prefix, image_processor=image_processor, **kwargs)
+
+    def __call__(self, text=None, images=None, videos=None, **kwargs: Unpack[ProcessingKwargs]) -> BatchFeature:
+        """Model inputs for `text` (each gets ``text_prefix``), `images` and `videos` (each a list of
+        frames or a ``(T, ...)`` array), as `pixel_inputs` makes them; keyword arguments as in
+        `CL2CMTextProcessor.__call__`, image ones (``images_kwargs``) going to the image processor."""
+        return self._encode(text, images, videos, kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return [*super().model_input_names, "visual_mask"]
 
 
 def build_processor(tokenizer, text_prefix: str = "", image_processor=None) -> CL2CMTextProcessor:

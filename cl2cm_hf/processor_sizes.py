@@ -6,11 +6,13 @@ image processor. `check_processor_sizes` refuses such settings naming the field;
 classes call it when built (so when loaded) and the checkpoint checks call it on the files
 (`cl2cm_hf.checkpoint_safety.check_processor_config`, naming the file).
 
-This file is copied into every checkpoint with the processor code: standard library only.
+This file is copied into every checkpoint with the processor code: standard library (and `errors`) only.
 """
 
+from .errors import CL2CMError
 
-class ProcessorSizeError(ValueError):
+
+class ProcessorSizeError(CL2CMError):
     """A processor size or frame count out of range (the message names the field)."""
 
 

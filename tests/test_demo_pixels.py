@@ -70,7 +70,7 @@ def test_checkpoint_processor_makes_the_pixels_the_model_reads(shrunk_run):
     training_pixels, _ = gallery.lookup([visual_id], scratch_image_processor(model.config.vision_config.to_dict()))
     torch.testing.assert_close(pixels, training_pixels, rtol=0, atol=0)
     with torch.no_grad():
-        assert model.get_visual_features(pixel_values=pixels).shape == (1, model.config.projection_dim)
+        assert model.get_image_features(pixel_values=pixels).pooler_output.shape == (1, model.config.projection_dim)
 
 
 def test_vision_tower_and_image_processor_from_a_config():

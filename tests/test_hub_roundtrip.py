@@ -69,17 +69,17 @@ CHILD = textwrap.dedent(
             if kind == "cross_lingual":
                 tokens, _ = model.get_token_features(inputs["input_ids"], inputs["attention_mask"], language="target")
                 return {
-                    "source": model.get_text_features(inputs["input_ids"], inputs["attention_mask"], language="source"),
-                    "target": model.get_text_features(inputs["input_ids"], inputs["attention_mask"], language="target"),
+                    "source": model.get_text_features(inputs["input_ids"], inputs["attention_mask"], language="source").pooler_output,
+                    "target": model.get_text_features(inputs["input_ids"], inputs["attention_mask"], language="target").pooler_output,
                     "tokens": tokens,
                     "scale": model.scale(),
                 }
             if kind == "features":
-                visual = model.get_visual_features(visual_features=inputs["features"], visual_mask=inputs["frame_mask"])
+                visual = model.get_video_features(visual_features=inputs["features"], visual_mask=inputs["frame_mask"]).pooler_output
             else:
-                visual = model.get_visual_features(pixel_values=inputs["pixels"], visual_mask=inputs["pixel_mask"])
+                visual = model.get_video_features(pixel_values=inputs["pixels"], visual_mask=inputs["pixel_mask"]).pooler_output
             return {
-                "text": model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]),
+                "text": model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).pooler_output,
                 "visual": visual,
                 "scale": model.scale(),
             }
@@ -90,7 +90,7 @@ CHILD = textwrap.dedent(
         assert module.startswith("transformers_modules."), f"{kind}: the processor comes from {module}"
         text = processor(text=spec["sentences"], padding=True, return_tensors="pt")
         out = {"proc_input_ids": text["input_ids"], "proc_class": type(processor).__name__,
-               "proc_text": model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])}
+               "proc_text": model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"]).pooler_output}
         images = [image.numpy() for image in inputs["images"]]
         if kind == "features":
             try:
@@ -102,8 +102,8 @@ CHILD = textwrap.dedent(
         video = processor(videos=[images[:1], images])
         out.update(proc_pixels=pixels["pixel_values"], proc_video=video["pixel_values"], proc_mask=video["visual_mask"])
         with torch.no_grad():
-            out["proc_visual"] = model.get_visual_features(**pixels)
-            out["proc_video_visual"] = model.get_visual_features(**video)
+            out["proc_visual"] = model.get_image_features(**pixels).pooler_output
+            out["proc_video_visual"] = model.get_video_features(**video).pooler_output
         return out
 
     for name, entry in spec["checkpoints"].items():
@@ -123,7 +123,7 @@ CHILD = textwrap.dedent(
                 **embed(model, name),
                 "tok_input_ids": enc["input_ids"],
                 "tok_attention_mask": enc["attention_mask"],
-                "tok_text": model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]),
+                "tok_text": model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output,
             }
             if name != "cross_lingual":
                 results[f"{name}/{how}"].update(processed(AutoProcessor.from_pretrained(where, trust_remote_code=True), model, name))
@@ -171,17 +171,17 @@ def _embed_here(model, kind, inputs):
         if kind == "cross_lingual":
             tokens, _ = model.get_token_features(inputs["input_ids"], inputs["attention_mask"], language="target")
             return {
-                "source": model.get_text_features(inputs["input_ids"], inputs["attention_mask"], language="source"),
-                "target": model.get_text_features(inputs["input_ids"], inputs["attention_mask"], language="target"),
+                "source": model.get_text_features(inputs["input_ids"], inputs["attention_mask"], language="source").pooler_output,
+                "target": model.get_text_features(inputs["input_ids"], inputs["attention_mask"], language="target").pooler_output,
                 "tokens": tokens,
                 "scale": model.scale(),
             }
         if kind == "features":
-            visual = model.get_visual_features(visual_features=inputs["features"], visual_mask=inputs["frame_mask"])
+            visual = model.get_video_features(visual_features=inputs["features"], visual_mask=inputs["frame_mask"]).pooler_output
         else:
-            visual = model.get_visual_features(pixel_values=inputs["pixels"], visual_mask=inputs["pixel_mask"])
+            visual = model.get_video_features(pixel_values=inputs["pixels"], visual_mask=inputs["pixel_mask"]).pooler_output
         return {
-            "text": model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]),
+            "text": model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).pooler_output,
             "visual": visual,
             "scale": model.scale(),
         }
@@ -323,7 +323,7 @@ def test_tokenizer_round_trip_and_embeddings_of_real_text(shipped, how):
         assert torch.equal(got["tok_attention_mask"], enc["attention_mask"])
         model = shipped["originals"][name]
         with torch.no_grad():
-            want = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+            want = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output
         assert (got["tok_text"] - want).abs().max().item() < 1e-6
     # the words of the sentences are in the tiny vocabulary (no [UNK] beyond the period)
     unk = shipped["tokenizer"].unk_token_id
@@ -346,7 +346,7 @@ def test_processor_round_trip_without_cl2cm_hf(shipped, name, how):
     want = shipped["tokenizer"](["query: " + s for s in SENTENCES], padding=True, return_tensors="pt")
     assert torch.equal(got["proc_input_ids"], want["input_ids"])
     with torch.no_grad():
-        text = model.get_text_features(input_ids=want["input_ids"], attention_mask=want["attention_mask"])
+        text = model.get_text_features(input_ids=want["input_ids"], attention_mask=want["attention_mask"]).pooler_output
     assert (got["proc_text"] - text).abs().max().item() < 1e-6
     images = [image.numpy() for image in shipped["inputs"]["images"]]
     if name == "features":
@@ -356,6 +356,6 @@ def test_processor_round_trip_without_cl2cm_hf(shipped, name, how):
     assert pixels.shape == (3, 3, IMAGE_SIZE, IMAGE_SIZE) and torch.equal(got["proc_pixels"], pixels)
     assert torch.equal(got["proc_video"][1], pixels) and got["proc_mask"].tolist() == [[1, 0, 0], [1, 1, 1]]
     with torch.no_grad():
-        assert (got["proc_visual"] - model.get_visual_features(pixel_values=pixels)).abs().max().item() < 1e-6
+        assert (got["proc_visual"] - model.get_image_features(pixel_values=pixels).pooler_output).abs().max().item() < 1e-6
         video = processor(videos=[images[:1], images])
-        assert (got["proc_video_visual"] - model.get_visual_features(**video)).abs().max().item() < 1e-6
+        assert (got["proc_video_visual"] - model.get_video_features(**video).pooler_output).abs().max().item() < 1e-6

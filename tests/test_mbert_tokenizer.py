@@ -94,7 +94,7 @@ def test_cross_lingual_model_embeds_mbert_tokens(tokenizer, mbert_text_config):
             assert out.target_token_embeds.shape == (*target["input_ids"].shape, 16)
             assert torch.equal(out.target_token_mask, target["attention_mask"])
             assert torch.isfinite(out.loss)
-            embeds[lang] = model.get_text_features(**target, language="target")
+            embeds[lang] = model.get_text_features(**target, language="target").pooler_output
             torch.testing.assert_close(embeds[lang], out.target_embeds)
     assert not torch.allclose(embeds["de"], embeds["fr"])
     assert not torch.allclose(embeds["de"], embeds["cs"])
@@ -113,7 +113,7 @@ def test_cross_modal_model_with_mbert_and_saved_tokenizer(tokenizer, mbert_text_
     enc, enc2 = tokenizer(batch, padding=True, return_tensors="pt"), reloaded(batch, padding=True, return_tensors="pt")
     assert torch.equal(enc["input_ids"], enc2["input_ids"])
     with torch.no_grad():
-        q = model.get_text_features(**enc)
-        v = model.get_visual_features(visual_features=torch.randn(4, 24))
+        q = model.get_text_features(**enc).pooler_output
+        v = model.get_image_features(visual_features=torch.randn(4, 24)).pooler_output
     assert q.shape == (6, 8) and torch.isfinite(q).all()
     assert (q @ v.T).shape == (6, 4)

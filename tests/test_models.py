@@ -61,9 +61,9 @@ def test_issue_snippet_runs():
     text = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     cfg = CL2CMCrossModalConfig(text_config=text.to_dict(), visual_encoder_type="features", visual_feature_dim=48, projection_dim=16)
     model = CL2CMCrossModalModel(cfg)
-    assert_unit_rows(model.get_text_features(input_ids=ids, attention_mask=mask), B, 16)
-    assert_unit_rows(model.get_visual_features(visual_features=torch.randn(B, 48)), B, 16)
-    assert_unit_rows(model.get_visual_features(visual_features=torch.randn(B, T, 48), visual_mask=m), B, 16)
+    assert_unit_rows(model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, B, 16)
+    assert_unit_rows(model.get_image_features(visual_features=torch.randn(B, 48)).pooler_output, B, 16)
+    assert_unit_rows(model.get_video_features(visual_features=torch.randn(B, T, 48), visual_mask=m).pooler_output, B, 16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,37 +75,37 @@ def test_issue_snippet_runs():
 def test_features_mode_images_and_videos(num_layers):
     model = build(features_config, visual_num_layers=num_layers)
     images = torch.randn(4, FEATURE_DIM)
-    assert_unit_rows(model.get_visual_features(visual_features=images), 4)
+    assert_unit_rows(model.get_image_features(visual_features=images).pooler_output, 4)
 
     video = torch.randn(4, 5, FEATURE_DIM)
     mask = frame_mask([5, 3, 1, 2], 5)
     with torch.no_grad():
-        emb = model.get_visual_features(visual_features=video, visual_mask=mask)
+        emb = model.get_video_features(visual_features=video, visual_mask=mask).pooler_output
         assert_unit_rows(emb, 4)
         # Padding frames do not matter: overwrite them with garbage.
         noisy = video.clone()
         noisy[~mask.bool()] = 1e3 * torch.randn(int((mask == 0).sum()), FEATURE_DIM)
-        torch.testing.assert_close(model.get_visual_features(visual_features=noisy, visual_mask=mask), emb)
+        torch.testing.assert_close(model.get_video_features(visual_features=noisy, visual_mask=mask).pooler_output, emb)
         # An image is a one-frame video; no mask means every frame counts.
         torch.testing.assert_close(
-            model.get_visual_features(visual_features=images),
-            model.get_visual_features(visual_features=images[:, None]),
+            model.get_image_features(visual_features=images).pooler_output,
+            model.get_video_features(visual_features=images[:, None]).pooler_output,
         )
         torch.testing.assert_close(
-            model.get_visual_features(visual_features=video),
-            model.get_visual_features(visual_features=video, visual_mask=torch.ones(4, 5, dtype=torch.long)),
+            model.get_video_features(visual_features=video).pooler_output,
+            model.get_video_features(visual_features=video, visual_mask=torch.ones(4, 5, dtype=torch.long)).pooler_output,
         )
         if num_layers == 0:  # masked mean: a video of identical frames equals the single frame
             same = images[:, None].expand(4, 3, FEATURE_DIM)
             torch.testing.assert_close(
-                model.get_visual_features(visual_features=same), model.get_visual_features(visual_features=images)
+                model.get_video_features(visual_features=same).pooler_output, model.get_image_features(visual_features=images).pooler_output
             )
 
 
 def test_features_mode_zero_length_video_is_finite():
     model = build(features_config, visual_num_layers=1)
     with torch.no_grad():
-        out = model.visual_model(torch.randn(2, 3, FEATURE_DIM), frame_mask([0, 2], 3))
+        out = model.visual_model(torch.randn(2, 3, FEATURE_DIM), frame_mask([0, 2], 3))[1]
     assert torch.isfinite(out).all()
 
 
@@ -113,11 +113,11 @@ def test_text_features_shapes_and_padding_invariance():
     model = build(features_config)
     ids, mask = text_batch(3, 8)
     with torch.no_grad():
-        emb = model.get_text_features(input_ids=ids, attention_mask=mask)
+        emb = model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
         assert_unit_rows(emb, 3)
         other = ids.clone()
         other[mask == 0] = 7  # different ids under the padding
-        torch.testing.assert_close(model.get_text_features(input_ids=other, attention_mask=mask), emb)
+        torch.testing.assert_close(model.get_text_features(input_ids=other, attention_mask=mask).pooler_output, emb)
 
 
 @pytest.mark.parametrize("mode", ["features", "backbone"])
@@ -149,8 +149,8 @@ def test_forward_returns_loss_logits_and_scale(mode):
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     torch.testing.assert_close(out.loss, info_nce(out.text_embeds, out.visual_embeds, 1.0 / out.scale))
     with torch.no_grad():
-        torch.testing.assert_close(out.text_embeds, model.get_text_features(ids, mask))
-        torch.testing.assert_close(out.target_text_embeds, model.get_text_features(target_ids, target_mask))
+        torch.testing.assert_close(out.text_embeds, model.get_text_features(ids, mask).pooler_output)
+        torch.testing.assert_close(out.target_text_embeds, model.get_text_features(target_ids, target_mask).pooler_output)
     out.loss.backward()
     assert model.logit_scale.grad is not None and torch.isfinite(model.logit_scale.grad)
     assert model.visual_model.projection.weight.grad.abs().sum() > 0
@@ -178,15 +178,15 @@ def test_backbone_mode_images_and_videos(num_layers):
     video = torch.randn(2, 3, 3, IMAGE_SIZE, IMAGE_SIZE)
     mask = frame_mask([3, 1], 3)
     with torch.no_grad():
-        assert_unit_rows(model.get_visual_features(pixel_values=images), 2)
-        emb = model.get_visual_features(pixel_values=video, visual_mask=mask)
+        assert_unit_rows(model.get_image_features(pixel_values=images).pooler_output, 2)
+        emb = model.get_video_features(pixel_values=video, visual_mask=mask).pooler_output
         assert_unit_rows(emb, 2)
         noisy = video.clone()
         noisy[1, 1:] = 50 * torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
-        torch.testing.assert_close(model.get_visual_features(pixel_values=noisy, visual_mask=mask), emb)
+        torch.testing.assert_close(model.get_video_features(pixel_values=noisy, visual_mask=mask).pooler_output, emb)
         torch.testing.assert_close(
-            model.get_visual_features(pixel_values=images),
-            model.get_visual_features(pixel_values=images[:, None]),
+            model.get_image_features(pixel_values=images).pooler_output,
+            model.get_video_features(pixel_values=images[:, None]).pooler_output,
         )
 
 
@@ -194,11 +194,11 @@ def test_visual_input_kind_must_match_mode():
     features = build(features_config)
     backbone = build(backbone_config)
     with pytest.raises(ValueError, match="visual_features"):
-        features.get_visual_features(pixel_values=torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+        features.get_image_features(pixel_values=torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)).pooler_output
     with pytest.raises(ValueError, match="pixel_values"):
-        backbone.get_visual_features(visual_features=torch.randn(1, FEATURE_DIM))
+        backbone.get_image_features(visual_features=torch.randn(1, FEATURE_DIM)).pooler_output
     with pytest.raises(ValueError, match="pixel_values must be"):
-        backbone.get_visual_features(pixel_values=torch.randn(3, IMAGE_SIZE, IMAGE_SIZE))
+        backbone.get_image_features(pixel_values=torch.randn(3, IMAGE_SIZE, IMAGE_SIZE)).pooler_output
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,22 +231,22 @@ def test_cross_lingual_sentence_and_token_outputs(share):
     assert model.logit_scale.grad is not None
 
     with torch.no_grad():
-        torch.testing.assert_close(model.get_text_features(src, src_mask, language="source"), out.source_embeds)
-        torch.testing.assert_close(model.get_text_features(tgt, tgt_mask, language="target"), out.target_embeds)
+        torch.testing.assert_close(model.get_text_features(src, src_mask, language="source").pooler_output, out.source_embeds)
+        torch.testing.assert_close(model.get_text_features(tgt, tgt_mask, language="target").pooler_output, out.target_embeds)
         tokens, mask = model.get_token_features(tgt, tgt_mask, language="target")
         torch.testing.assert_close(tokens, out.target_token_embeds)
         # The sentence embedding is the normalised masked mean of the token embeddings (mean pooling,
         # bias-free projection).
         mean = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         torch.testing.assert_close(torch.nn.functional.normalize(mean, dim=-1), out.target_embeds)
-        same_src = model.get_text_features(src, src_mask, language="source")
-        same_tgt = model.get_text_features(src, src_mask, language="target")
+        same_src = model.get_text_features(src, src_mask, language="source").pooler_output
+        same_tgt = model.get_text_features(src, src_mask, language="target").pooler_output
         if share:
             torch.testing.assert_close(same_src, same_tgt)
         else:
             assert not torch.allclose(same_src, same_tgt)
     with pytest.raises(ValueError, match="language"):
-        model.get_text_features(src, src_mask, language="german")
+        model.get_text_features(src, src_mask, language="german").pooler_output
 
 
 def test_cross_lingual_cls_pooling():
@@ -255,7 +255,7 @@ def test_cross_lingual_cls_pooling():
     with torch.no_grad():
         tokens, _ = model.get_token_features(ids, mask)
         torch.testing.assert_close(
-            model.get_text_features(ids, mask), torch.nn.functional.normalize(tokens[:, 0], dim=-1)
+            model.get_text_features(ids, mask).pooler_output, torch.nn.functional.normalize(tokens[:, 0], dim=-1)
         )
 
 
@@ -272,9 +272,9 @@ def test_cross_lingual_save_load(tmp_path, share):
     src, src_mask = text_batch(3, 7)
     with torch.no_grad():
         for lang in ("source", "target"):
-            want = model.get_text_features(src, src_mask, language=lang)
-            torch.testing.assert_close(loaded.get_text_features(src, src_mask, language=lang), want, atol=0, rtol=0)
-            torch.testing.assert_close(auto.get_text_features(src, src_mask, language=lang), want, atol=0, rtol=0)
+            want = model.get_text_features(src, src_mask, language=lang).pooler_output
+            torch.testing.assert_close(loaded.get_text_features(src, src_mask, language=lang).pooler_output, want, atol=0, rtol=0)
+            torch.testing.assert_close(auto.get_text_features(src, src_mask, language=lang).pooler_output, want, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("config_fn", [features_config, backbone_config])
@@ -405,7 +405,7 @@ def test_from_towers_pretrained_text_only(saved_bert):
     assert torch.isfinite(model.text_model.projection.weight).all()
     assert model.text_model.projection.weight.abs().max() < 0.2  # a fresh head, not the +0.5 shift
     ids, mask = text_batch(2, 5)
-    assert_unit_rows(model.eval().get_text_features(ids, mask), 2)
+    assert_unit_rows(model.eval().get_text_features(ids, mask).pooler_output, 2)
 
     cl = CL2CMCrossLingualModel.from_towers_pretrained(text=str(path), share_encoders=False, projection_dim=8)
     assert_state_equal(cl.text_model.backbone, bert_sd)
@@ -460,7 +460,7 @@ def test_from_towers_pretrained_text_and_vision(saved_bert, saved_clip_vision, t
     assert model.config.vision_config.model_type == "clip_vision_model"
     assert_state_equal(model.text_model.backbone, bert_sd)
     assert_state_equal(model.visual_model.backbone, clip_sd)
-    assert_unit_rows(model.eval().get_visual_features(pixel_values=torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)), 2)
+    assert_unit_rows(model.eval().get_image_features(pixel_values=torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)).pooler_output, 2)
 
     # The composed model saves and reloads with the backbone weights intact.
     model.save_pretrained(tmp_path / "composed")
@@ -477,11 +477,11 @@ def test_from_towers_pretrained_text_and_vision(saved_bert, saved_clip_vision, t
 def test_bad_visual_feature_dim():
     model = build(features_config)
     with pytest.raises(ValueError, match="visual_feature_dim=48"):
-        model.get_visual_features(visual_features=torch.randn(2, FEATURE_DIM + 1))
+        model.get_image_features(visual_features=torch.randn(2, FEATURE_DIM + 1)).pooler_output
     with pytest.raises(ValueError, match="visual_feature_dim=48"):
-        model.get_visual_features(visual_features=torch.randn(2, 3, 10))
+        model.get_video_features(visual_features=torch.randn(2, 3, 10)).pooler_output
     with pytest.raises(ValueError, match="visual_features must be"):
-        model.get_visual_features(visual_features=torch.randn(2, 3, 4, FEATURE_DIM))
+        model.get_image_features(visual_features=torch.randn(2, 3, 4, FEATURE_DIM)).pooler_output
 
 
 def test_batch_size_mismatch_in_forward():
@@ -503,20 +503,22 @@ def test_mask_shape_mismatch():
     model = build(features_config)
     ids, mask = text_batch(3, 5)
     with pytest.raises(ValueError, match="visual_mask"):
-        model.get_visual_features(visual_features=torch.randn(3, 4, FEATURE_DIM), visual_mask=torch.ones(3, 5))
+        model.get_video_features(visual_features=torch.randn(3, 4, FEATURE_DIM), visual_mask=torch.ones(3, 5)).pooler_output
     with pytest.raises(ValueError, match="visual_mask"):
-        model.get_visual_features(visual_features=torch.randn(3, 4, FEATURE_DIM), visual_mask=torch.ones(2, 4))
-    with pytest.raises(ValueError, match="visual_mask"):
-        model.get_visual_features(visual_features=torch.randn(3, FEATURE_DIM), visual_mask=torch.ones(3, 4))
+        model.get_video_features(visual_features=torch.randn(3, 4, FEATURE_DIM), visual_mask=torch.ones(2, 4)).pooler_output
+    with pytest.raises(ValueError, match=r"get_video_features takes visual_features \(B, T, D\), got shape \(3, 48\)"):
+        model.get_video_features(visual_features=torch.randn(3, FEATURE_DIM), visual_mask=torch.ones(3, 4)).pooler_output
+    with pytest.raises(ValueError, match=r"\(B, T, D\) goes to get_video_features"):
+        model.get_image_features(visual_features=torch.randn(3, 4, FEATURE_DIM)).pooler_output
     with pytest.raises(ValueError, match="attention_mask"):
-        model.get_text_features(input_ids=ids, attention_mask=mask[:, :4])
+        model.get_text_features(input_ids=ids, attention_mask=mask[:, :4]).pooler_output
     with pytest.raises(ValueError, match="attention_mask"):
         model(input_ids=ids, attention_mask=mask[:2], visual_features=torch.randn(3, FEATURE_DIM))
     backbone = build(backbone_config)
     with pytest.raises(ValueError, match="visual_mask"):
-        backbone.get_visual_features(
+        backbone.get_video_features(
             pixel_values=torch.randn(2, 3, 3, IMAGE_SIZE, IMAGE_SIZE), visual_mask=torch.ones(2, 2)
-        )
+        ).pooler_output
     cl = build(cross_lingual_config)
     with pytest.raises(ValueError, match="attention_mask"):
         cl(source_input_ids=ids, target_input_ids=ids, target_attention_mask=mask[:, :3])
@@ -525,7 +527,7 @@ def test_mask_shape_mismatch():
 def test_too_many_frames_for_temporal_layers():
     model = build(features_config, visual_num_layers=1)  # visual_max_frames=8
     with pytest.raises(ValueError, match="visual_max_frames=8"):
-        model.get_visual_features(visual_features=torch.randn(1, 9, FEATURE_DIM))
+        model.get_video_features(visual_features=torch.randn(1, 9, FEATURE_DIM)).pooler_output
 
 
 @pytest.mark.parametrize(
@@ -593,3 +595,84 @@ def test_config_round_trip(tmp_path):
     assert loaded.vision_config.model_type == "clip_vision_model" and loaded.vision_config.hidden_size == 32
     assert loaded.text_config.model_type == "bert" and loaded.text_config.hidden_size == 32
     assert loaded.to_diff_dict() == config.to_diff_dict()
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers' conventions (issue 18)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_reload_with_another_projection_dim_needs_ignore_mismatched_sizes(tmp_path):
+    model = build(features_config)
+    model.save_pretrained(tmp_path)
+    config = features_config(projection_dim=PROJECTION_DIM * 2)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        CL2CMCrossModalModel.from_pretrained(tmp_path, config=config)
+    loaded = CL2CMCrossModalModel.from_pretrained(tmp_path, config=config, ignore_mismatched_sizes=True)
+    assert loaded.text_model.projection.weight.shape[0] == PROJECTION_DIM * 2
+    assert_state_equal(loaded.text_model.backbone, model.text_model.backbone.state_dict())
+
+
+def test_output_loading_info_returns_the_problems_instead_of_raising(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = build(features_config)
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["text_model.projection.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded, info = CL2CMCrossModalModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert "text_model.projection.weight" in info["missing_keys"]
+
+
+def test_return_dict_false_and_output_flags_of_the_config():
+    model = build(features_config)
+    ids, mask = text_batch()
+    features = torch.randn(3, FEATURE_DIM)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, visual_features=features, output_hidden_states=True)
+        assert len(out.text_model_output.hidden_states) == 3  # embeddings + 2 layers
+        model.config.return_dict = False
+        as_tuple = model.get_text_features(input_ids=ids, attention_mask=mask)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[1], out.text_embeds)
+
+
+def test_feature_inputs_are_cast_to_the_model_dtype():
+    model = build(features_config, visual_num_layers=1).to(torch.bfloat16)
+    ids, mask = text_batch()
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, visual_features=torch.randn(3, 2, FEATURE_DIM), visual_mask=frame_mask([2, 1, 2], 2))
+    assert out.visual_embeds.dtype == torch.bfloat16 and torch.isfinite(out.logits_per_text.float()).all()
+
+
+@pytest.mark.parametrize("config_fn, kwargs", [(features_config, {}), (cross_lingual_config, {"share_encoders": False})])
+def test_input_embeddings_resize_and_require_grads(config_fn, kwargs):
+    model = build(config_fn, **kwargs)
+    assert model.get_input_embeddings() is model.text_model.backbone.embeddings.word_embeddings
+    model.resize_token_embeddings(1010)
+    assert model.get_input_embeddings().weight.shape[0] == 1010
+    model.enable_input_require_grads()  # what PEFT calls with gradient checkpointing
+    ids, mask = text_batch()
+    ids[0, 1] = 1009  # a new token id, on every tower
+    with torch.no_grad():
+        if config_fn is cross_lingual_config:
+            assert model.target_text_model.backbone.get_input_embeddings().weight.shape[0] == 1010
+            model(source_input_ids=ids, target_input_ids=ids, source_attention_mask=mask, target_attention_mask=mask)
+        else:
+            model.get_text_features(input_ids=ids, attention_mask=mask)
+
+
+def test_cross_lingual_main_input_name_is_forwards_first_argument():
+    import inspect
+
+    assert CL2CMCrossLingualModel.main_input_name == list(inspect.signature(CL2CMCrossLingualModel.forward).parameters)[1]
+
+
+def test_missing_weights_of_a_backbone_get_the_backbones_own_init():
+    config = backbone_config()
+    model = CL2CMCrossModalModel.from_pretrained(None, config=config, state_dict={})
+    attention = model.visual_model.backbone.encoder.layers[0].self_attn
+    width, layers = config.vision_config.hidden_size, config.vision_config.num_hidden_layers
+    clip_std = width**-0.5 * (2 * layers) ** -0.5  # CLIP's scaled init, not N(0, initializer_range)
+    assert abs(attention.q_proj.weight.std().item() - clip_std) < 0.3 * clip_std

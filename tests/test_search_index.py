@@ -160,7 +160,7 @@ def test_good_images_searchable_broken_ones_reported(world):
     # The hits are the exact top-3 of the processor's text embedding against the stored rows.
     model, processor = load_checkpoint(world["model"])
     text = model.get_text_features(**{k: v for k, v in processor(text=["ein roter hund"], return_tensors="pt").items()
-                                      if k != "token_type_ids"})
+                                      if k != "token_type_ids"}).pooler_output
     want = torch.from_numpy(index.embeddings) @ text[0].detach()
     assert [h.id for h in hits] == [index.ids[i] for i in want.topk(3).indices.tolist()]
 

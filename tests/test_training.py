@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -47,7 +48,7 @@ def load_standalone(folder: Path) -> str:
         "import torch\nfrom transformers import AutoModel, AutoTokenizer\n"
         f"m = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()\n"
         f"t = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
-        "e = m.get_text_features(**{k: v for k, v in t(['ein roter hund'], return_tensors='pt').items() if k != 'token_type_ids'})\n"
+        "e = m.get_text_features(**{k: v for k, v in t(['ein roter hund'], return_tensors='pt').items() if k != 'token_type_ids'}).pooler_output\n"
         "print(type(m).__module__, tuple(e.shape))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
@@ -80,6 +81,15 @@ def test_both_stages_write_loadable_folders(tmp_path, config):
     assert load_config(final / "training_config.yaml") == recipe
     if config == "demo_video.yaml":
         assert json.loads((final / "config.json").read_text())["visual_num_layers"] == 1
+
+
+def test_demo_recipe_trains_and_evaluates_in_bf16_on_cpu(tmp_path):
+    # transformers asks for use_cpu with bf16 when no GPU is there (its own clear error otherwise).
+    log = run_training("demo.yaml", tmp_path, "--use_cpu", "true", "--bf16", "true", "--max_steps", "2", "--eval_strategy", "no",
+                       "--save_strategy", "no", "--load_best_model_at_end", "false")
+    assert "Test retrieval" in log
+    metrics = flat_metrics(load_records(tmp_path / "cross_modal" / "test_results.json"))
+    assert all(math.isfinite(value) for value in metrics.values()) and metrics["sumr"] > 0
 
 
 def test_validation_keeps_best_checkpoint_by_sumr(tmp_path):

@@ -44,7 +44,7 @@ def stage2_case(name: str):
     with torch.no_grad():
         teacher.eval()
         precomputed = {
-            "teacher_source_embeds": teacher.get_text_features(inputs["source_input_ids"], inputs["source_attention_mask"]),
+            "teacher_source_embeds": teacher.get_text_features(inputs["source_input_ids"], inputs["source_attention_mask"]).pooler_output,
             "teacher_target_embeds": teacher.get_text_features(inputs["target_input_ids"], inputs["target_attention_mask"],
                                                                language="target"),
         }

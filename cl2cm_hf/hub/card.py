@@ -70,7 +70,7 @@ def _template() -> jinja2.Template:
 
 
 def visual_inputs(config: Mapping) -> dict:
-    """What ``get_visual_features`` of this checkpoint takes, for the snippet, the note and the
+    """What ``get_image_features`` / ``get_video_features`` of this checkpoint take, for the snippet, the note and the
     visual-tower line: kind ``features`` (a vector per image), ``frames`` (a sequence per video, a
     temporal transformer) or ``pixels`` (a vision backbone), with the sizes."""
     if config.get("visual_encoder_type", "features") == "features":

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cl2cm_hf.inference import visual_inputs
+from cl2cm_hf.inference import embed_visual, visual_inputs
 from cl2cm_hf.search.decode import DEFAULT_MAX_PIXELS, BadImage, open_image
 from cl2cm_hf.search.shards import write_shard
 from cl2cm_hf.search.sources import Item
@@ -129,7 +129,7 @@ def encode_chunks(model, processor, items, source, chunks, shards: Path, namespa
         for positions, inputs, failed in loader:
             embedded = {}
             if inputs:
-                out = model.get_visual_features(**{k: v.to(device) for k, v in inputs.items()}).float().cpu()
+                out = embed_visual(model, **{k: v.to(device) for k, v in inputs.items()}).float().cpu()
                 embedded = dict(zip(positions, out))
             for p in sorted(set(positions) | set(failed)):
                 item = local[p]

@@ -15,7 +15,7 @@ frame sequences) or an `ImagePathStore` folder (``images.json``; images or frame
 and the page show it): ``DIR/<id>.<ext>``, or the first file of ``DIR/<id>/`` (video frames), as
 the demo world's rendered pictures are named. Items that have their own file keep it.
 
-Encoding goes through the checkpoint's processor and ``model.get_visual_features``: files are
+Encoding goes through the checkpoint's processor and ``embed_visual`` (the model's ``get_image_features`` / ``get_video_features``): files are
 opened and turned into ``pixel_values`` by the processor inside DataLoader workers, so decoding
 runs behind the model's forward. Under ``torchrun`` / ``accelerate launch`` each process encodes
 every world-size-th chunk; rank 0 merges.

@@ -246,8 +246,8 @@ class CrossModalTrainer(_CL2CMTrainer):
             return inputs["teacher_source_embeds"], inputs["teacher_target_embeds"], self.teacher_scale
         teacher = self.teacher_model
         own = "teacher_" if "teacher_source_input_ids" in inputs else ""  # the teacher's own token ids
-        source = teacher.get_text_features(inputs[f"{own}source_input_ids"], inputs[f"{own}source_attention_mask"], language="source")
-        target = teacher.get_text_features(inputs[f"{own}target_input_ids"], inputs[f"{own}target_attention_mask"], language="target")
+        source = teacher.get_text_features(inputs[f"{own}source_input_ids"], inputs[f"{own}source_attention_mask"], language="source").pooler_output
+        target = teacher.get_text_features(inputs[f"{own}target_input_ids"], inputs[f"{own}target_attention_mask"], language="target").pooler_output
         return source, target, teacher.scale()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

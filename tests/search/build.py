@@ -27,13 +27,13 @@ def main() -> int:
 
     def slow_load(name, device=None):
         model, processor = load(name, device)
-        forward = model.get_visual_features
+        forward = model.get_image_features
 
         def slow_forward(**inputs):
             time.sleep(args.slow)
             return forward(**inputs)
 
-        model.get_visual_features = slow_forward
+        model.get_image_features = slow_forward
         return model, processor
 
     if args.slow:

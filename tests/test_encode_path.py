@@ -59,7 +59,7 @@ def _write_world(root: Path) -> dict:
 @pytest.fixture(scope="module")
 def backbone_run(tmp_path_factory):
     """A tiny random ViT (image_size 32, with its image processor) trained a few steps in both stages."""
-    from cl2cm_hf.training.run import train
+    from cl2cm_hf.cli.train import main as train_main
 
     root = tmp_path_factory.mktemp("backbone_run")
     texts = _write_world(root)
@@ -81,7 +81,7 @@ def backbone_run(tmp_path_factory):
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        train([str(root / "recipe.yaml")])
+        assert train_main([str(root / "recipe.yaml")]) == 0  # the command line: training, then the recipe's query
     return {"root": root, "final": root / "run" / "cross_modal", "texts": texts, "log": log.getvalue()}
 
 

@@ -12,14 +12,16 @@ from collections.abc import Callable
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.checks import printable
 
-# OS errors that say something about the files a user named, not about this program.
+# OS errors that say something about the files a user named, not about this program: by type (also
+# when raised with a message only) or by errno.
+_FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 _FILE_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC,
                 errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTEMPTY}
 
 
 def is_user_error(err: BaseException) -> bool:
     """The package's own errors, and missing, denied or otherwise unusable files."""
-    return isinstance(err, CL2CMError) or (isinstance(err, OSError) and err.errno in _FILE_ERRNOS)
+    return isinstance(err, (CL2CMError, *_FILE_ERRORS)) or (isinstance(err, OSError) and err.errno in _FILE_ERRNOS)
 
 
 def run_tool(prog: str, run: Callable[[], int | None]) -> int:

@@ -9,8 +9,8 @@ Keep one import per line: evaluate's import checker misreads comma-separated imp
 
 import datasets
 import evaluate
-
-from cl2cm_hf.retrieval.metrics import inputs_from_ranks, metrics_from_long_format
+from cl2cm_hf.retrieval.metrics import inputs_from_ranks
+from cl2cm_hf.retrieval.metrics import metrics_from_long_format
 
 _DESCRIPTION = """
 Cross-modal retrieval metrics from per-query ranks: text-to-visual (t2v) and visual-to-text

@@ -34,6 +34,8 @@ def test_recipe_parses_as_a_pixel_backbone_run():
     assert data_args.dataset == "demo" and data_args.demo_pixels and model_args.visual_encoder_type == "backbone"
     assert model_args.vision_model is None and model_args.vision_config["image_size"] == data_args.demo_image_size
     assert training_args.dataloader_num_workers == 0
+    # Stage 2 trains the text tower: frozen, it cost 55-130 test SumR (the recipe's header).
+    assert model_args.freeze_text_layers == 0
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from cl2cm_hf.training.recipe import load_config, parse_config
 pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
 
 RECIPE = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "demo_pixels.yaml"
+SETTINGS = load_config(RECIPE)
+SIDE, VISION_TYPE = SETTINGS["demo_image_size"], SETTINGS["vision_config"]["model_type"]
 # A few items, one epoch per stage, tiny text tower: the recipe's data path and vision tower as shipped.
 SHRUNK = [
     "--demo_items", "24", "--demo_validation_items", "6", "--demo_test_items", "6", "--num_train_epochs", "1",
@@ -34,6 +36,8 @@ def test_recipe_parses_as_a_pixel_backbone_run():
     assert data_args.dataset == "demo" and data_args.demo_pixels and model_args.visual_encoder_type == "backbone"
     assert model_args.vision_model is None and model_args.vision_config["image_size"] == data_args.demo_image_size
     assert training_args.dataloader_num_workers == 0
+    # Stage 2 trains the text tower: frozen, it cost 55-130 test SumR (the recipe's header).
+    assert model_args.freeze_text_layers == 0
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +55,9 @@ def test_shrunk_recipe_trains_both_stages_on_rendered_pictures(shrunk_run):
     assert {"de_sumr", "fr_sumr"} <= set(flat_metrics(records))
     assert (out / "cross_lingual" / "config.json").is_file()
     pictures = [p for p in (out / "demo_pictures").iterdir() if not p.name.startswith(".")]
-    assert [p.name for p in pictures] == ["image_seed42_64px"] and len(list(pictures[0].glob("*.png"))) == 36
+    assert [p.name for p in pictures] == [f"image_seed42_{SIDE}px"] and len(list(pictures[0].glob("*.png"))) == 36
     saved = json.loads((out / "cross_modal" / "config.json").read_text())
-    assert saved["visual_encoder_type"] == "backbone" and saved["vision_config"]["model_type"] == "convnext"
+    assert saved["visual_encoder_type"] == "backbone" and saved["vision_config"]["model_type"] == VISION_TYPE
 
 
 def test_checkpoint_processor_makes_the_pixels_the_model_reads(shrunk_run):
@@ -65,7 +69,7 @@ def test_checkpoint_processor_makes_the_pixels_the_model_reads(shrunk_run):
     visual_id = gallery.ids[0]
     image = Image.open(gallery.paths(visual_id)[0]).convert("RGB")
     pixels = processor(images=[image], return_tensors="pt")["pixel_values"]
-    assert pixels.shape == (1, 3, 64, 64)
+    assert pixels.shape == (1, 3, SIDE, SIDE)
     # The same pixels as training's image processor made from the rendered file.
     training_pixels, _ = gallery.lookup([visual_id], scratch_image_processor(model.config.vision_config.to_dict()))
     torch.testing.assert_close(pixels, training_pixels, rtol=0, atol=0)

@@ -7,26 +7,17 @@ by `make transformers-tests`); the testers follow CLIP's tests/models/clip/test_
 and the skips are CLIP's, for CLIP's reasons."""
 
 import json
-import sys
 import unittest
 
-import pytest
 from transformers_common import fetch
 
-try:
-    sys.path.insert(0, str(fetch.fetch()))
-except Exception as err:
-    pytest.skip(
-        f"transformers {fetch.VERSION}'s common tests are not cached in {fetch.CACHE} and could not be fetched "
-        f"({type(err).__name__}: {err}); run `make transformers-tests` with network access",
-        allow_module_level=True,
-    )
+fetch.add_to_path_or_skip()
 
-from hf_tests.test_configuration_common import ConfigTester
-from hf_tests.test_modeling_common import ModelTesterMixin
-from transformers_common.testers import CrossLingualTester, CrossModalTester
+from hf_tests.test_configuration_common import ConfigTester  # noqa: E402 (after the common tests are on sys.path)
+from hf_tests.test_modeling_common import ModelTesterMixin  # noqa: E402 (after the common tests are on sys.path)
+from transformers_common.testers import CrossLingualTester, CrossModalTester  # noqa: E402 (after the common tests are on sys.path)
 
-from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCrossModalConfig, CL2CMCrossModalModel
+from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCrossModalConfig, CL2CMCrossModalModel  # noqa: E402 (after the common tests are on sys.path)
 
 
 def _saved_fields(config, *names) -> dict:

@@ -2,26 +2,17 @@
 release, fetched as in test_transformers_common.py) against both CL2CM processors: text only, and
 tokenizer with a CLIP image processor."""
 
-import sys
 import unittest
 
-import pytest
 from transformers_common import fetch
 
-try:
-    sys.path.insert(0, str(fetch.fetch()))
-except Exception as err:
-    pytest.skip(
-        f"transformers {fetch.VERSION}'s common tests are not cached in {fetch.CACHE} and could not be fetched "
-        f"({type(err).__name__}: {err}); run `make transformers-tests` with network access",
-        allow_module_level=True,
-    )
+fetch.add_to_path_or_skip()
 
-from conftest import build_wordpiece_tokenizer
-from hf_tests.test_processing_common import ProcessorTesterMixin
-from transformers import CLIPImageProcessor
+from conftest import build_wordpiece_tokenizer  # noqa: E402 (after the common tests are on sys.path)
+from hf_tests.test_processing_common import ProcessorTesterMixin  # noqa: E402 (after the common tests are on sys.path)
+from transformers import CLIPImageProcessor  # noqa: E402 (after the common tests are on sys.path)
 
-from cl2cm_hf import CL2CMProcessor, CL2CMTextProcessor
+from cl2cm_hf import CL2CMProcessor, CL2CMTextProcessor  # noqa: E402 (after the common tests are on sys.path)
 
 
 class CL2CMTextProcessorTest(ProcessorTesterMixin, unittest.TestCase):

@@ -64,5 +64,19 @@ def fetch() -> Path:
     return CACHE
 
 
+def add_to_path_or_skip() -> None:
+    """Put the cached common tests on `sys.path` for the test module calling this at import, or skip
+    that module saying why (not cached, and no network to fetch them)."""
+    import pytest
+
+    try:
+        sys.path.insert(0, str(fetch()))
+    except Exception as err:
+        pytest.skip(
+            f"transformers {VERSION}'s common tests are not cached in {CACHE} and could not be fetched "
+            f"({type(err).__name__}: {err}); run `make transformers-tests` with network access",
+            allow_module_level=True,
+        )
+
 if __name__ == "__main__":
     print(fetch())

@@ -16,7 +16,7 @@ import cl2cm_hf.training.trainers as trainers_module
 from cl2cm_hf import CL2CMCrossLingualModel, CL2CMCrossModalModel
 from cl2cm_hf.data import PairCollator, VisualFeatureStore
 from cl2cm_hf.losses import info_nce, relational_distillation, sinkhorn_ot_loss
-from cl2cm_hf.training.arguments import CL2CMArguments
+from cl2cm_hf.training.method_arguments import CL2CMArguments
 from cl2cm_hf.training.nonfinite import NonFiniteLossError
 from cl2cm_hf.training.trainers import CrossLingualTrainer, CrossModalTrainer
 

@@ -35,8 +35,8 @@ from cl2cm_hf.atomic import atomic_directory, recover_directory
 from cl2cm_hf.data import PairCollator
 from cl2cm_hf.evaluation.records import MetricRecord
 from cl2cm_hf.modeling_cl2cm import CorruptCheckpointError, check_safetensors_file
-from cl2cm_hf.training.arguments import CL2CMArguments
 from cl2cm_hf.training.checkpoints import CHECKPOINT_COMPLETE
+from cl2cm_hf.training.method_arguments import CL2CMArguments
 from cl2cm_hf.training.run import last_checkpoint
 from cl2cm_hf.training.trainers import CrossLingualTrainer
 

@@ -9,7 +9,9 @@ import yaml
 from transformers import TrainingArguments
 
 from cl2cm_hf.hub.local_paths import config_to_yaml
-from cl2cm_hf.training.arguments import ARGUMENT_CLASSES, TRAINING_ALLOWED, CL2CMArguments
+from cl2cm_hf.training.allowed import TRAINING_ALLOWED
+from cl2cm_hf.training.arguments import ARGUMENT_CLASSES
+from cl2cm_hf.training.method_arguments import CL2CMArguments
 from cl2cm_hf.training.recipe import load_config, parse_config
 
 

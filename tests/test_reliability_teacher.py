@@ -24,7 +24,7 @@ from cl2cm_hf import CL2CMCrossLingualConfig, CL2CMCrossLingualModel, CL2CMCross
 from cl2cm_hf.checkpoint_safety import UnsafeCheckpointError
 from cl2cm_hf.data import build_demo_world, train_demo_tokenizer
 from cl2cm_hf.losses import relational_distillation, sinkhorn_ot_loss
-from cl2cm_hf.training.arguments import CL2CMArguments
+from cl2cm_hf.training.method_arguments import CL2CMArguments
 from cl2cm_hf.training.model_setup import TeacherError
 from cl2cm_hf.training.nonfinite import TooManySkippedStepsError
 from cl2cm_hf.training.run import train

@@ -55,7 +55,7 @@ def stage2_step(student, lambda_kt, teacher_model=None, teacher_scale=None):
     """One CrossModalTrainer step on a copy of `student`: loss, backward, AdamW step."""
     from transformers import TrainingArguments
 
-    from cl2cm_hf.training.arguments import CL2CMArguments
+    from cl2cm_hf.training.method_arguments import CL2CMArguments
     from cl2cm_hf.training.trainers import CrossModalTrainer
 
     model = copy.deepcopy(student).train()

@@ -93,3 +93,32 @@ def check_allowed(settings) -> None:
     for f in dataclasses.fields(settings):
         if "allowed" in f.metadata:
             check_value(f.name, getattr(settings, f.name), f.metadata["allowed"], type(settings).__name__)
+
+
+# Ranges of the Trainer settings the recipes use (TrainingArguments' own fields carry none).
+TRAINING_ALLOWED = {
+    "output_dir": NAME,
+    "per_device_train_batch_size": at_least(1),
+    "per_device_eval_batch_size": at_least(1),
+    "gradient_accumulation_steps": at_least(1),
+    "eval_accumulation_steps": at_least(1),
+    "num_train_epochs": above(0),
+    "max_steps": at_least(-1, "-1: use num_train_epochs"),
+    "learning_rate": above(0),
+    "weight_decay": at_least(0),
+    "warmup_steps": at_least(0, "below 1: a fraction of the steps"),
+    "max_grad_norm": at_least(0),
+    "adam_beta1": Allowed(0, 1, high_open=True),
+    "adam_beta2": Allowed(0, 1, high_open=True),
+    "adam_epsilon": above(0),
+    "label_smoothing_factor": Allowed(0, 1, high_open=True),
+    "logging_steps": above(0),
+    "eval_steps": above(0),
+    "save_steps": above(0),
+    "save_total_limit": at_least(1),
+    "seed": at_least(0),
+    "data_seed": at_least(0),
+    "dataloader_num_workers": at_least(0),
+    "dataloader_prefetch_factor": at_least(1),
+    "eval_delay": at_least(0),
+}

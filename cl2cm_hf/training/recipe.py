@@ -14,15 +14,9 @@ import yaml
 from transformers import TrainingArguments
 
 from cl2cm_hf.errors import CL2CMError
-from cl2cm_hf.training.allowed import Allowed, check_value
-from cl2cm_hf.training.arguments import (
-    ARGUMENT_CLASSES,
-    TRAINING_ALLOWED,
-    TRAINING_DEFAULTS,
-    CL2CMArguments,
-    DataArguments,
-    ModelArguments,
-)
+from cl2cm_hf.training.allowed import TRAINING_ALLOWED, Allowed, check_value
+from cl2cm_hf.training.arguments import ARGUMENT_CLASSES, TRAINING_DEFAULTS, DataArguments, ModelArguments
+from cl2cm_hf.training.method_arguments import CL2CMArguments
 
 
 def _allowed_by_key() -> dict[str, Allowed]:

@@ -140,7 +140,7 @@ def run_model_case(name: str, fixture: dict, work_dir: str) -> dict:
     """Loss and per-parameter gradients of one trainer case on this process's shard."""
     from transformers import TrainingArguments
 
-    from cl2cm_hf.training.arguments import CL2CMArguments
+    from cl2cm_hf.training.method_arguments import CL2CMArguments
     from cl2cm_hf.training.trainers import CrossLingualTrainer, CrossModalTrainer
 
     rank, world = _world()

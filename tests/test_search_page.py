@@ -131,11 +131,15 @@ def index(index_folder):
 @contextlib.contextmanager
 def served_page(index_folder: Path, workdir: Path):
     """`cl2cm-app INDEX` (its main) on a free port of 127.0.0.1 in a subprocess; yields the URL and
-    stops that process at the end."""
+    stops that process at the end with a SIGTERM, after which it must have exited 0 and removed
+    its private Gradio folder (made under its own TMPDIR here, so anything left is seen)."""
     port = free_port()
     log = workdir / "server.log"
+    server_tmp = workdir / "tmp"
+    server_tmp.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(workdir / "gradio")}
+           "GRADIO_ANALYTICS_ENABLED": "False", "TMPDIR": str(server_tmp)}
+    env.pop("GRADIO_TEMP_DIR", None)
     with open(log, "w") as out:
         server = subprocess.Popen([sys.executable, "-m", "cl2cm_hf.cli.app", str(index_folder), "--port", str(port),
                                    "--top", str(TOP_K)], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -158,10 +162,13 @@ def served_page(index_folder: Path, workdir: Path):
     finally:
         server.terminate()
         try:
-            server.wait(timeout=20)
+            server.wait(timeout=90)  # a loaded machine: Gradio waits up to 5 s for its server thread
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+    left = sorted(path.name for path in server_tmp.iterdir() if path.name.startswith(("cl2cm-app-", "gradio")))
+    assert server.returncode == 0 and not left, (
+        f"after SIGTERM the server exited {server.returncode} and left {left} in its TMPDIR:\n{log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,20 @@ is the same page as a Space file.
 
 The page fetches nothing at run time: Gradio's analytics and version check are off (set before
 Gradio is imported) and its default theme ships its fonts. It serves nothing but the indexed
-pictures: they reach Gradio as pixels, and no folder is allowed to Gradio's file route.
+pictures: they reach Gradio as pixels, and no folder is allowed to Gradio's file route. Gradio's
+own files live in a temporary folder of the server's, removed when it stops.
 """
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-import gradio as gr
 
 from cl2cm_hf.cli import run_tool
 from cl2cm_hf.data.schemas import is_blank
@@ -30,6 +32,9 @@ from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.checks import check_int, int_option, printable
 from cl2cm_hf.search.decode import BadImage, open_image
 from cl2cm_hf.search.index import model_display_name
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 DEFAULT_TOP_K = 12
 EXAMPLE_QUERY = "ein großer roter Hund neben einem Auto"
@@ -92,10 +97,12 @@ def upload_path(payload) -> str | None:
     return str(path) if uploads in Path(path).resolve().parents else None
 
 
-def build_app(index, top_k: int = DEFAULT_TOP_K) -> gr.Blocks:
+def build_app(index, top_k: int = DEFAULT_TOP_K) -> "gr.Blocks":
     """The page over `index` (a `cl2cm_hf.search.SearchIndex`: ``metadata``, ``search(text,
     top_k)``, ``search_image(image, top_k)``), showing `top_k` results. A query the index refuses
     (blank, no known word, an upload that is not an image) clears the results and says why."""
+    import gradio as gr  # here, not at the top: its temporary folders are fixed when it is imported
+
     top_k = min(check_int("top_k", top_k), max(len(index), 1))
 
     def refuse(message: str):
@@ -163,8 +170,29 @@ def serve(index, host: str | None = "127.0.0.1", port: int | None = None, top_k:
     uploads) live in a private temporary folder unless ``GRADIO_TEMP_DIR`` names one.
     `host`/`port` None: Gradio's variables ``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` (as a Space
     sets them), else 127.0.0.1 and 7860 or the next free port."""
-    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="cl2cm-app-"))
-    build_app(index, top_k).launch(server_name=host, server_port=port, ssr_mode=False, footer_links=[])
+    with private_gradio_temp():
+        build_app(index, top_k).launch(server_name=host, server_port=port, ssr_mode=False, footer_links=[])
+
+
+@contextlib.contextmanager
+def private_gradio_temp():
+    """Gradio's files in a temporary folder of this server's own, removed when it stops (Ctrl-C or a
+    SIGTERM, which Gradio's blocking loop sees as a KeyboardInterrupt); a ``GRADIO_TEMP_DIR`` the
+    user set is used as it is and left alone."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        yield os.environ["GRADIO_TEMP_DIR"]
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with tempfile.TemporaryDirectory(prefix="cl2cm-app-") as folder:
+            os.environ["GRADIO_TEMP_DIR"] = folder
+            try:
+                yield folder
+            finally:
+                del os.environ["GRADIO_TEMP_DIR"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,3 +57,11 @@ def write_zero_frames(path: Path) -> Path:
         stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
         container.start_encoding()
     return path
+
+
+def write_demo_clips(world, visual_ids, folder: Path, size: int = 64, fps: int = 4) -> dict[str, Path]:
+    """``folder/<id>.mp4`` for demo-world video items: their rendered frames (objects entering and
+    leaving on the schedule of their frame features), as H.264 at `fps`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return {visual_id: write_video(folder / f"{visual_id}.mp4", np.stack([np.asarray(f) for f in frames]), fps=fps)
+            for visual_id, frames in world.pictures(list(visual_ids), size=size)}

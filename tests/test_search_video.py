@@ -25,6 +25,7 @@ from videos import clip_frames, write_audio_only, write_video, write_zero_frames
 from cl2cm_hf import CL2CMCrossModalModel, build_processor
 from cl2cm_hf.cli.index import main as index_main
 from cl2cm_hf.cli.search import main as search_main
+from cl2cm_hf.inference import embed_visual
 from cl2cm_hf.search import SearchIndex, build_index
 from cl2cm_hf.search.decode_video import BadVideo, VideoSettings, open_video
 
@@ -78,6 +79,11 @@ def test_videos_indexed_bad_files_skipped_with_their_reason(world):
         hits = index.search_video(str(world / "videos" / name), top_k=3)
         assert hits[0].id == name and hits[0].score == pytest.approx(1.0, abs=1e-5), (name, hits)
         assert index.search_item(name, top_k=1)[0].id == name
+    # The checkpoint's own video processor, given the file, makes the embedding the index holds.
+    path = world / "videos" / "clip2.mp4"
+    with torch.no_grad():
+        own = embed_visual(index.model, **index.processor(videos=[str(path)], return_tensors="pt"))[0].numpy()
+    np.testing.assert_allclose(own, index.embeddings[index.ids.index("clip2.mp4")], atol=1e-5)
 
 
 def test_a_still_image_beside_videos_is_embedded_as_a_picture(world, tmp_path):

@@ -149,5 +149,6 @@ def open_video(path: str | os.PathLike, settings: VideoSettings = DEFAULT_VIDEO,
 
 def video_inputs(processor, clips: list[np.ndarray]) -> dict:
     """Model inputs of decoded clips, ``pixel_values (B, T, 3, H, W)`` and ``visual_mask (B, T)``,
-    through the checkpoint's processor (its video path)."""
-    return dict(processor(videos=clips, return_tensors="pt"))
+    through the checkpoint's processor: its video processor (the frames are sampled already, so it
+    keeps them all), or the image processor frame by frame in checkpoints saved without one."""
+    return dict(processor(videos=clips, do_sample_frames=False, return_tensors="pt"))

@@ -109,6 +109,11 @@ def test_videos_only_refuses_a_still_image_and_decodes_in_a_worker(world, tmp_pa
     assert search_main([str(tmp_path / "index"), "ein roter Hund", "--top", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert len(hits) == 3 and all(Path(hit["path"]).name in {Path(g).name for g in GOOD} for hit in hits)
+    for query in (["--video", str(world / "videos" / "clip1.mp4")], ["--like", "clip1.mp4"]):
+        assert search_main([str(tmp_path / "index"), *query, "--top", "2", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["hits"][0]["id"] == "clip1.mp4"
+    assert search_main([str(tmp_path / "index"), "--like", "nothing.mp4"]) == 2
+    assert "has no item 'nothing.mp4'" in capsys.readouterr().err
 
 
 def test_rerun_reuses_and_a_new_frame_count_reencodes_the_videos_only(world, tmp_path):

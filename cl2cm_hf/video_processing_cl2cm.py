@@ -133,9 +133,11 @@ class CL2CMVideoProcessor(BaseVideoProcessor):
             return load_video(str(path), backend="pyav", sample_indices_fn=sample_indices_fn)
         except CL2CMError as err:
             raise CL2CMError(f"video {str(path)!r} {err}") from None
-        except (OSError, ValueError, IndexError, ImportError) as err:
-            if isinstance(err, ImportError):
-                raise ImportError(f"decoding video {str(path)!r} needs PyAV: pip install 'cl2cm-hf[video]' ({err})") from None
+        except ImportError as err:
+            raise ImportError(f"decoding video {str(path)!r} needs PyAV: pip install 'cl2cm-hf[video]' ({err})") from None
+        except IndexError:  # PyAV's streams.video[0] of a file without a video stream
+            raise CL2CMError(f"video {str(path)!r} has no video stream (audio only, or no frames were ever written)") from None
+        except (OSError, ValueError) as err:
             raise CL2CMError(f"video {str(path)!r} cannot be decoded ({type(err).__name__}: {err}); expected a readable video file") from None
 
     def _decode_and_sample_videos(self, videos, video_metadata=None, do_sample_frames=None, sample_indices_fn=None):
@@ -190,6 +192,11 @@ def video_processor_for(image_processor, num_frames: int = 8, fps: float | None 
     `num_frames`); `kwargs` set other fields (``do_sample_frames=False`` keeps every frame)."""
     settings = image_processor.to_dict()
     kept = {key: settings[key] for key in IMAGE_SETTINGS if settings.get(key) is not None}
+    edge, crop_pct = (settings.get("size") or {}).get("shortest_edge"), settings.get("crop_pct")
+    if edge and crop_pct:  # ConvNeXt's resize: to edge / crop_pct then a centre crop below 384 px, a square warp above
+        square = {"height": edge, "width": edge}
+        kept.update({"size": {"shortest_edge": int(edge / crop_pct)}, "crop_size": square, "do_center_crop": True} if edge < 384
+                    else {"size": square})
     return CL2CMVideoProcessor(**{**kept, "num_frames": num_frames, "fps": fps, **kwargs})
 
 

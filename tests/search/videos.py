@@ -59,9 +59,10 @@ def write_zero_frames(path: Path) -> Path:
     return path
 
 
-def write_demo_clips(world, visual_ids, folder: Path, size: int = 64, fps: int = 4) -> dict[str, Path]:
-    """``folder/<id>.mp4`` for demo-world video items: their rendered frames (objects entering and
-    leaving on the schedule of their frame features), as H.264 at `fps`."""
+def write_demo_clips(world, visual_ids, folder: Path, size: int = 64) -> dict[str, Path]:
+    """``folder/<id>.mp4`` for some demo-world video items, written as the demo's own video files are
+    (`cl2cm_hf.data.demo_video_files.write_mp4`); `render_video_files` would write every item."""
+    from cl2cm_hf.data.demo_video_files import write_mp4
+
     folder.mkdir(parents=True, exist_ok=True)
-    return {visual_id: write_video(folder / f"{visual_id}.mp4", np.stack([np.asarray(f) for f in frames]), fps=fps)
-            for visual_id, frames in world.pictures(list(visual_ids), size=size)}
+    return {visual_id: write_mp4(folder / f"{visual_id}.mp4", frames) for visual_id, frames in world.pictures(list(visual_ids), size=size)}

@@ -173,7 +173,7 @@ def encode_chunks(model, processor, items, source, chunks, shards: Path, namespa
     chunk_end = np.cumsum([len(c) for c in chunks]).tolist()
     shards.mkdir(parents=True, exist_ok=True)
     entries, vectors, current = [], [], 0
-    with tqdm(total=len(local), desc="index", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(local), desc="index", unit="item", disable=not progress) as bar:
         for groups, failed in loader:
             embedded = {}
             for group, inputs in groups:

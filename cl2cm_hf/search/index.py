@@ -7,7 +7,8 @@ reader sees the previous complete index or the new one, never a mix):
     model (path or hub id), model_name (what the page shows: the model card's name, else the
     folder's name), model_revision (``sha256:`` of the checkpoint's files), model_fingerprint (of the
     loaded model's config and tensors: `model_fingerprint`), dim, count, created (UTC), source,
-    cache key kind, pictures (the folder given, or null), faiss (``{"type", "file", "recall@10", ...}`` or null).
+    cache key kind, pictures (the folder given, or null), faiss (``{"type", "file", "recall@10", ...}`` or null),
+    video (``{"num_frames", "max_seconds", "videos_only"}``: how video files were sampled; null for features).
 ``.cl2cm-index``
     the marker that makes the folder recognisable as an index (`cl2cm_hf.search.out_folder`).
 ``data/``

@@ -19,8 +19,9 @@ import numpy as np
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.checks import check_int
 
+# A GIF stays a picture (its first frame), as image indexes have always read it.
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ogv", ".wmv", ".flv",
-                              ".3gp", ".ts", ".gif"})
+                              ".3gp", ".ts"})
 DEFAULT_NUM_FRAMES = 8
 DEFAULT_MAX_SECONDS = 4 * 3600.0  # longer is a stream dump or a broken header, not a clip to search
 
@@ -50,7 +51,7 @@ def is_video_path(path: str | os.PathLike | None) -> bool:
 
 
 def is_image_path(path: str | os.PathLike | None) -> bool:
-    """A file whose extension PIL reads as a still image (a GIF counts as a video here)."""
+    """A file whose extension PIL reads as a picture."""
     from PIL import Image
 
     suffix = Path(path).suffix.lower() if path is not None else ""

@@ -4,8 +4,9 @@ with tiny H.264 clips written by PyAV in milliseconds and a tiny random backbone
 Every good clip is found first by its own file; broken, empty, truncated, zero-frame, audio-only and
 too-long files are skipped with their reason and never stop the build; a still image is indexed
 beside videos by ``--images`` (embedded exactly as in a pictures-only index) and refused by
-``--videos``; a file without an extension is recognised by its container; a rerun encodes nothing,
-and a new frame count re-encodes the videos only.
+``--videos``; a file without an extension is recognised by its container; a build stopped midway
+resumes from its shards to the uninterrupted index; a rerun encodes nothing, and a new frame count
+re-encodes the videos only.
 """
 
 import json
@@ -148,3 +149,28 @@ def test_sampling_is_uniform_and_short_clips_give_every_frame(tmp_path):
     assert open_video(path, VideoSettings(num_frames=64)).shape[0] == 12
     with pytest.raises(BadVideo, match="too long"):
         open_video(path, VideoSettings(max_seconds=1.0))
+
+
+def test_a_build_stopped_midway_resumes_from_its_shards(world, tmp_path, monkeypatch):
+    from cl2cm_hf.search import encode
+
+    build = {"images": world / "videos", "max_video_seconds": 4.0, **SMALL}
+    whole = build_index(world / "model", tmp_path / "whole", **build)
+    calls, forward = [], encode.embed_visual
+
+    def stops_at_the_third_batch(model, **inputs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return forward(model, **inputs)
+
+    monkeypatch.setattr(encode, "embed_visual", stops_at_the_third_batch)
+    with pytest.raises(RuntimeError, match="killed"):
+        build_index(world / "model", tmp_path / "index", **build)
+    assert len(list((tmp_path / "index" / "shards").glob("*.safetensors"))) >= 1
+    monkeypatch.setattr(encode, "embed_visual", forward)
+    resumed = build_index(world / "model", tmp_path / "index", **build)
+    assert 0 < resumed.reused and resumed.encoded < whole.encoded, resumed.summary()
+    a, b = SearchIndex.load(tmp_path / "whole", use_faiss=False), SearchIndex.load(tmp_path / "index", use_faiss=False)
+    assert a.ids == b.ids and _reasons(whole) == _reasons(resumed)
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-6)

@@ -30,6 +30,7 @@ from cl2cm_hf.inference import embed_visual
 from cl2cm_hf.search import SearchIndex, build_index
 from cl2cm_hf.search.decode_video import BadVideo, VideoSettings, open_video
 
+pytestmark = pytest.mark.slow  # builds indexes with a DataLoader worker process: not in `make test-fast`
 SMALL = {"batch_size": 3, "chunk_size": 3, "num_workers": 0, "progress": False, "faiss": "none"}
 GOOD = ["clip0.mp4", "clip1.mp4", "clip2.mp4", "clip3.webm", "sub/clip4.mp4", "noext"]
 BROKEN = {"audio.mp4": "no video stream (audio only)", "zero.mp4": "no video stream", "empty.mp4": "empty file",

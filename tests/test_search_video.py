@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow  # builds indexes with a DataLoader worker process
 SMALL = {"batch_size": 3, "chunk_size": 3, "num_workers": 0, "progress": False, "faiss": "none"}
 GOOD = ["clip0.mp4", "clip1.mp4", "clip2.mp4", "clip3.webm", "sub/clip4.mp4", "noext"]
 BROKEN = {"audio.mp4": "no video stream (audio only)", "zero.mp4": "no video stream", "empty.mp4": "empty file",
-          "cut.mp4": "truncated", "notes.mp4": "not a video", "long.mp4": "too long"}
+          "cut.mp4": "truncated", "notes.mp4": "not a video", "long.mp4": "too long",
+          "notes.txt": "not an image or a video"}  # FFmpeg would read the text as "tty" video
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,7 @@ def world(tmp_path_factory):
     whole = write_video(root / "whole.mp4", clip_frames(9, frames=24), faststart=True).read_bytes()
     (videos / "cut.mp4").write_bytes(whole[: len(whole) * 2 // 3])  # the header promises 24 frames
     (videos / "notes.mp4").write_text("not a video at all\n" * 20)
+    (videos / "notes.txt").write_text("some notes beside the clips\n" * 20)
     write_video(videos / "long.mp4", clip_frames(8, frames=40))  # 5 s, over the limit the tests set
     from PIL import Image
 

@@ -22,6 +22,10 @@ from cl2cm_hf.search.checks import check_int
 # A GIF stays a picture (its first frame), as image indexes have always read it.
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ogv", ".wmv", ".flv",
                               ".3gp", ".ts"})
+# FFmpeg demuxers of video containers: a file without a video extension is a video only in one of
+# these (FFmpeg also reads text as "tty" video and pictures as one-frame "image2" video).
+VIDEO_CONTAINERS = frozenset({"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpeg", "mpegts",
+                              "mpegvideo", "flv", "asf", "ogg", "mxf", "rm", "nut", "ivf", "h264", "hevc", "m4v", "dv"})
 DEFAULT_NUM_FRAMES = 8
 DEFAULT_MAX_SECONDS = 4 * 3600.0  # longer is a stream dump or a broken header, not a clip to search
 
@@ -88,8 +92,10 @@ class VideoProbe:
     height: int
 
 
-def probe_video(path: str | os.PathLike) -> VideoProbe:
-    """What the container says about its first video stream; `BadVideo` when there is none."""
+def probe_video(path: str | os.PathLike, sniffed: bool = False) -> VideoProbe:
+    """What the container says about its first video stream; `BadVideo` when there is none, or
+    (`sniffed`: the file has no video extension) when FFmpeg reads it as something else than a video
+    container (text, a picture)."""
     try:
         import av
     except ImportError:
@@ -108,6 +114,8 @@ def probe_video(path: str | os.PathLike) -> VideoProbe:
         reason = getattr(err, "strerror", None) or err  # without the path: the report names the file
         raise BadVideo(f"not a video, or truncated (FFmpeg cannot read the container: {reason})") from None
     with container:
+        if sniffed and not set(container.format.name.split(",")) & VIDEO_CONTAINERS:
+            raise BadVideo(f"not a video container (FFmpeg reads it as {container.format.name!r})")
         if not container.streams.video:
             what = "audio only" if container.streams.audio else "no stream FFmpeg can decode"
             raise BadVideo(f"no video stream ({what})")
@@ -121,12 +129,14 @@ def probe_video(path: str | os.PathLike) -> VideoProbe:
         return VideoProbe(frames, fps, seconds, int(stream.width or 0), int(stream.height or 0))
 
 
-def open_video(path: str | os.PathLike, settings: VideoSettings = DEFAULT_VIDEO, max_pixels: int | None = None) -> np.ndarray:
+def open_video(path: str | os.PathLike, settings: VideoSettings = DEFAULT_VIDEO, max_pixels: int | None = None,
+               sniffed: bool = False) -> np.ndarray:
     """``(T, H, W, 3)`` uint8: `settings.num_frames` frames sampled uniformly over the file (every
-    frame of a shorter one) with `transformers.video_utils.load_video`; `BadVideo` with the reason."""
+    frame of a shorter one) with `transformers.video_utils.load_video`; `BadVideo` with the reason.
+    `sniffed`: the file has no video extension (see `probe_video`)."""
     from transformers.video_utils import load_video
 
-    info = probe_video(path)
+    info = probe_video(path, sniffed)
     if info.frames <= 0:
         raise BadVideo("zero frames (the video stream holds no picture)")
     if info.seconds > settings.max_seconds:

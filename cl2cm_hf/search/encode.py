@@ -56,7 +56,7 @@ class _Decode(torch.utils.data.Dataset):
     def _container(self, i: int, item: Item, err: BadImage):
         """A file with an unknown extension that is no image: a video if FFmpeg finds a video stream in it."""
         try:
-            return i, open_video(item.path, self.video, self.max_pixels), None
+            return i, open_video(item.path, self.video, self.max_pixels, sniffed=True), None
         except BadVideo:
             return i, None, "not an image or a video (neither PIL nor FFmpeg can read the file)"
 

@@ -1,11 +1,13 @@
 """cl2cm-hf: CL2CM cross-lingual cross-modal retrieval on the Hugging Face stack."""
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
+from transformers.models.auto.video_processing_auto import AutoVideoProcessor  # the top-level name needs torchvision
 
 from cl2cm_hf.configuration_cl2cm import CL2CMCrossLingualConfig, CL2CMCrossModalConfig
 from cl2cm_hf.losses import gather_with_grad, info_nce, relational_distillation, sinkhorn_ot_loss, vse_triplet
 from cl2cm_hf.modeling_cl2cm import CL2CMCrossLingualModel, CL2CMCrossLingualOutput, CL2CMCrossModalModel, CL2CMCrossModalOutput
 from cl2cm_hf.processing_cl2cm import CL2CMProcessor, CL2CMTextProcessor, build_processor
+from cl2cm_hf.video_processing_cl2cm import CL2CMVideoProcessor, video_processor_for
 
 # In-process use: AutoConfig/AutoModel resolve our model types from the installed package.
 AutoConfig.register(CL2CMCrossLingualConfig.model_type, CL2CMCrossLingualConfig, exist_ok=True)
@@ -16,6 +18,7 @@ AutoModel.register(CL2CMCrossModalConfig, CL2CMCrossModalModel, exist_ok=True)
 # their own class (text-only or with an image processor) in processor_config.json.
 AutoProcessor.register(CL2CMCrossLingualConfig, CL2CMTextProcessor, exist_ok=True)
 AutoProcessor.register(CL2CMCrossModalConfig, CL2CMProcessor, exist_ok=True)
+AutoVideoProcessor.register(CL2CMCrossModalConfig, CL2CMVideoProcessor, exist_ok=True)
 # Saved checkpoints: auto_map in config.json and the code files copied next to the weights.
 CL2CMCrossLingualConfig.register_for_auto_class()
 CL2CMCrossModalConfig.register_for_auto_class()
@@ -23,6 +26,7 @@ CL2CMCrossLingualModel.register_for_auto_class("AutoModel")
 CL2CMCrossModalModel.register_for_auto_class("AutoModel")
 CL2CMTextProcessor.register_for_auto_class("AutoProcessor")
 CL2CMProcessor.register_for_auto_class("AutoProcessor")
+CL2CMVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 
 __all__ = [
     "CL2CMCrossLingualConfig",
@@ -33,7 +37,9 @@ __all__ = [
     "CL2CMCrossModalOutput",
     "CL2CMProcessor",
     "CL2CMTextProcessor",
+    "CL2CMVideoProcessor",
     "build_processor",
+    "video_processor_for",
     "gather_with_grad",
     "info_nce",
     "vse_triplet",

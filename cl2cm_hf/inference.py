@@ -50,8 +50,8 @@ def visual_inputs(store, visual_ids: Sequence[str], processor=None) -> dict[str,
     """Model inputs of `visual_ids` from a store: ``{store.output_key: values}`` plus ``visual_mask``
     for frame sequences. A `VisualFeatureStore` gives ``visual_features`` ``(N, D)`` or
     ``(N, T, D)``; an `ImagePathStore` gives ``pixel_values`` decoded by `processor`'s image
-    processor when it has one (else the store's own)."""
-    values, mask = store.lookup(list(visual_ids), getattr(processor, "image_processor", None))
+    (video files: video) processor when it has one (else the store's own)."""
+    values, mask = store.lookup(list(visual_ids), getattr(processor, "image_processor", None), getattr(processor, "video_processor", None))
     inputs = {store.output_key: values}
     if mask is not None:
         inputs["visual_mask"] = mask

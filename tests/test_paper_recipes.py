@@ -125,7 +125,8 @@ def one_step_of_each_stage(values):
     loss.backward()
 
     cm = build_cross_modal(model_args, data.tokenizer, data_args.max_length, data.features.feature_dim, cl)
-    assert cm.config.visual_feature_dim == data.features.feature_dim
+    if data.features.feature_dim is not None:  # None: pixels for a vision backbone
+        assert cm.config.visual_feature_dim == data.features.feature_dim
     batch = PairCollator(data.tokenizer, data.features, data_args.max_length, model_args.text_prefix)(rows)
     trainer = CrossModalTrainer(model=cm, args=stage_training_args(training_args, "cm"), cl2cm_args=cl2cm_args, eval_dataset=data.validation_queries,
                                 processing_class=data.tokenizer, teacher_model=cl)
@@ -170,6 +171,45 @@ def test_vatex_recipe_builds_and_steps(tmp_path, tiny_mbert, mbert_tokenizer):
     ])
     _, cm = one_step_of_each_stage(values)
     assert cm.config.visual_num_layers == model_args.visual_num_layers
+
+
+def fake_vatex_videos(root, ids, side: int = 32) -> Path:
+    """The same videos as .mp4 files (2 to 5 frames each) in a folder with images.json, the recipe's second way in."""
+    from cl2cm_hf.data.demo_video_files import write_mp4
+
+    folder = root / "VideoData"
+    (folder / "videos").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, video in enumerate(ids):
+        write_mp4(folder / "videos" / f"{video}.mp4", list(rng.integers(0, 256, (2 + i % 4, side, side, 3), dtype=np.uint8)))
+    (folder / "images.json").write_text(json.dumps({"items": {v: f"videos/{v}.mp4" for v in ids}}))
+    return folder
+
+
+def test_vatex_recipe_from_video_files_builds_and_steps(tmp_path, tiny_mbert, mbert_tokenizer):
+    """The recipe's second way in: .mp4 files decoded and sampled by the video processor, a vision backbone on the frames."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    from conftest import tiny_clip_vision_config
+    from transformers import CLIPImageProcessorPil, CLIPVisionModel
+
+    root = tmp_path / "vatex"
+    fake_vatex(root)
+    fake_vatex_videos(root, [f"v{i}" for i in range(12)])
+    vision = tmp_path / "clip_vision"  # a tiny pretrained image backbone with its image processor
+    CLIPVisionModel(tiny_clip_vision_config()).save_pretrained(vision)
+    CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(vision)
+    values = load_config(CONFIGS / "vatex_zh.yaml", [
+        "--data_root", str(root), "--text_model", str(tiny_mbert), "--tokenizer", str(mbert_tokenizer),
+        "--output_dir", str(tmp_path / "run"), "--report_to", "none", "--dataloader_num_workers", "0",
+        "--features_file", "VideoData", "--visual_encoder_type", "backbone", "--vision_model", str(vision), "--video_num_frames", "3",
+    ])
+    _, cm = one_step_of_each_stage(values)
+    assert cm.config.visual_encoder_type == "backbone"
+    model_args, data_args, _, training_args = parse_config(values)
+    data = build_run_data(data_args, model_args, training_args)
+    assert data.features.video_processor.num_frames == 3
+    pixels, mask = data.features.lookup(["v0", "v3"])
+    assert pixels.shape[:2] == (2, 3) and mask.tolist() == [[1, 1, 0], [1, 1, 1]]  # 2 frames padded; 5 sampled to 3
 
 
 def test_recipes_name_only_known_settings():

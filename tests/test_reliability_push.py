@@ -21,7 +21,7 @@ from cl2cm_hf.retrieval import RetrievalRanks
 SECRET = "hunter2-do-not-publish"
 # What a carded checkpoint consists of (make_checkpoint with a vision backbone, then build_card).
 CHECKPOINT = {"config.json", "model.safetensors", "configuration_cl2cm.py", "modeling_cl2cm.py", "losses.py",
-              "processing_cl2cm.py", "processor_sizes.py", "versioned_folders.py", "errors.py", "tokenizer.json", "tokenizer_config.json",
+              "processing_cl2cm.py", "video_processing_cl2cm.py", "processor_sizes.py", "versioned_folders.py", "errors.py", "tokenizer.json", "tokenizer_config.json",
               "processor_config.json", "README.md", PLOT_FILENAME, "training_config.yaml"}
 
 

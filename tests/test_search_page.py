@@ -166,7 +166,7 @@ def served_page(index_folder: Path, workdir: Path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-    left = sorted(path.name for path in server_tmp.iterdir() if path.name.startswith(("cl2cm-app-", "gradio")))
+    left = sorted(path.name for path in server_tmp.iterdir() if path.name.startswith(("cl2cm-", "gradio")))
     assert server.returncode == 0 and not left, (
         f"after SIGTERM the server exited {server.returncode} and left {left} in its TMPDIR:\n{log.read_text()[-2000:]}")
 

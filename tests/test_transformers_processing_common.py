@@ -1,6 +1,6 @@
 """transformers' own ProcessorTesterMixin (tests/test_processing_common.py of the installed
 release, fetched as in test_transformers_common.py) against both CL2CM processors: text only, and
-tokenizer with a CLIP image processor."""
+tokenizer with a CLIP image processor and the CL2CM video processor made from it."""
 
 import unittest
 
@@ -12,7 +12,7 @@ from conftest import build_wordpiece_tokenizer  # noqa: E402 (after the common t
 from hf_tests.test_processing_common import ProcessorTesterMixin  # noqa: E402 (after the common tests are on sys.path)
 from transformers import CLIPImageProcessor  # noqa: E402 (after the common tests are on sys.path)
 
-from cl2cm_hf import CL2CMProcessor, CL2CMTextProcessor  # noqa: E402 (after the common tests are on sys.path)
+from cl2cm_hf import CL2CMProcessor, CL2CMTextProcessor, video_processor_for  # noqa: E402 (after the common tests are on sys.path)
 
 
 class CL2CMTextProcessorTest(ProcessorTesterMixin, unittest.TestCase):
@@ -25,6 +25,7 @@ class CL2CMTextProcessorTest(ProcessorTesterMixin, unittest.TestCase):
 
 class CL2CMProcessorTest(ProcessorTesterMixin, unittest.TestCase):
     processor_class = CL2CMProcessor
+    videos_input_name = "pixel_values"  # what the model's get_video_features reads (with visual_mask)
 
     @classmethod
     def _setup_tokenizer(cls):
@@ -33,3 +34,7 @@ class CL2CMProcessorTest(ProcessorTesterMixin, unittest.TestCase):
     @classmethod
     def _setup_image_processor(cls):
         return CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+
+    @classmethod
+    def _setup_video_processor(cls):
+        return video_processor_for(cls._setup_image_processor(), num_frames=4)

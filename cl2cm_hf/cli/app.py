@@ -2,16 +2,18 @@
 
     cl2cm-app INDEX [--port 7860] [--host 127.0.0.1] [--top 12] [--allow-model-mismatch]
 
-A query box (a caption in any language the model was trained on), a grid of the best images with
-their score and caption when the index knows it, "more like this" (upload an image, or click a
-result), and a line naming the model and index served. The components carry the elem_ids
+A query box (a caption in any language the model was trained on), a grid of the best images and
+video clips (a clip shows its first frame and plays, muted and looped, while the pointer is on it)
+with their score and caption when the index knows it, "more like this" (upload an image, or click
+a result), and a line naming the model and index served. The components carry the elem_ids
 ``#query``, ``#go``, ``#results``, ``#image-query`` and ``#model-info`` (tests/test_search_page.py
 drives them in a real browser). Install with ``pip install "cl2cm-hf[app]"``; ``trainer/app.py``
 is the same page as a Space file.
 
 The page fetches nothing at run time: Gradio's analytics and version check are off (set before
 Gradio is imported) and its default theme ships its fonts. It serves nothing but the indexed
-pictures: they reach Gradio as pixels, and no folder is allowed to Gradio's file route. Gradio's
+pictures and clips: pictures reach Gradio as pixels, clips as copies in a private temporary
+folder (`cl2cm_hf.cli.app_clips`), and no folder is allowed to Gradio's file route. Gradio's
 own files live in a temporary folder of the server's, removed when it stops.
 """
 
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from cl2cm_hf.cli import run_tool
+from cl2cm_hf.cli.app_clips import HOVER_PLAY_JS, is_clip, shown_clip
 from cl2cm_hf.data.schemas import is_blank
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.checks import check_int, int_option, printable
@@ -72,16 +75,18 @@ def shown_picture(path: str):
     return image
 
 
-def gallery_value(hits) -> list[tuple]:
-    """Gallery items ``(picture, label)`` in rank order; hits without a readable picture are left out."""
-    shown = []
+def gallery_value(hits) -> tuple[list[tuple], list]:
+    """Gallery items ``(picture or clip copy, label)`` in rank order, and the hits shown; hits
+    without a readable picture or clip are left out."""
+    shown, kept = [], []
     for rank, hit in enumerate(hits, start=1):
         if hit.path:
             try:
-                shown.append((shown_picture(hit.path), hit_label(rank, hit)))
-            except BadImage:
+                shown.append((shown_clip(hit.path) if is_clip(hit.path) else shown_picture(hit.path), hit_label(rank, hit)))
+                kept.append(hit)
+            except (BadImage, OSError):
                 continue  # changed or removed since the index was built
-    return shown
+    return shown, kept
 
 
 def upload_path(payload) -> str | None:
@@ -110,7 +115,8 @@ def build_app(index, top_k: int = DEFAULT_TOP_K) -> "gr.Blocks":
         return [], []
 
     def shown(hits):
-        return gallery_value(hits), [str(hit.path) for hit in hits if hit.path]
+        value, kept = gallery_value(hits)
+        return value, [(hit.id, str(hit.path)) for hit in kept]
 
     def by_text(query: str):
         if is_blank(query or ""):
@@ -136,15 +142,21 @@ def build_app(index, top_k: int = DEFAULT_TOP_K) -> "gr.Blocks":
             return refuse(f"Cannot search with this picture: {err}")
         return by_picture(image)
 
-    def more_like_this(shown_paths: list[str], evt: gr.SelectData):
+    def more_like_this(shown_items: list[tuple[str, str]], evt: gr.SelectData):
+        item_id, path = shown_items[evt.index]
+        if is_clip(path) or getattr(index.processor, "image_processor", None) is None:
+            try:  # a clip, or a model that reads features: the item's own embedding from the index
+                return (None, *shown(index.search_item(item_id, top_k=top_k)))
+            except ValueError as err:
+                return (None, *refuse(str(err)))
         try:
-            image = open_image(shown_paths[evt.index])
+            image = open_image(path)
         except BadImage as err:
             return (None, *refuse(f"Cannot read this result's picture: {err}"))
         return (image, *by_picture(image))
 
     with gr.Blocks(title="CL2CM search") as page:
-        gr.Markdown("## Search images with a caption in any trained language")
+        gr.Markdown("## Search images and videos with a caption in any trained language")
         gr.Markdown(model_info(index.metadata, getattr(index, "model_mismatch", None)), elem_id="model-info")
         with gr.Row():
             query = gr.Textbox(label="Caption", placeholder=EXAMPLE_QUERY, elem_id="query", scale=6, lines=1, max_lines=1)
@@ -155,7 +167,7 @@ def build_app(index, top_k: int = DEFAULT_TOP_K) -> "gr.Blocks":
                                  allow_preview=False, scale=4)
             image_query = gr.Image(label="More like this", type="pil", sources=["upload", "clipboard"],
                                    elem_id="image-query", height=240, scale=1, min_width=200)
-        shown_paths = gr.State([])  # paths of the results on screen, in order, for "more like this"
+        shown_paths = gr.State([])  # (id, path) of the results on screen, in order, for "more like this"
 
         go.click(by_text, query, [results, shown_paths])
         query.submit(by_text, query, [results, shown_paths])
@@ -171,7 +183,7 @@ def serve(index, host: str | None = "127.0.0.1", port: int | None = None, top_k:
     `host`/`port` None: Gradio's variables ``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` (as a Space
     sets them), else 127.0.0.1 and 7860 or the next free port."""
     with private_gradio_temp():
-        build_app(index, top_k).launch(server_name=host, server_port=port, ssr_mode=False, footer_links=[])
+        build_app(index, top_k).launch(server_name=host, server_port=port, ssr_mode=False, footer_links=[], js=HOVER_PLAY_JS)
 
 
 @contextlib.contextmanager

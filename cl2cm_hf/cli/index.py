@@ -11,6 +11,7 @@ import sys
 from cl2cm_hf.cli import run_tool
 from cl2cm_hf.search.checks import int_option, printable
 from cl2cm_hf.search.decode import DEFAULT_MAX_PIXELS
+from cl2cm_hf.search.decode_video import DEFAULT_MAX_SECONDS
 from cl2cm_hf.search.index import (
     REPORT_FILE,
 )
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="cross-modal checkpoint folder or hub id")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", help="image folder, text file listing image paths, or a datasets folder")
+    what.add_argument("--videos", help="video folder or list file (videos only; --images takes pictures and videos together)")
     what.add_argument("--features", help="feature store or image/frame store folder")
     parser.add_argument("--pictures", help="folder of pictures shown for feature rows: <id>.<ext> or <id>/ frames")
     parser.add_argument("--out", required=True, help="index folder: new, empty, or an index cl2cm-index wrote of the same "
@@ -35,10 +37,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="what a rebuild compares to find changed files: mtime (default) = path + size + "
                              "modification time, fast but blind to a rewrite that keeps both; hash = sha256 of the content")
     parser.add_argument("--batch-size", type=int_option("batch_size"), default=64)
-    parser.add_argument("--num-workers", type=int_option("num_workers"), default=2, help="DataLoader processes decoding images")
+    parser.add_argument("--num-workers", type=int_option("num_workers"), default=2, help="DataLoader processes decoding images and videos")
     parser.add_argument("--chunk-size", type=int_option("chunk_size"), default=1024,
                         help="items per shard (resume and process split unit), rounded down to a multiple of --batch-size")
     parser.add_argument("--max-pixels", type=int_option("max_pixels"), default=DEFAULT_MAX_PIXELS, help="larger images are skipped")
+    parser.add_argument("--num-frames", type=int_option("num_frames"), default=None,
+                        help="frames sampled uniformly per video (default: the checkpoint's video processor's, else 8)")
+    parser.add_argument("--max-video-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="longer videos are skipped")
     parser.add_argument("--faiss", default="auto", choices=["auto", "hnsw", "flat", "ivf_flat", "none"])
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
@@ -48,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         report = build_index(args.model, args.out, images=args.images, features=args.features, batch_size=args.batch_size,
                              num_workers=args.num_workers, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
                              faiss=args.faiss, device=args.device, progress=not args.no_progress, pictures=args.pictures,
-                             compare=args.compare, overwrite=args.overwrite)
+                             compare=args.compare, overwrite=args.overwrite, videos=args.videos,
+                             num_frames=args.num_frames, max_video_seconds=args.max_video_seconds)
         return show(report)
 
     def show(report) -> int:

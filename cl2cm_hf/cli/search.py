@@ -1,4 +1,5 @@
-"""``cl2cm-search INDEX "ein roter Hund" --top 5 [--json]``: query an index from the shell.
+"""``cl2cm-search INDEX "ein roter Hund" --top 5 [--json]``: query an index from the shell (or
+``--image FILE``, ``--video FILE``, ``--like ID``: more like this).
 
 Prints a table (rank, score, id, path, caption) or, with ``--json``, one JSON object
 (``{"index", "query", "hits": [{"rank", "id", "path", "score", "caption"}]}``). Exit status 0 on
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("index", help="index folder written by cl2cm-index")
     parser.add_argument("query", nargs="?", help="text query, in any language the model was trained on")
     parser.add_argument("--image", help="query with this image instead (more like this)")
+    parser.add_argument("--video", help="query with this video file instead (more like this; sampled as the index's videos)")
+    parser.add_argument("--like", metavar="ID", help="query with the indexed item ID instead (more like this; any index)")
     parser.add_argument("--top", type=int_option("top_k"), default=None,
                         help="results to show: at most the index's size (default 5, or every item of a smaller index)")
     parser.add_argument("--exact", action="store_true", help="exact search even when the index has faiss")
@@ -37,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-model-mismatch", action="store_true",
                         help="search although the index's checkpoint changed since the build (prints a warning)")
     args = parser.parse_args(argv)
-    if (args.query is None) == (args.image is None):
-        parser.error("give a text query or --image FILE (one of them)")
+    given = [x for x in (args.query, args.image, args.video, args.like) if x is not None]
+    if len(given) != 1:
+        parser.error("give a text query, --image FILE, --video FILE or --like ID (one of them)")
 
     def run():
         index = SearchIndex.load(args.index, allow_model_mismatch=args.allow_model_mismatch)
@@ -48,17 +52,22 @@ def main(argv: list[str] | None = None) -> int:
             raise CL2CMError(f"--top {args.top} is more than the {len(index)} items of the index {args.index}")
         if args.image:
             hits = index.search_image(args.image, args.top, exact=args.exact)
+        elif args.video:
+            hits = index.search_video(args.video, args.top, exact=args.exact)
+        elif args.like is not None:
+            hits = index.search_item(args.like, args.top, exact=args.exact)
         else:
             hits = index.search(args.query, args.top, exact=args.exact)
         show(index, hits)
 
     def show(index, hits):
         if args.json:
-            print(json.dumps({"index": str(index.folder), "query": args.query or {"image": args.image},
+            query = args.query or ({"image": args.image} if args.image else {"video": args.video} if args.video else {"like": args.like})
+            print(json.dumps({"index": str(index.folder), "query": query,
                               "hits": [h.to_dict() for h in hits]}, ensure_ascii=False, indent=1))
         else:
             print(f"{index.metadata['count']} items, model {printable(str(index.metadata['model']))}; "
-                  f"query {printable(repr(args.query or args.image))}")
+                  f"query {printable(repr(given[0]))}")
             print(_table(hits))
 
     return run_tool("cl2cm-search", run)

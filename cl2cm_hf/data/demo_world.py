@@ -85,6 +85,14 @@ class DemoWorld(RetrievalData):
             else:
                 yield visual_id, demo_render.render_video(scenes[row], schedules[row], size, rng)
 
+    def render_manifest(self, size: int) -> str:
+        """What the world's pictures at `size` are drawn from (world, items, renderer, Pillow), as JSON:
+        a rendered folder holding the same manifest is reused."""
+        return json.dumps({"size": size, **{key: self.config[key] for key in ("seed", "visual_kind", "frames")},
+                           "items_sha256": _sha256(repr(list(self.scenes.items()))),
+                           "renderer_sha256": _sha256(Path(demo_render.__file__).read_text(encoding="utf-8")),
+                           "pillow": PIL.__version__})
+
     def render_images(self, folder: str | os.PathLike, size: int = 64) -> dict[str, Path | list[Path]]:
         """Every item's `pictures` as PNG files, for a vision tower that reads pixels.
 
@@ -97,10 +105,7 @@ class DemoWorld(RetrievalData):
         paths = {visual_id: folder / f"{visual_id}.png" if schedules is None
                  else [folder / visual_id / f"{t:02d}.png" for t in range(len(schedules[row]))]
                  for row, visual_id in enumerate(self.scenes)}
-        manifest = json.dumps({"size": size, **{key: self.config[key] for key in ("seed", "visual_kind", "frames")},
-                               "items_sha256": _sha256(repr(list(self.scenes.items()))),
-                               "renderer_sha256": _sha256(Path(demo_render.__file__).read_text(encoding="utf-8")),
-                               "pillow": PIL.__version__})
+        manifest = self.render_manifest(size)
         if (folder / RENDER_MANIFEST).is_file() and (folder / RENDER_MANIFEST).read_text(encoding="utf-8") == manifest:
             return paths
         with atomic_directory(folder) as tmp:

@@ -360,9 +360,10 @@ class VisualFeatureStore:
         return self
 
     # --- lookup -------------------------------------------------------------------------------
-    def lookup(self, visual_ids: Sequence[str], image_processor=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def lookup(self, visual_ids: Sequence[str], image_processor=None, video_processor=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Features of `visual_ids` as float32 and the frame mask (None for images). `image_processor`
-        is not used (features need no decoding); it keeps the lookup the same as `ImagePathStore`'s."""
+        and `video_processor` are not used (features need no decoding); they keep the lookup the same
+        as `ImagePathStore`'s."""
         rows = rows_of(self._index, visual_ids, self.name)
         if self._lengths is None:
             values = self._valid_values(rows, self._array[rows])

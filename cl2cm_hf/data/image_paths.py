@@ -1,9 +1,10 @@
 """Images on disk looked up by visual id, for the backbone mode (a vision tower on pixel values).
 
-An item is one image file, or (video) a list of frame files. ``lookup`` opens the files with PIL
-and runs a transformers image processor (`cl2cm_hf.processing_cl2cm.pixel_inputs`, as the
-checkpoints' processors do): ``(pixel_values (B, 3, H, W), None)`` for images,
-``(pixel_values (B, T, 3, H, W), mask (B, T))`` for frame lists.
+An item is one image file, or (video) a list of frame files or one video file (`VIDEO_SUFFIXES`).
+``lookup`` opens images with PIL and runs a transformers image processor
+(`cl2cm_hf.processing_cl2cm.pixel_inputs`, as the checkpoints' processors do): ``(pixel_values
+(B, 3, H, W), None)`` for images, ``(pixel_values (B, T, 3, H, W), mask (B, T))`` for frame lists;
+video files are decoded and sampled by a video processor (`CL2CMVideoProcessor`), with the same result.
 
 On disk (``save``/``load``): a folder with ``images.json`` (``{"items": {visual_id: file or
 [frame files]}}``, paths relative to the folder) and the image files.
@@ -26,6 +27,7 @@ from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.processing_cl2cm import pixel_inputs
 
 IMAGES_FILE = "images.json"
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
 
 
 def to_rgb(image):
@@ -46,7 +48,8 @@ class ImagePathStore:
     output_key = "pixel_values"  # batch key the collators use
 
     def __init__(
-        self, paths: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]], image_processor=None, name: str | None = None
+        self, paths: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]], image_processor=None, name: str | None = None,
+        video_processor=None,
     ):
         self.name = name or f"image path store ({len(paths)} items)"
         self._ids, self._index = index_ids(paths.keys(), self.name)
@@ -58,7 +61,12 @@ class ImagePathStore:
         for visual_id, frames in zip(self._ids, self._paths):
             if not frames:
                 raise CL2CMError(f"{self.name}: visual_id {visual_id!r} has no frame files")
+        files = {frames[0].suffix.lower() in VIDEO_SUFFIXES for frames in self._paths} if not self._is_video else {False}
+        if len(files) > 1:
+            raise CL2CMError(f"{self.name}: mixes video files ({', '.join(VIDEO_SUFFIXES)}) and images; use one kind for all items")
+        self._video_files = files == {True}
         self.image_processor = image_processor
+        self.video_processor = video_processor
 
     @classmethod
     def from_split_file(
@@ -108,9 +116,12 @@ class ImagePathStore:
         with Image.open(path) as image:
             return to_rgb(image)
 
-    def lookup(self, visual_ids: Sequence[str], image_processor=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def lookup(self, visual_ids: Sequence[str], image_processor=None, video_processor=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Pixel values of `visual_ids` (float32) and the frame mask (None for single images), made
-        by `image_processor` (a transformers image processor), else by the store's own."""
+        by `image_processor` (a transformers image processor), else by the store's own; video files
+        by `video_processor`, else the store's own."""
+        if self._video_files:
+            return self._decode_videos(visual_ids, video_processor or self.video_processor)
         processor = image_processor or self.image_processor
         if processor is None:
             raise CL2CMError(f"{self.name}: no image processor; pass image_processor= to the store or to lookup")
@@ -119,6 +130,13 @@ class ImagePathStore:
         if not self._is_video:
             return pixel_inputs(processor, images=[item[0] for item in frames])["pixel_values"], None
         inputs = pixel_inputs(processor, videos=frames)
+        return inputs["pixel_values"], inputs["visual_mask"]
+
+    def _decode_videos(self, visual_ids: Sequence[str], processor) -> tuple[torch.Tensor, torch.Tensor]:
+        if processor is None:
+            raise CL2CMError(f"{self.name}: holds video files and has no video processor; pass video_processor= to the store or to lookup")
+        rows = rows_of(self._index, visual_ids, self.name)
+        inputs = processor(videos=[str(self._paths[row][0]) for row in rows], return_tensors="pt")
         return inputs["pixel_values"], inputs["visual_mask"]
 
     @property
@@ -132,7 +150,7 @@ class ImagePathStore:
 
     @property
     def is_video(self) -> bool:
-        return self._is_video
+        return self._is_video or self._video_files
 
     def __len__(self) -> int:
         return len(self._ids)

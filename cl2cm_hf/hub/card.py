@@ -88,6 +88,24 @@ def visual_inputs(config: Mapping) -> dict:
             "channels": int(vision.get("num_channels", 3))}
 
 
+def video_sampling(folder: Path) -> str | None:
+    """How the checkpoint's video processor (``video_processor`` in processor_config.json) samples
+    and sizes frames, for the card; None for a checkpoint without one."""
+    video = read_json(folder / "processor_config.json").get("video_processor")
+    if not isinstance(video, Mapping):
+        return None
+    sides = (video.get("crop_size") if video.get("do_center_crop") else None) or video.get("size") or {}
+    size = f"{sides['height']}x{sides['width']}" if {"height", "width"} <= set(sides) else ", ".join(f"{k} {v}" for k, v in sides.items())
+    frames = video.get("num_frames")
+    if not video.get("do_sample_frames", True):
+        sampling = "every frame of each video"
+    elif video.get("fps"):
+        sampling = f"{video['fps']} frames per second, at most {frames}"
+    else:
+        sampling = f"{frames} frames spread uniformly over each video (all frames of a shorter one, masked)"
+    return f"{sampling}; {size} px each" if size else sampling
+
+
 def _caption_literals(languages: Iterable[str]) -> list[str]:
     """Two example captions of the first target language that has some, as Python string literals
     (the checkpoint's processor adds its text prefix)."""
@@ -263,6 +281,7 @@ def build_card(folder: str | Path, records: Iterable[MetricRecord] | None = None
         text={"model_type": text.get("model_type", "text"), "pooling": config.get("pooling", "mean"),
               "projection_dim": config.get("projection_dim", "?"), "prefix": config.get("text_prefix") or ""},
         visual=visual_inputs(config),
+        video=video_sampling(folder),
         captions=_caption_literals(languages),
         training_summary=training_summary(training_config),
         training_yaml=yaml.safe_dump(training_config, sort_keys=False, allow_unicode=True).strip() if training_config else "",

@@ -1,12 +1,14 @@
-"""Search a user's images with a CL2CM model: build an index (`build_index`), load it and query it
-with text in any trained language or with an image (`SearchIndex`). The build runs in stages, one a
-module: ``sources`` (what to index, with cache keys) -> ``decode`` (files to RGB) -> ``encode``
+"""Search a user's images and videos with a CL2CM model: build an index (`build_index`), load it and
+query it with text in any trained language, an image, a video or an indexed item (`SearchIndex`).
+The build runs in stages, one a module: ``sources`` (what to index, with cache keys) -> ``decode``
+(files to RGB) and ``decode_video`` (video files to sampled frames) -> ``encode``
 (DataLoader workers, the model) -> ``shards`` (finished chunks, the rerun cache) -> ``index_build``
 (the index folder, faiss). ``index`` holds the on-disk format, `SearchIndex` and the model
 fingerprint; ``out_folder`` where an index may be written; ``checks`` option ranges and printable
 names. The tools (``cl2cm-index``, ``cl2cm-search``, ``cl2cm-app``) are in `cl2cm_hf.cli`."""
 
 from cl2cm_hf.search.decode import BadImage, open_image
+from cl2cm_hf.search.decode_video import BadVideo, open_video
 from cl2cm_hf.search.index import (
     BrokenIndexError,
     ModelMismatchError,
@@ -22,6 +24,7 @@ from cl2cm_hf.search.out_folder import OutFolderError
 
 __all__ = [
     "BadImage",
+    "BadVideo",
     "BrokenIndexError",
     "IndexReport",
     "ModelMismatchError",
@@ -34,4 +37,5 @@ __all__ = [
     "model_fingerprint",
     "model_revision",
     "open_image",
+    "open_video",
 ]

@@ -7,7 +7,8 @@ reader sees the previous complete index or the new one, never a mix):
     model (path or hub id), model_name (what the page shows: the model card's name, else the
     folder's name), model_revision (``sha256:`` of the checkpoint's files), model_fingerprint (of the
     loaded model's config and tensors: `model_fingerprint`), dim, count, created (UTC), source,
-    cache key kind, pictures (the folder given, or null), faiss (``{"type", "file", "recall@10", ...}`` or null).
+    cache key kind, pictures (the folder given, or null), faiss (``{"type", "file", "recall@10", ...}`` or null),
+    video (``{"num_frames", "max_seconds", "videos_only"}``: how video files were sampled; null for features).
 ``.cl2cm-index``
     the marker that makes the folder recognisable as an index (`cl2cm_hf.search.out_folder`).
 ``data/``
@@ -37,7 +38,7 @@ import torch
 from cl2cm_hf.atomic import recover_directory
 from cl2cm_hf.data.schemas import is_blank
 from cl2cm_hf.errors import CL2CMError
-from cl2cm_hf.inference import encode_texts, encode_visual, load_model_and_processor
+from cl2cm_hf.inference import embed_visual, encode_texts, encode_visual, load_model_and_processor
 from cl2cm_hf.retrieval import faiss_search, topk
 from cl2cm_hf.search.checks import check_int, printable
 from cl2cm_hf.search.decode import BadImage, open_image
@@ -193,6 +194,7 @@ class SearchIndex:
         self.folder = Path(folder)
         self.metadata = metadata
         self.ids = list(columns["id"])
+        self._rows = {item_id: row for row, item_id in enumerate(self.ids)}
         self.paths = list(columns["path"])
         self.captions = list(columns["caption"])
         self.embeddings = embeddings
@@ -305,6 +307,30 @@ class SearchIndex:
             raise CL2CMError(f"search_image: image must be a PIL image, an (H, W, 3) array or a file path, got {type(image).__name__}")
         query = encode_visual(self.model, [image], processor=self.processor, device=self.device)
         return self.search_embeddings(query, k, exact=exact)[0]
+
+    def search_video(self, video, top_k: int | None = None, *, exact: bool = False, num_frames: int | None = None) -> list[SearchHit]:
+        """The `top_k` items most like `video` (a file path, or ``(T, H, W, 3)`` uint8 frames), best
+        first; the file is sampled as the index's videos were (its ``num_frames``)."""
+        from cl2cm_hf.search.decode_video import VideoSettings, open_video, video_inputs
+
+        if getattr(self.processor, "image_processor", None) is None:
+            raise CL2CMError(f"{self.folder}: the model reads precomputed features, not pixels; search like an "
+                             "indexed item with search_item(id)")
+        k = self._top_k(top_k)
+        if isinstance(video, (str, os.PathLike)):
+            frames = num_frames or (self.metadata.get("video") or {}).get("num_frames") or VideoSettings().num_frames
+            video = open_video(video, VideoSettings(num_frames=frames))
+        elif not (isinstance(video, np.ndarray) and video.ndim == 4 and video.shape[-1] == 3 and video.dtype == np.uint8 and video.size):
+            raise CL2CMError(f"search_video: video must be a file path or (T, H, W, 3) uint8 frames, got {type(video).__name__}")
+        inputs = {key: value.to(self.device) for key, value in video_inputs(self.processor, [video]).items()}
+        return self.search_embeddings(embed_visual(self.model, **inputs).float().cpu(), k, exact=exact)[0]
+
+    def search_item(self, item_id: str, top_k: int | None = None, *, exact: bool = False) -> list[SearchHit]:
+        """"More like this" for an indexed item, from its stored embedding (any index: pictures,
+        videos or features); `UnknownQueryError` when the index has no item `item_id`."""
+        if item_id not in self._rows:
+            raise UnknownQueryError(f"search_item: the index {self.folder} has no item {printable(str(item_id))!r}")
+        return self.search_embeddings(torch.from_numpy(self.embeddings[self._rows[item_id]][None]), top_k, exact=exact)[0]
 
     def _top_k(self, top_k) -> int:
         """`top_k` checked against the index: at most its size (None: 5, or fewer when it holds fewer)."""

@@ -1,6 +1,7 @@
 """Build a search index over a user's images, videos or precomputed features (``cl2cm-index``).
 
     cl2cm-index MODEL --images DIR|LIST|DATASET --out INDEX
+    cl2cm-index MODEL --videos DIR|LIST --out INDEX [--num-frames 8]   # video files only
     cl2cm-index MODEL --features STORE --out INDEX          # feature store or image/frame store
     torchrun --nproc_per_node 2 -m cl2cm_hf.cli.index MODEL --images DIR --out INDEX
 
@@ -14,6 +15,16 @@ frame sequences) or an `ImagePathStore` folder (``images.json``; images or frame
 ``--pictures DIR`` gives feature rows a picture to show (the index's path column; search results
 and the page show it): ``DIR/<id>.<ext>``, or the first file of ``DIR/<id>/`` (video frames), as
 the demo world's rendered pictures are named. Items that have their own file keep it.
+
+Videos: a file with a video extension (``.mp4``, ``.webm``, ``.mkv``, ``.mov``, ...), or one PIL
+cannot read in which FFmpeg finds a video stream, is decoded with transformers' ``load_video``
+(PyAV; ``pip install 'cl2cm-hf[video]'``) to ``num_frames`` frames sampled uniformly, in the
+DataLoader workers, and embedded with ``get_video_features``; pictures beside it keep the image
+path. Empty, truncated, audio-only, zero-frame and longer-than-``max_video_seconds`` files are
+skipped with the reason. ``--videos`` takes videos only (a picture there is skipped, saying so). A
+model that reads precomputed features cannot decode files: index its frame features with
+``--features STORE --pictures DIR`` (``DIR/<id>.mp4``) to show the clips. The sampling settings are
+part of every possible video's cache key, so changing them re-encodes the videos and nothing else.
 
 Encoding goes through the checkpoint's processor and ``embed_visual`` (the model's ``get_image_features`` / ``get_video_features``): files are
 opened and turned into ``pixel_values`` by the processor inside DataLoader workers, so decoding
@@ -45,7 +56,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,6 +67,7 @@ from cl2cm_hf.atomic import atomic_directory, atomic_write_text, recover_directo
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.checks import check_int
 from cl2cm_hf.search.decode import DEFAULT_MAX_PIXELS
+from cl2cm_hf.search.decode_video import DEFAULT_MAX_SECONDS, mark_video_keys, video_settings
 from cl2cm_hf.search.encode import chunked, encode_chunks
 from cl2cm_hf.search.index import (
     DATA_DIR,
@@ -146,9 +158,13 @@ def _write_index(tmp: Path, items, done, bad, metadata: dict, faiss_type: str) -
 def build_index(model, out, *, images=None, features=None, processor=None, batch_size: int = 64,
                 num_workers: int = 2, chunk_size: int = 1024, max_pixels: int = DEFAULT_MAX_PIXELS,
                 faiss: str = "auto", device=None, progress: bool = True, pictures=None, compare: str = "mtime",
-                overwrite: bool = False) -> IndexReport:
-    """Index `images` (folder, list file or datasets folder) or `features` (store folder) with the
-    checkpoint `model` (a folder or hub id) into folder `out`; see the module docstring.
+                overwrite: bool = False, videos=None, num_frames: int | None = None,
+                max_video_seconds: float = DEFAULT_MAX_SECONDS) -> IndexReport:
+    """Index `images` (folder, list file or datasets folder: pictures, and videos recognised by
+    extension or container), `videos` (the same, videos only: a still image is skipped with the
+    reason) or `features` (store folder) with the checkpoint `model` (a folder or hub id) into
+    folder `out`; see the module docstring. Videos are sampled to `num_frames` frames (default: the
+    checkpoint's video processor's, else 8); longer than `max_video_seconds` are skipped.
 
     `out` must be missing, empty or an index of the same source (`check_out_folder`; an index of
     another source is replaced only with `overwrite`). `pictures`: a folder with a picture per
@@ -166,12 +182,12 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     for name, value, allowed in (("faiss", faiss, ("auto", "hnsw", "flat", "ivf_flat", "none")), ("compare", compare, tuple(COMPARE))):
         if value not in allowed:
             raise CL2CMError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-    if (images is None) == (features is None):
-        raise CL2CMError("pass images= (a folder, a list file or a datasets folder) or features= (a store folder)")
+    if sum(x is not None for x in (images, videos, features)) != 1:
+        raise CL2CMError("pass images= or videos= (a folder, a list file or a datasets folder) or features= (a store folder)")
     device = _checked_device(device)
-    source_path = Path(images if images is not None else features).absolute()
-    out = check_out_folder(out, source_path, {"--images": images, "--features": features, "--pictures": pictures},
-                           model, overwrite)
+    source_path = Path(next(x for x in (images, videos, features) if x is not None)).absolute()
+    out = check_out_folder(out, source_path, {"--images": images, "--videos": videos, "--features": features,
+                                              "--pictures": pictures}, model, overwrite)
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     device = device or state.device
     if chunk_size % batch_size:
@@ -181,9 +197,12 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     processor = processor or loaded_processor
     revision = model_revision(model, loaded_model)
     namespace = cache_namespace(revision, max_pixels)
-    items, source_info, source = collect_items(images, features)
+    items, source_info, source = collect_items(images if videos is None else videos, features)
+    video = video_settings(loaded_processor, num_frames, max_video_seconds, videos_only=videos is not None)
     if compare == "hash":
         rekey_by_content(items)
+    if features is None:
+        mark_video_keys(items, video)
     if pictures is not None:
         attach_pictures(items, pictures)
         pictures = str(Path(pictures).absolute())
@@ -201,7 +220,7 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     chunks = chunked(pending, chunk_size)
     mine = [chunk for n, chunk in enumerate(chunks) if n % state.num_processes == state.process_index]
     encode_chunks(loaded_model, processor, items, source, mine, out / SHARDS_DIR, namespace, batch_size,
-                   num_workers, max_pixels, device, progress and state.is_main_process)
+                   num_workers, max_pixels, device, progress and state.is_main_process, video)
     state.wait_for_everyone()
     keys = {item.key for item in items}
     report = IndexReport(out, reused=len(items) - len(pending), removed=len(previous - keys))
@@ -225,6 +244,7 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": source_info,
             "cache_key": f"{COMPARE[compare]}; sha256 of the content (dataset bytes, feature rows)", "compare": compare,
             "max_pixels": max_pixels, "faiss_request": faiss, "pictures": pictures,
+            "video": None if features is not None else asdict(video),
         }
         with atomic_directory(out) as tmp:
             mark_index_folder(tmp, source_path)

@@ -19,7 +19,7 @@ import torch
 from transformers import TrainingArguments
 
 from cl2cm_hf.errors import CL2CMError
-from cl2cm_hf.training.allowed import LANGUAGE_CODES, NAME, Allowed, at_least, check_allowed, one_of
+from cl2cm_hf.training.allowed import LANGUAGE_CODES, NAME, Allowed, above, at_least, check_allowed, one_of
 from cl2cm_hf.training.method_arguments import CL2CMArguments
 
 
@@ -203,6 +203,21 @@ class DataArguments:
             "help": "Folder of rendered demo pictures, one subfolder per world kind, seed and size (rendered once, "
             "reused while the world is the same); None: <output_dir>/demo_pictures."
         },
+    )
+    demo_video_files: bool = field(
+        default=False,
+        metadata={"help": "demo_pixels with demo_visual_kind video: the videos as .mp4 files (under demo_image_cache), "
+                  "read through the video processor, instead of folders of frame PNGs."},
+    )
+    video_num_frames: int = field(
+        default=8,
+        metadata={"help": "Video processor: frames sampled uniformly from each video file (with video_fps: the most kept); "
+                  "saved in the checkpoint's processor.", "allowed": Allowed(1, 4096)},
+    )
+    video_fps: float | None = field(
+        default=None,
+        metadata={"help": "Video processor: sample this many frames per second instead (at most video_num_frames); None: uniform.",
+                  "allowed": above(0)},
     )
     fold: int | None = field(
         default=None,

@@ -26,10 +26,12 @@ from cl2cm_hf.data import (
     report_skipped_rows,
     train_demo_tokenizer,
 )
+from cl2cm_hf.data.demo_video_files import video_file_store
 from cl2cm_hf.data.image_paths import IMAGES_FILE
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.training.model_setup import scratch_image_processor
 from cl2cm_hf.training.recipe import global_batch
+from cl2cm_hf.video_processing_cl2cm import video_processor_for
 
 
 @dataclass
@@ -96,6 +98,8 @@ def _demo_pictures(world, data_args, seed: int, training_args) -> ImagePathStore
     cache = Path(data_args.demo_image_cache or Path(training_args.output_dir) / "demo_pictures")
     folder = cache / f"{data_args.demo_visual_kind}_seed{seed}_{data_args.demo_image_size}px"
     with training_args.main_process_first(desc="demo pictures"):
+        if data_args.demo_video_files:
+            return video_file_store(world, folder.with_name(folder.name + "_mp4"), data_args.demo_image_size)
         return world.image_store(folder, data_args.demo_image_size)
 
 
@@ -156,7 +160,7 @@ def _visual_store(data_args, policy: dict | None = None):
     return open_visual_store(path, **policy)
 
 
-def _check_visual_input(features, model_args) -> None:
+def _check_visual_input(features, model_args, data_args) -> None:
     """Pixels for a vision backbone (decoded by its image processor), features otherwise."""
     pixels = isinstance(features, ImagePathStore)
     if pixels != (model_args.visual_encoder_type == "backbone"):
@@ -166,15 +170,21 @@ def _check_visual_input(features, model_args) -> None:
             f"(features_file: a folder with {IMAGES_FILE}; demo: demo_pixels: true), features reads a feature store"
         )
     if pixels:
-        if model_args.vision_config:
-            features.image_processor = scratch_image_processor(model_args.vision_config)
-            return
-        if not model_args.vision_model:
-            raise CL2CMError("visual_encoder_type: backbone needs vision_model (a folder or hub id) or vision_config")
-        try:
-            features.image_processor = AutoImageProcessor.from_pretrained(model_args.vision_model)
-        except OSError as err:
-            raise CL2CMError(f"vision_model={model_args.vision_model!r} has no image processor to decode images ({err})") from None
+        features.image_processor = _image_processor(model_args)
+        # Frames prepared as images are; saved in the checkpoint, and what decodes a store of video files.
+        features.video_processor = video_processor_for(features.image_processor, data_args.video_num_frames, data_args.video_fps)
+
+
+def _image_processor(model_args):
+    """The image processor of the run's vision backbone (built from vision_config, or vision_model's own)."""
+    if model_args.vision_config:
+        return scratch_image_processor(model_args.vision_config)
+    if not model_args.vision_model:
+        raise CL2CMError("visual_encoder_type: backbone needs vision_model (a folder or hub id) or vision_config")
+    try:
+        return AutoImageProcessor.from_pretrained(model_args.vision_model)
+    except OSError as err:
+        raise CL2CMError(f"vision_model={model_args.vision_model!r} has no image processor to decode images ({err})") from None
 
 
 def _data_path(data_args, name: str) -> Path:
@@ -280,7 +290,7 @@ def build_run_data(data_args, model_args, training_args) -> RunData:
     skipped = SkippedRows()  # rows left out under on_bad_row: skip, listed in <output_dir>/skipped_rows.jsonl
     extra = {"files": {"skipped": skipped}, "demo": {"training_args": training_args}}.get(data_args.dataset, {})
     name, pairs, queries, features, texts = sources[data_args.dataset](data_args, training_args.seed, **extra)
-    _check_visual_input(features, model_args)
+    _check_visual_input(features, model_args, data_args)
     report_skipped_rows(skipped, data_args.on_bad_row, training_args.output_dir, write=training_args.should_save)
     tokenizer = _tokenizer(data_args, model_args, texts)
     return RunData(

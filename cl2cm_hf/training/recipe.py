@@ -263,6 +263,8 @@ def check_combinations(model_args, data_args, cl2cm_args, training_args) -> None
             f"demo_pixels={data_args.demo_pixels} with visual_encoder_type={model_args.visual_encoder_type!r}: pictures "
             "are read by a vision backbone (demo_pixels: true with backbone), features otherwise"
         )
+    if data_args.demo_video_files and not (data_args.demo_pixels and data_args.demo_visual_kind == "video"):
+        raise CL2CMError("demo_video_files: true writes the demo videos as .mp4; it needs demo_pixels: true and demo_visual_kind: video")
     stage = cl2cm_args.stage
     if cl2cm_args.cross_lingual_model and stage != "cm":
         raise CL2CMError(f"cross_lingual_model is the teacher of stage cm; with stage {stage} the run trains stage 1 itself")

@@ -236,7 +236,7 @@ def finish(trainer: CrossModalTrainer, data: RunData, processor, settings: RunSe
         print(f"\nTest retrieval ({data.name}, target-language queries):\n{table}\n", flush=True)
         with atomic_directory(folder) as tmp:
             model.save_pretrained(tmp)
-            processor.save_pretrained(tmp)  # the tokenizer, the text prefix and an image store's image processor
+            processor.save_pretrained(tmp)  # the tokenizer, the text prefix and an image store's image and video processors
             (tmp / "training_config.yaml").write_text(config_to_yaml(values))
             copy_record(out, tmp)
             save_records(records, tmp / TEST_RESULTS)
@@ -298,8 +298,9 @@ def run_recipe(settings: RunSettings) -> RunResult:
     )
     data = build_run_data(data_args, model_args, training_args)
     check_fits_data(data, cl2cm_args, training_args)
-    # The run's one processor: tokenizer, text prefix and (an image store's) image processor.
-    processor = build_processor(data.tokenizer, model_args.text_prefix, getattr(data.features, "image_processor", None))
+    # The run's one processor: tokenizer, text prefix and (an image store's) image and video processors.
+    processor = build_processor(data.tokenizer, model_args.text_prefix, getattr(data.features, "image_processor", None),
+                                getattr(data.features, "video_processor", None))
 
     # One store of frozen-layer outputs for the run: stage 1, stage 2 and the teacher share it.
     frozen_layers = FrozenLayerStore() if model_args.cache_frozen_text_layers else None

@@ -53,8 +53,8 @@ clean:
 # `make app`: the search page over the shipped demo pixel model (demo_model/) and its test pictures, on
 # http://127.0.0.1:$(APP_PORT). The first time it indexes the model's test gallery into runs/ (seconds);
 # demo_model/ is only read. `make demo-model` retrains demo_model/ from trainer/configs/demo_pixels.yaml,
-# bit for bit (tests/test_demo_pixels.py), in about half an hour on two cores: trained once, shipped,
-# so the first page answers in seconds (benchmarks/results/first_five_minutes.md).
+# bit for bit (tests/test_demo_pixels.py), in ~440 CPU-seconds on one thread: trained once, shipped, so
+# the page answers within a minute of `make app` (benchmarks/results/first_five_minutes.md).
 DEMO_MODEL := demo_model
 DEMO_MODEL_RUN := runs/cl2cm-demo-pixels
 APP_INDEX ?= runs/demo_model_index

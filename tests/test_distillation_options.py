@@ -131,8 +131,8 @@ def test_neighbour_sampler_refuses_groups_that_do_not_fill_batches():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["--kt_teacher_keys", "item"], "kt_teacher_keys='item' reads the teacher's embeddings .* precompute_teacher: true"),
-        (["--kt_neighbour_group_size", "8"], "kt_neighbour_group_size=8 reads .* precompute_teacher: true"),
+        (["--precompute_teacher", "false", "--kt_teacher_keys", "item"], "kt_teacher_keys='item' reads the teacher's embeddings .* precompute_teacher: true"),
+        (["--precompute_teacher", "false", "--kt_neighbour_group_size", "8"], "kt_neighbour_group_size=8 reads .* precompute_teacher: true"),
         (["--precompute_teacher", "true", "--kt_neighbour_group_size", "1"], "kt_neighbour_group_size=1: expected 0"),
         (["--kt_teacher_keys", "items"], "kt_teacher_keys='items' is not allowed"),
         (["--kt_student_scale", "mine"], "kt_student_scale='mine' is not allowed"),

@@ -13,6 +13,10 @@ exact       one query at a time, k=10, on an (n, 256) L2-normalised gallery (a m
             to read the gallery once (a column sum); goal p50 <= 1.5x.
 hnsw        the same queries with faiss HNSW (needs faiss; the build takes minutes): build time,
             p50/p95, recall@10 against exact.
+scale       issue 24: `--scale-n` items (default 10,000,000) x 256 written as float16 shards, the exact
+            top-10 of 1000 queries, the compressed IVF-PQ index (`cl2cm_hf.search.ann`) built from the
+            shards, served memory-mapped: build time, bytes, RSS, p50/p95, recall@10; an extrapolation
+            to 100M and 1B (`benchmarks/search_scale.py`; data under --scale-dir, reused by reruns).
 
 Each section is a block of the results file with its own command, commit, load and wall time, so a
 section that was not rerun keeps the run it came from.
@@ -38,7 +42,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from benchmarks.provenance import git_commit, machine  # noqa: E402
 
-SECTIONS = ("throughput", "exact", "hnsw")
+SECTIONS = ("throughput", "exact", "hnsw", "scale")
 _MARK = "<!-- section {}: written by benchmarks/search_speed.py -->"
 
 
@@ -173,6 +177,19 @@ def _report(name: str, r: dict, args) -> list[str]:
     ]
 
 
+def _scale_block(args, command: str, commit: str, load: float, started: float) -> str:
+    """The scale section (issue 24), one run per ``--scale-n``; its own module, `search_scale`."""
+    from benchmarks.search_scale import report, scale
+
+    runs = []
+    for n in args.scale_n:
+        runs.append(scale(Path(args.scale_dir), n, args.d, log=lambda m: print(f"scale {time.perf_counter() - started:.0f}s {m}", flush=True)))
+    return "\n".join([_MARK.format("scale"), *report(runs), "",
+                      f"Run: `{command.strip()}` at commit {commit}; {machine(torch)}; load average (1 min) at start "
+                      f"{load:.2f}, at end {os.getloadavg()[0]:.2f}; section wall time {time.perf_counter() - started:.0f} s "
+                      "(data and exact answer included when not cached)."])
+
+
 def _old_sections(path: Path) -> dict[str, str]:
     """The blocks of an earlier results file, by section name."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
@@ -191,6 +208,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--scale-n", type=int, nargs="+", default=[10_000_000], help="scale section: item counts, in order")
+    parser.add_argument("--scale-dir", default="/tmp/cl2cm-scale", help="scale section: where the shards and indexes go")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "search_speed.md"))
     args = parser.parse_args(argv)
     command = "python benchmarks/search_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -205,6 +224,9 @@ def main(argv=None) -> int:
                 print("hnsw: faiss is not importable, section skipped", flush=True)
                 continue
         load, started = os.getloadavg()[0], time.perf_counter()
+        if name == "scale":
+            blocks[name] = _scale_block(args, command, commit, load, started)
+            continue
         if name == "throughput":
             result = throughput(args.images, args.batch_size, args.workers)
         else:

@@ -14,7 +14,7 @@ from cl2cm_hf.search.decode import DEFAULT_MAX_PIXELS
 from cl2cm_hf.search.index import (
     REPORT_FILE,
 )
-from cl2cm_hf.search.index_build import build_index
+from cl2cm_hf.search.index_build import FAISS_KINDS, build_index
 from cl2cm_hf.search.sources import COMPARE
 
 
@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int_option("chunk_size"), default=1024,
                         help="items per shard (resume and process split unit), rounded down to a multiple of --batch-size")
     parser.add_argument("--max-pixels", type=int_option("max_pixels"), default=DEFAULT_MAX_PIXELS, help="larger images are skipped")
-    parser.add_argument("--faiss", default="auto", choices=["auto", "hnsw", "flat", "ivf_flat", "none"])
+    parser.add_argument("--faiss", default="auto", choices=FAISS_KINDS,
+                        help="approximate index: auto (hnsw when faiss is installed), hnsw, flat, ivf_flat, "
+                             "ivfpq (compressed to fit --ann-budget-mb, memory-mapped when served), none")
+    parser.add_argument("--ann-budget-mb", type=int_option("ann_budget_mb"), default=1024,
+                        help="RAM for the served --faiss ivfpq index; the codes are chosen to fit (see cl2cm_hf.search.ann)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -48,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         report = build_index(args.model, args.out, images=args.images, features=args.features, batch_size=args.batch_size,
                              num_workers=args.num_workers, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
                              faiss=args.faiss, device=args.device, progress=not args.no_progress, pictures=args.pictures,
-                             compare=args.compare, overwrite=args.overwrite)
+                             compare=args.compare, overwrite=args.overwrite,
+                             ann_budget_mb=args.ann_budget_mb)
         return show(report)
 
     def show(report) -> int:

@@ -19,6 +19,7 @@ LIMITS = {
     "top_k": (1, 100_000),
     "port": (1, 65_535),
     "max_length": (1, 8_192),
+    "ann_budget_mb": (1, 2**30),
 }
 
 

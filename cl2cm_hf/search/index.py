@@ -11,8 +11,11 @@ reader sees the previous complete index or the new one, never a mix):
 ``.cl2cm-index``
     the marker that makes the folder recognisable as an index (`cl2cm_hf.search.out_folder`).
 ``data/``
-    a `datasets` dataset (``save_to_disk``): id, path (None for features without ``--pictures``), embedding (float32,
-    L2-normalised), caption (None when unknown), key (what the incremental rebuild compares).
+    a `datasets` dataset (``save_to_disk``): id, path (None for features without ``--pictures``), caption (None
+    when unknown), key (what the incremental rebuild compares); read memory-mapped, a row at a time (`Column`).
+``embeddings.npy``
+    float32 ``(count, dim)``, L2-normalised, row i = row i of ``data/``; memory-mapped when loaded. (Indexes
+    written before it hold an ``embedding`` column in ``data/`` instead; they still load.)
 ``report.json``
     the items that were skipped: ``{"skipped": [{"id", "file", "reason", "key"}]}``.
 ``faiss.index``
@@ -28,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +43,13 @@ from cl2cm_hf.data.schemas import is_blank
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.inference import encode_texts, encode_visual, load_model_and_processor
 from cl2cm_hf.retrieval import faiss_search, topk
+from cl2cm_hf.search.ann import AnnIndex, ShardRows
 from cl2cm_hf.search.checks import check_int, printable
 from cl2cm_hf.search.decode import BadImage, open_image
 
 METADATA_FILE = "metadata.json"
 DATA_DIR = "data"
+EMBEDDINGS_FILE = "embeddings.npy"
 REPORT_FILE = "report.json"
 FAISS_FILE = "faiss.index"
 SHARDS_DIR = "shards"
@@ -157,25 +163,69 @@ def read_metadata(folder: str | os.PathLike) -> dict:
     return metadata
 
 
-def load_rows(folder: str | os.PathLike) -> tuple[dict[str, list], np.ndarray]:
-    """The index's columns (id, path, caption, key as lists) and its embeddings ``(n, d)`` float32."""
+class Column(Sequence):
+    """One string column of the index, read from its memory-mapped Arrow table a row at a time: a
+    loaded index holds no Python list of its ids, paths or captions."""
+
+    def __init__(self, array=None, count: int = 0):
+        self.array, self.count = array, len(array) if array is not None else count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, row):
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(self.count))]
+        if self.array is None:
+            if not -self.count <= row < self.count:
+                raise IndexError(row)
+            return None
+        return self.array[row].as_py()
+
+    def __iter__(self):
+        if self.array is None:
+            yield from (None for _ in range(self.count))
+            return
+        for chunk in self.array.chunks:
+            yield from chunk.to_pylist()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None
+
+
+def load_rows(folder: str | os.PathLike) -> tuple[dict[str, Sequence], np.ndarray]:
+    """The index's columns (id, path, caption, key as `Column`s) and its embeddings ``(n, d)`` float32:
+    ``embeddings.npy`` memory-mapped (read-only), or the ``embedding`` column of an index written before it."""
     from datasets import load_from_disk
 
-    data = Path(folder) / DATA_DIR
+    folder = Path(folder)
+    data = folder / DATA_DIR
     try:
         dataset = load_from_disk(str(data))
     except Exception as err:
         raise BrokenIndexError(f"{data}: not a readable datasets folder ({type(err).__name__}: {err})") from None
-    missing = {"id", "embedding"} - set(dataset.column_names)
-    if missing:
-        raise BrokenIndexError(f"{data}: columns {sorted(missing)} missing (found {dataset.column_names})")
     table = dataset.data.table
-    chunks = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in table.column("embedding").chunks]
     count = len(dataset)
-    flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-    dim = flat.size // count if count else 0
-    embeddings = np.ascontiguousarray(flat, dtype=np.float32).reshape(count, dim)
-    columns = {name: table.column(name).to_pylist() if name in dataset.column_names else [None] * count
+    stored = folder / EMBEDDINGS_FILE
+    if stored.is_file():
+        try:
+            embeddings = np.load(stored, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise BrokenIndexError(f"{stored}: not a readable .npy file ({err})") from None
+        if embeddings.dtype != np.float32 or embeddings.ndim != 2:
+            raise BrokenIndexError(f"{stored}: holds {embeddings.dtype} {embeddings.shape}; expected float32 (count, dim)")
+    elif "embedding" in dataset.column_names:
+        chunks = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in table.column("embedding").chunks]
+        flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        dim = flat.size // count if count else 0
+        embeddings = np.ascontiguousarray(flat, dtype=np.float32).reshape(count, dim)
+    else:
+        raise BrokenIndexError(f"{folder}: no {EMBEDDINGS_FILE} (and no embedding column in {data})")
+    if "id" not in dataset.column_names:
+        raise BrokenIndexError(f"{data}: columns ['id'] missing (found {dataset.column_names})")
+    columns = {name: Column(table.column(name)) if name in dataset.column_names else Column(count=count)
                for name in ("id", "path", "caption", "key")}
     return columns, embeddings
 
@@ -192,9 +242,7 @@ class SearchIndex:
                  processor=None, faiss_index=None, device=None, max_length: int = 64, model_mismatch: str | None = None):
         self.folder = Path(folder)
         self.metadata = metadata
-        self.ids = list(columns["id"])
-        self.paths = list(columns["path"])
-        self.captions = list(columns["caption"])
+        self.ids, self.paths, self.captions = columns["id"], columns["path"], columns["caption"]
         self.embeddings = embeddings
         self.model, self.processor = model, processor
         self.faiss_index = faiss_index
@@ -236,7 +284,9 @@ class SearchIndex:
                 import faiss
             except ImportError:
                 faiss = None  # the index stays searchable exactly
-            if faiss is not None:
+            if faiss is not None and info.get("type") == "ivfpq":
+                faiss_index = AnnIndex.load(folder, ShardRows([embeddings]))  # memory-mapped
+            elif faiss is not None:
                 faiss_index = faiss.read_index(str(folder / info["file"]))
                 if faiss_index.ntotal != len(embeddings):
                     raise BrokenIndexError(f"{folder / info['file']}: holds {faiss_index.ntotal} vectors; the index has {len(embeddings)}")
@@ -332,7 +382,10 @@ class SearchIndex:
         if len(self) == 0:
             return [[] for _ in range(len(queries))]
         k = self._top_k(top_k)
-        if self.faiss_index is not None and not exact:
+        if isinstance(self.faiss_index, AnnIndex) and not exact:
+            queries = queries.detach().cpu().numpy() if isinstance(queries, torch.Tensor) else queries
+            scores, rows = self.faiss_index.search(queries, k, rerank=(self.metadata.get("faiss") or {}).get("rerank", 0))
+        elif self.faiss_index is not None and not exact:
             scores, rows = faiss_search(self.faiss_index, queries, k)
         else:
             scores, rows = topk(queries, self.embeddings, k)

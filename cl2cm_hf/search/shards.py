@@ -46,6 +46,9 @@ class EmbeddingCache(Mapping):
     def __getitem__(self, key: str) -> np.ndarray:
         return self.rows([key])[0]
 
+    def __contains__(self, key) -> bool:
+        return key in self.where  # a location is known: nothing is read
+
     def __iter__(self):
         return iter(self.where)
 

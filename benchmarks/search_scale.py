@@ -177,3 +177,26 @@ def extrapolate(r: dict) -> list[str]:
             "quantizer; a 64 GB machine serves 48 GB of codes; encoding the items through the model is not included "
             "(it is the model's forward: see the throughput section). Workers build disjoint shards in parallel, so wall "
             "hours divide by the number of workers."]
+
+
+def sweep(folder: Path, n: int, d: int, settings=((16, 100), (32, 200), (64, 200), (64, 400), (128, 400))) -> list[dict]:
+    """Serving settings (nprobe, re-ranked candidates) on the index an earlier `scale` run built:
+    p50/p95 and recall@10 of each, for the trade-off table."""
+    from cl2cm_hf.search.ann import AnnIndex, ShardRows
+
+    paths, queries = make_data(folder, n, d)
+    truth = exact_top(folder, shard_arrays(paths), queries)
+    out = []
+    for nprobe, rerank in settings:
+        index = AnnIndex.load(folder / f"ann-n{n}", ShardRows(shard_arrays(paths)), nprobe=nprobe)
+        times, found = [], 0
+        for i, q in enumerate(queries):
+            t = time.perf_counter()
+            _, hits = index.search(q[None], K, rerank=rerank)
+            times.append(time.perf_counter() - t)
+            found += np.intersect1d(hits[0], truth[i]).size
+        times.sort()
+        out.append({"nprobe": nprobe, "rerank": rerank, "p50_ms": 1000 * times[len(times) // 2],
+                    "p95_ms": 1000 * times[int(0.95 * (len(times) - 1))], "recall@10": found / (K * len(times)), "rss": rss_bytes()})
+        print(out[-1], flush=True)
+    return out

@@ -6,7 +6,7 @@ reader sees the previous complete index or the new one, never a mix):
 ``metadata.json``
     model (path or hub id), model_name (what the page shows: the model card's name, else the
     folder's name), model_revision (``sha256:`` of the checkpoint's files), model_fingerprint (of the
-    loaded model's config and tensors: `model_fingerprint`), dim, count, created (UTC), source,
+    loaded model's config and tensors: `model_fingerprint`), model_files (`model_files`), dim, count, created (UTC), source,
     cache key kind, pictures (the folder given, or null), faiss (``{"type", "file", "recall@10", ...}`` or null).
 ``.cl2cm-index``
     the marker that makes the folder recognisable as an index (`cl2cm_hf.search.out_folder`).
@@ -112,6 +112,16 @@ def model_revision(name: str | os.PathLike, model=None) -> str:
     return f"commit:{commit}" if commit else f"name:{name}"
 
 
+def model_files(name: str | os.PathLike) -> list | None:
+    """(name, size, mtime_ns) of the files `model_revision` hashes, for a local folder (else None): recorded
+    at build time, so that a search whose checkpoint files are unchanged skips `model_fingerprint`."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return None
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns]
+            for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() not in _NOT_MODEL]
+
+
 def model_fingerprint(model) -> dict:
     """What a model computes with, wherever it was loaded from: sha256 of its config (less the
     fields that name where it came from) and of every tensor of its state dict (name, dtype, shape
@@ -198,16 +208,17 @@ class Column(Sequence):
 def load_rows(folder: str | os.PathLike) -> tuple[dict[str, Sequence], np.ndarray]:
     """The index's columns (id, path, caption, key as `Column`s) and its embeddings ``(n, d)`` float32:
     ``embeddings.npy`` memory-mapped (read-only), or the ``embedding`` column of an index written before it."""
-    from datasets import load_from_disk
+    import pyarrow as pa
 
     folder = Path(folder)
     data = folder / DATA_DIR
-    try:
-        dataset = load_from_disk(str(data))
+    try:  # the files `datasets.save_to_disk` wrote, memory-mapped by pyarrow (importing datasets costs seconds)
+        files = json.loads((data / "state.json").read_text(encoding="utf-8"))["_data_files"]
+        table = pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(data / f["filename"]))).read_all() for f in files])
     except Exception as err:
         raise BrokenIndexError(f"{data}: not a readable datasets folder ({type(err).__name__}: {err})") from None
-    table = dataset.data.table
-    count = len(dataset)
+    count = table.num_rows
+    column_names = table.column_names
     stored = folder / EMBEDDINGS_FILE
     if stored.is_file():
         try:
@@ -216,16 +227,16 @@ def load_rows(folder: str | os.PathLike) -> tuple[dict[str, Sequence], np.ndarra
             raise BrokenIndexError(f"{stored}: not a readable .npy file ({err})") from None
         if embeddings.dtype != np.float32 or embeddings.ndim != 2:
             raise BrokenIndexError(f"{stored}: holds {embeddings.dtype} {embeddings.shape}; expected float32 (count, dim)")
-    elif "embedding" in dataset.column_names:
+    elif "embedding" in column_names:
         chunks = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in table.column("embedding").chunks]
         flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         dim = flat.size // count if count else 0
         embeddings = np.ascontiguousarray(flat, dtype=np.float32).reshape(count, dim)
     else:
         raise BrokenIndexError(f"{folder}: no {EMBEDDINGS_FILE} (and no embedding column in {data})")
-    if "id" not in dataset.column_names:
-        raise BrokenIndexError(f"{data}: columns ['id'] missing (found {dataset.column_names})")
-    columns = {name: Column(table.column(name)) if name in dataset.column_names else Column(count=count)
+    if "id" not in column_names:
+        raise BrokenIndexError(f"{data}: columns ['id'] missing (found {column_names})")
+    columns = {name: Column(table.column(name)) if name in column_names else Column(count=count)
                for name in ("id", "path", "caption", "key")}
     return columns, embeddings
 
@@ -404,6 +415,8 @@ def _model_mismatch(folder: Path, metadata: dict, model, given: str) -> str | No
         raise ModelMismatchError(f"{folder}: built with {built} (dim {metadata['dim']}); {given} embeds in dim {dim}: "
                                  "it cannot search this index")
     recorded = metadata.get("model_fingerprint")
+    if given == built and metadata.get("model_files") and metadata["model_files"] == model_files(built):
+        return None  # the very files the index was built with (same names, sizes, mtimes): no need to hash the weights
     if not isinstance(recorded, dict):
         revision = model_revision(given, model) if given == built else None
         if revision == metadata.get("model_revision"):

@@ -67,6 +67,7 @@ from cl2cm_hf.search.index import (
     SHARDS_DIR,
     load_checkpoint,
     model_display_name,
+    model_files,
     model_fingerprint,
     model_revision,
 )
@@ -237,7 +238,7 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
             raise RuntimeError(f"{out}: {len(missing)} items were not encoded (first: {missing[0]!r}); rerun to finish")
         metadata = {
             "format": INDEX_FORMAT, "model": _model_name(model), "model_name": model_display_name(model),
-            "model_revision": revision, "model_fingerprint": fingerprint, "namespace": namespace,
+            "model_revision": revision, "model_fingerprint": fingerprint, "model_files": model_files(model), "namespace": namespace,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": source_info,
             "cache_key": f"{COMPARE[compare]}; sha256 of the content (dataset bytes, feature rows)", "compare": compare,
             "max_pixels": max_pixels, "faiss_request": faiss, "ann_budget_mb": ann_budget_mb, "pictures": pictures,

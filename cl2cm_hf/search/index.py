@@ -14,7 +14,7 @@ reader sees the previous complete index or the new one, never a mix):
     a `datasets` dataset (``save_to_disk``): id, path (None for features without ``--pictures``), caption (None
     when unknown), key (what the incremental rebuild compares); read memory-mapped, a row at a time (`Column`).
 ``embeddings.npy``
-    float32 ``(count, dim)``, L2-normalised, row i = row i of ``data/``; memory-mapped when loaded. (Indexes
+    float32 ``(count, dim)``, L2-normalised, row i = row i of ``data/``; memory-mapped (copy-on-write) when loaded. (Indexes
     written before it hold an ``embedding`` column in ``data/`` instead; they still load.)
 ``report.json``
     the items that were skipped: ``{"skipped": [{"id", "file", "reason", "key"}]}``.
@@ -222,7 +222,9 @@ def load_rows(folder: str | os.PathLike) -> tuple[dict[str, Sequence], np.ndarra
     stored = folder / EMBEDDINGS_FILE
     if stored.is_file():
         try:
-            embeddings = np.load(stored, mmap_mode="r")
+            # copy-on-write: pages are shared with the file and the page cache, the file is never written, and
+            # torch can wrap the array without a copy (a read-only one it would copy chunk by chunk per query)
+            embeddings = np.load(stored, mmap_mode="c")
         except (OSError, ValueError) as err:
             raise BrokenIndexError(f"{stored}: not a readable .npy file ({err})") from None
         if embeddings.dtype != np.float32 or embeddings.ndim != 2:
@@ -399,7 +401,8 @@ class SearchIndex:
         elif self.faiss_index is not None and not exact:
             scores, rows = faiss_search(self.faiss_index, queries, k)
         else:
-            scores, rows = topk(queries, self.embeddings, k)
+            gallery = torch.from_numpy(self.embeddings) if isinstance(self.embeddings, np.ndarray) else self.embeddings
+            scores, rows = topk(queries, gallery, k)
         return [
             [SearchHit(self.ids[r], self.paths[r], float(s), self.captions[r], rank)
              for rank, (s, r) in enumerate(((s, r) for s, r in zip(srow.tolist(), rrow.tolist()) if r >= 0), start=1)]

@@ -13,9 +13,8 @@ from conftest import build_wordpiece_tokenizer, features_config
 from cl2cm_hf import CL2CMCrossModalModel, build_processor
 from cl2cm_hf.data import VisualFeatureStore
 from cl2cm_hf.errors import CL2CMError
-from cl2cm_hf.search import SearchIndex, build_index
+from cl2cm_hf.search import SearchIndex, build_index, index_build, shards
 from cl2cm_hf.search import index as index_module
-from cl2cm_hf.search import index_build, shards
 from cl2cm_hf.search.ann import ShardRows, choose_factory
 
 ROWS = 40

@@ -131,6 +131,7 @@ def scale(folder: Path, n: int, d: int, log=print) -> dict:
                                       "recall@10": found / (K * len(times)), "rss": rss_bytes()}
         log(f"serve rerank={rerank}: {results[f'rerank{rerank}']}")
     results["serve_rss_before_queries"] = base
+    results["sweep"] = sweep(folder, n, d)
     (folder / f"result-n{n}.json").write_text(json.dumps(results, indent=1, default=str))
     return results
 
@@ -149,6 +150,14 @@ def report(runs: list[dict]) -> list[str]:
         lines.append(f"| {r['n']:,} x {r['d']} | `{info['factory']}`, {info['nprobe']} | {r['build_s']:.0f} s | "
                      f"{_gb(r['index_bytes'])} | {_gb(b['rss'])} | {a['p50_ms']:.1f} / {a['p95_ms']:.1f} ms | "
                      f"{a['recall@10']:.3f} | {b['p50_ms']:.1f} / {b['p95_ms']:.1f} ms | **{b['recall@10']:.3f}** |")
+    for r in runs:
+        if r.get("sweep"):
+            lines += ["", f"Serving settings on the {r['n']:,}-item index (`sweep`: nprobe lists probed, candidates re-ranked "
+                      "exactly from the float16 rows):", "", "| nprobe | re-ranked | p50 | p95 | recall@10 |", "|---|---|---|---|---|"]
+            lines += [f"| {s['nprobe']} | {s['rerank']} | {s['p50_ms']:.1f} ms | {s['p95_ms']:.1f} ms | {s['recall@10']:.3f} |"
+                      for s in r["sweep"]]
+        if r.get("measured"):
+            lines += ["", f"The {r['n']:,} row: measured {r['measured']}."]
     lines += ["", f"Data: {__doc__.split('The data: ')[1].split(chr(10) + chr(10))[0].replace(chr(10), ' ')}",
               f"Queries: {QUERIES} new items of the same distribution, one at a time; the exact top-{K} computed chunk by "
               "chunk over the float16 shards. Budget given to `build_ann`: "

@@ -19,6 +19,12 @@ exact       one query at a time, k=10, on an (n, 256) L2-normalised gallery (a m
             to read the gallery once (a column sum); goal p50 <= 1.5x.
 hnsw        the same queries with faiss HNSW (needs faiss; the build takes minutes): build time,
             p50/p95, recall@10 against exact.
+scale       issue 24: `--scale-n` items (default 10,000,000) x 256 written as float16 shards, the exact
+            top-10 of 1000 queries, the compressed IVF-PQ index (`cl2cm_hf.search.ann`) built from the
+            shards, served memory-mapped: build time, bytes, RSS, p50/p95, recall@10; an extrapolation
+            to 100M and 1B (`benchmarks/search_scale.py`; data under --scale-dir, reused by reruns).
+build_memory  issue 24: peak RSS of `cl2cm-index --features` for each `--memory-n` rows of 64-d features,
+            and one `cl2cm-search` call on the index (`benchmarks/search_build_memory.py`).
 
 Each section is a block of the results file with its own command, commit, load and wall time, so a
 section that was not rerun keeps the run it came from.
@@ -44,7 +50,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from benchmarks.provenance import git_commit, machine  # noqa: E402
 
-SECTIONS = ("throughput", "video", "exact", "hnsw")
+SECTIONS = ("throughput", "video", "exact", "hnsw", "scale", "build_memory")
 _MARK = "<!-- section {}: written by benchmarks/search_speed.py -->"
 
 
@@ -241,6 +247,24 @@ def _report(name: str, r: dict, args) -> list[str]:
     ]
 
 
+def _scale_block(name: str, args, command: str, commit: str, load: float, started: float) -> str:
+    """The issue-24 sections, in their own modules: scale (`search_scale`, one run per ``--scale-n``)
+    and build_memory (`search_build_memory`, one build per ``--memory-n``)."""
+    from benchmarks import search_build_memory, search_scale
+
+    def log(message):
+        print(f"{name} {time.perf_counter() - started:.0f}s {message}", flush=True)
+
+    if name == "scale":
+        lines = search_scale.report([search_scale.scale(Path(args.scale_dir), n, args.d, log=log) for n in args.scale_n])
+    else:
+        lines = search_build_memory.report(search_build_memory.build_memory(Path(args.scale_dir) / "memory", args.memory_n, log=log))
+    return "\n".join([_MARK.format(name), *lines, "",
+                      f"Run: `{command.strip()}` at commit {commit}; {machine(torch)}; load average (1 min) at start "
+                      f"{load:.2f}, at end {os.getloadavg()[0]:.2f}; section wall time {time.perf_counter() - started:.0f} s "
+                      "(data and exact answer included when not cached)."])
+
+
 def _old_sections(path: Path) -> dict[str, str]:
     """The blocks of an earlier results file, by section name."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
@@ -262,6 +286,9 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per video")
     parser.add_argument("--video-batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--scale-n", type=int, nargs="+", default=[10_000_000], help="scale section: item counts, in order")
+    parser.add_argument("--memory-n", type=int, nargs="+", default=[1_000_000, 2_000_000], help="build_memory section: rows")
+    parser.add_argument("--scale-dir", default="/tmp/cl2cm-scale", help="scale section: where the shards and indexes go")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "search_speed.md"))
     args = parser.parse_args(argv)
     command = "python benchmarks/search_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -276,6 +303,9 @@ def main(argv=None) -> int:
                 print("hnsw: faiss is not importable, section skipped", flush=True)
                 continue
         load, started = os.getloadavg()[0], time.perf_counter()
+        if name in ("scale", "build_memory"):
+            blocks[name] = _scale_block(name, args, command, commit, load, started)
+            continue
         if name == "throughput":
             result = throughput(args.images, args.batch_size, args.workers)
         elif name == "video":

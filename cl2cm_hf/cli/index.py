@@ -15,7 +15,7 @@ from cl2cm_hf.search.decode_video import DEFAULT_MAX_SECONDS
 from cl2cm_hf.search.index import (
     REPORT_FILE,
 )
-from cl2cm_hf.search.index_build import build_index
+from cl2cm_hf.search.index_build import FAISS_KINDS, build_index
 from cl2cm_hf.search.sources import COMPARE
 
 
@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-frames", type=int_option("num_frames"), default=None,
                         help="frames sampled uniformly per video (default: the checkpoint's video processor's, else 8)")
     parser.add_argument("--max-video-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="longer videos are skipped")
-    parser.add_argument("--faiss", default="auto", choices=["auto", "hnsw", "flat", "ivf_flat", "none"])
+    parser.add_argument("--faiss", default="auto", choices=FAISS_KINDS,
+                        help="approximate index: auto (hnsw when faiss is installed), hnsw, flat, ivf_flat, "
+                             "ivfpq (compressed to fit --ann-budget-mb, memory-mapped when served), none")
+    parser.add_argument("--ann-budget-mb", type=int_option("ann_budget_mb"), default=1024,
+                        help="RAM for the served --faiss ivfpq index; the codes are chosen to fit (see cl2cm_hf.search.ann)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -54,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                              num_workers=args.num_workers, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
                              faiss=args.faiss, device=args.device, progress=not args.no_progress, pictures=args.pictures,
                              compare=args.compare, overwrite=args.overwrite, videos=args.videos,
-                             num_frames=args.num_frames, max_video_seconds=args.max_video_seconds)
+                             num_frames=args.num_frames, max_video_seconds=args.max_video_seconds,
+                             ann_budget_mb=args.ann_budget_mb)
         return show(report)
 
     def show(report) -> int:

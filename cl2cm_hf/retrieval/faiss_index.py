@@ -14,7 +14,7 @@ from cl2cm_hf.retrieval._inputs import Rows
 from cl2cm_hf.retrieval.search import topk
 
 
-def _faiss():
+def import_faiss():
     try:
         import faiss
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -39,7 +39,7 @@ def build_faiss_index(gallery, index_type: str = "hnsw", *, nlist: int | None = 
     (default ``min(m, 64 nlist)``), searched with `nprobe` lists (default ``max(1, nlist // 8)``).
     ``"flat"``: the exact ``IndexFlatIP`` (a baseline). Compare with `faiss_recall_at_k`.
     """
-    faiss = _faiss()
+    faiss = import_faiss()
     rows = Rows(gallery, "gallery", device=torch.device("cpu"))
     metric = faiss.METRIC_INNER_PRODUCT
     if index_type == "hnsw":

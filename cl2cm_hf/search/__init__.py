@@ -3,7 +3,7 @@ query it with text in any trained language, an image, a video or an indexed item
 The build runs in stages, one a module: ``sources`` (what to index, with cache keys) -> ``decode``
 (files to RGB) and ``decode_video`` (video files to sampled frames) -> ``encode``
 (DataLoader workers, the model) -> ``shards`` (finished chunks, the rerun cache) -> ``index_build``
-(the index folder, faiss). ``index`` holds the on-disk format, `SearchIndex` and the model
+(the index folder, faiss); ``ann`` the compressed IVF-PQ index. ``index`` holds the on-disk format, `SearchIndex` and the model
 fingerprint; ``out_folder`` where an index may be written; ``checks`` option ranges and printable
 names. The tools (``cl2cm-index``, ``cl2cm-search``, ``cl2cm-app``) are in `cl2cm_hf.cli`."""
 

@@ -20,6 +20,7 @@ LIMITS = {
     "port": (1, 65_535),
     "max_length": (1, 8_192),
     "num_frames": (1, 1_024),
+    "ann_budget_mb": (1, 2**30),
 }
 
 

@@ -6,14 +6,17 @@ reader sees the previous complete index or the new one, never a mix):
 ``metadata.json``
     model (path or hub id), model_name (what the page shows: the model card's name, else the
     folder's name), model_revision (``sha256:`` of the checkpoint's files), model_fingerprint (of the
-    loaded model's config and tensors: `model_fingerprint`), dim, count, created (UTC), source,
+    loaded model's config and tensors: `model_fingerprint`), model_files (`model_files`), dim, count, created (UTC), source,
     cache key kind, pictures (the folder given, or null), faiss (``{"type", "file", "recall@10", ...}`` or null),
     video (``{"num_frames", "max_seconds", "videos_only"}``: how video files were sampled; null for features).
 ``.cl2cm-index``
     the marker that makes the folder recognisable as an index (`cl2cm_hf.search.out_folder`).
 ``data/``
-    a `datasets` dataset (``save_to_disk``): id, path (None for features without ``--pictures``), embedding (float32,
-    L2-normalised), caption (None when unknown), key (what the incremental rebuild compares).
+    a `datasets` dataset (``save_to_disk``): id, path (None for features without ``--pictures``), caption (None
+    when unknown), key (what the incremental rebuild compares); read memory-mapped, a row at a time (`Column`).
+``embeddings.npy``
+    float32 ``(count, dim)``, L2-normalised, row i = row i of ``data/``; memory-mapped (copy-on-write) when loaded. (Indexes
+    written before it hold an ``embedding`` column in ``data/`` instead; they still load.)
 ``report.json``
     the items that were skipped: ``{"skipped": [{"id", "file", "reason", "key"}]}``.
 ``faiss.index``
@@ -29,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +44,13 @@ from cl2cm_hf.data.schemas import is_blank
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.inference import embed_visual, encode_texts, encode_visual, load_model_and_processor
 from cl2cm_hf.retrieval import faiss_search, topk
+from cl2cm_hf.search.ann import AnnIndex, ShardRows
 from cl2cm_hf.search.checks import check_int, printable
 from cl2cm_hf.search.decode import BadImage, open_image
 
 METADATA_FILE = "metadata.json"
 DATA_DIR = "data"
+EMBEDDINGS_FILE = "embeddings.npy"
 REPORT_FILE = "report.json"
 FAISS_FILE = "faiss.index"
 SHARDS_DIR = "shards"
@@ -107,6 +113,16 @@ def model_revision(name: str | os.PathLike, model=None) -> str:
     return f"commit:{commit}" if commit else f"name:{name}"
 
 
+def model_files(name: str | os.PathLike) -> list | None:
+    """(name, size, mtime_ns) of the files `model_revision` hashes, for a local folder (else None): recorded
+    at build time, so that a search whose checkpoint files are unchanged skips `model_fingerprint`."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return None
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns]
+            for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() not in _NOT_MODEL]
+
+
 def model_fingerprint(model) -> dict:
     """What a model computes with, wherever it was loaded from: sha256 of its config (less the
     fields that name where it came from) and of every tensor of its state dict (name, dtype, shape
@@ -158,25 +174,72 @@ def read_metadata(folder: str | os.PathLike) -> dict:
     return metadata
 
 
-def load_rows(folder: str | os.PathLike) -> tuple[dict[str, list], np.ndarray]:
-    """The index's columns (id, path, caption, key as lists) and its embeddings ``(n, d)`` float32."""
-    from datasets import load_from_disk
+class Column(Sequence):
+    """One string column of the index, read from its memory-mapped Arrow table a row at a time: a
+    loaded index holds no Python list of its ids, paths or captions."""
 
-    data = Path(folder) / DATA_DIR
-    try:
-        dataset = load_from_disk(str(data))
+    def __init__(self, array=None, count: int = 0):
+        self.array, self.count = array, len(array) if array is not None else count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, row):
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(self.count))]
+        if self.array is None:
+            if not -self.count <= row < self.count:
+                raise IndexError(row)
+            return None
+        return self.array[row].as_py()
+
+    def __iter__(self):
+        if self.array is None:
+            yield from (None for _ in range(self.count))
+            return
+        for chunk in self.array.chunks:
+            yield from chunk.to_pylist()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None
+
+
+def load_rows(folder: str | os.PathLike) -> tuple[dict[str, Sequence], np.ndarray]:
+    """The index's columns (id, path, caption, key as `Column`s) and its embeddings ``(n, d)`` float32:
+    ``embeddings.npy`` memory-mapped (read-only), or the ``embedding`` column of an index written before it."""
+    import pyarrow as pa
+
+    folder = Path(folder)
+    data = folder / DATA_DIR
+    try:  # the files `datasets.save_to_disk` wrote, memory-mapped by pyarrow (importing datasets costs seconds)
+        files = json.loads((data / "state.json").read_text(encoding="utf-8"))["_data_files"]
+        table = pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(data / f["filename"]))).read_all() for f in files])
     except Exception as err:
         raise BrokenIndexError(f"{data}: not a readable datasets folder ({type(err).__name__}: {err})") from None
-    missing = {"id", "embedding"} - set(dataset.column_names)
-    if missing:
-        raise BrokenIndexError(f"{data}: columns {sorted(missing)} missing (found {dataset.column_names})")
-    table = dataset.data.table
-    chunks = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in table.column("embedding").chunks]
-    count = len(dataset)
-    flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-    dim = flat.size // count if count else 0
-    embeddings = np.ascontiguousarray(flat, dtype=np.float32).reshape(count, dim)
-    columns = {name: table.column(name).to_pylist() if name in dataset.column_names else [None] * count
+    count = table.num_rows
+    column_names = table.column_names
+    stored = folder / EMBEDDINGS_FILE
+    if stored.is_file():
+        try:
+            # copy-on-write: pages are shared with the file and the page cache, the file is never written, and
+            # torch can wrap the array without a copy (a read-only one it would copy chunk by chunk per query)
+            embeddings = np.load(stored, mmap_mode="c")
+        except (OSError, ValueError) as err:
+            raise BrokenIndexError(f"{stored}: not a readable .npy file ({err})") from None
+        if embeddings.dtype != np.float32 or embeddings.ndim != 2:
+            raise BrokenIndexError(f"{stored}: holds {embeddings.dtype} {embeddings.shape}; expected float32 (count, dim)")
+    elif "embedding" in column_names:
+        chunks = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in table.column("embedding").chunks]
+        flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        dim = flat.size // count if count else 0
+        embeddings = np.ascontiguousarray(flat, dtype=np.float32).reshape(count, dim)
+    else:
+        raise BrokenIndexError(f"{folder}: no {EMBEDDINGS_FILE} (and no embedding column in {data})")
+    if "id" not in column_names:
+        raise BrokenIndexError(f"{data}: columns ['id'] missing (found {column_names})")
+    columns = {name: Column(table.column(name)) if name in column_names else Column(count=count)
                for name in ("id", "path", "caption", "key")}
     return columns, embeddings
 
@@ -193,10 +256,8 @@ class SearchIndex:
                  processor=None, faiss_index=None, device=None, max_length: int = 64, model_mismatch: str | None = None):
         self.folder = Path(folder)
         self.metadata = metadata
-        self.ids = list(columns["id"])
-        self._rows = {item_id: row for row, item_id in enumerate(self.ids)}
-        self.paths = list(columns["path"])
-        self.captions = list(columns["caption"])
+        self.ids, self.paths, self.captions = columns["id"], columns["path"], columns["caption"]
+        self._rows: dict[str, int] | None = None  # id -> row, built on the first `search_item`
         self.embeddings = embeddings
         self.model, self.processor = model, processor
         self.faiss_index = faiss_index
@@ -238,7 +299,9 @@ class SearchIndex:
                 import faiss
             except ImportError:
                 faiss = None  # the index stays searchable exactly
-            if faiss is not None:
+            if faiss is not None and info.get("type") == "ivfpq":
+                faiss_index = AnnIndex.load(folder, ShardRows([embeddings]))  # memory-mapped
+            elif faiss is not None:
                 faiss_index = faiss.read_index(str(folder / info["file"]))
                 if faiss_index.ntotal != len(embeddings):
                     raise BrokenIndexError(f"{folder / info['file']}: holds {faiss_index.ntotal} vectors; the index has {len(embeddings)}")
@@ -328,9 +391,12 @@ class SearchIndex:
     def search_item(self, item_id: str, top_k: int | None = None, *, exact: bool = False) -> list[SearchHit]:
         """"More like this" for an indexed item, from its stored embedding (any index: pictures,
         videos or features); `UnknownQueryError` when the index has no item `item_id`."""
+        if self._rows is None:
+            self._rows = {value: row for row, value in enumerate(self.ids)}
         if item_id not in self._rows:
             raise UnknownQueryError(f"search_item: the index {self.folder} has no item {printable(str(item_id))!r}")
-        return self.search_embeddings(torch.from_numpy(self.embeddings[self._rows[item_id]][None]), top_k, exact=exact)[0]
+        return self.search_embeddings(torch.from_numpy(np.asarray(self.embeddings[self._rows[item_id]])[None]), top_k,
+                                      exact=exact)[0]
 
     def _top_k(self, top_k) -> int:
         """`top_k` checked against the index: at most its size (None: 5, or fewer when it holds fewer)."""
@@ -358,10 +424,14 @@ class SearchIndex:
         if len(self) == 0:
             return [[] for _ in range(len(queries))]
         k = self._top_k(top_k)
-        if self.faiss_index is not None and not exact:
+        if isinstance(self.faiss_index, AnnIndex) and not exact:
+            queries = queries.detach().cpu().numpy() if isinstance(queries, torch.Tensor) else queries
+            scores, rows = self.faiss_index.search(queries, k, rerank=(self.metadata.get("faiss") or {}).get("rerank", 0))
+        elif self.faiss_index is not None and not exact:
             scores, rows = faiss_search(self.faiss_index, queries, k)
         else:
-            scores, rows = topk(queries, self.embeddings, k)
+            gallery = torch.from_numpy(self.embeddings) if isinstance(self.embeddings, np.ndarray) else self.embeddings
+            scores, rows = topk(queries, gallery, k)
         return [
             [SearchHit(self.ids[r], self.paths[r], float(s), self.captions[r], rank)
              for rank, (s, r) in enumerate(((s, r) for s, r in zip(srow.tolist(), rrow.tolist()) if r >= 0), start=1)]
@@ -377,6 +447,8 @@ def _model_mismatch(folder: Path, metadata: dict, model, given: str) -> str | No
         raise ModelMismatchError(f"{folder}: built with {built} (dim {metadata['dim']}); {given} embeds in dim {dim}: "
                                  "it cannot search this index")
     recorded = metadata.get("model_fingerprint")
+    if given == built and metadata.get("model_files") and metadata["model_files"] == model_files(built):
+        return None  # the very files the index was built with (same names, sizes, mtimes): no need to hash the weights
     if not isinstance(recorded, dict):
         revision = model_revision(given, model) if given == built else None
         if revision == metadata.get("model_revision"):

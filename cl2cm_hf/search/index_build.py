@@ -71,6 +71,7 @@ from cl2cm_hf.search.decode_video import DEFAULT_MAX_SECONDS, mark_video_keys, v
 from cl2cm_hf.search.encode import chunked, encode_chunks
 from cl2cm_hf.search.index import (
     DATA_DIR,
+    EMBEDDINGS_FILE,
     FAISS_FILE,
     INDEX_FORMAT,
     METADATA_FILE,
@@ -78,6 +79,7 @@ from cl2cm_hf.search.index import (
     SHARDS_DIR,
     load_checkpoint,
     model_display_name,
+    model_files,
     model_fingerprint,
     model_revision,
 )
@@ -86,6 +88,8 @@ from cl2cm_hf.search.shards import cache_namespace, read_cache, read_json
 from cl2cm_hf.search.sources import COMPARE, attach_pictures, collect_items, rekey_by_content
 
 RECALL_QUERIES = 1000  # gallery rows used as queries when measuring the faiss index's recall@10
+WRITE_ROWS = 1 << 16  # embeddings copied from the cache into embeddings.npy at a time
+FAISS_KINDS = ("auto", "hnsw", "flat", "ivf_flat", "ivfpq", "none")
 
 
 @dataclass
@@ -106,8 +110,9 @@ class IndexReport:
                 f"{self.removed} removed), {len(self.skipped)} skipped, {self.seconds:.1f}s")
 
 
-def _faiss_part(embeddings: np.ndarray, folder: Path, faiss_type: str) -> dict | None:
-    """Write ``faiss.index`` and return its metadata (type, parameters, recall@10 vs exact)."""
+def _faiss_part(embeddings: np.ndarray, folder: Path, faiss_type: str, ann_budget: int) -> dict | None:
+    """Write the approximate index and return its metadata (type, parameters, recall@10 vs exact):
+    ``faiss.index`` (hnsw, ivf_flat, flat) or the compressed ``ann.index`` (ivfpq, `cl2cm_hf.search.ann`)."""
     if faiss_type == "none" or len(embeddings) == 0:
         return None
     try:
@@ -116,6 +121,10 @@ def _faiss_part(embeddings: np.ndarray, folder: Path, faiss_type: str) -> dict |
         if faiss_type != "auto":
             raise
         return None
+    if faiss_type == "ivfpq":
+        from cl2cm_hf.search.ann import ShardRows, build_ann
+
+        return build_ann(ShardRows([embeddings]), folder, ann_budget)
     from cl2cm_hf.retrieval import build_faiss_index, faiss_recall_at_k
 
     index_type = "hnsw" if faiss_type == "auto" else faiss_type
@@ -131,25 +140,31 @@ def _faiss_part(embeddings: np.ndarray, folder: Path, faiss_type: str) -> dict |
     return info
 
 
-def _write_index(tmp: Path, items, done, bad, metadata: dict, faiss_type: str) -> tuple[int, list[dict]]:
+def _write_index(tmp: Path, items, done, bad, metadata: dict, faiss_type: str, ann_budget: int) -> tuple[int, list[dict]]:
+    """The index folder's files; embeddings go to ``embeddings.npy`` `WRITE_ROWS` at a time from the
+    cache (`EmbeddingCache`), so no more than one shard and one block of them is ever in memory."""
     import pyarrow as pa
     from datasets import Dataset
 
     kept = [item for item in items if item.key in done]
     skipped = [{"id": item.id, "file": item.path, "reason": bad[item.key], "key": item.key}
                for item in items if item.key not in done]
-    dim = int(next(iter(done.values())).shape[0]) if kept else 0
-    embeddings = np.stack([done[item.key] for item in kept]).astype(np.float32) if kept else np.zeros((0, dim), np.float32)
+    dim = int(done[kept[0].key].shape[0]) if kept else 0
+    embeddings = np.lib.format.open_memmap(tmp / EMBEDDINGS_FILE, mode="w+", dtype=np.float32, shape=(len(kept), dim))
+    for a in range(0, len(kept), WRITE_ROWS):
+        embeddings[a : a + WRITE_ROWS] = done.rows([item.key for item in kept[a : a + WRITE_ROWS]])
+    embeddings.flush()
+    del embeddings
     table = pa.table({
         "id": pa.array([item.id for item in kept], pa.string()),
         "path": pa.array([item.path for item in kept], pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), max(dim, 1))
-        if kept else pa.array([], pa.list_(pa.float32(), 1)),
         "caption": pa.array([item.caption for item in kept], pa.string()),
         "key": pa.array([item.key for item in kept], pa.string()),
     })
     Dataset(table).save_to_disk(str(tmp / DATA_DIR), num_shards=1)
-    metadata.update(dim=dim, count=len(kept), skipped=len(skipped), faiss=_faiss_part(embeddings, tmp, faiss_type))
+    del table
+    stored = np.load(tmp / EMBEDDINGS_FILE, mmap_mode="r")
+    metadata.update(dim=dim, count=len(kept), skipped=len(skipped), faiss=_faiss_part(stored, tmp, faiss_type, ann_budget))
     atomic_write_text(tmp / REPORT_FILE, json.dumps({"skipped": skipped}, indent=1, ensure_ascii=False))
     atomic_write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=1, ensure_ascii=False))
     return len(kept), skipped
@@ -159,12 +174,13 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
                 num_workers: int = 2, chunk_size: int = 1024, max_pixels: int = DEFAULT_MAX_PIXELS,
                 faiss: str = "auto", device=None, progress: bool = True, pictures=None, compare: str = "mtime",
                 overwrite: bool = False, videos=None, num_frames: int | None = None,
-                max_video_seconds: float = DEFAULT_MAX_SECONDS) -> IndexReport:
+                max_video_seconds: float = DEFAULT_MAX_SECONDS, ann_budget_mb: int = 1024) -> IndexReport:
     """Index `images` (folder, list file or datasets folder: pictures, and videos recognised by
     extension or container), `videos` (the same, videos only: a still image is skipped with the
     reason) or `features` (store folder) with the checkpoint `model` (a folder or hub id) into
     folder `out`; see the module docstring. Videos are sampled to `num_frames` frames (default: the
     checkpoint's video processor's, else 8); longer than `max_video_seconds` are skipped.
+    `ann_budget_mb`: the RAM the served ``faiss="ivfpq"`` index may take (`cl2cm_hf.search.ann`).
 
     `out` must be missing, empty or an index of the same source (`check_out_folder`; an index of
     another source is replaced only with `overwrite`). `pictures`: a folder with a picture per
@@ -173,13 +189,15 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
 
     `chunk_size` items make one shard (the unit of resume and of the split across processes; rounded
     down to a multiple of `batch_size`); `faiss`: ``"auto"`` (HNSW when faiss is importable),
-    ``"hnsw"``, ``"flat"``, ``"ivf_flat"`` or ``"none"``. Returns the `IndexReport` (complete on rank 0)."""
+    ``"hnsw"``, ``"flat"``, ``"ivf_flat"``, ``"ivfpq"`` (compressed, chosen for `ann_budget_mb` MiB of RAM:
+    `cl2cm_hf.search.ann`) or ``"none"``. Returns the `IndexReport` (complete on rank 0)."""
     from accelerate import PartialState
 
     started = time.perf_counter()
     batch_size, num_workers = check_int("batch_size", batch_size), check_int("num_workers", num_workers)
     chunk_size, max_pixels = check_int("chunk_size", chunk_size), check_int("max_pixels", max_pixels)
-    for name, value, allowed in (("faiss", faiss, ("auto", "hnsw", "flat", "ivf_flat", "none")), ("compare", compare, tuple(COMPARE))):
+    ann_budget_mb = check_int("ann_budget_mb", ann_budget_mb)
+    for name, value, allowed in (("faiss", faiss, FAISS_KINDS), ("compare", compare, tuple(COMPARE))):
         if value not in allowed:
             raise CL2CMError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
     if sum(x is not None for x in (images, videos, features)) != 1:
@@ -227,8 +245,8 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     unchanged = not pending and previous == keys and not (out / SHARDS_DIR).exists()
     old = read_json(out / METADATA_FILE)
     fingerprint = model_fingerprint(loaded_model)
-    if state.is_main_process and unchanged and (old.get("faiss_request"), old.get("pictures"), old.get("model_fingerprint"),
-                                                 old.get("source")) == (faiss, pictures, fingerprint, source_info):
+    if state.is_main_process and unchanged and (old.get("faiss_request"), old.get("ann_budget_mb"), old.get("pictures"), old.get("model_fingerprint"),
+                                                 old.get("source")) == (faiss, ann_budget_mb, pictures, fingerprint, source_info):
         # Nothing changed since the last complete build: keep it (a faiss rebuild can take minutes).
         report.metadata = json.loads((out / METADATA_FILE).read_text(encoding="utf-8"))
         report.count = report.metadata["count"]
@@ -240,15 +258,15 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
             raise RuntimeError(f"{out}: {len(missing)} items were not encoded (first: {missing[0]!r}); rerun to finish")
         metadata = {
             "format": INDEX_FORMAT, "model": _model_name(model), "model_name": model_display_name(model),
-            "model_revision": revision, "model_fingerprint": fingerprint, "namespace": namespace,
+            "model_revision": revision, "model_fingerprint": fingerprint, "model_files": model_files(model), "namespace": namespace,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": source_info,
             "cache_key": f"{COMPARE[compare]}; sha256 of the content (dataset bytes, feature rows)", "compare": compare,
-            "max_pixels": max_pixels, "faiss_request": faiss, "pictures": pictures,
+            "max_pixels": max_pixels, "faiss_request": faiss, "ann_budget_mb": ann_budget_mb, "pictures": pictures,
             "video": None if features is not None else asdict(video),
         }
         with atomic_directory(out) as tmp:
             mark_index_folder(tmp, source_path)
-            report.count, report.skipped = _write_index(tmp, items, done, bad, metadata, faiss)
+            report.count, report.skipped = _write_index(tmp, items, done, bad, metadata, faiss, ann_budget_mb << 20)
         report.metadata = metadata
         report.encoded = sum(1 for i in pending if items[i].key in done)
     state.wait_for_everyone()

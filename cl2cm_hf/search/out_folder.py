@@ -17,13 +17,14 @@ from pathlib import Path
 
 from cl2cm_hf.atomic import atomic_write_text, folder_target
 from cl2cm_hf.errors import CL2CMError
-from cl2cm_hf.search.index import DATA_DIR, FAISS_FILE, INDEX_FORMAT, METADATA_FILE, REPORT_FILE, SHARDS_DIR
+from cl2cm_hf.search.ann import ANN_FILE
+from cl2cm_hf.search.index import DATA_DIR, EMBEDDINGS_FILE, FAISS_FILE, INDEX_FORMAT, METADATA_FILE, REPORT_FILE, SHARDS_DIR
 
 INDEX_MARKER = ".cl2cm-index"
 _MARKER_TMP = f".{INDEX_MARKER}.*.tmp"  # the marker's temporary, left by a kill while it was written
 # What an index folder holds (name -> the names allowed inside it; None for a file).
 _LAYOUT = {
-    INDEX_MARKER: None, METADATA_FILE: None, REPORT_FILE: None, FAISS_FILE: None,
+    INDEX_MARKER: None, METADATA_FILE: None, REPORT_FILE: None, FAISS_FILE: None, EMBEDDINGS_FILE: None, ANN_FILE: None,
     DATA_DIR: ("data-*.arrow", "dataset_info.json", "state.json"),
     SHARDS_DIR: ("*.safetensors", ".*.tmp"),
 }

@@ -1,0 +1,126 @@
+"""Issue 24: a build holds one shard of embeddings at a time, the compressed IVF-PQ index (chosen for a RAM
+budget, served memory-mapped, re-ranked exactly), and a search that does not re-hash unchanged weights."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_wordpiece_tokenizer, features_config
+
+from cl2cm_hf import CL2CMCrossModalModel, build_processor
+from cl2cm_hf.data import VisualFeatureStore
+from cl2cm_hf.errors import CL2CMError
+from cl2cm_hf.search import SearchIndex, build_index, index_build, shards
+from cl2cm_hf.search import index as index_module
+from cl2cm_hf.search.ann import ShardRows, choose_factory
+
+ROWS = 40
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale")
+    torch.manual_seed(0)
+    CL2CMCrossModalModel(features_config()).save_pretrained(root / "model")
+    build_processor(build_wordpiece_tokenizer(), "").save_pretrained(root / "model")
+    config = features_config()
+    store = VisualFeatureStore.from_arrays([f"item{i:03d}" for i in range(ROWS)], torch.randn(ROWS, config.visual_feature_dim))
+    store.save(root / "store")
+    return root
+
+
+def test_build_reads_one_shard_at_a_time_and_writes_in_blocks(features, tmp_path, monkeypatch):
+    calls = []
+    rows = shards.EmbeddingCache.rows
+
+    def spy(self, keys):
+        held = 0 if self._held is None else len(self._held[1])
+        calls.append((len(keys), self.shard_loads, held))
+        return rows(self, keys)
+
+    monkeypatch.setattr(shards.EmbeddingCache, "rows", spy)
+    monkeypatch.setattr(index_build, "WRITE_ROWS", 4)
+    build_index(features / "model", tmp_path / "index", features=features / "store", batch_size=4, chunk_size=8,
+                num_workers=0, faiss="none", progress=False)
+    blocks = [c for c in calls if c[0] > 1]
+    assert blocks and max(c[0] for c in blocks) == 4  # embeddings.npy is filled 4 rows at a time
+    assert max(c[2] for c in calls) <= 8  # never more than one shard (chunk_size rows) held
+    assert calls[-1][1] == ROWS // 8  # 5 shards, each read once: no shard is read twice
+    built = SearchIndex.load(tmp_path / "index")
+    reference = build_index(features / "model", tmp_path / "one_shard", features=features / "store", batch_size=64,
+                            chunk_size=64, num_workers=0, faiss="none", progress=False)
+    assert reference.count == ROWS and isinstance(built.embeddings, np.memmap)
+    np.testing.assert_array_equal(built.embeddings, SearchIndex.load(tmp_path / "one_shard").embeddings)
+    assert built.ids == [f"item{i:03d}" for i in range(ROWS)] and built.ids.index("item007") == 7
+
+
+def test_choice_rule_fits_the_budget():
+    assert choose_factory(10_000_000, 256, 480 << 20)["factory"] == "IVF4096_HNSW32,PQ32"
+    assert choose_factory(10_000, 256, 1 << 30)["factory"] == "IVF128,Flat"
+    assert choose_factory(1_000_000, 256, 300 << 20)["factory"] == "IVF1024_HNSW32,SQ8"
+    pq = choose_factory(1_000_000, 256, 100 << 20)
+    assert pq["factory"].endswith(",PQ64") and pq["expected_bytes"] <= 100 << 20
+    with pytest.raises(CL2CMError, match="smallest index .PQ8. needs 17 MiB"):
+        choose_factory(1_000_000, 256, 1 << 20)
+
+
+def test_shard_rows_take_any_order():
+    a, b = np.arange(12, dtype=np.float16).reshape(6, 2), np.arange(12, 20, dtype=np.float32).reshape(4, 2)
+    rows = ShardRows([a, np.zeros((0, 2)), b])
+    assert rows.n == 10 and rows.d == 2
+    np.testing.assert_array_equal(rows.take([9, 0, 6, 5]), np.array([[18, 19], [0, 1], [12, 13], [10, 11]], np.float32))
+    assert [start for start, _ in rows.blocks(4)] == [0, 4, 6]
+
+
+def test_ivfpq_index_built_from_rows_memory_mapped_and_reranked(features, tmp_path):
+    faiss = pytest.importorskip("faiss")
+    from cl2cm_hf.search.ann import ANN_FILE, AnnIndex, build_ann, exact_top
+
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((20, 32)).astype(np.float32)
+    data = centers[rng.integers(0, 20, 3000)] + 0.3 * rng.standard_normal((3000, 32)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    rows = ShardRows([data[:1800].astype(np.float16), data[1800:].astype(np.float16)])
+    # SQ8 codes (PQ trains a k-means per sub-vector: minutes on a loaded CI box; same code path)
+    info = build_ann(rows, tmp_path, budget=3000 * 40 + 4 * 32 * 64, recall_queries=200)
+    assert info["factory"] == "IVF64,SQ8" and info["recall_queries"] == 200
+    assert info["recall@10_rerank"] >= info["recall@10"] and info["recall@10_rerank"] > 0.8
+    served = AnnIndex.load(tmp_path, rows)
+    assert served.ntotal == 3000 and (tmp_path / ANN_FILE).stat().st_size == info["bytes"]
+    queries = rows.take([5, 2500])
+    scores, found = served.search(queries, 10, rerank=3000)  # every candidate re-scored: exact
+    np.testing.assert_array_equal(found, exact_top(rows, queries, 10))
+    assert faiss.extract_index_ivf(served.index).nprobe == info["nprobe"]
+
+
+def test_ivfpq_through_build_index_and_search_index(features, tmp_path):
+    pytest.importorskip("faiss")
+    report = build_index(features / "model", tmp_path / "index", features=features / "store", num_workers=0,
+                         faiss="ivfpq", ann_budget_mb=1, progress=False)
+    info = report.metadata["faiss"]
+    assert info["type"] == "ivfpq" and info["factory"] == "IVF1,Flat" and info["recall@10_rerank"] == 1.0
+    index = SearchIndex.load(tmp_path / "index")
+    queries = index.embeddings[:3]
+    approx = [[h.id for h in hits] for hits in index.search_embeddings(queries, 5)]
+    assert approx == [[h.id for h in hits] for hits in index.search_embeddings(queries, 5, exact=True)]
+
+
+def test_unchanged_checkpoint_is_not_hashed_again(features, tmp_path, monkeypatch):
+    build_index(features / "model", tmp_path / "index", features=features / "store", num_workers=0, faiss="none", progress=False)
+
+    def hashed(model):
+        raise AssertionError("model_fingerprint called")
+
+    monkeypatch.setattr(index_module, "model_fingerprint", hashed)
+    assert len(SearchIndex.load(tmp_path / "index")) == ROWS  # same files, same stat: no hashing
+    weights = features / "model" / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    try:
+        with pytest.raises(AssertionError, match="model_fingerprint called"):
+            SearchIndex.load(tmp_path / "index")  # a touched file is checked by its content
+    finally:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))

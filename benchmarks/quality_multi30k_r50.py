@@ -331,7 +331,8 @@ def markdown(report: dict) -> str:
         "Test SumR of a system minus that of `mt_no_transfer` on the same fold: mean ± std over folds, and the "
         "number of folds where the system is ahead. " + pooled,
     )
-    overrides = {run["system"]: {**SYSTEM_SETTINGS.get(run["base"], {}), **run["settings"]} for run in report["runs"]}
+    overrides = {run["system"]: {**SYSTEM_SETTINGS.get(run["base"], {}), **run["settings"]} for run in report["runs"]
+                 if run["base"] != "untrained"}  # built, not trained: the term never acted on it
     partners = lambda_kt_partners(overrides)
     lines += paired_differences(
         report, ranks, partners.get,
@@ -364,6 +365,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-disk-cache", action="store_true",
                         help="do not read or write the frozen text layers' outputs under benchmarks/cache/text_cache")
     parser.add_argument("--render-tuning", metavar="MD", help="write the --tune-out runs as markdown to MD and stop")
+    parser.add_argument("--tuning-reference", default="cl2cm", help="the variant the selection across languages measures gains against")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="combine the results of runs made in parallel (e.g. one per tower) into --out and stop")
     parser.add_argument("--held-out", choices=sorted(HELD_OUT),
@@ -383,7 +385,7 @@ def main(argv=None) -> None:
         merge_reports([Path(m) for m in args.merge], Path(args.out), args.extra_markdown)
         return
     if args.render_tuning:
-        Path(args.render_tuning).write_text(render_tuning(Path(args.tune_out), "Tuning and ablations (validation)") + "\n")
+        Path(args.render_tuning).write_text(render_tuning(Path(args.tune_out), "Tuning and ablations (validation)", args.tuning_reference) + "\n")
         return
 
     if "OMP_NUM_THREADS" not in os.environ:

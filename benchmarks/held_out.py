@@ -46,7 +46,7 @@ def missing(shared_root, spec: HeldOut) -> list[Path]:
     return [path for path in query_files(shared_root, spec) if not path.is_file()]
 
 
-def test_queries(shared_root, spec: HeldOut, visual_ids):
+def held_out_queries(shared_root, spec: HeldOut, visual_ids):
     """The set's test queries of the images `visual_ids` (language column: the model's target language)."""
     queries = multi30k_queries(_data_root(shared_root) / "multi30k", SPLIT, spec.lang, task=spec.task)
     return select_visual(queries, visual_ids)

@@ -46,8 +46,7 @@ import torch  # noqa: E402
 from transformers import set_seed  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from benchmarks.held_out import HELD_OUT, HeldOut, missing  # noqa: E402
-from benchmarks.held_out import test_queries as held_out_queries  # noqa: E402
+from benchmarks.held_out import HELD_OUT, HeldOut, held_out_queries, missing  # noqa: E402
 from benchmarks.pairing import KT_ONLY, lambda_kt_partners  # noqa: E402
 from benchmarks.provenance import git_commit, machine  # noqa: E402
 from benchmarks.r50_stats import goal_check, load_ranks, paired_differences, rank_lists, ranks_path, sumr_by_fold  # noqa: E402

@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Quality benchmark on the offline real data: 5-fold cross-validation over the 1000 Multi30K
 test_2016 images (ResNet-50 features, NLLB translations, human de/fr queries), two text towers,
-four systems side by side:
+five systems side by side:
 
 - ``untrained``: the cross-modal network as built, no training (the floor);
 - ``english_only``: trained on image-English pairs only; German/French queries are zero-shot;
 - ``mt_no_transfer``: image-English + image-MT pairs, no transfer (``lambda_mt: 1``, ``lambda_kt: 0``, no stage 1);
 - ``cl2cm``: the full method (stage 1 on the fold's English/MT pairs, stage 2 with relational
-  distillation, text tower started from stage 1).
+  distillation, text tower started from stage 1);
+- ``cl2cm_no_kt``: the same with ``lambda_kt: 0`` (same stage 1): what the distillation term is worth.
 
 Every system is a set of overrides of the same recipe (``trainer/configs/multi30k_r50_{e5,minilm}.yaml``)
 and runs through trainer/run.py's own stage functions in this process (data read once per fold,
@@ -20,7 +21,10 @@ reported numbers, never for a choice.
     python benchmarks/quality_multi30k_r50.py --tune --folds 0 \\
         --variant cl2cm_kt0.5:base=cl2cm,lambda_kt=0.5              # validation SumR only (tuning, ablations)
 
-Writes ``benchmarks/results/multi30k_r50.{md,json}`` (``--out``), rewritten after every fold.
+    python benchmarks/quality_multi30k_r50.py --held-out cs          # a held-out query set (benchmarks/held_out.py)
+
+Writes ``benchmarks/results/multi30k_r50.{md,json}`` (``--out``) and the per-query test ranks the
+paired bootstrap intervals are computed from (``multi30k_r50_ranks.json``), rewritten after every fold.
 """
 
 from __future__ import annotations
@@ -280,6 +284,8 @@ def markdown(report: dict) -> str:
         "40 times smaller, the visual features are frozen ImageNet ResNet-50 vectors, and the gallery is "
         "200 images. Numbers are not comparable with the paper's tables.",
         "",
+        *([f"**Held-out query set `{report['held_out']['name']}`** (replaces the de/fr queries above): "
+           f"{report['held_out']['note']}.", ""] if report.get("held_out") else []),
         f"- command: `{report['command']}`",
         f"- commit: `{report['commit']}`",
         f"- machine: {report['machine']}",
@@ -414,6 +420,7 @@ def main(argv=None) -> None:
         "validation": {},
         "runs": [],
         "ranks": {},  # "tower|system|lang|fold": per-query test ranks (written beside the results: *_ranks.json)
+        "held_out": held_out._asdict() if held_out else None,
         "tower_notes": {},
         "prefill_s": {},
         "load_average": f"at the start {os.getloadavg()[0]:.1f}",

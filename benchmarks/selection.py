@@ -58,3 +58,36 @@ def render_selection(scores: dict, reference: str, langs, margin: float = 0.0) -
                      f"validation: {others})")
     lines.append(f"- adopted (largest worst-language gain, above {margin:+.1f}): `{decision['adopted']}`")
     return lines
+
+
+def scores_from_results(report: dict, tower: str, exclude=("untrained", "english_only", "mt_no_transfer")) -> dict:
+    """{system: {lang: {fold: validation SumR}}} of one tower of a benchmark results file (its
+    ``validation`` entries ``tower|system|lang|fold``), leaving out the baselines in `exclude` and the
+    systems without the distillation term (their settings are another question)."""
+    scores = {}
+    for key, value in report["validation"].items():
+        tower_, system, lang, fold = key.split("|")
+        if tower_ == tower and system not in exclude and not system.endswith("no_kt"):
+            scores.setdefault(system, {}).setdefault(lang, {})[int(fold)] = value
+    return scores
+
+
+def main(argv=None) -> None:
+    """``python benchmarks/selection.py RESULTS.json [--reference cl2cm]``: the protocol on a results
+    file's validation SumR, per tower, as markdown."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--reference", default="cl2cm")
+    args = parser.parse_args(argv)
+    report = json.loads(args.results.read_text())
+    for tower in report["towers"]:
+        print(f"**{tower}**\n")
+        print("\n".join(render_selection(scores_from_results(report, tower), args.reference, report["langs"])) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.selection import render_selection, select, validation_gains
+from benchmarks.selection import render_selection, scores_from_results, select, validation_gains
 
 
 def _scores(**per_variant):
@@ -31,3 +31,9 @@ def test_gains_use_only_the_folds_both_ran():
     assert validation_gains(scores, "ref") == {"ref": {"de": 0}, "new": {"de": 5}}
     # A candidate missing a language is not a candidate.
     assert "new" not in select({**scores, "ref": {"de": {1: 120}, "fr": {1: 90}}}, "ref", ["de", "fr"])["gains"]
+
+
+def test_scores_come_from_a_results_files_validation_entries():
+    report = {"validation": {"e5|cl2cm|de|0": 300.0, "e5|cl2cm_q512|de|0": 310.0, "e5|cl2cm_no_kt|de|0": 290.0,
+                             "e5|mt_no_transfer|de|0": 280.0, "minilm|cl2cm|de|0": 200.0}}
+    assert scores_from_results(report, "e5") == {"cl2cm": {"de": {0: 300.0}}, "cl2cm_q512": {"de": {0: 310.0}}}

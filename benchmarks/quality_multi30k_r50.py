@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Quality benchmark on the offline real data: 5-fold cross-validation over the 1000 Multi30K
 test_2016 images (ResNet-50 features, NLLB translations, human de/fr queries), two text towers,
-four systems side by side:
+five systems side by side:
 
 - ``untrained``: the cross-modal network as built, no training (the floor);
 - ``english_only``: trained on image-English pairs only; German/French queries are zero-shot;
 - ``mt_no_transfer``: image-English + image-MT pairs, no transfer (``lambda_mt: 1``, ``lambda_kt: 0``, no stage 1);
 - ``cl2cm``: the full method (stage 1 on the fold's English/MT pairs, stage 2 with relational
-  distillation, text tower started from stage 1).
+  distillation, text tower started from stage 1);
+- ``cl2cm_no_kt``: the same with ``lambda_kt: 0`` (same stage 1): what the distillation term is worth.
 
 Every system is a set of overrides of the same recipe (``trainer/configs/multi30k_r50_{e5,minilm}.yaml``)
 and runs through trainer/run.py's own stage functions in this process (data read once per fold,
@@ -20,7 +21,10 @@ reported numbers, never for a choice.
     python benchmarks/quality_multi30k_r50.py --tune --folds 0 \\
         --variant cl2cm_kt0.5:base=cl2cm,lambda_kt=0.5              # validation SumR only (tuning, ablations)
 
-Writes ``benchmarks/results/multi30k_r50.{md,json}`` (``--out``), rewritten after every fold.
+    python benchmarks/quality_multi30k_r50.py --held-out cs          # a held-out query set (benchmarks/held_out.py)
+
+Writes ``benchmarks/results/multi30k_r50.{md,json}`` (``--out``) and the per-query test ranks the
+paired bootstrap intervals are computed from (``multi30k_r50_ranks.json``), rewritten after every fold.
 """
 
 from __future__ import annotations
@@ -46,8 +50,11 @@ import torch  # noqa: E402
 from transformers import set_seed  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from benchmarks.held_out import HELD_OUT, HeldOut, held_out_queries, missing  # noqa: E402
 from benchmarks.pairing import KT_ONLY, lambda_kt_partners  # noqa: E402
 from benchmarks.provenance import git_commit, machine  # noqa: E402
+from benchmarks.r50_stats import goal_check, load_ranks, paired_differences, rank_lists, ranks_path, sumr_by_fold  # noqa: E402
+from benchmarks.selection import render_selection  # noqa: E402
 from cl2cm_hf.evaluation.evaluator import CrossModalEvaluator  # noqa: E402
 from cl2cm_hf.evaluation.records import flat_metrics  # noqa: E402
 from cl2cm_hf.processing_cl2cm import build_processor  # noqa: E402
@@ -61,13 +68,15 @@ from cl2cm_hf.training.run import train_cross_lingual, train_cross_modal  # noqa
 TOWERS = {"e5": "trainer/configs/multi30k_r50_e5.yaml", "minilm": "trainer/configs/multi30k_r50_minilm.yaml"}
 ME5_DIR = REPO / "benchmarks" / "cache" / "me5-small"
 TEXT_CACHE_DIR = REPO / "benchmarks" / "cache" / "text_cache"
-SYSTEMS = ("untrained", "english_only", "mt_no_transfer", "cl2cm")
-# Each system is the recipe plus these settings.
+SYSTEMS = ("untrained", "english_only", "mt_no_transfer", "cl2cm", "cl2cm_no_kt")
+# Each system is the recipe plus these settings. `cl2cm_no_kt` is the recipe without the distillation
+# term (same stage 1): the partner that says what the term is worth.
 SYSTEM_SETTINGS = {
     "untrained": {},
     "english_only": {"stage": "cm", "lambda_mt": 0.0, "lambda_kt": 0.0},
     "mt_no_transfer": {"stage": "cm", "lambda_mt": 1.0, "lambda_kt": 0.0},
     "cl2cm": {},
+    "cl2cm_no_kt": {"lambda_kt": 0.0},
 }
 TABLE_KEYS = tuple(k for k in METRIC_KEYS if k.rpartition("_")[2] not in ("medr", "mnr"))  # the recalls and SumR
 # Settings that do not change stage 1 (variants differing only in these reuse its network).
@@ -126,7 +135,8 @@ class Run:
     """One tower x fold: the data and the evaluators, read once, shared by every system; `frozen_layers`
     is the process's store of frozen text-layer outputs (every fold and system share it)."""
 
-    def __init__(self, tower: str, fold: int, common: dict, work: Path, frozen_layers: FrozenLayerStore):
+    def __init__(self, tower: str, fold: int, common: dict, work: Path, frozen_layers: FrozenLayerStore,
+                 held_out: HeldOut | None = None):
         self.tower, self.fold, self.common, self.work = tower, fold, common, work
         self.frozen_layers = frozen_layers
         values = self.values({})
@@ -138,7 +148,10 @@ class Run:
             dataset=self.data.name, split=split,
         )
         self.validation = evaluator(self.data.validation_queries, "validation")
-        self.test = evaluator(self.data.test_queries, "test")
+        test_queries = self.data.test_queries
+        if held_out is not None and held_out.task != 1:  # the fold's test images, the held-out set's captions
+            test_queries = held_out_queries(data_args.shared_root, held_out, set(test_queries["visual_id"]))
+        self.test = evaluator(test_queries, "test")
         self.langs = list(data_args.target_langs)
         self.stage1_models = {}
         # The recipe's untrained network: the "untrained" system, and the key of the pretrained tower's cache.
@@ -182,7 +195,9 @@ class Run:
         # Flat scalars ({"de_t2v_r1": ..., "sumr": mean SumR}): the form this report and the tuning log keep.
         result = {"validation": flat_metrics(self.validation(model)), "timings": timings}
         if evaluate_test:
-            result["test"] = flat_metrics(self.test(model))
+            ranks = self.test.ranks(model)
+            result["test"] = flat_metrics(self.test.metrics(ranks))
+            result["test_ranks"] = {lang: rank_lists(self.test, lang, r) for lang, r in ranks.items()}
         timings["total_s"] = round(time.time() - started, 1)
         shutil.rmtree(out, ignore_errors=True)  # stage folders and logs of the run: not needed here
         return result
@@ -248,32 +263,6 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def sumr_by_fold(rows: list[dict], tower: str, system: str, lang: str, folds_only: bool = False) -> dict:
-    """{fold: SumR} of one tower x system x lang (with the "mean"/"std" rows unless `folds_only`)."""
-    return {r["fold"]: r["sumr"] for r in rows if (r["tower"], r["system"], r["lang"]) == (tower, system, lang)
-            and (isinstance(r["fold"], int) or not folds_only)}
-
-
-def paired_differences(report: dict, reference_of, title: str, text: str) -> list[str]:
-    """A markdown section: per tower, language and system, its test SumR minus that of
-    `reference_of(system)` (None: no row) on the same folds."""
-    rows = report["rows"]
-    lines = ["", title, "", text, "", "| tower | lang | system | reference | mean difference | folds ahead |", "|---|---|---|---|---|---|"]
-    for tower in report["towers"]:
-        for lang in report["langs"]:
-            for system in report["systems"]:
-                reference = reference_of(system)
-                base = sumr_by_fold(rows, tower, reference, lang, folds_only=True) if reference else {}
-                own = sumr_by_fold(rows, tower, system, lang, folds_only=True)
-                diffs = [own[f] - base[f] for f in own if f in base]
-                if not diffs:
-                    continue
-                spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-                lines.append(f"| {tower} | {lang} | {system} | {reference} | {statistics.fmean(diffs):+.1f} ± {spread:.1f} | "
-                             f"{sum(d > 0 for d in diffs)}/{len(diffs)} |")
-    return lines
-
-
 def markdown(report: dict) -> str:
     rows = report["rows"]
     systems = [s for s in report["systems"]]
@@ -295,6 +284,8 @@ def markdown(report: dict) -> str:
         "40 times smaller, the visual features are frozen ImageNet ResNet-50 vectors, and the gallery is "
         "200 images. Numbers are not comparable with the paper's tables.",
         "",
+        *([f"**Held-out query set `{report['held_out']['name']}`** (replaces the de/fr queries above): "
+           f"{report['held_out']['note']}.", ""] if report.get("held_out") else []),
         f"- command: `{report['command']}`",
         f"- commit: `{report['commit']}`",
         f"- machine: {report['machine']}",
@@ -334,21 +325,29 @@ def markdown(report: dict) -> str:
                 val = f"{statistics.fmean(vals):.1f}" if vals else "-"
                 cells = [f"{by_fold[f]:.1f}" if f in by_fold else "-" for f in report["folds"]]
                 lines.append(f"| {tower} | {lang} | {system} | " + " | ".join(cells) + f" | {by_fold['mean']:.1f} | {val} |")
+    ranks = report.get("ranks", {})
+    pooled = ("Pooled: the difference over the test queries of all folds together (1000 per language), with a 95% "
+              "percentile interval from 10,000 paired bootstrap resamples of test images within each fold "
+              "(`cl2cm_hf/evaluation/bootstrap.py`: an image carries its query's t2v rank and its own v2t rank; it "
+              "covers which queries were drawn, not the training runs' randomness).")
     lines += paired_differences(
-        report, lambda system: "mt_no_transfer" if system not in ("mt_no_transfer", "untrained") else None,
+        report, ranks, lambda system: "mt_no_transfer" if system not in ("mt_no_transfer", "untrained") else None,
         "## Paired differences against mt_no_transfer",
         "Test SumR of a system minus that of `mt_no_transfer` on the same fold: mean ± std over folds, and the "
-        "number of folds where the system is ahead.",
+        "number of folds where the system is ahead. " + pooled,
     )
-    overrides = {run["system"]: {**SYSTEM_SETTINGS.get(run["base"], {}), **run["settings"]} for run in report["runs"]}
+    overrides = {run["system"]: {**SYSTEM_SETTINGS.get(run["base"], {}), **run["settings"]} for run in report["runs"]
+                 if run["base"] != "untrained"}  # built, not trained: the term never acted on it
     partners = lambda_kt_partners(overrides)
     lines += paired_differences(
-        report, partners.get,
+        report, ranks, partners.get,
         "## Paired differences against lambda_kt 0 (what the distillation term is worth)",
         "Test SumR of a system minus that of its partner with `lambda_kt: 0` and the same settings otherwise (settings "
         f"that act only through the distillation term aside: {', '.join(sorted(KT_ONLY))}), on the same fold. Mean ± "
-        "std over folds, and the number of folds where the system is ahead.",
+        "std over folds, and the number of folds where the system is ahead. " + pooled,
     )
+    if "cl2cm" in report["systems"] and "mt_no_transfer" in report["systems"]:
+        lines += goal_check(report, ranks, partners.get("cl2cm"))
     lines += ["", "## Settings", "", *report["settings_notes"], ""]
     if report.get("extra_markdown"):
         lines += [report["extra_markdown"], ""]
@@ -371,14 +370,27 @@ def main(argv=None) -> None:
     parser.add_argument("--no-disk-cache", action="store_true",
                         help="do not read or write the frozen text layers' outputs under benchmarks/cache/text_cache")
     parser.add_argument("--render-tuning", metavar="MD", help="write the --tune-out runs as markdown to MD and stop")
+    parser.add_argument("--tuning-reference", default="cl2cm", help="the variant the selection across languages measures gains against")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="combine the results of runs made in parallel (e.g. one per tower) into --out and stop")
+    parser.add_argument("--held-out", choices=sorted(HELD_OUT),
+                        help="a held-out query set (benchmarks/held_out.py) instead of the de/fr queries; "
+                             "--out defaults to benchmarks/results/multi30k_r50_heldout_<set>")
     args = parser.parse_args(argv)
+    held_out = HELD_OUT[args.held_out] if args.held_out else None
+    if held_out is not None:
+        absent = missing(load_config(REPO / TOWERS[args.towers[0]], {})["shared_root"], held_out)
+        if absent:
+            print(f"held-out set {held_out.name}: missing {', '.join(map(str, absent))} (not in this copy of ../shared)",
+                  file=sys.stderr)
+            raise SystemExit(2)
+        if args.out == parser.get_default("out"):
+            args.out = str(REPO / "benchmarks" / "results" / f"multi30k_r50_heldout_{held_out.name}")
     if args.merge:
         merge_reports([Path(m) for m in args.merge], Path(args.out), args.extra_markdown)
         return
     if args.render_tuning:
-        Path(args.render_tuning).write_text(render_tuning(Path(args.tune_out), "Tuning and ablations (validation)") + "\n")
+        Path(args.render_tuning).write_text(render_tuning(Path(args.tune_out), "Tuning and ablations (validation)", args.tuning_reference) + "\n")
         return
 
     if "OMP_NUM_THREADS" not in os.environ:
@@ -388,7 +400,8 @@ def main(argv=None) -> None:
     if "e5" in args.towers:
         ensure_me5()
 
-    common = {"disable_tqdm": True, **(QUICK if args.quick else {}), **parse_settings(args.set)}
+    common = {"disable_tqdm": True, **(QUICK if args.quick else {}), **parse_settings(args.set),
+              **({"target_langs": [held_out.lang]} if held_out else {})}
     variants = [(s, s, {}) for s in args.systems] + [parse_variant(v) for v in args.variant]
     command = "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(REPO)) if Path(sys.argv[0]).exists() else sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
     write = not args.quick and not args.tune
@@ -406,6 +419,8 @@ def main(argv=None) -> None:
         "rows": [],
         "validation": {},
         "runs": [],
+        "ranks": {},  # "tower|system|lang|fold": per-query test ranks (written beside the results: *_ranks.json)
+        "held_out": held_out._asdict() if held_out else None,
         "tower_notes": {},
         "prefill_s": {},
         "load_average": f"at the start {os.getloadavg()[0]:.1f}",
@@ -425,14 +440,15 @@ def main(argv=None) -> None:
         )
         for fold in args.folds:
             say(f"{tower} fold {fold}: reading data")
-            run = Run(tower, fold, common, Path(args.work), frozen_layers)
+            run = Run(tower, fold, common, Path(args.work), frozen_layers, held_out)
             if fold == args.folds[0]:
                 seconds = run.prefill()
                 report["prefill_s"][tower] = round(seconds, 1)
                 say(f"{tower}: frozen text layers of every text of the benchmark computed or loaded in {seconds:.0f} s")
                 if not args.no_disk_cache:
                     save_text_caches(TEXT_CACHE_DIR, frozen_layers, run.pretrained_cache_keys(), cache_sizes)
-            report["langs"] = run.langs
+            label = {lang: held_out.name if held_out else lang for lang in run.langs}  # the rows' language label
+            report["langs"] = list(label.values())
             for name, base, settings in variants:
                 say(f"{tower} fold {fold}: {name} ...")
                 result = run.system(name, base, settings, evaluate_test=not args.tune)
@@ -443,12 +459,15 @@ def main(argv=None) -> None:
                 if "test" in result:
                     line += "; test SumR " + ", ".join(f"{lang} {result['test'][f'{lang}_sumr']:.1f}" for lang in run.langs)
                 say(line)
-                record = {"tower": tower, "fold": fold, "system": name, "base": base, "settings": {**common, **settings}, **result}
+                record = {"tower": tower, "fold": fold, "system": name, "base": base, "settings": {**common, **settings},
+                          **{k: v for k, v in result.items() if k != "test_ranks"}}
                 report["runs"].append({k: v for k, v in record.items() if k not in ("validation", "test")})
                 for lang in run.langs:
-                    report["validation"][f"{tower}|{name}|{lang}|{fold}"] = round(val[f"{lang}_sumr"], 3)
+                    report["validation"][f"{tower}|{name}|{label[lang]}|{fold}"] = round(val[f"{lang}_sumr"], 3)
                     if "test" in result:
-                        per_fold_rows.append(metric_row(tower, name, lang, fold, {k: result["test"][f"{lang}_{k}"] for k in METRIC_KEYS}))
+                        test = {k: result["test"][f"{lang}_{k}"] for k in METRIC_KEYS}
+                        per_fold_rows.append(metric_row(tower, name, label[lang], fold, test))
+                        report["ranks"][f"{tower}|{name}|{label[lang]}|{fold}"] = result["test_ranks"][lang]
                 if not args.no_disk_cache:  # a run stopped midway keeps what it computed
                     save_text_caches(TEXT_CACHE_DIR, frozen_layers, run.pretrained_cache_keys(), cache_sizes)
                 if args.tune:
@@ -486,9 +505,10 @@ def settings_notes(args, common) -> list[str]:
     return notes
 
 
-def render_tuning(jsonl: Path, title: str) -> str:
+def render_tuning(jsonl: Path, title: str, reference: str = "cl2cm") -> str:
     """The tuning/ablation runs (validation SumR, never test) as a markdown section: one row per
-    variant, its validation SumR per fold and the mean over the folds it ran on."""
+    variant, its validation SumR per fold and the mean over the folds it ran on; then, per tower, the
+    selection across languages (`benchmarks.selection`) against the variant named `reference`."""
     records = {}
     for line in jsonl.read_text().splitlines():
         r = json.loads(line)
@@ -508,6 +528,16 @@ def render_tuning(jsonl: Path, title: str) -> str:
             cells = [f"{got[f]:.1f}" if f in got else "-" for f in folds]
             lines.append(f"| {name} | {base} | `{own[1:-1] or '-'}` | " + " | ".join(cells) + f" | {statistics.fmean(got.values()):.1f} |")
         lines.append("")
+        # Latest run of each variant name: {name: {lang: {fold: validation SumR}}}, for the selection across languages.
+        scores, langs = {}, []
+        for (tower_, name, _, _, fold), r in records.items():
+            if tower_ == tower:
+                langs = [k.removesuffix("_sumr") for k in r["validation"] if k.endswith("_sumr")]
+                for lang in langs:
+                    scores.setdefault(name, {}).setdefault(lang, {})[fold] = r["validation"][f"{lang}_sumr"]
+        if reference in scores and len(langs) > 1:
+            lines += [f"Selection across languages ({tower}; gains over `{reference}`, mean over shared folds; "
+                      "`benchmarks/selection.py`):", "", *render_selection(scores, reference, langs), ""]
     return "\n".join(lines)
 
 
@@ -523,6 +553,7 @@ def merge_reports(paths: list[Path], out: Path, extra_markdown: str | None) -> N
         merged[key] = [x for p in parts for x in p[key] if key != "settings_notes" or x not in parts[0][key] or p is parts[0]]
     for key in ("validation", "tower_notes", "prefill_s"):
         merged[key] = {k: v for p in parts for k, v in p.get(key, {}).items()}
+    merged["ranks"] = {k: v for p in paths for k, v in load_ranks(p.with_suffix("")).items()}
     merged["extra_markdown"] = Path(extra_markdown).read_text() if extra_markdown else ""
     write_report(merged, out)
     say(f"wrote {out}.md and {out}.json from {len(parts)} runs")
@@ -534,10 +565,13 @@ def write_report(report: dict, out: Path) -> None:
     if not report["settings_notes"]:
         report["settings_notes"] = ["- (written at the end of the run)"]
     tmp_md, tmp_json = out.with_suffix(".md.tmp"), out.with_suffix(".json.tmp")
+    tmp_ranks = ranks_path(out).with_suffix(".json.tmp")
     tmp_md.write_text(markdown(report))
-    tmp_json.write_text(json.dumps({k: v for k, v in report.items() if k != "extra_markdown"}, indent=1) + "\n")
+    tmp_json.write_text(json.dumps({k: v for k, v in report.items() if k not in ("extra_markdown", "ranks")}, indent=1) + "\n")
+    tmp_ranks.write_text(json.dumps(report.get("ranks", {}), separators=(",", ":")) + "\n")
     tmp_md.replace(out.with_suffix(".md"))
     tmp_json.replace(out.with_suffix(".json"))
+    tmp_ranks.replace(ranks_path(out))
 
 
 if __name__ == "__main__":

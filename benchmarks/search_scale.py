@@ -92,6 +92,19 @@ def rss_bytes() -> int:
     return 0
 
 
+def serve_queries(index, queries: np.ndarray, truth: np.ndarray, rerank: int) -> dict:
+    """One query at a time, as a user would: p50/p95 latency, recall@10 against `truth`, and RSS after."""
+    times, found = [], 0
+    for i, q in enumerate(queries):
+        t = time.perf_counter()
+        _, hits = index.search(q[None], K, rerank=rerank)
+        times.append(time.perf_counter() - t)
+        found += np.intersect1d(hits[0], truth[i]).size
+    times.sort()
+    return {"p50_ms": 1000 * times[len(times) // 2], "p95_ms": 1000 * times[int(0.95 * (len(times) - 1))],
+            "recall@10": found / (K * len(times)), "rss": rss_bytes()}
+
+
 def scale(folder: Path, n: int, d: int, log=print) -> dict:
     """Build the compressed index from the float16 shards under a RAM budget, serve it memory-mapped,
     and measure latency and recall@10 against the exact top-10 (with and without re-ranking)."""
@@ -120,15 +133,7 @@ def scale(folder: Path, n: int, d: int, log=print) -> dict:
     results = {"n": n, "d": d, "budget": budget, "data_s": data_s, "exact_s": exact_s, "build_s": build_s, "build_rss": build_rss,
                "index_bytes": sum(p.stat().st_size for p in out.iterdir()), "info": info}
     for rerank in (0, 100):
-        times, found = [], 0
-        for i, q in enumerate(queries):
-            t = time.perf_counter()
-            _, hits = index.search(q[None], K, rerank=rerank)
-            times.append(time.perf_counter() - t)
-            found += np.intersect1d(hits[0], truth[i]).size
-        times.sort()
-        results[f"rerank{rerank}"] = {"p50_ms": 1000 * times[len(times) // 2], "p95_ms": 1000 * times[int(0.95 * (len(times) - 1))],
-                                      "recall@10": found / (K * len(times)), "rss": rss_bytes()}
+        results[f"rerank{rerank}"] = serve_queries(index, queries, truth, rerank)
         log(f"serve rerank={rerank}: {results[f'rerank{rerank}']}")
     results["serve_rss_before_queries"] = base
     results["sweep"] = sweep(folder, n, d)
@@ -198,14 +203,6 @@ def sweep(folder: Path, n: int, d: int, settings=((16, 100), (32, 200), (64, 200
     out = []
     for nprobe, rerank in settings:
         index = AnnIndex.load(folder / f"ann-n{n}", ShardRows(shard_arrays(paths)), nprobe=nprobe)
-        times, found = [], 0
-        for i, q in enumerate(queries):
-            t = time.perf_counter()
-            _, hits = index.search(q[None], K, rerank=rerank)
-            times.append(time.perf_counter() - t)
-            found += np.intersect1d(hits[0], truth[i]).size
-        times.sort()
-        out.append({"nprobe": nprobe, "rerank": rerank, "p50_ms": 1000 * times[len(times) // 2],
-                    "p95_ms": 1000 * times[int(0.95 * (len(times) - 1))], "recall@10": found / (K * len(times)), "rss": rss_bytes()})
+        out.append({"nprobe": nprobe, "rerank": rerank, **serve_queries(index, queries, truth, rerank)})
         print(out[-1], flush=True)
     return out

@@ -19,6 +19,7 @@ from cl2cm_hf.search.checks import check_int, printable
 from cl2cm_hf.search.decode import BadImage, open_image
 from cl2cm_hf.search.fingerprint import ModelMismatchError, load_checkpoint, model_mismatch
 from cl2cm_hf.search.index_files import DATA_DIR, METADATA_FILE, BrokenIndexError, load_rows, read_metadata
+from cl2cm_hf.search.sharded import Chain, check_shards, fan_out, shard_folders, sharded_metadata
 
 DEFAULT_TOP_K = 5
 
@@ -51,7 +52,8 @@ class SearchIndex:
     (``exact=True`` forces exact search)."""
 
     def __init__(self, folder, metadata: dict, columns: dict[str, list], embeddings: np.ndarray, model=None,
-                 processor=None, faiss_index=None, device=None, max_length: int = 64, model_mismatch: str | None = None):
+                 processor=None, faiss_index=None, device=None, max_length: int = 64, model_mismatch: str | None = None,
+                 shards: list[SearchIndex] | None = None):
         self.folder = Path(folder)
         self.metadata = metadata
         self.ids, self.paths, self.captions = columns["id"], columns["path"], columns["caption"]
@@ -62,6 +64,7 @@ class SearchIndex:
         self.device = device
         self.max_length = check_int("max_length", max_length)
         self.model_mismatch = model_mismatch  # why the model is not the index's, when the caller allowed it
+        self.shards = shards  # a sharded index: the loaded shards, searched by `fan_out` (embeddings is then None)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, model=None, processor=None, *, device=None, use_faiss: bool = True,
@@ -69,8 +72,13 @@ class SearchIndex:
         """Load the index in `folder` with the model it was built with (from its metadata), or with
         `model` and `processor` when given: a model whose `model_fingerprint` differs from the one
         recorded at build time is refused (`ModelMismatchError`, naming both) unless
-        `allow_model_mismatch`, and then `model_mismatch` says why it differs."""
+        `allow_model_mismatch`, and then `model_mismatch` says why it differs. A sharded index
+        (`cl2cm_hf.search.sharded`) loads each shard so, with one model."""
         folder = Path(folder)
+        parts = shard_folders(folder)
+        if parts is not None:
+            return cls._load_shards(folder, parts, model, processor, device=device, use_faiss=use_faiss,
+                                    max_length=max_length, allow_model_mismatch=allow_model_mismatch)
         metadata = read_metadata(folder)
         columns, embeddings = load_rows(folder)
         if embeddings.shape != (metadata.get("count"), metadata.get("dim")):
@@ -106,6 +114,20 @@ class SearchIndex:
         return cls(folder, metadata, columns, embeddings, model, processor, faiss_index, device, max_length, mismatch)
 
     @classmethod
+    def _load_shards(cls, folder: Path, parts: list[Path], model, processor, **options) -> SearchIndex:
+        """The sharded index `folder` over the index folders `parts`, loaded with one model."""
+        metadatas = check_shards(parts)
+        shards = []
+        for part in parts:
+            shards.append(cls.load(part, model, processor, **options))
+            model, processor = shards[-1].model, shards[-1].processor
+        columns = {name: Chain([getattr(shard, attribute) for shard in shards])
+                   for name, attribute in (("id", "ids"), ("path", "paths"), ("caption", "captions"))}
+        mismatch = next((shard.model_mismatch for shard in shards if shard.model_mismatch), None)
+        return cls(folder, sharded_metadata(parts, metadatas), columns, None, model, processor, device=options["device"],
+                   max_length=options["max_length"], model_mismatch=mismatch, shards=shards)
+
+    @classmethod
     def from_store(cls, store, model, processor, *, device=None, max_length: int = 64) -> SearchIndex:
         """An in-memory index over a visual store (a run's test gallery): its items encoded once with
         `model`, searched like a built index; nothing is written."""
@@ -121,7 +143,7 @@ class SearchIndex:
 
     def __repr__(self) -> str:
         kind = self.metadata.get("faiss", {}) or {}
-        return f"SearchIndex({str(self.folder)!r}, {len(self)} items, dim {self.embeddings.shape[1]}, faiss={kind.get('type')})"
+        return f"SearchIndex({str(self.folder)!r}, {len(self)} items, dim {self.metadata.get('dim')}, faiss={kind.get('type')})"
 
     @torch.no_grad()
     def encode_queries(self, texts: list[str]) -> torch.Tensor:
@@ -189,12 +211,13 @@ class SearchIndex:
     def search_item(self, item_id: str, top_k: int | None = None, *, exact: bool = False) -> list[SearchHit]:
         """"More like this" for an indexed item, from its stored embedding (any index: pictures,
         videos or features); `UnknownQueryError` when the index has no item `item_id`."""
-        if self._rows is None:
-            self._rows = {value: row for row, value in enumerate(self.ids)}
-        if item_id not in self._rows:
-            raise UnknownQueryError(f"search_item: the index {self.folder} has no item {printable(str(item_id))!r}")
-        return self.search_embeddings(torch.from_numpy(np.asarray(self.embeddings[self._rows[item_id]])[None]), top_k,
-                                      exact=exact)[0]
+        for part in self.shards or [self]:
+            if part._rows is None:
+                part._rows = {value: row for row, value in enumerate(part.ids)}
+            if item_id in part._rows:
+                embedding = np.asarray(part.embeddings[part._rows[item_id]])[None]
+                return self.search_embeddings(torch.from_numpy(embedding), top_k, exact=exact)[0]
+        raise UnknownQueryError(f"search_item: the index {self.folder} has no item {printable(str(item_id))!r}")
 
     def _top_k(self, top_k) -> int:
         """`top_k` checked against the index: at most its size (None: 5, or fewer when it holds fewer)."""
@@ -222,6 +245,8 @@ class SearchIndex:
         if len(self) == 0:
             return [[] for _ in range(len(queries))]
         k = self._top_k(top_k)
+        if self.shards is not None:
+            return fan_out(self.shards, queries, k, exact)
         if isinstance(self.faiss_index, AnnIndex) and not exact:
             queries = queries.detach().cpu().numpy() if isinstance(queries, torch.Tensor) else queries
             scores, rows = self.faiss_index.search(queries, k, rerank=(self.metadata.get("faiss") or {}).get("rerank", 0))

@@ -56,6 +56,7 @@ def _hits(hits):
 def test_three_shards_give_the_one_index_top_k(world):
     whole, sharded = SearchIndex.load(world / "whole"), SearchIndex.load(world / "sharded")
     assert len(sharded) == 30 and sharded.ids == whole.ids and sharded.metadata["count"] == 30 and sharded.embeddings is None
+    assert sharded.metadata["created"] == max(shard.metadata["created"] for shard in sharded.shards)
     assert [len(s) for s in sharded.shards] == [13, 10, 7] and sharded.ids[-1] == "item029" and sharded.ids[13] == "item013"
     for k in (1, 5, 30):
         assert _hits(sharded.search("ein hund spielt", k)) == _hits(whole.search("ein hund spielt", k))

@@ -70,12 +70,13 @@ def check_shards(folders: Sequence[Path]) -> list[dict]:
 
 def sharded_metadata(folders: Sequence[Path], metadatas: Sequence[dict]) -> dict:
     """What a loaded sharded index shows (the page's model line, ``cl2cm-search``'s header): the shared
-    model fields of the first shard, the total count, the shard folders."""
+    model fields of the first shard, the total count, the newest shard's build time, the shard folders."""
     shared = ("model", "model_name", "model_revision", "model_fingerprint", "model_files", "dim", "video")
     metadata = {key: metadatas[0].get(key) for key in shared}
     kinds = {(m.get("faiss") or {}).get("type") for m in metadatas}
     faiss = {"type": kinds.pop()} if len(kinds) == 1 and None not in kinds else None
-    return {"format": SHARDED_FORMAT, **metadata, "count": sum(m["count"] for m in metadatas), "faiss": faiss,
+    created = max((str(m["created"]) for m in metadatas if m.get("created")), default=None)  # ISO UTC: sorts by time
+    return {"format": SHARDED_FORMAT, **metadata, "count": sum(m["count"] for m in metadatas), "created": created, "faiss": faiss,
             "shards": [str(folder) for folder in folders]}
 
 

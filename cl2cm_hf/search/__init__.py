@@ -15,6 +15,7 @@ from cl2cm_hf.search.index import SearchHit, SearchIndex, UnknownQueryError
 from cl2cm_hf.search.index_build import IndexReport, build_index
 from cl2cm_hf.search.index_files import BrokenIndexError
 from cl2cm_hf.search.out_folder import OutFolderError
+from cl2cm_hf.search.sharded import ShardMismatchError
 
 __all__ = [
     "BadImage",
@@ -25,6 +26,7 @@ __all__ = [
     "OutFolderError",
     "SearchHit",
     "SearchIndex",
+    "ShardMismatchError",
     "UnknownQueryError",
     "build_index",
     "load_checkpoint",

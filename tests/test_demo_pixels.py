@@ -18,7 +18,7 @@ from transformers import AutoModel, AutoProcessor, ConvNextImageProcessorPil, Vi
 from cl2cm_hf.data import ImagePathStore
 from cl2cm_hf.evaluation.records import flat_metrics
 from cl2cm_hf.inference import load_model_and_processor
-from cl2cm_hf.search.index import model_display_name
+from cl2cm_hf.search.fingerprint import model_display_name
 from cl2cm_hf.training.model_setup import scratch_image_processor, scratch_vision_backbone
 from cl2cm_hf.training.recipe import load_config, parse_config
 

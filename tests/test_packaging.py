@@ -68,7 +68,7 @@ def test_one_import_package(installed):
     assert found["cl2cm_hf.training.run"] and found["cl2cm_hf.cli.leaderboard"]
 
 
-@pytest.mark.parametrize("script", ["cl2cm-train", "cl2cm-leaderboard", "cl2cm-index", "cl2cm-search", "cl2cm-app"])
+@pytest.mark.parametrize("script", ["cl2cm-train", "cl2cm-leaderboard", "cl2cm-index", "cl2cm-search", "cl2cm-app", "cl2cm-shards"])
 def test_console_scripts_help(installed, script):
     bin_dir, cwd = installed
     result = _run(bin_dir, cwd, str(bin_dir / script), "--help")
@@ -82,6 +82,7 @@ def test_console_scripts_help(installed, script):
     (["cl2cm-leaderboard", "--models", "no-such-model/", "--out", "board"], "no-such-model"),
     (["cl2cm-index", "no-such-model/", "--images", "no-such-folder", "--out", "index"], "no-such"),
     (["cl2cm-search", "no-such-index", "ein Hund"], "no-such-index"),
+    (["cl2cm-shards", "all", "no-such-index"], "no-such-index"),
 ])
 def test_console_scripts_fail_with_nonzero_status_naming_the_culprit(installed, args, named):
     bin_dir, cwd = installed

@@ -31,7 +31,7 @@ from cl2cm_hf.cli.search import main as search_main
 from cl2cm_hf.data import VisualFeatureStore
 from cl2cm_hf.inference import encode_visual
 from cl2cm_hf.search import BrokenIndexError, SearchIndex, build_index, load_checkpoint, open_image
-from cl2cm_hf.search.index import load_rows
+from cl2cm_hf.search.index_files import load_rows
 
 pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
 

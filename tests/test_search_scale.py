@@ -13,8 +13,7 @@ from conftest import build_wordpiece_tokenizer, features_config
 from cl2cm_hf import CL2CMCrossModalModel, build_processor
 from cl2cm_hf.data import VisualFeatureStore
 from cl2cm_hf.errors import CL2CMError
-from cl2cm_hf.search import SearchIndex, build_index, index_build, shards
-from cl2cm_hf.search import index as index_module
+from cl2cm_hf.search import SearchIndex, build_index, fingerprint, index_build, shards
 from cl2cm_hf.search.ann import ShardRows, choose_factory
 
 ROWS = 40
@@ -114,7 +113,7 @@ def test_unchanged_checkpoint_is_not_hashed_again(features, tmp_path, monkeypatc
     def hashed(model):
         raise AssertionError("model_fingerprint called")
 
-    monkeypatch.setattr(index_module, "model_fingerprint", hashed)
+    monkeypatch.setattr(fingerprint, "model_fingerprint", hashed)
     assert len(SearchIndex.load(tmp_path / "index")) == ROWS  # same files, same stat: no hashing
     weights = features / "model" / "model.safetensors"
     stat = weights.stat()

@@ -34,7 +34,7 @@ from cl2cm_hf.data.schemas import is_blank
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.checks import check_int, int_option, printable
 from cl2cm_hf.search.decode import BadImage, open_image
-from cl2cm_hf.search.index import model_display_name
+from cl2cm_hf.search.fingerprint import model_display_name
 
 if TYPE_CHECKING:
     import gradio as gr

@@ -12,10 +12,8 @@ from cl2cm_hf.cli import run_tool
 from cl2cm_hf.search.checks import int_option, printable
 from cl2cm_hf.search.decode import DEFAULT_MAX_PIXELS
 from cl2cm_hf.search.decode_video import DEFAULT_MAX_SECONDS
-from cl2cm_hf.search.index import (
-    REPORT_FILE,
-)
 from cl2cm_hf.search.index_build import FAISS_KINDS, build_index
+from cl2cm_hf.search.index_files import REPORT_FILE
 from cl2cm_hf.search.sources import COMPARE
 
 

@@ -3,24 +3,19 @@ query it with text in any trained language, an image, a video or an indexed item
 The build runs in stages, one a module: ``sources`` (what to index, with cache keys) -> ``decode``
 (files to RGB) and ``decode_video`` (video files to sampled frames) -> ``encode``
 (DataLoader workers, the model) -> ``shards`` (finished chunks, the rerun cache) -> ``index_build``
-(the index folder, faiss); ``ann`` the compressed IVF-PQ index. ``index`` holds the on-disk format, `SearchIndex` and the model
-fingerprint; ``out_folder`` where an index may be written; ``checks`` option ranges and printable
+(the index folder, faiss); ``ann`` the compressed IVF-PQ index. ``index_files`` holds the on-disk format and reads it, ``fingerprint`` loads
+checkpoints and tells whether a model is an index's, ``index`` is `SearchIndex`, ``sharded`` several
+index folders searched as one; ``out_folder`` where an index may be written; ``checks`` option ranges and printable
 names. The tools (``cl2cm-index``, ``cl2cm-search``, ``cl2cm-app``) are in `cl2cm_hf.cli`."""
 
 from cl2cm_hf.search.decode import BadImage, open_image
 from cl2cm_hf.search.decode_video import BadVideo, open_video
-from cl2cm_hf.search.index import (
-    BrokenIndexError,
-    ModelMismatchError,
-    SearchHit,
-    SearchIndex,
-    UnknownQueryError,
-    load_checkpoint,
-    model_fingerprint,
-    model_revision,
-)
+from cl2cm_hf.search.fingerprint import ModelMismatchError, load_checkpoint, model_fingerprint, model_revision
+from cl2cm_hf.search.index import SearchHit, SearchIndex, UnknownQueryError
 from cl2cm_hf.search.index_build import IndexReport, build_index
+from cl2cm_hf.search.index_files import BrokenIndexError
 from cl2cm_hf.search.out_folder import OutFolderError
+from cl2cm_hf.search.sharded import ShardMismatchError
 
 __all__ = [
     "BadImage",
@@ -31,6 +26,7 @@ __all__ = [
     "OutFolderError",
     "SearchHit",
     "SearchIndex",
+    "ShardMismatchError",
     "UnknownQueryError",
     "build_index",
     "load_checkpoint",

@@ -1,71 +1,27 @@
-"""A search index on disk and `SearchIndex`, which loads it and answers text or image queries.
-
-Folder layout (written by `cl2cm_hf.search.index_build`; the folder is replaced as a whole, so a
-reader sees the previous complete index or the new one, never a mix):
-
-``metadata.json``
-    model (path or hub id), model_name (what the page shows: the model card's name, else the
-    folder's name), model_revision (``sha256:`` of the checkpoint's files), model_fingerprint (of the
-    loaded model's config and tensors: `model_fingerprint`), model_files (`model_files`), dim, count, created (UTC), source,
-    cache key kind, pictures (the folder given, or null), faiss (``{"type", "file", "recall@10", ...}`` or null),
-    video (``{"num_frames", "max_seconds", "videos_only"}``: how video files were sampled; null for features).
-``.cl2cm-index``
-    the marker that makes the folder recognisable as an index (`cl2cm_hf.search.out_folder`).
-``data/``
-    a `datasets` dataset (``save_to_disk``): id, path (None for features without ``--pictures``), caption (None
-    when unknown), key (what the incremental rebuild compares); read memory-mapped, a row at a time (`Column`).
-``embeddings.npy``
-    float32 ``(count, dim)``, L2-normalised, row i = row i of ``data/``; memory-mapped (copy-on-write) when loaded. (Indexes
-    written before it hold an ``embedding`` column in ``data/`` instead; they still load.)
-``report.json``
-    the items that were skipped: ``{"skipped": [{"id", "file", "reason", "key"}]}``.
-``faiss.index``
-    when faiss was importable at build time.
-``shards/``
-    only while a build is running or after one was killed: finished batches of embeddings.
-
-Every checkpoint is loaded by `load_checkpoint`, the one place that decides what may run.
-"""
+"""`SearchIndex`: an index folder (`cl2cm_hf.search.index_files`) loaded for search, or several of them
+searched as one (`cl2cm_hf.search.sharded`), answering text, image, video or "more like this" queries."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cl2cm_hf.atomic import recover_directory
 from cl2cm_hf.data.schemas import is_blank
 from cl2cm_hf.errors import CL2CMError
-from cl2cm_hf.inference import embed_visual, encode_texts, encode_visual, load_model_and_processor
+from cl2cm_hf.inference import embed_visual, encode_texts, encode_visual
 from cl2cm_hf.retrieval import faiss_search, topk
 from cl2cm_hf.search.ann import AnnIndex, ShardRows
 from cl2cm_hf.search.checks import check_int, printable
 from cl2cm_hf.search.decode import BadImage, open_image
+from cl2cm_hf.search.fingerprint import ModelMismatchError, load_checkpoint, model_mismatch
+from cl2cm_hf.search.index_files import DATA_DIR, METADATA_FILE, BrokenIndexError, load_rows, read_metadata
+from cl2cm_hf.search.sharded import Chain, check_shards, fan_out, shard_folders, sharded_metadata
 
-METADATA_FILE = "metadata.json"
-DATA_DIR = "data"
-EMBEDDINGS_FILE = "embeddings.npy"
-REPORT_FILE = "report.json"
-FAISS_FILE = "faiss.index"
-SHARDS_DIR = "shards"
-INDEX_FORMAT = "cl2cm-search-index/1"
 DEFAULT_TOP_K = 5
-# Files of a checkpoint folder that do not change what it computes (cards, plots, copied galleries).
-_NOT_MODEL = (".md", ".png", ".jpg", ".jpeg", ".svg")
-
-
-class BrokenIndexError(CL2CMError):
-    """An index folder that is missing, incomplete or unreadable; the message names the file."""
-
-
-class ModelMismatchError(CL2CMError):
-    """The model given to search an index is not the one the index was built with."""
 
 
 class UnknownQueryError(CL2CMError):
@@ -87,163 +43,6 @@ class SearchHit:
         return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score, "caption": self.caption}
 
 
-def load_checkpoint(name: str | os.PathLike, device: torch.device | str | None = None):
-    """The cross-modal checkpoint `name` (folder or hub id) in eval mode and its processor.
-
-    Every path through which the search package loads a model goes through here, so what a
-    checkpoint is allowed to run is decided in this one function."""
-    model, processor = load_model_and_processor(str(name))
-    return (model.to(device) if device is not None else model), processor
-
-
-def model_revision(name: str | os.PathLike, model=None) -> str:
-    """What identifies the weights an index was built with: for a local folder the sha256 of its
-    top-level files (weights, config, processor, code; not cards or plots), else the hub commit."""
-    folder = Path(name)
-    if folder.is_dir():
-        digest = hashlib.sha256()
-        for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in _NOT_MODEL):
-            digest.update(path.name.encode() + b"\0")
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(block)
-            digest.update(b"\0")
-        return f"sha256:{digest.hexdigest()}"
-    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
-    return f"commit:{commit}" if commit else f"name:{name}"
-
-
-def model_files(name: str | os.PathLike) -> list | None:
-    """(name, size, mtime_ns) of the files `model_revision` hashes, for a local folder (else None): recorded
-    at build time, so that a search whose checkpoint files are unchanged skips `model_fingerprint`."""
-    folder = Path(name)
-    if not folder.is_dir():
-        return None
-    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns]
-            for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() not in _NOT_MODEL]
-
-
-def model_fingerprint(model) -> dict:
-    """What a model computes with, wherever it was loaded from: sha256 of its config (less the
-    fields that name where it came from) and of every tensor of its state dict (name, dtype, shape
-    and bytes). Equal fingerprints mean the same embeddings; the dtype counts (bf16 is another model)."""
-    config = {k: v for k, v in model.config.to_dict().items()
-              if k not in ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype")}
-    weights = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        weights.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}\n".encode())
-        weights.update(flat.view(torch.uint8).numpy())
-    config_digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-    return {"config": f"sha256:{config_digest}", "weights": f"sha256:{weights.hexdigest()}"}
-
-
-def model_display_name(name: str | os.PathLike) -> str:
-    """A name a person can read for checkpoint `name`, never a local path: the model card's
-    ``model_name`` (or its model-index name), else the folder's name; a hub id as it is."""
-    folder = Path(name)
-    if not folder.is_dir():
-        return str(name)
-    try:
-        from huggingface_hub import ModelCard
-
-        data = ModelCard.load(folder / "README.md").data
-        index = data.get("model-index") or [{}]
-        card_name = data.get("model_name") or (index[0].get("name") if isinstance(index[0], dict) else None)
-    except Exception:
-        card_name = None
-    return str(card_name) if isinstance(card_name, str) and card_name.strip() else folder.resolve().name
-
-
-def read_metadata(folder: str | os.PathLike) -> dict:
-    """``metadata.json`` of a complete index; BrokenIndexError naming what is wrong otherwise."""
-    folder = Path(folder)
-    recover_directory(folder)
-    path = folder / METADATA_FILE
-    if not folder.is_dir():
-        raise BrokenIndexError(f"{folder}: no such index folder (build one with cl2cm-index MODEL --images DIR --out {folder})")
-    if not path.is_file():
-        hint = " (a build is in progress or was interrupted: rerun cl2cm-index to finish it)" if (folder / SHARDS_DIR).is_dir() else ""
-        raise BrokenIndexError(f"{path}: missing; {folder} is not a complete search index{hint}")
-    try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BrokenIndexError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != INDEX_FORMAT:
-        raise BrokenIndexError(f"{path}: format is {metadata.get('format') if isinstance(metadata, dict) else None!r}; expected {INDEX_FORMAT!r}")
-    return metadata
-
-
-class Column(Sequence):
-    """One string column of the index, read from its memory-mapped Arrow table a row at a time: a
-    loaded index holds no Python list of its ids, paths or captions."""
-
-    def __init__(self, array=None, count: int = 0):
-        self.array, self.count = array, len(array) if array is not None else count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, row):
-        if isinstance(row, slice):
-            return [self[i] for i in range(*row.indices(self.count))]
-        if self.array is None:
-            if not -self.count <= row < self.count:
-                raise IndexError(row)
-            return None
-        return self.array[row].as_py()
-
-    def __iter__(self):
-        if self.array is None:
-            yield from (None for _ in range(self.count))
-            return
-        for chunk in self.array.chunks:
-            yield from chunk.to_pylist()
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    __hash__ = None
-
-
-def load_rows(folder: str | os.PathLike) -> tuple[dict[str, Sequence], np.ndarray]:
-    """The index's columns (id, path, caption, key as `Column`s) and its embeddings ``(n, d)`` float32:
-    ``embeddings.npy`` memory-mapped (read-only), or the ``embedding`` column of an index written before it."""
-    import pyarrow as pa
-
-    folder = Path(folder)
-    data = folder / DATA_DIR
-    try:  # the files `datasets.save_to_disk` wrote, memory-mapped by pyarrow (importing datasets costs seconds)
-        files = json.loads((data / "state.json").read_text(encoding="utf-8"))["_data_files"]
-        table = pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(data / f["filename"]))).read_all() for f in files])
-    except Exception as err:
-        raise BrokenIndexError(f"{data}: not a readable datasets folder ({type(err).__name__}: {err})") from None
-    count = table.num_rows
-    column_names = table.column_names
-    stored = folder / EMBEDDINGS_FILE
-    if stored.is_file():
-        try:
-            # copy-on-write: pages are shared with the file and the page cache, the file is never written, and
-            # torch can wrap the array without a copy (a read-only one it would copy chunk by chunk per query)
-            embeddings = np.load(stored, mmap_mode="c")
-        except (OSError, ValueError) as err:
-            raise BrokenIndexError(f"{stored}: not a readable .npy file ({err})") from None
-        if embeddings.dtype != np.float32 or embeddings.ndim != 2:
-            raise BrokenIndexError(f"{stored}: holds {embeddings.dtype} {embeddings.shape}; expected float32 (count, dim)")
-    elif "embedding" in column_names:
-        chunks = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in table.column("embedding").chunks]
-        flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-        dim = flat.size // count if count else 0
-        embeddings = np.ascontiguousarray(flat, dtype=np.float32).reshape(count, dim)
-    else:
-        raise BrokenIndexError(f"{folder}: no {EMBEDDINGS_FILE} (and no embedding column in {data})")
-    if "id" not in column_names:
-        raise BrokenIndexError(f"{data}: columns ['id'] missing (found {column_names})")
-    columns = {name: Column(table.column(name)) if name in column_names else Column(count=count)
-               for name in ("id", "path", "caption", "key")}
-    return columns, embeddings
-
-
 class SearchIndex:
     """An index loaded for search: `search` (texts, any language the model was trained on) and
     `search_image` ("more like this") return `SearchHit` lists, best first.
@@ -253,7 +52,8 @@ class SearchIndex:
     (``exact=True`` forces exact search)."""
 
     def __init__(self, folder, metadata: dict, columns: dict[str, list], embeddings: np.ndarray, model=None,
-                 processor=None, faiss_index=None, device=None, max_length: int = 64, model_mismatch: str | None = None):
+                 processor=None, faiss_index=None, device=None, max_length: int = 64, model_mismatch: str | None = None,
+                 shards: list[SearchIndex] | None = None):
         self.folder = Path(folder)
         self.metadata = metadata
         self.ids, self.paths, self.captions = columns["id"], columns["path"], columns["caption"]
@@ -264,6 +64,7 @@ class SearchIndex:
         self.device = device
         self.max_length = check_int("max_length", max_length)
         self.model_mismatch = model_mismatch  # why the model is not the index's, when the caller allowed it
+        self.shards = shards  # a sharded index: the loaded shards, searched by `fan_out` (embeddings is then None)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, model=None, processor=None, *, device=None, use_faiss: bool = True,
@@ -271,8 +72,13 @@ class SearchIndex:
         """Load the index in `folder` with the model it was built with (from its metadata), or with
         `model` and `processor` when given: a model whose `model_fingerprint` differs from the one
         recorded at build time is refused (`ModelMismatchError`, naming both) unless
-        `allow_model_mismatch`, and then `model_mismatch` says why it differs."""
+        `allow_model_mismatch`, and then `model_mismatch` says why it differs. A sharded index
+        (`cl2cm_hf.search.sharded`) loads each shard so, with one model."""
         folder = Path(folder)
+        parts = shard_folders(folder)
+        if parts is not None:
+            return cls._load_shards(folder, parts, model, processor, device=device, use_faiss=use_faiss,
+                                    max_length=max_length, allow_model_mismatch=allow_model_mismatch)
         metadata = read_metadata(folder)
         columns, embeddings = load_rows(folder)
         if embeddings.shape != (metadata.get("count"), metadata.get("dim")):
@@ -288,7 +94,7 @@ class SearchIndex:
             raise CL2CMError("SearchIndex.load: pass processor= with model=")
         else:
             given = str(getattr(model, "name_or_path", "") or "the model passed as model=")
-        mismatch = _model_mismatch(folder, metadata, model, given)
+        mismatch = model_mismatch(folder, metadata, model, given)
         if mismatch and not allow_model_mismatch:
             raise ModelMismatchError(f"{mismatch}; rebuild the index with that model (cl2cm-index), or pass "
                                      "allow_model_mismatch=True (--allow-model-mismatch) to search with it anyway")
@@ -308,6 +114,20 @@ class SearchIndex:
         return cls(folder, metadata, columns, embeddings, model, processor, faiss_index, device, max_length, mismatch)
 
     @classmethod
+    def _load_shards(cls, folder: Path, parts: list[Path], model, processor, **options) -> SearchIndex:
+        """The sharded index `folder` over the index folders `parts`, loaded with one model."""
+        metadatas = check_shards(parts)
+        shards = []
+        for part in parts:
+            shards.append(cls.load(part, model, processor, **options))
+            model, processor = shards[-1].model, shards[-1].processor
+        columns = {name: Chain([getattr(shard, attribute) for shard in shards])
+                   for name, attribute in (("id", "ids"), ("path", "paths"), ("caption", "captions"))}
+        mismatch = next((shard.model_mismatch for shard in shards if shard.model_mismatch), None)
+        return cls(folder, sharded_metadata(parts, metadatas), columns, None, model, processor, device=options["device"],
+                   max_length=options["max_length"], model_mismatch=mismatch, shards=shards)
+
+    @classmethod
     def from_store(cls, store, model, processor, *, device=None, max_length: int = 64) -> SearchIndex:
         """An in-memory index over a visual store (a run's test gallery): its items encoded once with
         `model`, searched like a built index; nothing is written."""
@@ -323,7 +143,7 @@ class SearchIndex:
 
     def __repr__(self) -> str:
         kind = self.metadata.get("faiss", {}) or {}
-        return f"SearchIndex({str(self.folder)!r}, {len(self)} items, dim {self.embeddings.shape[1]}, faiss={kind.get('type')})"
+        return f"SearchIndex({str(self.folder)!r}, {len(self)} items, dim {self.metadata.get('dim')}, faiss={kind.get('type')})"
 
     @torch.no_grad()
     def encode_queries(self, texts: list[str]) -> torch.Tensor:
@@ -391,12 +211,13 @@ class SearchIndex:
     def search_item(self, item_id: str, top_k: int | None = None, *, exact: bool = False) -> list[SearchHit]:
         """"More like this" for an indexed item, from its stored embedding (any index: pictures,
         videos or features); `UnknownQueryError` when the index has no item `item_id`."""
-        if self._rows is None:
-            self._rows = {value: row for row, value in enumerate(self.ids)}
-        if item_id not in self._rows:
-            raise UnknownQueryError(f"search_item: the index {self.folder} has no item {printable(str(item_id))!r}")
-        return self.search_embeddings(torch.from_numpy(np.asarray(self.embeddings[self._rows[item_id]])[None]), top_k,
-                                      exact=exact)[0]
+        for part in self.shards or [self]:
+            if part._rows is None:
+                part._rows = {value: row for row, value in enumerate(part.ids)}
+            if item_id in part._rows:
+                embedding = np.asarray(part.embeddings[part._rows[item_id]])[None]
+                return self.search_embeddings(torch.from_numpy(embedding), top_k, exact=exact)[0]
+        raise UnknownQueryError(f"search_item: the index {self.folder} has no item {printable(str(item_id))!r}")
 
     def _top_k(self, top_k) -> int:
         """`top_k` checked against the index: at most its size (None: 5, or fewer when it holds fewer)."""
@@ -424,6 +245,8 @@ class SearchIndex:
         if len(self) == 0:
             return [[] for _ in range(len(queries))]
         k = self._top_k(top_k)
+        if self.shards is not None:
+            return fan_out(self.shards, queries, k, exact)
         if isinstance(self.faiss_index, AnnIndex) and not exact:
             queries = queries.detach().cpu().numpy() if isinstance(queries, torch.Tensor) else queries
             scores, rows = self.faiss_index.search(queries, k, rerank=(self.metadata.get("faiss") or {}).get("rerank", 0))
@@ -437,30 +260,3 @@ class SearchIndex:
              for rank, (s, r) in enumerate(((s, r) for s, r in zip(srow.tolist(), rrow.tolist()) if r >= 0), start=1)]
             for srow, rrow in zip(scores, rows)
         ]
-
-
-def _model_mismatch(folder: Path, metadata: dict, model, given: str) -> str | None:
-    """Why `model` (named `given`) is not the model the index in `folder` was built with, or None."""
-    built = f"{metadata.get('model')}"
-    dim = getattr(model.config, "projection_dim", None)
-    if dim is not None and metadata.get("dim") and dim != metadata["dim"]:
-        raise ModelMismatchError(f"{folder}: built with {built} (dim {metadata['dim']}); {given} embeds in dim {dim}: "
-                                 "it cannot search this index")
-    recorded = metadata.get("model_fingerprint")
-    if given == built and metadata.get("model_files") and metadata["model_files"] == model_files(built):
-        return None  # the very files the index was built with (same names, sizes, mtimes): no need to hash the weights
-    if not isinstance(recorded, dict):
-        revision = model_revision(given, model) if given == built else None
-        if revision == metadata.get("model_revision"):
-            return None
-        return (f"{folder}: built with {built} at {metadata.get('model_revision')} (the index records no fingerprint "
-                f"of its model); {given} cannot be checked against it")
-    found = model_fingerprint(model)
-    differs = [part for part in ("weights", "config") if found.get(part) != recorded.get(part)]
-    if not differs:
-        return None
-    def short(fingerprint: dict) -> str:
-        return ", ".join(f"{part} {str(fingerprint.get(part))[:19]}" for part in differs)
-
-    now = "that checkpoint has changed since" if given == built else f"{given} has other {' and '.join(differs)}"
-    return f"{folder}: built with {built} ({short(recorded)}), but {now} ({short(found)})"

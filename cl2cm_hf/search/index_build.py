@@ -69,7 +69,8 @@ from cl2cm_hf.search.checks import check_int
 from cl2cm_hf.search.decode import DEFAULT_MAX_PIXELS
 from cl2cm_hf.search.decode_video import DEFAULT_MAX_SECONDS, mark_video_keys, video_settings
 from cl2cm_hf.search.encode import chunked, encode_chunks
-from cl2cm_hf.search.index import (
+from cl2cm_hf.search.fingerprint import load_checkpoint, model_display_name, model_files, model_fingerprint, model_revision
+from cl2cm_hf.search.index_files import (
     DATA_DIR,
     EMBEDDINGS_FILE,
     FAISS_FILE,
@@ -77,11 +78,6 @@ from cl2cm_hf.search.index import (
     METADATA_FILE,
     REPORT_FILE,
     SHARDS_DIR,
-    load_checkpoint,
-    model_display_name,
-    model_files,
-    model_fingerprint,
-    model_revision,
 )
 from cl2cm_hf.search.out_folder import INDEX_MARKER, check_out_folder, mark_index_folder
 from cl2cm_hf.search.shards import cache_namespace, read_cache, read_json

@@ -18,7 +18,7 @@ from pathlib import Path
 from cl2cm_hf.atomic import atomic_write_text, folder_target
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.ann import ANN_FILE
-from cl2cm_hf.search.index import DATA_DIR, EMBEDDINGS_FILE, FAISS_FILE, INDEX_FORMAT, METADATA_FILE, REPORT_FILE, SHARDS_DIR
+from cl2cm_hf.search.index_files import DATA_DIR, EMBEDDINGS_FILE, FAISS_FILE, INDEX_FORMAT, METADATA_FILE, REPORT_FILE, SHARDS_DIR
 
 INDEX_MARKER = ".cl2cm-index"
 _MARKER_TMP = f".{INDEX_MARKER}.*.tmp"  # the marker's temporary, left by a kill while it was written

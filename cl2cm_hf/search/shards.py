@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from cl2cm_hf.atomic import atomic_write_bytes
-from cl2cm_hf.search.index import METADATA_FILE, REPORT_FILE, SHARDS_DIR, BrokenIndexError, load_rows
+from cl2cm_hf.search.index_files import METADATA_FILE, REPORT_FILE, SHARDS_DIR, BrokenIndexError, load_rows
 
 
 def cache_namespace(revision: str, max_pixels: int) -> str:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED, tiny_bert_config
+from conftest import SHARED, features_config, tiny_bert_config
 
+from cl2cm_hf import CL2CMCrossModalModel
 from cl2cm_hf.training.arguments import ModelArguments, resolve_model_reference
 from cl2cm_hf.training.frozen_layers import FrozenLayerStore, FrozenPrefixBackbone, cache_frozen_layers, plain_backbone
 from cl2cm_hf.training.model_setup import freeze_lower_layers
@@ -137,6 +138,29 @@ def test_text_cache_matches_the_uncached_backbone_bit_for_bit():
         assert torch.equal(cached(input_ids=left, attention_mask=(left != 0).long()).last_hidden_state,
                            reference(input_ids=left, attention_mask=(left != 0).long()).last_hidden_state)
     assert plain_backbone(cached) is cached.plain and plain_backbone(reference) is reference
+
+
+def test_the_model_s_text_features_are_served_by_the_cache(monkeypatch):
+    """`get_text_features` (which passes its output flags, False when not asked) reads the store: the
+    backbone's own forward never runs once the store holds the batch; asking for hidden states does."""
+    torch.manual_seed(0)
+    model = CL2CMCrossModalModel(features_config()).eval()
+    model.text_model.backbone.requires_grad_(False)
+    cached = cache_frozen_layers(model.text_model, -1, FrozenLayerStore())
+    ids, mask = _batch()
+    expected = model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+    plain_calls = []
+
+    def plain_forward(**kwargs):
+        plain_calls.append(kwargs)
+        raise RuntimeError("the backbone's own forward ran")
+
+    monkeypatch.setattr(cached.plain, "forward", plain_forward)
+    torch.testing.assert_close(model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, expected)
+    assert plain_calls == []
+    with pytest.raises(RuntimeError, match="own forward"):  # hidden states are not cached
+        model.get_text_features(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    assert plain_calls[-1]["output_hidden_states"] is True
 
 
 def test_cached_tower_saves_the_same_checkpoint(tmp_path):

@@ -200,6 +200,8 @@ class FrozenPrefixBackbone(nn.Module):
         return [k for k in self.prefix_keys if k in self.store]
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
+        # Output flags left off are no extra request (the model passes them as False when not asked).
+        kwargs = {k: v for k, v in kwargs.items() if v or k not in ("output_attentions", "output_hidden_states")}
         lengths = None if kwargs or input_ids is None or input_ids.dim() != 2 else _right_padded_lengths(input_ids, attention_mask)
         if lengths is None:
             return self.plain(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)

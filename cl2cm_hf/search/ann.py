@@ -1,16 +1,25 @@
 """A compressed approximate index under a RAM budget (``cl2cm-index --faiss ivfpq --ann-budget-mb``),
 built from embeddings on disk without holding them in memory, served memory-mapped.
 
-The choice rule (`choose_factory`), for n vectors of dim d and a budget of B bytes for the served index:
+The choice rule (`choose_factory`, `choose_nprobe`), for n vectors of dim d and a budget of B bytes for the
+served index:
 
 * ``nlist`` = the power of two nearest sqrt(n), at most n / 39 (faiss wants >= 39 training points per
   list); the coarse quantizer is HNSW32 over the centroids from 1024 lists on (assigning 10M vectors
-  to flat centroids is the slowest part of a build otherwise).
-* the codes: ``Flat`` (4d bytes a vector) when n (4d + 8) fits B, else ``SQ8`` (d bytes) when n (d + 8)
-  fits, else ``PQm`` with the largest m (8-bit codes, m divides d, m >= 8) for which n (m + 8) fits;
-  8 bytes a vector are the ids of the inverted lists, and the centroids (4 d nlist) come on top.
-  A budget below ``PQ8`` is refused with the smallest one that works.
-* ``nprobe`` = nlist / 64 (at least 8, at most nlist): about 1.5 % of the lists scanned.
+  to flat centroids is the slowest part of a build otherwise). Not 4 sqrt(n): k-means costs
+  nlist x training points = 40 nlist^2 distance computations, 16x more, over an hour at 10M on a 2-core
+  build worker; the recall is bought with nprobe instead.
+* the codes: ``Flat`` (4d bytes a vector, exact) for up to 65,536 vectors when n (4d + 8) fits B, else
+  4-bit fast-scan product quantization ``PQmx4fs`` (m / 2 bytes a vector) with the largest m of d/2,
+  d/4, ... (>= 8) that fits: every search re-ranks its top ``rerank`` (100) candidates exactly from the
+  stored embeddings, so the codes only have to put the true top-10 among 100, and fast-scan (SIMD
+  look-ups in registers) scans a list several times faster than 8-bit PQ or SQ8 codes (measured:
+  docs/search_scale.md). 8 bytes a vector are the ids, lists are padded to blocks of 32 codes, the
+  centroids (4 d nlist) come on top. A budget below the smallest is refused with the one that works.
+* ``nprobe``: measured, not guessed. 1000 rows held out of the training sample are searched at
+  nprobe = nlist/256, /128, ... /8, smallest first; the first whose re-ranked recall@10 (against the
+  exact top-10 over all rows, the query's own row left out) reaches 0.95 is stored in the index, else
+  the best one measured. The 0.05 margin is for queries that are not gallery rows.
 
 This is faiss's index factory with the rule written down, rather than autofaiss: autofaiss pulls in
 fire, pyarrow dataset readers and its own embedding-reader stack, builds only from its own file layouts,
@@ -18,8 +27,8 @@ and on this scale (up to ~1e9 vectors a machine) it picks the same IVF-HNSW-PQ f
 
 Training uses a seeded sample (40 points a list, and at least 2^16 where there are that many);
 vectors are then added block by block from the rows, so the build holds the sample, one block and the
-growing compressed index (the budget), never the float embeddings. The recall recorded in the metadata
-is measured on held-out rows (not in the training sample) against the exact top-10 over all rows.
+growing compressed index (the budget), never the float embeddings. The metadata records the recall@10
+at each nprobe tried and, at the chosen one, without and with re-ranking.
 ``rerank`` re-scores the top candidates exactly from the stored embeddings (float32 of what is on disk).
 """
 
@@ -38,6 +47,9 @@ from cl2cm_hf.retrieval.search import topk
 ANN_FILE = "ann.index"
 BLOCK_ROWS = 1 << 18  # rows added (and read for exact search) at a time: 256 MiB of float32 at d=256
 ID_BYTES = 8
+FLAT_ROWS = 1 << 16  # up to here (and within the budget) the vectors are kept as float32: exact, and as fast as codes
+TARGET_RECALL = 0.95  # re-ranked recall@10 on held-out rows that picks nprobe (margin over the 0.9 goal on new queries)
+RERANK = 100  # candidates re-scored exactly from the stored embeddings (10 k at k = 10)
 
 
 class ShardRows:
@@ -72,24 +84,50 @@ class ShardRows:
 
 
 def choose_factory(n: int, d: int, budget: int) -> dict:
-    """The factory string, nlist, nprobe and code bytes the rule above picks (see the module docstring)."""
+    """The factory string, nlist, code bytes and nprobe ladder the rule above picks (see the module docstring)."""
     nlist = max(1, min(2 ** round(math.log2(max(math.sqrt(n), 1))), n // 39 or 1))
     centroids = 4 * d * nlist
-    if n * (4 * d + ID_BYTES) + centroids <= budget:
+    if n <= FLAT_ROWS and n * (4 * d + ID_BYTES) + centroids <= budget:
         code, code_bytes = "Flat", 4 * d
-    elif n * (d + ID_BYTES) + centroids <= budget:
-        code, code_bytes = "SQ8", d
     else:
-        fits = [m for m in range(d, 7, -1) if d % m == 0 and n * (m + ID_BYTES) + centroids <= budget]
+        fits = [m for m in _halvings(d // 2) if d % m == 0 and _fast_scan_bytes(n, m, nlist) + centroids <= budget]
         if not fits:
-            need = n * (8 + ID_BYTES) + centroids
+            need = _fast_scan_bytes(n, min(_halvings(d // 2)), nlist) + centroids
             raise CL2CMError(f"an ANN budget of {budget / 2**20:.0f} MiB is too small for {n:,} vectors of dim {d}: "
-                             f"the smallest index (PQ8) needs {math.ceil(need / 2**20)} MiB")
-        code, code_bytes = f"PQ{fits[0]}", fits[0]
+                             f"the smallest index (PQ{min(_halvings(d // 2))}x4fs) needs {math.ceil(need / 2**20)} MiB")
+        code, code_bytes = f"PQ{fits[0]}x4fs", fits[0] // 2
     quantizer = "_HNSW32" if nlist >= 1024 else ""
-    return {"factory": f"IVF{nlist}{quantizer},{code}", "nlist": nlist, "nprobe": min(nlist, max(8, nlist // 64)),
-            "code_bytes": code_bytes, "budget_bytes": int(budget),
-            "expected_bytes": int(n * (code_bytes + ID_BYTES) + centroids)}
+    expected = n * (4 * d + ID_BYTES) if code == "Flat" else _fast_scan_bytes(n, 2 * code_bytes, nlist)
+    return {"factory": f"IVF{nlist}{quantizer},{code}", "nlist": nlist, "nprobe_ladder": nprobe_ladder(nlist),
+            "code_bytes": code_bytes, "budget_bytes": int(budget), "expected_bytes": int(expected + centroids)}
+
+
+def _halvings(m: int) -> list[int]:
+    """m, m/2, m/4, ... down to 8 (or m itself when it is smaller): the sub-quantizer counts tried, largest first."""
+    out = [max(m, 1)]
+    while out[-1] % 2 == 0 and out[-1] // 2 >= 8:
+        out.append(out[-1] // 2)
+    return out
+
+
+def _fast_scan_bytes(n: int, m: int, nlist: int) -> int:
+    """4-bit codes (m / 2 bytes) and ids of n vectors, each list padded to blocks of 32 codes."""
+    return n * (m // 2 + ID_BYTES) + nlist * 32 * (m // 2 + ID_BYTES)
+
+
+def nprobe_ladder(nlist: int) -> list[int]:
+    """The nprobe values tried at build time, smallest first: doubling from nlist / 256 to nlist / 8
+    (from 1, and up to 8 lists where there are that many: a small index is cheap to scan)."""
+    top, out = max(nlist // 8, min(nlist, 8)), [max(1, nlist // 256)]
+    while out[-1] * 2 <= top:
+        out.append(out[-1] * 2)
+    return out
+
+
+def choose_nprobe(recalls: dict[int, float], target: float = TARGET_RECALL) -> int:
+    """The smallest nprobe whose measured (re-ranked) recall reaches `target`, else the one with the best recall."""
+    reached = [p for p, r in recalls.items() if r >= target]
+    return min(reached) if reached else max(recalls, key=lambda p: (recalls[p], -p))
 
 
 def exact_top(rows: ShardRows, queries: np.ndarray, k: int) -> np.ndarray:
@@ -105,8 +143,8 @@ def exact_top(rows: ShardRows, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def build_ann(rows: ShardRows, out: Path, budget: int, *, recall_queries: int = 1000, seed: int = 0, log=None) -> dict:
-    """Train the chosen index on a sample of `rows`, add them block by block, write ``out/ann.index``
-    and return its metadata: kind, factory, parameters, bytes and the measured recall@10."""
+    """Train the chosen index on a sample of `rows`, add them block by block, pick nprobe on held-out rows,
+    write ``out/ann.index`` and return its metadata: kind, factory, parameters, bytes and the measured recall@10."""
     faiss = import_faiss()
     n, d = rows.n, rows.d
     if n == 0:
@@ -123,30 +161,50 @@ def build_ann(rows: ShardRows, out: Path, budget: int, *, recall_queries: int = 
         index.add(block)
         if log:
             log(f"ann: added {start + len(block):,} / {n:,}")
-    faiss.extract_index_ivf(index).nprobe = choice["nprobe"]
+    rerank = min(RERANK, n)
+    info = {"type": "ivfpq", "file": ANN_FILE, **choice, "train_rows": size, "rerank": rerank,
+            "nprobe": choice["nprobe_ladder"][len(choice["nprobe_ladder"]) // 2]}  # without a measurement: the middle
+    if recall_queries and n > 1:
+        info.update(_measured_recall(AnnIndex(index, rows), rows, train, recall_queries, rerank, rng, log))
+    faiss.extract_index_ivf(index).nprobe = info["nprobe"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(out / ANN_FILE))
-    info = {"type": "ivfpq", "file": ANN_FILE, **choice, "bytes": (out / ANN_FILE).stat().st_size, "train_rows": size,
-            "rerank": 10 * min(10, n)}
-    if recall_queries:
-        info.update(_measured_recall(AnnIndex(index, rows), rows, train, recall_queries, rng))
-    return info
+    return {**info, "bytes": (out / ANN_FILE).stat().st_size}
 
 
-def _measured_recall(served: AnnIndex, rows: ShardRows, train: np.ndarray, count: int, rng) -> dict:
-    """recall@10 of `served` without and with re-ranking, on up to `count` rows held out of training."""
+def _measured_recall(served: AnnIndex, rows: ShardRows, train: np.ndarray, count: int, rerank: int, rng, log=None) -> dict:
+    """recall@10 on up to `count` rows held out of training (each query's own row left out of both answers)
+    for each nprobe of the ladder, smallest first, until the re-ranked recall reaches the target; the chosen
+    nprobe and its recall without and with re-ranking."""
+    faiss = import_faiss()
     n = rows.n
     held_out = np.setdiff1d(np.arange(n), train, assume_unique=True)
     if len(held_out) == 0:
         held_out = np.arange(n)
-    queries = rows.take(np.sort(rng.choice(held_out, size=min(count, len(held_out)), replace=False)))
-    k = min(10, n)
-    truth = exact_top(rows, queries, k)
-    return {"recall@10": _recall(served.search(queries, k)[1], truth),
-            "recall@10_rerank": _recall(served.search(queries, k, rerank=10 * k)[1], truth),
-            "recall_k": k, "recall_queries": len(queries),
-            "recall_query_source": "gallery rows held out of the training sample (seeded), vs exact top-k over all rows"}
+    query_rows = np.sort(rng.choice(held_out, size=min(count, len(held_out)), replace=False))
+    queries = rows.take(query_rows)
+    k = min(10, n - 1) if n > 1 else 1
+    truth = _others(exact_top(rows, queries, k + 1), query_rows, k)
+    ivf, curve = faiss.extract_index_ivf(served.index), {}
+    for nprobe in nprobe_ladder(ivf.nlist):
+        ivf.nprobe = nprobe
+        curve[nprobe] = _recall(_others(served.search(queries, k + 1, rerank=rerank)[1], query_rows, k), truth)
+        if log:
+            log(f"ann: nprobe {nprobe}: held-out recall@{k} re-ranked {curve[nprobe]:.3f}")
+        if curve[nprobe] >= TARGET_RECALL:
+            break
+    ivf.nprobe = nprobe = choose_nprobe(curve)
+    return {"nprobe": nprobe, "recall@10": _recall(_others(served.search(queries, k + 1)[1], query_rows, k), truth),
+            "recall@10_rerank": curve[nprobe], "nprobe_recall@10_rerank": {str(p): r for p, r in curve.items()},
+            "target_recall": TARGET_RECALL, "recall_k": k, "recall_queries": len(queries),
+            "recall_query_source": "gallery rows held out of the training sample (seeded), vs exact top-k over all rows, "
+                                   "the query's own row left out of both"}
+
+
+def _others(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """The first `k` rows of each answer that are not the query's own row."""
+    return np.stack([f[f != o][:k] for f, o in zip(found, own)])
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:

@@ -6,8 +6,10 @@ measured against that exact answer. Everything is on disk under ``--scale-dir`` 
 
 The data: 4096 cluster centres in 256-d; an item is its centre plus a 32-d Gaussian in a shared random
 subspace (scale 0.12) plus isotropic noise (0.01), L2-normalised: clustered, with a low intrinsic
-dimension, as model embeddings are. Pure isotropic noise around centres (the `exact` section's
-gallery) has no near neighbours to find at 10M and is no test of an index.
+dimension, as model embeddings are. The noise is calibrated (`search_calibration.py`): at 0.01 a
+cluster at 10M density has the 10-NN contrast and local intrinsic dimension of real e5 / ResNet-50
+embeddings (d1/d10 0.90, LID 23.5 vs 0.87-0.90, 20-22); at 0.02 its LID was 29. Pure isotropic noise
+around centres (the `exact` section's gallery) has no near neighbours to find at 10M and is no test.
 """
 
 from __future__ import annotations

@@ -88,9 +88,11 @@ def exact_top(folder: Path, shards: list[np.ndarray], queries: np.ndarray, log=p
     return best_i.numpy()
 
 
-def rss_bytes() -> int:
+def rss_bytes(field: str = "VmRSS") -> int:
+    """This process's resident bytes: VmRSS (all), RssAnon (its own memory) or RssFile (mapped file pages,
+    page cache the kernel can drop: the memory-mapped index and shards)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -221,3 +223,23 @@ def sweep(folder: Path, n: int, d: int, settings) -> list[dict]:
         out.append({"nprobe": nprobe, "rerank": rerank, **serve_queries(index, queries, truth, rerank)})
         print(out[-1], flush=True)
     return out
+
+
+def serve_fresh(folder: Path, n: int, d: int) -> dict:
+    """Serving alone, in a fresh process, on the index an earlier `scale` run built (its stored nprobe and
+    re-ranking): p50/p95, recall@10 and RSS split into the process's own memory and mapped file pages."""
+    from cl2cm_hf.search.ann import AnnIndex, ShardRows
+
+    paths, queries = make_data(folder, n, d)
+    truth = exact_top(folder, shard_arrays(paths), queries)
+    rerank = json.loads((folder / f"result-n{n}.json").read_text())["info"]["rerank"]
+    index = AnnIndex.load(folder / f"ann-n{n}", ShardRows(shard_arrays(paths)))
+    before = {f: rss_bytes(f) for f in ("VmRSS", "RssAnon", "RssFile")}
+    result = serve_queries(index, queries, truth, rerank)
+    return {"rerank": rerank, **result, "before": before, "after": {f: rss_bytes(f) for f in ("VmRSS", "RssAnon", "RssFile")}}
+
+
+if __name__ == "__main__":  # python benchmarks/search_scale.py DIR N: serve_fresh, printed as JSON
+    import sys
+
+    print(json.dumps(serve_fresh(Path(sys.argv[1]), int(sys.argv[2]), 256), indent=1))

@@ -84,3 +84,16 @@ def test_held_out_recall_leaves_the_query_row_out():
     assert _others(found, own, 2).tolist() == [[1, 2], [5, 9]]
     truth = _others(np.array([[7, 1, 4], [3, 5, 6]]), own, 2)
     assert _recall(_others(found, own, 2), truth) == 0.5  # 1 and 5 of (1, 4) and (5, 6); self not counted
+
+
+def test_rows_of_a_memory_mapped_npy_are_read_without_the_mapping(tmp_path):
+    data = np.arange(60, dtype=np.float16).reshape(20, 3)
+    np.save(tmp_path / "a.npy", data)
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    rows = ShardRows([mapped, mapped[5:9]])  # a slice of a memmap is read through the mapping, as before
+    np.testing.assert_array_equal(rows.take([19, 0, 7, 20, 23]), data[[19, 0, 7, 5, 8]].astype(np.float32))
+    import cl2cm_hf.search.ann as ann
+
+    read = ann._read_rows(mapped, np.array([2, 11]))
+    assert not isinstance(read, np.memmap) and read.base is not mapped.base  # copied out by pread, not a view
+    np.testing.assert_array_equal(read, data[[2, 11]])

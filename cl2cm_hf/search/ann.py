@@ -29,12 +29,16 @@ Training uses a seeded sample (40 points a list, and at least 2^16 where there a
 vectors are then added block by block from the rows, so the build holds the sample, one block and the
 growing compressed index (the budget), never the float embeddings. The metadata records the recall@10
 at each nprobe tried and, at the chosen one, without and with re-ranking.
-``rerank`` re-scores the top candidates exactly from the stored embeddings (float32 of what is on disk).
+``rerank`` re-scores the top candidates exactly from the stored embeddings (float32 of what is on disk),
+read with `os.pread` so that serving does not map the embeddings into its RSS. Fast-scan codes are read
+into RAM (faiss memory-maps only plain inverted lists): the budget is what they take.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
+import os
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +83,23 @@ class ShardRows:
             mask = shard == s
             local = rows[mask] - self.starts[s]
             order = np.argsort(local)  # sorted reads of a memmap
-            out[np.flatnonzero(mask)[order]] = self.arrays[s][local[order]]
+            out[np.flatnonzero(mask)[order]] = _read_rows(self.arrays[s], local[order])
         return out
+
+
+def _read_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]``; from a memory-mapped ``.npy`` by `os.pread`, not through the mapping: a page
+    touched through a mapping (and the pages faulted in around it) stays in the process's RSS, so
+    re-ranking 100 random rows a query would map most of the file into a long-running server's RSS."""
+    if not (isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.flags.c_contiguous and array.ndim == 2):
+        return array[rows]
+    size = array.shape[1] * array.itemsize
+    fd = os.open(array.filename, os.O_RDONLY)
+    try:
+        data = b"".join(os.pread(fd, size, array.offset + int(r) * size) for r in rows)
+    finally:
+        os.close(fd)
+    return np.frombuffer(data, array.dtype).reshape(len(rows), array.shape[1])
 
 
 def choose_factory(n: int, d: int, budget: int) -> dict:

@@ -49,18 +49,19 @@ def test_nprobe_ladder_and_choice():
     assert choose_nprobe({4: 0.5, 8: 0.96}, target=0.4) == 4
 
 
-def _clustered(n: int, d: int, clusters: int, seed: int = 0) -> np.ndarray:
+def _clustered(n: int, d: int, clusters: int, noise: float, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, d)).astype(np.float32)
-    data = centers[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, d)).astype(np.float32)
+    data = centers[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, d)).astype(np.float32)
     return data / np.linalg.norm(data, axis=1, keepdims=True)
 
 
-def test_build_picks_nprobe_on_held_out_rows_and_stores_it(tmp_path):
+@pytest.mark.parametrize("noise", [1.0, 2.0])  # 1.0: the target is reached at nprobe 4 of 64; 2.0: never
+def test_build_picks_nprobe_on_held_out_rows_and_stores_it(tmp_path, noise):
     faiss = pytest.importorskip("faiss")
     from cl2cm_hf.search.ann import ANN_FILE, AnnIndex, build_ann
 
-    data = _clustered(4000, 32, 64)
+    data = _clustered(4000, 32, 64, noise)
     rows = ShardRows([data.astype(np.float16)])
     info = build_ann(rows, tmp_path, budget=4000 * 24 + 64 * 32 * 24 + 4 * 32 * 64, recall_queries=300)
     assert info["factory"] == "IVF64,PQ16x4fs" and info["expected_bytes"] <= info["budget_bytes"]
@@ -70,6 +71,9 @@ def test_build_picks_nprobe_on_held_out_rows_and_stores_it(tmp_path):
     assert all(r < TARGET_RECALL for r in list(curve.values())[:-1])  # stopped at the first that reached the target
     assert info["nprobe"] == choose_nprobe(curve) and info["recall@10_rerank"] == curve[info["nprobe"]]
     assert info["recall@10_rerank"] >= min(TARGET_RECALL, max(curve.values()))
+    assert len(curve) >= 2  # nprobe 1 is not enough on this data: the ladder was climbed
+    if noise == 2.0:  # the target is out of reach: the whole ladder measured, the best one kept
+        assert list(curve) == ladder and info["recall@10_rerank"] == max(curve.values()) < TARGET_RECALL
     assert info["recall@10_rerank"] >= info["recall@10"] and info["recall_queries"] == 300
     assert faiss.extract_index_ivf(AnnIndex.load(tmp_path).index).nprobe == info["nprobe"]
     assert (tmp_path / ANN_FILE).stat().st_size == info["bytes"]

@@ -67,6 +67,22 @@ def _shard_entries(folder):
     return len(shards), keys, rows
 
 
+def test_cli_engine_ray_errors(world, tmp_path, capsys, monkeypatch):
+    args = [str(world / "model"), "--features", str(world / "store"), "--out", str(tmp_path / "index")]
+    with pytest.raises(SystemExit) as exit_info:
+        index_main([*args, "--ray-address", "auto"])
+    assert exit_info.value.code == 2 and "the --ray-* options need --engine ray" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert index_main([*args, "--engine", "ray"]) == 2
+    assert "pip install 'cl2cm-hf[ray]'" in capsys.readouterr().err
+    assert not (tmp_path / "index").exists()  # refused before anything is written
+    monkeypatch.undo()
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'cl2cm-hf[ray]')")
+    assert not ray.is_initialized()  # runs before the tests that start the module's cluster
+    assert index_main([*args, "--engine", "ray", "--ray-address", "auto", "--no-progress"]) == 2
+    assert "ray address 'auto': no Ray cluster to join" in capsys.readouterr().err  # no `ray start` here
+
+
 @pytest.mark.slow
 def test_two_worker_build_equals_one_process(world, cluster, tmp_path):
     from cl2cm_hf.search.ray_build import build_index_on_ray
@@ -105,14 +121,3 @@ def test_cli_engine_ray(world, cluster, tmp_path, capsys):
     assert index_main([*args, "--engine", "ray", "--ray-workers", "2"]) == 0
     assert f"{ROWS} items indexed ({ROWS} encoded" in capsys.readouterr().out
     _same_index(tmp_path / "index", world / "reference")
-
-
-def test_cli_engine_ray_errors(world, tmp_path, capsys, monkeypatch):
-    args = [str(world / "model"), "--features", str(world / "store"), "--out", str(tmp_path / "index")]
-    with pytest.raises(SystemExit) as exit_info:
-        index_main([*args, "--ray-address", "auto"])
-    assert exit_info.value.code == 2 and "the --ray-* options need --engine ray" in capsys.readouterr().err
-    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
-    assert index_main([*args, "--engine", "ray"]) == 2
-    assert "pip install 'cl2cm-hf[ray]'" in capsys.readouterr().err
-    assert not (tmp_path / "index").exists()  # refused before anything is written

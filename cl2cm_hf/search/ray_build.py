@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,17 +99,24 @@ class RayEncoder:
         ray = require_ray()
         started = not ray.is_initialized()
         if started:
-            ray.init(address=self.address, num_cpus=None if self.address else self.workers, include_dashboard=False,
-                     logging_level=logging.WARNING)
+            try:
+                ray.init(address=self.address, num_cpus=None if self.address else self.workers, include_dashboard=False,
+                         logging_level=logging.WARNING)
+            except ConnectionError as err:
+                raise CL2CMError(f"ray address {self.address!r}: no Ray cluster to join ({err})") from None
         try:
             ray.data.DataContext.get_current().enable_progress_bars = self.progress
             rows = [{"chunk": n, "items": pickle.dumps([items[i] for i in chunk])} for n, chunk in enumerate(chunks)]
             settings = {"video": video, "batch_size": batch_size, "num_workers": num_workers, "max_pixels": max_pixels}
-            job = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-                _ChunkWriter, batch_size=1, batch_format="numpy", concurrency=min(self.workers, len(rows)), num_cpus=1,
-                num_gpus=self.gpus_per_worker, max_restarts=self.retries, max_task_retries=self.retries,
-                fn_constructor_kwargs={"model": self.model, "images": self.images, "features": self.features,
-                                       "shards": str(Path(shards).absolute()), "namespace": namespace, "settings": settings})
+            with warnings.catch_warnings():
+                # Ray 2.60 deprecates extra remote args but has no named parameter for the retries yet
+                # (pyproject pins ray below 2.64, where they go): they bound Ray Data's default, endless retries.
+                warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+                job = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+                    _ChunkWriter, batch_size=1, batch_format="numpy", concurrency=min(self.workers, len(rows)), num_cpus=1,
+                    num_gpus=self.gpus_per_worker, max_restarts=self.retries, max_task_retries=self.retries,
+                    fn_constructor_kwargs={"model": self.model, "images": self.images, "features": self.features,
+                                           "shards": str(Path(shards).absolute()), "namespace": namespace, "settings": settings})
             self.written = [int(row["chunk"]) for row in job.iter_rows()]
         finally:
             if started:

@@ -82,7 +82,8 @@ def main() -> None:
         runs, ray_args = {}, ["--engine", "ray", "--ray-workers", str(args.workers)]
         head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={PORT}", f"--num-cpus={args.workers}",
                                  "--include-dashboard=false", "--disable-usage-stats"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+                                stderr=subprocess.DEVNULL, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                                                                 "RAY_TMPDIR": str(folder / "ray")})  # its files stay in the folder
         try:
             time.sleep(30)  # the head is up (its own start is not measured)
             for name, extra, cluster in (

@@ -79,8 +79,9 @@ def test_cli_engine_ray_errors(world, tmp_path, capsys, monkeypatch):
     monkeypatch.undo()
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'cl2cm-hf[ray]')")
     assert not ray.is_initialized()  # runs before the tests that start the module's cluster
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))  # where `auto` looks for a `ray start` cluster: none there
     assert index_main([*args, "--engine", "ray", "--ray-address", "auto", "--no-progress"]) == 2
-    assert "ray address 'auto': no Ray cluster to join" in capsys.readouterr().err  # no `ray start` here
+    assert "ray address 'auto': no Ray cluster to join" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -56,9 +56,9 @@ class _ChunkWriter:
 
     def __call__(self, batch: dict) -> dict:
         counts = []
+        s = self.settings
         for number, blob in zip(batch["chunk"], batch["items"]):
             items = pickle.loads(blob)
-            s = self.settings
             encode_chunks(self.model, self.processor, items, self.source, [list(range(len(items)))], self.shards, self.namespace,
                           s["batch_size"], s["num_workers"], s["max_pixels"], self.device, False, s["video"])
             _killed_for_test(int(number))
@@ -79,7 +79,8 @@ def _killed_for_test(number: int) -> None:
 class RayEncoder:
     """`build_index`'s ``encoder``: the pending chunks as a Ray Data job (module docstring). Connects to
     the cluster at `address` (``"auto"``, ``"ray://HOST:10001"``), or starts a local one of `workers`
-    CPUs, unless Ray is already initialised in this process; a cluster it started is shut down after."""
+    CPUs, unless Ray is already initialised in this process; a cluster it started is shut down after.
+    Workers run on a GPU when they are given one (`gpus_per_worker`), else on the CPU."""
 
     def __init__(self, model, *, images=None, videos=None, features=None, address: str | None = None, workers: int = 2,
                  retries: int = 3, gpus_per_worker: float = 0.0, progress: bool = True):
@@ -100,8 +101,9 @@ class RayEncoder:
         started = not ray.is_initialized()
         if started:
             try:
-                ray.init(address=self.address, num_cpus=None if self.address else self.workers, include_dashboard=False,
-                         logging_level=logging.WARNING)
+                # "local": a new cluster even where `ray start` runs one (ray.init(address=None) would join it)
+                ray.init(address=self.address or "local", num_cpus=None if self.address else self.workers,
+                         include_dashboard=False, logging_level=logging.WARNING)
             except ConnectionError as err:
                 raise CL2CMError(f"ray address {self.address!r}: no Ray cluster to join ({err})") from None
         try:

@@ -81,7 +81,7 @@ def main() -> None:
         build = [sys.executable, "-m", "cl2cm_hf.cli.index", str(model), "--features", str(store), "--faiss", "none", "--no-progress"]
         runs, ray_args = {}, ["--engine", "ray", "--ray-workers", str(args.workers)]
         head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={PORT}", f"--num-cpus={args.workers}",
-                                 "--include-dashboard=false", "--disable-usage-stats"], stdout=subprocess.DEVNULL,
+                                 "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                                                                  "RAY_TMPDIR": str(folder / "ray")})  # its files stay in the folder
         try:

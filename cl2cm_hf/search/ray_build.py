@@ -115,7 +115,8 @@ class RayEncoder:
                 # (pyproject pins ray below 2.64, where they go): they bound Ray Data's default, endless retries.
                 warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
                 job = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-                    _ChunkWriter, batch_size=1, batch_format="numpy", concurrency=min(self.workers, len(rows)), num_cpus=1,
+                    _ChunkWriter, batch_size=1, batch_format="numpy", num_cpus=1,
+                    compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(rows))),
                     num_gpus=self.gpus_per_worker, max_restarts=self.retries, max_task_retries=self.retries,
                     fn_constructor_kwargs={"model": self.model, "images": self.images, "features": self.features,
                                            "shards": str(Path(shards).absolute()), "namespace": namespace, "settings": settings})

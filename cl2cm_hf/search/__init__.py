@@ -3,7 +3,7 @@ query it with text in any trained language, an image, a video or an indexed item
 The build runs in stages, one a module: ``sources`` (what to index, with cache keys) -> ``decode``
 (files to RGB) and ``decode_video`` (video files to sampled frames) -> ``encode``
 (DataLoader workers, the model) -> ``shards`` (finished chunks, the rerun cache) -> ``index_build``
-(the index folder, faiss); ``ann`` the compressed IVF-PQ index. ``index_files`` holds the on-disk format and reads it, ``fingerprint`` loads
+(the index folder, faiss); ``ray_build`` runs the encode stage as a Ray Data job on a cluster; ``ann`` the compressed IVF-PQ index. ``index_files`` holds the on-disk format and reads it, ``fingerprint`` loads
 checkpoints and tells whether a model is an index's, ``index`` is `SearchIndex`, ``sharded`` several
 index folders searched as one; ``out_folder`` where an index may be written; ``checks`` option ranges and printable
 names. The tools (``cl2cm-index``, ``cl2cm-search``, ``cl2cm-app``) are in `cl2cm_hf.cli`."""

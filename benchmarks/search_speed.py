@@ -267,8 +267,9 @@ def _scale_block(name: str, args, command: str, commit: str, load: float, starte
                                                     args.call_repeats, log=log))
     return "\n".join([_MARK.format(name), *lines, "",
                       f"Run: `{command.strip()}` at commit {commit}; {machine(torch)}; load average (1 min) at start "
-                      f"{load:.2f}, at end {os.getloadavg()[0]:.2f}; section wall time {time.perf_counter() - started:.0f} s "
-                      "(data and exact answer included when not cached)."])
+                      f"{load:.2f}, at end {os.getloadavg()[0]:.2f}; section wall time {time.perf_counter() - started:.0f} s"
+                      f"{' (data and exact answer included when not cached)' if name == 'scale' else ''}; process niceness "
+                      f"{os.nice(0)}."])
 
 
 def _old_sections(path: Path) -> dict[str, str]:

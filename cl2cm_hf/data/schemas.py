@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, Features, Value
 
-from cl2cm_hf.blank_text import is_blank  # the rule lives in the core: search checks queries without datasets
+from cl2cm_hf.blank_text import is_blank
 from cl2cm_hf.errors import CL2CMError
 
 PAIR_COLUMNS = ("visual_id", "source_text", "target_text", "target_lang")

@@ -42,15 +42,16 @@ def _store(folder: Path, n: int) -> Path:
     return folder
 
 
-def _timed(command: list[str]) -> dict:
-    """Wall seconds, CPU seconds and peak RSS (bytes) of `command` under ``/usr/bin/time -v``."""
+def _timed(command: list[str], cwd: Path = REPO, env: dict | None = None) -> dict:
+    """Wall seconds, CPU seconds, peak RSS (bytes) and stdout of `command` under ``/usr/bin/time -v``."""
     started = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, cwd=cwd, env=env)
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
     fields = dict(line.strip().split(": ", 1) for line in done.stderr.splitlines() if ": " in line.strip())
     cpu = float(fields["User time (seconds)"]) + float(fields["System time (seconds)"])
-    return {"wall_s": time.perf_counter() - started, "cpu_s": cpu, "peak_rss": int(fields["Maximum resident set size (kbytes)"]) * 1024}
+    return {"wall_s": time.perf_counter() - started, "cpu_s": cpu, "peak_rss": int(fields["Maximum resident set size (kbytes)"]) * 1024,
+            "stdout": done.stdout}
 
 
 def build_memory(folder: Path, counts: list[int], log=print) -> list[dict]:

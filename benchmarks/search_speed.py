@@ -25,6 +25,9 @@ scale       issue 24: `--scale-n` items (default 10,000,000) x 256 written as fl
             to 100M and 1B (`benchmarks/search_scale.py`; data under --scale-dir, reused by reruns).
 build_memory  issue 24: peak RSS of `cl2cm-index --features` for each `--memory-n` rows of 64-d features,
             and one `cl2cm-search` call on the index (`benchmarks/search_build_memory.py`).
+call        issue 24, item 5: one `cl2cm-search --exact` call on the `--call-n`-row index of build_memory, the
+            code of `--call-before` against this tree, page cache cold and warm; the imports it needs;
+            the loaded index's RSS, anonymous and file-backed, against its embeddings (`benchmarks/search_call.py`).
 
 Each section is a block of the results file with its own command, commit, load and wall time, so a
 section that was not rerun keeps the run it came from.
@@ -50,7 +53,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from benchmarks.provenance import git_commit, machine  # noqa: E402
 
-SECTIONS = ("throughput", "video", "exact", "hnsw", "scale", "build_memory")
+SECTIONS = ("throughput", "video", "exact", "hnsw", "scale", "build_memory", "call")
 _MARK = "<!-- section {}: written by benchmarks/search_speed.py -->"
 
 
@@ -248,21 +251,25 @@ def _report(name: str, r: dict, args) -> list[str]:
 
 
 def _scale_block(name: str, args, command: str, commit: str, load: float, started: float) -> str:
-    """The issue-24 sections, in their own modules: scale (`search_scale`, one run per ``--scale-n``)
-    and build_memory (`search_build_memory`, one build per ``--memory-n``)."""
-    from benchmarks import search_build_memory, search_scale
+    """The issue-24 sections, in their own modules: scale (`search_scale`, one run per ``--scale-n``),
+    build_memory (`search_build_memory`, one build per ``--memory-n``) and call (`search_call`)."""
+    from benchmarks import search_build_memory, search_call, search_scale
 
     def log(message):
         print(f"{name} {time.perf_counter() - started:.0f}s {message}", flush=True)
 
     if name == "scale":
         lines = search_scale.report([search_scale.scale(Path(args.scale_dir), n, args.d, log=log) for n in args.scale_n])
-    else:
+    elif name == "build_memory":
         lines = search_build_memory.report(search_build_memory.build_memory(Path(args.scale_dir) / "memory", args.memory_n, log=log))
+    else:
+        lines = search_call.report(search_call.call(Path(args.scale_dir) / "memory", args.call_n, args.call_before,
+                                                    args.call_repeats, log=log))
     return "\n".join([_MARK.format(name), *lines, "",
                       f"Run: `{command.strip()}` at commit {commit}; {machine(torch)}; load average (1 min) at start "
-                      f"{load:.2f}, at end {os.getloadavg()[0]:.2f}; section wall time {time.perf_counter() - started:.0f} s "
-                      "(data and exact answer included when not cached)."])
+                      f"{load:.2f}, at end {os.getloadavg()[0]:.2f}; section wall time {time.perf_counter() - started:.0f} s"
+                      f"{' (data and exact answer included when not cached)' if name == 'scale' else ''}; process niceness "
+                      f"{os.nice(0)}."])
 
 
 def _old_sections(path: Path) -> dict[str, str]:
@@ -288,6 +295,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--scale-n", type=int, nargs="+", default=[10_000_000], help="scale section: item counts, in order")
     parser.add_argument("--memory-n", type=int, nargs="+", default=[1_000_000, 2_000_000], help="build_memory section: rows")
+    parser.add_argument("--call-n", type=int, default=1_000_000, help="call section: rows of the index searched")
+    parser.add_argument("--call-before", default="79b4f09", help="call section: the commit whose code is measured as 'before'")
+    parser.add_argument("--call-repeats", type=int, default=3, help="call section: rounds of (before, after) calls")
     parser.add_argument("--scale-dir", default="/tmp/cl2cm-scale", help="scale section: where the shards and indexes go")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "search_speed.md"))
     args = parser.parse_args(argv)
@@ -303,7 +313,7 @@ def main(argv=None) -> int:
                 print("hnsw: faiss is not importable, section skipped", flush=True)
                 continue
         load, started = os.getloadavg()[0], time.perf_counter()
-        if name in ("scale", "build_memory"):
+        if name in ("scale", "build_memory", "call"):
             blocks[name] = _scale_block(name, args, command, commit, load, started)
             continue
         if name == "throughput":

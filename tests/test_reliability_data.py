@@ -18,6 +18,7 @@ from datasets import Dataset
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from cl2cm_hf.blank_text import is_blank
 from cl2cm_hf.data import (
     DataFormatError,
     SkippedRows,
@@ -27,7 +28,6 @@ from cl2cm_hf.data import (
     load_queries,
     multi30k_queries,
 )
-from cl2cm_hf.data.schemas import is_blank
 from cl2cm_hf.data.textfiles import read_captions, read_lines
 from cl2cm_hf.training.data_sources import build_run_data
 from cl2cm_hf.training.recipe import load_config, parse_config

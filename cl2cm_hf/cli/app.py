@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from cl2cm_hf.blank_text import is_blank
 from cl2cm_hf.cli import run_tool
 from cl2cm_hf.cli.app_clips import HOVER_PLAY_JS, is_clip, shown_clip
-from cl2cm_hf.data.schemas import is_blank
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.checks import check_int, int_option, printable
 from cl2cm_hf.search.decode import BadImage, open_image

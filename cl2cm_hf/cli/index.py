@@ -1,6 +1,7 @@
 """``cl2cm-index``: build a search index (see `cl2cm_hf.search.index_build` for what it reads and writes).
 
     torchrun --nproc_per_node 2 -m cl2cm_hf.cli.index MODEL --images DIR --out INDEX
+    cl2cm-index MODEL --images DIR --out INDEX --engine ray [--ray-address auto]   # Ray Data (cl2cm_hf.search.ray_build)
 """
 
 from __future__ import annotations
@@ -49,16 +50,34 @@ def main(argv: list[str] | None = None) -> int:
                         help="RAM for the served --faiss ivfpq index; the codes are chosen to fit (see cl2cm_hf.search.ann)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
+    engine = parser.add_argument_group("engine", "where the encoding runs: this process (or torchrun's), or a Ray Data job")
+    engine.add_argument("--engine", default="local", choices=("local", "ray"),
+                        help="local (default): this process; ray: actors on a Ray cluster, a killed worker's chunk redone "
+                             "(pip install 'cl2cm-hf[ray]')")
+    engine.add_argument("--ray-address", help="cluster to join: auto (the one `ray start` runs here), ray://HOST:10001; "
+                                              "default: a local cluster of --ray-workers CPUs")
+    engine.add_argument("--ray-workers", type=int_option("ray_workers"), help="encoding actors, each loading the checkpoint once (default 2)")
+    engine.add_argument("--ray-retries", type=int_option("ray_retries"), help="times a worker may die and be restarted, its chunk redone (default 3)")
+    engine.add_argument("--ray-gpus-per-worker", type=float, help="GPUs each actor reserves (default 0: CPU)")
     args = parser.parse_args(argv)
+    ray_options = {"address": args.ray_address, "workers": args.ray_workers, "retries": args.ray_retries,
+                   "gpus_per_worker": args.ray_gpus_per_worker}
+    if args.engine != "ray" and any(value is not None for value in ray_options.values()):
+        parser.error("the --ray-* options need --engine ray")
 
     def run() -> int:
-        report = build_index(args.model, args.out, images=args.images, features=args.features, batch_size=args.batch_size,
-                             num_workers=args.num_workers, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
-                             faiss=args.faiss, device=args.device, progress=not args.no_progress, pictures=args.pictures,
-                             compare=args.compare, overwrite=args.overwrite, videos=args.videos,
-                             num_frames=args.num_frames, max_video_seconds=args.max_video_seconds,
-                             ann_budget_mb=args.ann_budget_mb)
-        return show(report)
+        options = dict(images=args.images, features=args.features, batch_size=args.batch_size,
+                       num_workers=args.num_workers, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
+                       faiss=args.faiss, device=args.device, progress=not args.no_progress, pictures=args.pictures,
+                       compare=args.compare, overwrite=args.overwrite, videos=args.videos,
+                       num_frames=args.num_frames, max_video_seconds=args.max_video_seconds,
+                       ann_budget_mb=args.ann_budget_mb)
+        if args.engine == "local":
+            return show(build_index(args.model, args.out, **options))
+        from cl2cm_hf.search.ray_build import build_index_on_ray
+
+        chosen = {name: value for name, value in ray_options.items() if value is not None}
+        return show(build_index_on_ray(args.model, args.out, **chosen, **options))
 
     def show(report) -> int:
         if not report.metadata:

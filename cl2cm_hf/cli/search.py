@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a text query, --image FILE, --video FILE or --like ID (one of them)")
 
     def run():
-        index = SearchIndex.load(args.index, allow_model_mismatch=args.allow_model_mismatch)
+        # --exact never reads the faiss file (or imports faiss): an HNSW index is as large as the embeddings
+        index = SearchIndex.load(args.index, use_faiss=not args.exact, allow_model_mismatch=args.allow_model_mismatch)
         if index.model_mismatch:
             print(f"cl2cm-search: warning: {printable(index.model_mismatch)}", file=sys.stderr)
         if args.top is not None and len(index) and args.top > len(index):

@@ -24,8 +24,9 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from cl2cm_hf.blank_text import is_blank
 from cl2cm_hf.data.badrows import RowPolicy, SkippedRows
-from cl2cm_hf.data.schemas import DataFormatError, is_blank
+from cl2cm_hf.data.schemas import DataFormatError
 from cl2cm_hf.data.textfiles import decode_utf8, read_bytes, read_ids
 from cl2cm_hf.errors import CL2CMError
 

@@ -10,7 +10,6 @@ Validation errors name the source (file or dataset) and the row, so a broken fil
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, Features, Value
 
+from cl2cm_hf.blank_text import is_blank
 from cl2cm_hf.errors import CL2CMError
 
 PAIR_COLUMNS = ("visual_id", "source_text", "target_text", "target_lang")
@@ -36,18 +36,6 @@ REQUIRED_COLUMNS = {"pair": PAIR_COLUMNS, "query": QUERY_COLUMNS, "caption": CAP
 ID_COLUMNS = {"pair": ("visual_id", "target_lang"), "query": ("visual_id", "lang"), "caption": ("visual_id", "caption_id")}
 # Columns holding language codes (see LANGUAGE_CODE).
 LANGUAGE_COLUMNS = {"pair": ("target_lang",), "query": ("lang",), "caption": ()}
-
-# Blank text, the one rule of every reader (tables, caption files, id lists, stores, queries): a text
-# or id is empty when no character in it is one a reader sees or a tokenizer keeps. Such a caption
-# tokenizes to [CLS][SEP] and would train as a real one. Blank characters: every Unicode separator
-# (Zs: space, NBSP, ideographic space, figure and narrow spaces, ...; Zl, Zp), control (Cc: tabs,
-# line breaks, ...) and format character (Cf: zero-width space and joiners, word joiner, BOM, soft
-# hyphen, Mongolian vowel separator, direction marks, tags), combining marks with nothing to combine
-# with (Mn, Me: BERT's accent stripping drops them), and the fillers that are letters or symbols in
-# Unicode but draw nothing (Hangul fillers, the blank Braille pattern). NUL characters are refused
-# anywhere in a text or id.
-_BLANK_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"})
-_BLANK_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 class DataFormatError(CL2CMError):
@@ -68,11 +56,6 @@ def language_code_problem(code) -> str | None:
     hint = code.strip().lower()
     suggestion = f" (did you mean {hint!r}?)" if LANGUAGE_CODE.fullmatch(hint) else ""
     return f"{code!r} is not {LANGUAGE_CODE_RULE}{suggestion}"
-
-
-def is_blank(text: str | None) -> bool:
-    """True if `text` is None or holds no character but blank ones (see the rule above)."""
-    return text is None or all(c in _BLANK_FILLERS or unicodedata.category(c) in _BLANK_CATEGORIES for c in text)
 
 
 def check_text(text: str, where: str, column: str = "caption") -> str:

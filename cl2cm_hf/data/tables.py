@@ -37,8 +37,9 @@ from pathlib import Path
 import pyarrow as pa
 from datasets import Dataset, Value, concatenate_datasets
 
+from cl2cm_hf.blank_text import is_blank
 from cl2cm_hf.data.badrows import RowPolicy, SkippedRows
-from cl2cm_hf.data.schemas import ID_COLUMNS, REQUIRED_COLUMNS, DataFormatError, is_blank, row_problems
+from cl2cm_hf.data.schemas import ID_COLUMNS, REQUIRED_COLUMNS, DataFormatError, row_problems
 from cl2cm_hf.data.textfiles import read_bytes, split_lines
 from cl2cm_hf.errors import CL2CMError
 

@@ -3,19 +3,39 @@ query it with text in any trained language, an image, a video or an indexed item
 The build runs in stages, one a module: ``sources`` (what to index, with cache keys) -> ``decode``
 (files to RGB) and ``decode_video`` (video files to sampled frames) -> ``encode``
 (DataLoader workers, the model) -> ``shards`` (finished chunks, the rerun cache) -> ``index_build``
-(the index folder, faiss); ``ann`` the compressed IVF-PQ index. ``index_files`` holds the on-disk format and reads it, ``fingerprint`` loads
+(the index folder, faiss); ``ray_build`` runs the encode stage as a Ray Data job on a cluster; ``ann`` the compressed IVF-PQ index. ``index_files`` holds the on-disk format and reads it, ``fingerprint`` loads
 checkpoints and tells whether a model is an index's, ``index`` is `SearchIndex`, ``sharded`` several
 index folders searched as one; ``out_folder`` where an index may be written; ``checks`` option ranges and printable
 names. The tools (``cl2cm-index``, ``cl2cm-search``, ``cl2cm-app``) are in `cl2cm_hf.cli`."""
 
-from cl2cm_hf.search.decode import BadImage, open_image
-from cl2cm_hf.search.decode_video import BadVideo, open_video
-from cl2cm_hf.search.fingerprint import ModelMismatchError, load_checkpoint, model_fingerprint, model_revision
-from cl2cm_hf.search.index import SearchHit, SearchIndex, UnknownQueryError
-from cl2cm_hf.search.index_build import IndexReport, build_index
-from cl2cm_hf.search.index_files import BrokenIndexError
-from cl2cm_hf.search.out_folder import OutFolderError
-from cl2cm_hf.search.sharded import ShardMismatchError
+import importlib
+
+# Name -> its module, imported on first use (PEP 562): `cl2cm-search` with a text query loads the index
+# and the model only; building (datasets, decoders, DataLoader workers) stays unimported.
+_EXPORTS = {
+    "BadImage": "decode", "open_image": "decode",
+    "BadVideo": "decode_video", "open_video": "decode_video",
+    "ModelMismatchError": "fingerprint", "load_checkpoint": "fingerprint", "model_fingerprint": "fingerprint",
+    "model_revision": "fingerprint",
+    "SearchHit": "index", "SearchIndex": "index", "UnknownQueryError": "index",
+    "IndexReport": "index_build", "build_index": "index_build",
+    "BrokenIndexError": "index_files",
+    "OutFolderError": "out_folder",
+    "ShardMismatchError": "sharded",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __all__ = [
     "BadImage",

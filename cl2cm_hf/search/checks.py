@@ -21,6 +21,8 @@ LIMITS = {
     "max_length": (1, 8_192),
     "num_frames": (1, 1_024),
     "ann_budget_mb": (1, 2**30),
+    "ray_workers": (1, 100_000),
+    "ray_retries": (0, 1_000),
 }
 
 

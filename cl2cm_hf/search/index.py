@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cl2cm_hf.data.schemas import is_blank
+from cl2cm_hf.blank_text import is_blank
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.inference import embed_visual, encode_texts, encode_visual
 from cl2cm_hf.retrieval import faiss_search, topk
 from cl2cm_hf.search.ann import AnnIndex, ShardRows
 from cl2cm_hf.search.checks import check_int, printable
-from cl2cm_hf.search.decode import BadImage, open_image
 from cl2cm_hf.search.fingerprint import ModelMismatchError, load_checkpoint, model_mismatch
 from cl2cm_hf.search.index_files import DATA_DIR, METADATA_FILE, BrokenIndexError, load_rows, read_metadata
 from cl2cm_hf.search.sharded import Chain, check_shards, fan_out, shard_folders, sharded_metadata
@@ -167,7 +166,7 @@ class SearchIndex:
         path), best first; a file that is not an image is a `BadImage` with the reason."""
         from PIL import Image
 
-
+        from cl2cm_hf.search.decode import BadImage, open_image  # here: it imports the data layer, a text search does not
 
         if getattr(self.processor, "image_processor", None) is None:
             raise CL2CMError(f"{self.folder}: the model {self.metadata.get('model_name') or self.metadata.get('model')} reads "

@@ -170,7 +170,7 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
                 num_workers: int = 2, chunk_size: int = 1024, max_pixels: int = DEFAULT_MAX_PIXELS,
                 faiss: str = "auto", device=None, progress: bool = True, pictures=None, compare: str = "mtime",
                 overwrite: bool = False, videos=None, num_frames: int | None = None,
-                max_video_seconds: float = DEFAULT_MAX_SECONDS, ann_budget_mb: int = 1024) -> IndexReport:
+                max_video_seconds: float = DEFAULT_MAX_SECONDS, ann_budget_mb: int = 1024, encoder=None) -> IndexReport:
     """Index `images` (folder, list file or datasets folder: pictures, and videos recognised by
     extension or container), `videos` (the same, videos only: a still image is skipped with the
     reason) or `features` (store folder) with the checkpoint `model` (a folder or hub id) into
@@ -186,7 +186,10 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     `chunk_size` items make one shard (the unit of resume and of the split across processes; rounded
     down to a multiple of `batch_size`); `faiss`: ``"auto"`` (HNSW when faiss is importable),
     ``"hnsw"``, ``"flat"``, ``"ivf_flat"``, ``"ivfpq"`` (compressed, chosen for `ann_budget_mb` MiB of RAM:
-    `cl2cm_hf.search.ann`) or ``"none"``. Returns the `IndexReport` (complete on rank 0)."""
+    `cl2cm_hf.search.ann`) or ``"none"``. `encoder`: encodes the pending chunks instead of this process
+    (`cl2cm_hf.search.ray_build`), called as ``encoder(items, chunks, shards_folder, namespace, video=,
+    batch_size=, num_workers=, max_pixels=)``; it must leave one shard a chunk, as `encode_chunks` writes
+    them. Returns the `IndexReport` (complete on rank 0)."""
     from accelerate import PartialState
 
     started = time.perf_counter()
@@ -233,8 +236,12 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     state.wait_for_everyone()  # every process has read the cache before any writes a shard: the same plan
     chunks = chunked(pending, chunk_size)
     mine = [chunk for n, chunk in enumerate(chunks) if n % state.num_processes == state.process_index]
-    encode_chunks(loaded_model, processor, items, source, mine, out / SHARDS_DIR, namespace, batch_size,
-                   num_workers, max_pixels, device, progress and state.is_main_process, video)
+    if encoder is None:
+        encode_chunks(loaded_model, processor, items, source, mine, out / SHARDS_DIR, namespace, batch_size,
+                       num_workers, max_pixels, device, progress and state.is_main_process, video)
+    elif mine:
+        encoder(items, mine, out / SHARDS_DIR, namespace, video=video, batch_size=batch_size, num_workers=num_workers,
+                max_pixels=max_pixels)
     state.wait_for_everyone()
     keys = {item.key for item in items}
     report = IndexReport(out, reused=len(items) - len(pending), removed=len(previous - keys))

@@ -94,15 +94,35 @@ def list_items(list_file: Path) -> list[Item]:
     return [_file_item(line, list_file.parent / line) for line in lines if line and not line.startswith("#")]
 
 
-def dataset_items(folder: Path):
-    """Rows of a `datasets` folder: (items, dataset with undecoded images)."""
+def _is_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file())
+
+
+def _open_dataset(folder: Path):
+    """The `datasets` folder with its images left undecoded (the loader's workers decode them)."""
     from datasets import Image, load_from_disk
 
     dataset = load_from_disk(str(folder))
     if "image" in dataset.column_names:
-        dataset = dataset.cast_column("image", Image(decode=False))
-    elif "path" not in dataset.column_names:
+        return dataset.cast_column("image", Image(decode=False))
+    if "path" not in dataset.column_names:
         raise CL2CMError(f"{folder}: a dataset to index needs an 'image' (datasets.Image) or a 'path' column; found {dataset.column_names}")
+    return dataset
+
+
+def open_source(images=None, features=None):
+    """The dataset or store `collect_items` returns with the items, opened without listing them: what
+    a worker of a distributed build (`cl2cm_hf.search.ray_build`) reads its chunks from."""
+    if features is not None:
+        from cl2cm_hf.data import open_visual_store
+
+        return open_visual_store(Path(features))
+    return _open_dataset(Path(images)) if _is_dataset(Path(images)) else None
+
+
+def dataset_items(folder: Path):
+    """Rows of a `datasets` folder: (items, dataset with undecoded images)."""
+    dataset = _open_dataset(folder)
     ids = dataset["id"] if "id" in dataset.column_names else [str(i) for i in range(len(dataset))]
     captions = dataset["caption"] if "caption" in dataset.column_names else [None] * len(dataset)
     items = []
@@ -206,7 +226,7 @@ def collect_items(images=None, features=None):
     else:
         path = Path(images)
         source = None
-        if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
+        if _is_dataset(path):
             items, source = dataset_items(path)
             kind = "dataset"
         elif path.is_dir():

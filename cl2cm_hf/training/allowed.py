@@ -6,7 +6,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from cl2cm_hf.data.schemas import is_blank, language_code_problem
+from cl2cm_hf.blank_text import is_blank
+from cl2cm_hf.data.schemas import language_code_problem
 from cl2cm_hf.errors import CL2CMError
 
 

@@ -1,5 +1,5 @@
 """A compressed approximate index under a RAM budget (``cl2cm-index --faiss ivfpq --ann-budget-mb``),
-built from embeddings on disk without holding them in memory, served memory-mapped.
+built from embeddings on disk without holding them in memory, served with re-ranking from them.
 
 The choice rule (`choose_factory`, `choose_nprobe`), for n vectors of dim d and a budget of B bytes for the
 served index:

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-video-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="longer videos are skipped")
     parser.add_argument("--faiss", default="auto", choices=FAISS_KINDS,
                         help="approximate index: auto (hnsw when faiss is installed), hnsw, flat, ivf_flat, "
-                             "ivfpq (compressed to fit --ann-budget-mb, memory-mapped when served), none")
+                             "ivfpq (compressed to fit --ann-budget-mb, re-ranked exactly from the stored rows), none")
     parser.add_argument("--ann-budget-mb", type=int_option("ann_budget_mb"), default=1024,
                         help="RAM for the served --faiss ivfpq index; the codes are chosen to fit (see cl2cm_hf.search.ann)")
     parser.add_argument("--device", default=None)

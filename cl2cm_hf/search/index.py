@@ -105,7 +105,7 @@ class SearchIndex:
             except ImportError:
                 faiss = None  # the index stays searchable exactly
             if faiss is not None and info.get("type") == "ivfpq":
-                faiss_index = AnnIndex.load(folder, ShardRows([embeddings]))  # memory-mapped
+                faiss_index = AnnIndex.load(folder, ShardRows([embeddings]))  # codes in RAM, rows re-ranked from the file
             elif faiss is not None:
                 faiss_index = faiss.read_index(str(folder / info["file"]))
                 if faiss_index.ntotal != len(embeddings):

@@ -13,10 +13,11 @@ filesystem every node mounts at the same path, and cl2cm-hf must be installed on
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import pickle
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from cl2cm_hf.search.checks import check_int
 from cl2cm_hf.search.encode import encode_chunks
 from cl2cm_hf.search.fingerprint import load_checkpoint
 from cl2cm_hf.search.index_build import IndexReport, build_index
-from cl2cm_hf.search.sources import open_source
+from cl2cm_hf.search.sources import Item, open_source
 
 # Tests only: a folder; a worker that has written chunk n's shard and finds ``kill-<n>`` there removes
 # the file and dies (os._exit), so one worker is killed once, after its shard is on disk.
@@ -58,7 +59,7 @@ class _ChunkWriter:
         counts = []
         s = self.settings
         for number, blob in zip(batch["chunk"], batch["items"]):
-            items = pickle.loads(blob)
+            items = [Item(**{**fields, "files": tuple(fields["files"])}) for fields in json.loads(blob)]
             encode_chunks(self.model, self.processor, items, self.source, [list(range(len(items)))], self.shards, self.namespace,
                           s["batch_size"], s["num_workers"], s["max_pixels"], self.device, False, s["video"])
             _killed_for_test(int(number))
@@ -108,7 +109,8 @@ class RayEncoder:
                 raise CL2CMError(f"ray address {self.address!r}: no Ray cluster to join ({err})") from None
         try:
             ray.data.DataContext.get_current().enable_progress_bars = self.progress
-            rows = [{"chunk": n, "items": pickle.dumps([items[i] for i in chunk])} for n, chunk in enumerate(chunks)]
+            # Items travel as JSON (the project never unpickles; Ray's own transport is its business).
+            rows = [{"chunk": n, "items": json.dumps([asdict(items[i]) for i in chunk])} for n, chunk in enumerate(chunks)]
             settings = {"video": video, "batch_size": batch_size, "num_workers": num_workers, "max_pixels": max_pixels}
             with warnings.catch_warnings():
                 # Ray 2.60 deprecates extra remote args but has no named parameter for the retries yet

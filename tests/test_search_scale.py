@@ -35,10 +35,11 @@ def test_build_reads_one_shard_at_a_time_and_writes_in_blocks(features, tmp_path
     calls = []
     rows = shards.EmbeddingCache.rows
 
-    def spy(self, keys):
+    def spy(self, places):
+        block = rows(self, places)
         held = 0 if self._held is None else len(self._held[1])
-        calls.append((len(keys), self.shard_loads, held))
-        return rows(self, keys)
+        calls.append((len(places), self.shard_loads, held))
+        return block
 
     monkeypatch.setattr(shards.EmbeddingCache, "rows", spy)
     monkeypatch.setattr(index_build, "WRITE_ROWS", 4)

@@ -50,6 +50,19 @@ page, know only that file).
 
 ``--out`` must be a new or empty folder or an index cl2cm-index wrote (`out_folder`); replacing an
 index of another source takes ``--overwrite``.
+
+Memory does not grow with the number of items N: the items and the rerun cache's key -> place map live in
+a temporary sqlite table on disk (`ItemTable`, page cache `item_table.CACHE_MIB` = 16 MiB), sorted by id
+there; the build then goes through them `WINDOW` (W = 65,536) at a time: look up, encode the window's
+new items in shards of `chunk_size` (C), and finally write ``data/`` and ``embeddings.npy`` `WRITE_ROWS`
+(65,536) rows at a time with plain file writes. Held at once, for embeddings of dim d: a window of `Item`s
+(two while the next is fetched; a few hundred bytes each: ids, paths, keys), one shard tensor (C x d x 4
+bytes) and one block of embeddings (W x d x 4: 16 MiB at d = 64), the DataLoader's prefetched batches, and
+for ``--features`` one block of feature rows (at most `SavedFeatures.BLOCK_BYTES` = 64 MiB, fewer rows
+when rows are long) read through a memory map closed after each block. Folders and list files are
+listed, and feature stores read from ``ids.json`` on, a window at a time. Not bounded by this: the skip
+report (one entry per skipped item), datasets and image/frame stores (listed as one list before it goes
+to the table), the folders walked (one entry per folder) and ``--pictures`` (one entry per picture).
 """
 
 from __future__ import annotations

@@ -46,9 +46,9 @@ def _file_item(item_id: str, path: Path) -> Item:
         return Item(item_id, str(path), f"unstat:{path}", problem=f"unreadable: {err.strerror or err}")
 
 
-def folder_items(folder: Path) -> list[Item]:
-    """Every non-hidden file below `folder` (sorted; id = relative posix path), symlinked
-    sub-folders followed once; folders that cannot be listed, and links that lead back into
+def folder_items(folder: Path, block: int = 1 << 16):
+    """Every non-hidden file below `folder` (id = relative posix path), in lists of about `block`,
+    symlinked sub-folders followed once; folders that cannot be listed, and links that lead back into
     `folder` (or above it: a loop) or to a folder already walked, become items with the reason."""
     items = []
     real_root = folder.resolve()
@@ -85,13 +85,24 @@ def folder_items(folder: Path) -> list[Item]:
             if not name.startswith("."):
                 path = Path(root) / name
                 items.append(_file_item(path.relative_to(folder).as_posix(), path))
-    return items
+        if len(items) >= block:
+            yield items[:]
+            items.clear()  # the callbacks above append to this list
+    yield items
 
 
-def list_items(list_file: Path) -> list[Item]:
-    """Paths listed one a line in `list_file` (relative to its folder); id = the line."""
-    lines = [line.strip() for line in list_file.read_text(encoding="utf-8", errors="surrogateescape").split("\n")]
-    return [_file_item(line, list_file.parent / line) for line in lines if line and not line.startswith("#")]
+def list_items(list_file: Path, block: int = 1 << 16):
+    """Paths listed one a line in `list_file` (relative to its folder; id = the line), `block` at a time."""
+    items = []
+    with open(list_file, encoding="utf-8", errors="surrogateescape") as handle:
+        for line in handle:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                items.append(_file_item(line, list_file.parent / line))
+                if len(items) == block:
+                    yield items
+                    items = []
+    yield items
 
 
 def dataset_items(folder: Path):
@@ -245,7 +256,8 @@ def _refuse_bad_names(items: list[Item]) -> None:
 
 def collect_items(images=None, features=None, window: int = 1 << 16):
     """(blocks of items, in no order: `ItemTable` sorts them; the source description; the dataset or
-    store the loader needs). Feature stores come `window` rows at a time; the other sources in one block."""
+    store the loader needs). Folders, list files and feature stores come about `window` items at a time;
+    datasets and image/frame stores in one block."""
     if (images is None) == (features is None):
         raise CL2CMError("pass images= (a folder, a list file or a datasets folder) or features= (a store folder)")
     if features is not None:
@@ -259,14 +271,13 @@ def collect_items(images=None, features=None, window: int = 1 << 16):
         source = None
         if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
             items, source = dataset_items(path)
-            kind = "dataset"
+            blocks, kind = [items], "dataset"
         elif path.is_dir():
-            items, kind = folder_items(path), "folder"
+            blocks, kind = folder_items(path, window), "folder"
         elif path.is_file():
-            items, kind = list_items(path), "list"
+            blocks, kind = list_items(path, window), "list"
         else:
             raise FileNotFoundError(f"{path}: no such image folder, list file or datasets folder")
-        blocks = [items]
     return (_named(block) for block in blocks), {"kind": kind, "path": str(Path(images or features).absolute())}, source
 
 

@@ -241,11 +241,10 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
         state.wait_for_everyone()
         read_cache(out, namespace, table)
         state.wait_for_everyone()  # every process has read the cache before any writes a shard: the same plan
-        shards_before = (out / SHARDS_DIR).exists()
         pending = _encode_windows(table, state, loaded_model, processor, source, out, namespace, chunk_size, batch_size,
                                   num_workers, max_pixels, device, progress and state.is_main_process, video)
         state.wait_for_everyone()
-        report = _finish(table, state, out, pending, shards_before, model, loaded_model, revision, namespace, source_path,
+        report = _finish(table, state, out, pending, model, loaded_model, revision, namespace, source_path,
                          source_info, compare, max_pixels, faiss, ann_budget_mb, pictures, features, video)
     finally:
         table.close()
@@ -276,11 +275,11 @@ def _encode_windows(table, state, model, processor, source, out, namespace, chun
     return pending_count
 
 
-def _finish(table, state, out, pending, shards_before, model, loaded_model, revision, namespace, source_path, source_info,
+def _finish(table, state, out, pending, model, loaded_model, revision, namespace, source_path, source_info,
             compare, max_pixels, faiss, ann_budget_mb, pictures, features, video) -> IndexReport:
     """The report; on the main process, the index folder written (or the previous one kept when nothing changed)."""
     report = IndexReport(out, reused=len(table) - pending, removed=table.counts()["removed"])
-    unchanged = not pending and not report.removed and not shards_before
+    unchanged = not pending and not report.removed and not (out / SHARDS_DIR).exists()  # no shard: none left, none new
     old = read_json(out / METADATA_FILE)
     fingerprint = model_fingerprint(loaded_model)
     if state.is_main_process and unchanged and (old.get("faiss_request"), old.get("ann_budget_mb"), old.get("pictures"), old.get("model_fingerprint"),

@@ -89,15 +89,21 @@ def _parsed_ids(path: Path) -> Iterator[str]:
                 raise DataFormatError(f"{path}: not valid JSON (expected ',' or ']' after id at row {row - 1})")
 
 
+def _checked(folder: str | os.PathLike) -> Path:
+    """The store's tensor file, after checking that both its files are there."""
+    folder = Path(folder)
+    for needed in (folder / FEATURES_FILE, folder / IDS_FILE):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed}: missing; a feature store folder holds {FEATURES_FILE} and {IDS_FILE}")
+    return folder / FEATURES_FILE
+
+
 def saved_id_blocks(folder: str | os.PathLike, block: int) -> Iterator[list[str]]:
     """The ids of the store saved in `folder`, `block` at a time, in row order. After the last block the
     count is checked against the feature rows and the ids against the digest saved with the features
     (`DataFormatError` naming the file, as `VisualFeatureStore.load` does)."""
-    folder = Path(folder)
-    tensors = folder / FEATURES_FILE
-    for needed in (tensors, folder / IDS_FILE):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed}: missing; a feature store folder holds {FEATURES_FILE} and {IDS_FILE}")
+    tensors = _checked(folder)
+    folder = tensors.parent
     rows = len(_mmap_safetensors(tensors, "features"))
     with safe_open(tensors, framework="np") as handle:
         saved_digest = (handle.metadata() or {}).get("ids_sha256")
@@ -121,7 +127,7 @@ def saved_id_blocks(folder: str | os.PathLike, block: int) -> Iterator[list[str]
 
 def saved_row_bytes(folder: str | os.PathLike) -> int:
     """Bytes of one row (all its frames) of the store saved in `folder`."""
-    features = _mmap_safetensors(Path(folder) / FEATURES_FILE, "features")
+    features = _mmap_safetensors(_checked(folder), "features")
     return int(features.itemsize * np.prod(features.shape[1:]))
 
 

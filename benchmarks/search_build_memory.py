@@ -84,7 +84,8 @@ def report(runs: list[dict]) -> list[str]:
                      f"{s['peak_rss'] / 2**20:.0f} MiB |")
     lines += ["", "`cl2cm-index MODEL --features STORE --out INDEX --faiss none` in its own process (`/usr/bin/time -v`), "
               "MODEL a features -> 64-d checkpoint of the demo's shape; then `cl2cm-search INDEX \"a red dog\" --top 10 "
-              "--exact` (the second call: the page cache warm). Embeddings are copied into `embeddings.npy` 65,536 rows "
-              "at a time from the shards, one shard held at a time; what still grows with n is the per-item bookkeeping "
-              "(ids, cache keys, the id/path/key columns written to `data/`)."]
+              "--exact` (the second call: the page cache warm). The build goes through the items 65,536 at a time (items and "
+              "cache keys in a temporary sqlite table, the store's ids and rows read a block at a time, `data/` and "
+              "`embeddings.npy` written block by block, one shard held at a time): its peak RSS should not grow with n "
+              "(`docs/search_scale.md`, Build memory)."]
     return lines

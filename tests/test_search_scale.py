@@ -3,7 +3,9 @@ budget, served memory-mapped, re-ranked exactly), and a search that does not re-
 
 from __future__ import annotations
 
+import json
 import os
+import weakref
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from conftest import build_wordpiece_tokenizer, features_config
 
 from cl2cm_hf import CL2CMCrossModalModel, build_processor
 from cl2cm_hf.data import VisualFeatureStore
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search import SearchIndex, build_index, fingerprint, index_build, shards
 from cl2cm_hf.search.ann import ShardRows
 
@@ -34,10 +37,11 @@ def test_build_reads_one_shard_at_a_time_and_writes_in_blocks(features, tmp_path
     calls = []
     rows = shards.EmbeddingCache.rows
 
-    def spy(self, keys):
+    def spy(self, places):
+        block = rows(self, places)
         held = 0 if self._held is None else len(self._held[1])
-        calls.append((len(keys), self.shard_loads, held))
-        return rows(self, keys)
+        calls.append((len(places), self.shard_loads, held))
+        return block
 
     monkeypatch.setattr(shards.EmbeddingCache, "rows", spy)
     monkeypatch.setattr(index_build, "WRITE_ROWS", 4)
@@ -53,6 +57,66 @@ def test_build_reads_one_shard_at_a_time_and_writes_in_blocks(features, tmp_path
     assert reference.count == ROWS and isinstance(built.embeddings, np.memmap)
     np.testing.assert_array_equal(built.embeddings, SearchIndex.load(tmp_path / "one_shard").embeddings)
     assert built.ids == [f"item{i:03d}" for i in range(ROWS)] and built.ids.index("item007") == 7
+
+
+def _live_items(monkeypatch) -> dict:
+    """Counts the `Item`s alive at once (each item of a build is one): the peak is what a build holds."""
+    from cl2cm_hf.search import sources
+
+    live = {"now": 0, "peak": 0}
+    init = sources.Item.__init__
+
+    def gone():
+        live["now"] -= 1
+
+    def counted(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        live["now"] += 1
+        live["peak"] = max(live["peak"], live["now"])
+        weakref.finalize(self, gone)
+
+    monkeypatch.setattr(sources.Item, "__init__", counted)
+    return live
+
+
+@pytest.mark.parametrize("rows", [40, 200])
+def test_build_holds_a_window_of_items_whatever_the_number_of_rows(features, tmp_path, monkeypatch, rows):
+    """Issue 24: with windows of 8 items, a build (first and rerun) never holds more than a few windows of
+    items, for 40 rows as for 200; the store's ids are not sorted and come back sorted."""
+    window = 8
+    monkeypatch.setattr(index_build, "WINDOW", window)
+    monkeypatch.setattr(index_build, "WRITE_ROWS", window)
+    ids = [f"item{i:03d}" for i in np.random.default_rng(rows).permutation(rows)]
+    VisualFeatureStore.from_arrays(ids, torch.randn(rows, features_config().visual_feature_dim)).save(tmp_path / "store")
+    live = _live_items(monkeypatch)
+    kwargs = dict(features=tmp_path / "store", batch_size=4, chunk_size=4, num_workers=0, faiss="none", progress=False)
+    first = build_index(features / "model", tmp_path / "index", **kwargs)
+    assert first.count == first.encoded == rows and live["peak"] <= 3 * window
+    built = SearchIndex.load(tmp_path / "index")
+    assert list(built.ids) == sorted(ids)
+    live["peak"] = live["now"]
+    # a rerun with another setting: the folder is written again, every row read from the previous index
+    again = build_index(features / "model", tmp_path / "index", ann_budget_mb=512, **kwargs)
+    assert again.reused == rows and again.encoded == 0 and live["peak"] <= 3 * window
+    np.testing.assert_array_equal(SearchIndex.load(tmp_path / "index").embeddings, built.embeddings)
+    monkeypatch.undo()
+    whole = build_index(features / "model", tmp_path / "whole", **kwargs)  # one window
+    np.testing.assert_array_equal(SearchIndex.load(tmp_path / "whole").embeddings, built.embeddings)
+    assert whole.count == rows
+
+
+def test_a_repeated_id_in_another_block_of_the_store_is_refused(features, tmp_path, monkeypatch):
+    from safetensors.numpy import load_file, save_file
+
+    monkeypatch.setattr(index_build, "WINDOW", 4)  # rows 1 and 9: two blocks of the store
+    ids = [f"item{i:03d}" for i in range(10)]
+    VisualFeatureStore.from_arrays(ids, torch.randn(10, features_config().visual_feature_dim)).save(tmp_path / "store")
+    tensors = tmp_path / "store" / "features.safetensors"
+    save_file(load_file(tensors), tensors)  # no ids digest: ids.json is taken as it is
+    (tmp_path / "store" / "ids.json").write_text(json.dumps({"ids": ids[:9] + ["item001"]}))
+    with pytest.raises(CL2CMError, match="'item001' appears twice"):
+        build_index(features / "model", tmp_path / "index", features=tmp_path / "store", num_workers=0, faiss="none", progress=False)
+    assert not (tmp_path / "index" / "metadata.json").exists()
 
 
 def test_shard_rows_take_any_order():

@@ -1,6 +1,7 @@
 """Search a user's images and videos with a CL2CM model: build an index (`build_index`), load it and
 query it with text in any trained language, an image, a video or an indexed item (`SearchIndex`).
-The build runs in stages, one a module: ``sources`` (what to index, with cache keys) -> ``decode``
+The build runs in stages, one a module: ``sources`` (what to index, with cache keys) -> ``item_table``
+(the items and the rerun cache on disk, sorted by id, read a window at a time) -> ``decode``
 (files to RGB) and ``decode_video`` (video files to sampled frames) -> ``encode``
 (DataLoader workers, the model) -> ``shards`` (finished chunks, the rerun cache) -> ``index_build``
 (the index folder, faiss); ``ray_build`` runs the encode stage as a Ray Data job on a cluster; ``ann`` the compressed IVF-PQ index. ``index_files`` holds the on-disk format and reads it, ``fingerprint`` loads

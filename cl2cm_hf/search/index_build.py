@@ -50,6 +50,19 @@ page, know only that file).
 
 ``--out`` must be a new or empty folder or an index cl2cm-index wrote (`out_folder`); replacing an
 index of another source takes ``--overwrite``.
+
+Memory does not grow with the number of items N: the items and the rerun cache's key -> place map live in
+a temporary sqlite table on disk (`ItemTable`, page cache `item_table.CACHE_MIB` = 16 MiB), sorted by id
+there; the build then goes through them `WINDOW` (W = 65,536) at a time: look up, encode the window's
+new items in shards of `chunk_size` (C), and finally write ``data/`` and ``embeddings.npy`` `WRITE_ROWS`
+(65,536) rows at a time with plain file writes. Held at once, for embeddings of dim d: a window of `Item`s
+(two while the next is fetched; a few hundred bytes each: ids, paths, keys), one shard tensor (C x d x 4
+bytes) and one block of embeddings (W x d x 4: 16 MiB at d = 64), the DataLoader's prefetched batches, and
+for ``--features`` one block of feature rows (at most `SavedFeatures.BLOCK_BYTES` = 64 MiB, fewer rows
+when rows are long) read through a memory map closed after each block. Folders and list files are
+listed, and feature stores read from ``ids.json`` on, a window at a time. Not bounded by this: the skip
+report (one entry per skipped item), datasets and image/frame stores (listed as one list before it goes
+to the table), the folders walked (one entry per folder) and ``--pictures`` (one entry per picture).
 """
 
 from __future__ import annotations
@@ -71,20 +84,22 @@ from cl2cm_hf.search.decode_video import DEFAULT_MAX_SECONDS, mark_video_keys, v
 from cl2cm_hf.search.encode import chunked, encode_chunks
 from cl2cm_hf.search.fingerprint import load_checkpoint, model_display_name, model_files, model_fingerprint, model_revision
 from cl2cm_hf.search.index_files import (
-    DATA_DIR,
     EMBEDDINGS_FILE,
     FAISS_FILE,
     INDEX_FORMAT,
     METADATA_FILE,
     REPORT_FILE,
     SHARDS_DIR,
+    RowsWriter,
 )
+from cl2cm_hf.search.item_table import ItemTable
 from cl2cm_hf.search.out_folder import INDEX_MARKER, check_out_folder, mark_index_folder
-from cl2cm_hf.search.shards import cache_namespace, read_cache, read_json
-from cl2cm_hf.search.sources import COMPARE, attach_pictures, collect_items, rekey_by_content
+from cl2cm_hf.search.shards import EmbeddingCache, cache_namespace, read_cache, read_json
+from cl2cm_hf.search.sources import COMPARE, SavedFeatures, attach_pictures, collect_items, pictures_by_id, rekey_by_content
 
 RECALL_QUERIES = 1000  # gallery rows used as queries when measuring the faiss index's recall@10
-WRITE_ROWS = 1 << 16  # embeddings copied from the cache into embeddings.npy at a time
+WINDOW = 1 << 16  # items listed, looked up in the cache and sent to the encoder at a time
+WRITE_ROWS = 1 << 16  # items (embeddings and columns) written to the index folder at a time
 FAISS_KINDS = ("auto", "hnsw", "flat", "ivf_flat", "ivfpq", "none")
 
 
@@ -136,34 +151,24 @@ def _faiss_part(embeddings: np.ndarray, folder: Path, faiss_type: str, ann_budge
     return info
 
 
-def _write_index(tmp: Path, items, done, bad, metadata: dict, faiss_type: str, ann_budget: int) -> tuple[int, list[dict]]:
-    """The index folder's files; embeddings go to ``embeddings.npy`` `WRITE_ROWS` at a time from the
-    cache (`EmbeddingCache`), so no more than one shard and one block of them is ever in memory."""
-    import pyarrow as pa
-    from datasets import Dataset
-
-    kept = [item for item in items if item.key in done]
-    skipped = [{"id": item.id, "file": item.path, "reason": bad[item.key], "key": item.key}
-               for item in items if item.key not in done]
-    dim = int(done[kept[0].key].shape[0]) if kept else 0
-    embeddings = np.lib.format.open_memmap(tmp / EMBEDDINGS_FILE, mode="w+", dtype=np.float32, shape=(len(kept), dim))
-    for a in range(0, len(kept), WRITE_ROWS):
-        embeddings[a : a + WRITE_ROWS] = done.rows([item.key for item in kept[a : a + WRITE_ROWS]])
-    embeddings.flush()
-    del embeddings
-    table = pa.table({
-        "id": pa.array([item.id for item in kept], pa.string()),
-        "path": pa.array([item.path for item in kept], pa.string()),
-        "caption": pa.array([item.caption for item in kept], pa.string()),
-        "key": pa.array([item.key for item in kept], pa.string()),
-    })
-    Dataset(table).save_to_disk(str(tmp / DATA_DIR), num_shards=1)
-    del table
+def _write_index(tmp: Path, table: ItemTable, count: int, metadata: dict, faiss_type: str, ann_budget: int) -> tuple[int, list[dict]]:
+    """The index folder's files, `WRITE_ROWS` items at a time in id order: their embeddings read back
+    from the cache (`EmbeddingCache`: one shard held at a time) and written with their columns
+    (`RowsWriter`); `count` items have an embedding."""
+    writer, cache, skipped = RowsWriter(tmp, count), EmbeddingCache(table), []
+    for rows in table.windows(WRITE_ROWS):
+        kept = [(item, place) for item, place, _ in rows if place is not None]
+        skipped += [{"id": item.id, "file": item.path, "reason": reason, "key": item.key} for item, place, reason in rows if place is None]
+        if kept:
+            columns = {"id": [i.id for i, _ in kept], "path": [i.path for i, _ in kept],
+                       "caption": [i.caption for i, _ in kept], "key": [i.key for i, _ in kept]}
+            writer.write(columns, cache.rows([place for _, place in kept]))
+    dim = writer.close()
     stored = np.load(tmp / EMBEDDINGS_FILE, mmap_mode="r")
-    metadata.update(dim=dim, count=len(kept), skipped=len(skipped), faiss=_faiss_part(stored, tmp, faiss_type, ann_budget))
+    metadata.update(dim=dim, count=count, skipped=len(skipped), faiss=_faiss_part(stored, tmp, faiss_type, ann_budget))
     atomic_write_text(tmp / REPORT_FILE, json.dumps({"skipped": skipped}, indent=1, ensure_ascii=False))
     atomic_write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=1, ensure_ascii=False))
-    return len(kept), skipped
+    return count, skipped
 
 
 def build_index(model, out, *, images=None, features=None, processor=None, batch_size: int = 64,
@@ -214,38 +219,74 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     processor = processor or loaded_processor
     revision = model_revision(model, loaded_model)
     namespace = cache_namespace(revision, max_pixels)
-    items, source_info, source = collect_items(images if videos is None else videos, features)
     video = video_settings(loaded_processor, num_frames, max_video_seconds, videos_only=videos is not None)
-    if compare == "hash":
-        rekey_by_content(items)
-    if features is None:
-        mark_video_keys(items, video)
-    if pictures is not None:
-        attach_pictures(items, pictures)
-        pictures = str(Path(pictures).absolute())
-    if not items:
-        raise CL2CMError(f"{images or features}: nothing to index (no files found)")
-    state.wait_for_everyone()  # every process has checked --out before the main one marks it
-    if state.is_main_process and not (out / INDEX_MARKER).is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        mark_index_folder(out, source_path)  # before any shard: a killed first build is still known as ours
+    table = ItemTable()
+    try:
+        blocks, source_info, source = collect_items(images if videos is None else videos, features, WINDOW)
+        shown = None if pictures is None else pictures_by_id(pictures)
+        for block in blocks:  # every process lists the items (the same plan on each)
+            if compare == "hash":
+                rekey_by_content(block)
+            if features is None:
+                mark_video_keys(block, video)
+            if shown is not None:
+                attach_pictures(block, shown)
+            table.add(block)
+        del shown
+        table.finish(images or videos or features)
+        if not len(table):
+            raise CL2CMError(f"{images or videos or features}: nothing to index (no files found)")
+        pictures = None if pictures is None else str(Path(pictures).absolute())
+        state.wait_for_everyone()  # every process has checked --out before the main one marks it
+        if state.is_main_process and not (out / INDEX_MARKER).is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            mark_index_folder(out, source_path)  # before any shard: a killed first build is still known as ours
+        state.wait_for_everyone()
+        read_cache(out, namespace, table)
+        state.wait_for_everyone()  # every process has read the cache before any writes a shard: the same plan
+        pending = _encode_windows(table, state, loaded_model, processor, source, out, namespace, chunk_size, batch_size,
+                                  num_workers, max_pixels, device, progress and state.is_main_process, video, encoder)
+        state.wait_for_everyone()
+        report = _finish(table, state, out, pending, model, loaded_model, revision, namespace, source_path,
+                         source_info, compare, max_pixels, faiss, ann_budget_mb, pictures, features, video)
+    finally:
+        table.close()
     state.wait_for_everyone()
+    report.seconds = time.perf_counter() - started
+    return report
 
-    done, bad, previous = read_cache(out, namespace)
-    pending = [i for i, item in enumerate(items) if item.key not in done and item.key not in bad]
-    state.wait_for_everyone()  # every process has read the cache before any writes a shard: the same plan
-    chunks = chunked(pending, chunk_size)
-    mine = [chunk for n, chunk in enumerate(chunks) if n % state.num_processes == state.process_index]
-    if encoder is None:
-        encode_chunks(loaded_model, processor, items, source, mine, out / SHARDS_DIR, namespace, batch_size,
-                       num_workers, max_pixels, device, progress and state.is_main_process, video)
-    elif mine:
-        encoder(items, mine, out / SHARDS_DIR, namespace, video=video, batch_size=batch_size, num_workers=num_workers,
-                max_pixels=max_pixels)
-    state.wait_for_everyone()
-    keys = {item.key for item in items}
-    report = IndexReport(out, reused=len(items) - len(pending), removed=len(previous - keys))
-    unchanged = not pending and previous == keys and not (out / SHARDS_DIR).exists()
+
+def _encode_windows(table, state, model, processor, source, out, namespace, chunk_size, batch_size, num_workers,
+                    max_pixels, device, progress, video, encoder=None) -> int:
+    """Encode the items the cache has not seen, a window of items at a time, into shards (by `encoder`
+    when given); chunks are numbered across windows and dealt to the processes in turn. Returns the
+    number of such items."""
+    window = source.rows if isinstance(source, SavedFeatures) else WINDOW
+    pending_count, chunk_number = 0, 0
+    for rows in table.windows(window):
+        pending = [p for p, (_, place, reason) in enumerate(rows) if place is None and reason is None]
+        pending_count += len(pending)
+        mine = []
+        for chunk in chunked(pending, chunk_size):
+            if chunk_number % state.num_processes == state.process_index:
+                mine.append(chunk)
+            chunk_number += 1
+        if mine and encoder is not None:
+            encoder([item for item, _, _ in rows], mine, out / SHARDS_DIR, namespace, video=video, batch_size=batch_size,
+                    num_workers=num_workers, max_pixels=max_pixels)
+        elif mine:
+            items = [item for item, _, _ in rows]
+            read = source.window([items[p] for chunk in mine for p in chunk]) if isinstance(source, SavedFeatures) else source
+            encode_chunks(model, processor, items, read, mine, out / SHARDS_DIR, namespace, batch_size,
+                          num_workers, max_pixels, device, progress, video)
+    return pending_count
+
+
+def _finish(table, state, out, pending, model, loaded_model, revision, namespace, source_path, source_info,
+            compare, max_pixels, faiss, ann_budget_mb, pictures, features, video) -> IndexReport:
+    """The report; on the main process, the index folder written (or the previous one kept when nothing changed)."""
+    report = IndexReport(out, reused=len(table) - pending, removed=table.counts()["removed"])
+    unchanged = not pending and not report.removed and not (out / SHARDS_DIR).exists()  # no shard: none left, none new
     old = read_json(out / METADATA_FILE)
     fingerprint = model_fingerprint(loaded_model)
     if state.is_main_process and unchanged and (old.get("faiss_request"), old.get("ann_budget_mb"), old.get("pictures"), old.get("model_fingerprint"),
@@ -255,10 +296,10 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
         report.count = report.metadata["count"]
         report.skipped = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))["skipped"]
     elif state.is_main_process:
-        done, bad, _ = read_cache(out, namespace)
-        missing = [item.id for item in items if item.key not in done and item.key not in bad]
-        if missing:
-            raise RuntimeError(f"{out}: {len(missing)} items were not encoded (first: {missing[0]!r}); rerun to finish")
+        read_cache(out, namespace, table, fresh=True)  # the shards this build wrote
+        counts = table.counts()
+        if counts["missing"]:
+            raise RuntimeError(f"{out}: {counts['missing']} items were not encoded (first: {table.first_missing()!r}); rerun to finish")
         metadata = {
             "format": INDEX_FORMAT, "model": _model_name(model), "model_name": model_display_name(model),
             "model_revision": revision, "model_fingerprint": fingerprint, "model_files": model_files(model), "namespace": namespace,
@@ -269,11 +310,9 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
         }
         with atomic_directory(out) as tmp:
             mark_index_folder(tmp, source_path)
-            report.count, report.skipped = _write_index(tmp, items, done, bad, metadata, faiss, ann_budget_mb << 20)
+            report.count, report.skipped = _write_index(tmp, table, counts["kept"], metadata, faiss, ann_budget_mb << 20)
         report.metadata = metadata
-        report.encoded = sum(1 for i in pending if items[i].key in done)
-    state.wait_for_everyone()
-    report.seconds = time.perf_counter() - started
+        report.encoded = counts["encoded"]
     return report
 
 

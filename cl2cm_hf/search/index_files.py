@@ -1,5 +1,6 @@
 """The files of a search index folder and how they are read: the metadata, and the rows (`Column`s
-read a row at a time from the memory-mapped Arrow table, the embeddings memory-mapped).
+read a row at a time from the memory-mapped Arrow table, the embeddings memory-mapped); and how the
+build writes and re-reads the rows a block at a time (`RowsWriter`, `key_batches`).
 
 Folder layout (written by `cl2cm_hf.search.index_build`; the folder is replaced as a whole, so a
 reader sees the previous complete index or the new one, never a mix):
@@ -47,6 +48,7 @@ REPORT_FILE = "report.json"
 FAISS_FILE = "faiss.index"
 SHARDS_DIR = "shards"
 INDEX_FORMAT = "cl2cm-search-index/1"
+_DATA_FILE = "data-00000-of-00001.arrow"
 
 
 class BrokenIndexError(CL2CMError):
@@ -70,6 +72,68 @@ def read_metadata(folder: str | os.PathLike) -> dict:
     if not isinstance(metadata, dict) or metadata.get("format") != INDEX_FORMAT:
         raise BrokenIndexError(f"{path}: format is {metadata.get('format') if isinstance(metadata, dict) else None!r}; expected {INDEX_FORMAT!r}")
     return metadata
+
+
+_COLUMNS = ("id", "path", "caption", "key")
+
+
+class RowsWriter:
+    """Writes ``data/`` and ``embeddings.npy`` of `count` rows a block at a time, with plain file writes (no
+    memory map: written pages are not the process's), ``data/`` as ``datasets.save_to_disk`` lays it out
+    (one Arrow stream file written by `datasets.arrow_writer.ArrowWriter`, ``state.json``, ``dataset_info.json``)."""
+
+    def __init__(self, folder: Path, count: int):
+        from datasets import DatasetInfo, Features, Value
+        from datasets.arrow_writer import ArrowWriter
+
+        (folder / DATA_DIR).mkdir()
+        self.folder, self.count, self.dim, self.written = folder, count, None, 0
+        self.features = Features({name: Value("string") for name in _COLUMNS})
+        self.info = DatasetInfo(features=self.features)
+        self.columns = ArrowWriter(features=self.features, path=str(folder / DATA_DIR / _DATA_FILE), writer_batch_size=1 << 16)
+        self.embeddings = open(folder / EMBEDDINGS_FILE, "wb")
+
+    def write(self, rows: dict[str, list], embeddings: np.ndarray) -> None:
+        """One block: the `_COLUMNS` of its rows and their embeddings ``(rows, dim)``."""
+        if self.dim is None:
+            self._header(embeddings.shape[1])
+        self.columns.write_batch(rows)
+        self.written += len(embeddings)
+        self.embeddings.write(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
+
+    def _header(self, dim: int) -> None:
+        self.dim = dim
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (self.count, dim)}
+        np.lib.format.write_array_header_1_0(self.embeddings, header)
+
+    def close(self) -> int:
+        """Finish both files; returns the dim (0 when there are no rows)."""
+        if self.dim is None:
+            self._header(0)
+        self.embeddings.close()
+        if self.written != self.count:
+            raise RuntimeError(f"{self.folder}: {self.written} rows written, {self.count} announced")
+        self.columns.finalize()
+        self.columns.close()
+        state = {"_data_files": [{"filename": _DATA_FILE}], "_fingerprint": os.urandom(8).hex(), "_format_columns": None,
+                 "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
+        (self.folder / DATA_DIR / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+        self.info.write_to_directory(str(self.folder / DATA_DIR))
+        return self.dim
+
+
+def key_batches(folder: str | os.PathLike):
+    """(first row, the ``key`` column's values) of each record batch of the index's ``data/``, read with
+    plain reads, one batch at a time (not memory-mapped: the pages read do not stay in the process)."""
+    import pyarrow as pa
+
+    data = Path(folder) / DATA_DIR
+    start = 0
+    for name in json.loads((data / "state.json").read_text(encoding="utf-8"))["_data_files"]:
+        with pa.OSFile(str(data / name["filename"])) as handle:
+            for batch in pa.ipc.open_stream(handle):
+                yield start, batch.column("key").to_pylist()
+                start += batch.num_rows
 
 
 class Column(Sequence):

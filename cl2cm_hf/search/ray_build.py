@@ -1,8 +1,10 @@
 """Encoding as a Ray Data job (``cl2cm-index ... --engine ray [--ray-address auto|ray://HOST:10001]``).
 
-`build_index` plans on the driver as for one process (the items, the rerun cache, the pending chunks);
-`RayEncoder` maps the chunks with Ray Data over `workers` actors, each loading the checkpoint and
-opening the source once and writing one shard a chunk with `encode_chunks` (atomic, content-named);
+`build_index` plans on the driver as for one process (the items, the rerun cache, the pending chunks,
+a window of 65,536 items at a time); for each window `RayEncoder` maps its chunks with Ray Data over
+`workers` actors, each loading the checkpoint and opening the source once (a job a window: bounded
+driver memory, at the price of an actor start a window) and writing one shard a chunk with
+`encode_chunks` (atomic, content-named);
 `build_index` then writes the index from the shards on the driver. Per-shard retry: a worker that dies
 is restarted and its unfinished chunk is redone (Ray's ``max_restarts`` / ``max_task_retries``, up to
 `retries` times a worker); a redone chunk writes the same shard name, so nothing is duplicated, and a
@@ -27,7 +29,7 @@ from cl2cm_hf.search.checks import check_int
 from cl2cm_hf.search.encode import encode_chunks
 from cl2cm_hf.search.fingerprint import load_checkpoint
 from cl2cm_hf.search.index_build import IndexReport, build_index
-from cl2cm_hf.search.sources import Item, open_source
+from cl2cm_hf.search.sources import Item, SavedFeatures, open_source
 
 # Tests only: a folder; a worker that has written chunk n's shard and finds ``kill-<n>`` there removes
 # the file and dies (os._exit), so one worker is killed once, after its shard is on disk.
@@ -60,7 +62,8 @@ class _ChunkWriter:
         s = self.settings
         for number, blob in zip(batch["chunk"], batch["items"]):
             items = [Item(**{**fields, "files": tuple(fields["files"])}) for fields in json.loads(blob)]
-            encode_chunks(self.model, self.processor, items, self.source, [list(range(len(items)))], self.shards, self.namespace,
+            read = self.source.window(items) if isinstance(self.source, SavedFeatures) else self.source  # the chunk's rows only
+            encode_chunks(self.model, self.processor, items, read, [list(range(len(items)))], self.shards, self.namespace,
                           s["batch_size"], s["num_workers"], s["max_pixels"], self.device, False, s["video"])
             _killed_for_test(int(number))
             counts.append(len(items))
@@ -78,10 +81,11 @@ def _killed_for_test(number: int) -> None:
 
 
 class RayEncoder:
-    """`build_index`'s ``encoder``: the pending chunks as a Ray Data job (module docstring). Connects to
-    the cluster at `address` (``"auto"``, ``"ray://HOST:10001"``), or starts a local one of `workers`
-    CPUs, unless Ray is already initialised in this process; a cluster it started is shut down after.
-    Workers run on a GPU when they are given one (`gpus_per_worker`), else on the CPU."""
+    """`build_index`'s ``encoder``: a window's pending chunks as one Ray Data job (module docstring).
+    ``with encoder:`` connects to the cluster at `address` (``"auto"``, ``"ray://HOST:10001"``), or starts
+    a local one of `workers` CPUs, unless Ray is already initialised in this process, for the whole
+    build; a cluster it started is shut down at the end. Workers run on a GPU when they are given one
+    (`gpus_per_worker`), else on the CPU."""
 
     def __init__(self, model, *, images=None, videos=None, features=None, address: str | None = None, workers: int = 2,
                  retries: int = 3, gpus_per_worker: float = 0.0, progress: bool = True):
@@ -94,38 +98,47 @@ class RayEncoder:
         if not 0 <= gpus_per_worker <= 1024:
             raise CL2CMError(f"gpus per ray worker must be from 0 to 1024, got {gpus_per_worker!r}")
         self.gpus_per_worker = gpus_per_worker
-        self.written: list[int] = []  # chunk numbers reported back, in order (each once on success)
+        self.written: list[int] = []  # the last window's chunk numbers reported back, in order (each once on success)
+        self._started = False
 
-    def __call__(self, items, chunks, shards: Path, namespace: str, *, video, batch_size: int, num_workers: int,
-                 max_pixels: int) -> None:
+    def __enter__(self) -> RayEncoder:
+        """Connect to the cluster (or start the local one) for the whole build: `build_index` calls the
+        encoder once a window of items."""
         ray = require_ray()
-        started = not ray.is_initialized()
-        if started:
+        self._started = not ray.is_initialized()
+        if self._started:
             try:
                 # "local": a new cluster even where `ray start` runs one (ray.init(address=None) would join it)
                 ray.init(address=self.address or "local", num_cpus=None if self.address else self.workers,
                          include_dashboard=False, logging_level=logging.WARNING)
             except ConnectionError as err:
                 raise CL2CMError(f"ray address {self.address!r}: no Ray cluster to join ({err})") from None
-        try:
-            ray.data.DataContext.get_current().enable_progress_bars = self.progress
-            # Items travel as JSON (the project never unpickles; Ray's own transport is its business).
-            rows = [{"chunk": n, "items": json.dumps([asdict(items[i]) for i in chunk])} for n, chunk in enumerate(chunks)]
-            settings = {"video": video, "batch_size": batch_size, "num_workers": num_workers, "max_pixels": max_pixels}
-            with warnings.catch_warnings():
-                # Ray 2.60 deprecates extra remote args but has no named parameter for the retries yet
-                # (pyproject pins ray below 2.64, where they go): they bound Ray Data's default, endless retries.
-                warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
-                job = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-                    _ChunkWriter, batch_size=1, batch_format="numpy", num_cpus=1,
-                    compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(rows))),
-                    num_gpus=self.gpus_per_worker, max_restarts=self.retries, max_task_retries=self.retries,
-                    fn_constructor_kwargs={"model": self.model, "images": self.images, "features": self.features,
-                                           "shards": str(Path(shards).absolute()), "namespace": namespace, "settings": settings})
-            self.written = [int(row["chunk"]) for row in job.iter_rows()]
-        finally:
-            if started:
-                ray.shutdown()
+        ray.data.DataContext.get_current().enable_progress_bars = self.progress
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._started:
+            require_ray().shutdown()
+
+    def __call__(self, items, chunks, shards: Path, namespace: str, *, video, batch_size: int, num_workers: int,
+                 max_pixels: int) -> None:
+        ray = require_ray()
+        if not ray.is_initialized():
+            raise CL2CMError("RayEncoder: use it inside `with encoder:` (or with Ray initialised)")
+        # Items travel as JSON (the project never unpickles; Ray's own transport is its business).
+        rows = [{"chunk": n, "items": json.dumps([asdict(items[i]) for i in chunk])} for n, chunk in enumerate(chunks)]
+        settings = {"video": video, "batch_size": batch_size, "num_workers": num_workers, "max_pixels": max_pixels}
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates extra remote args but has no named parameter for the retries yet
+            # (pyproject pins ray below 2.64, where they go): they bound Ray Data's default, endless retries.
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+            job = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+                _ChunkWriter, batch_size=1, batch_format="numpy", num_cpus=1,
+                compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(rows))),
+                num_gpus=self.gpus_per_worker, max_restarts=self.retries, max_task_retries=self.retries,
+                fn_constructor_kwargs={"model": self.model, "images": self.images, "features": self.features,
+                                       "shards": str(Path(shards).absolute()), "namespace": namespace, "settings": settings})
+        self.written = [int(row["chunk"]) for row in job.iter_rows()]
         if sorted(self.written) != list(range(len(chunks))):
             raise RuntimeError(f"{shards}: the ray job reported chunks {sorted(self.written)}, expected each of 0..{len(chunks) - 1} "
                                "once; rerun to encode what is missing")
@@ -142,4 +155,5 @@ def build_index_on_ray(model, out, *, address: str | None = None, workers: int =
     encoder = RayEncoder(model, images=options.get("images"), videos=options.get("videos"), features=options.get("features"),
                          address=address, workers=workers, retries=retries, gpus_per_worker=gpus_per_worker,
                          progress=options.get("progress", True))
-    return build_index(model, out, encoder=encoder, **options)
+    with encoder:
+        return build_index(model, out, encoder=encoder, **options)

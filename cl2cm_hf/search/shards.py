@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cl2cm_hf.atomic import atomic_write_bytes
-from cl2cm_hf.search.index_files import METADATA_FILE, REPORT_FILE, SHARDS_DIR, BrokenIndexError, load_rows
+from cl2cm_hf.search.index_files import METADATA_FILE, REPORT_FILE, SHARDS_DIR, BrokenIndexError, key_batches, load_rows
+from cl2cm_hf.search.item_table import ItemTable
 
 
 def cache_namespace(revision: str, max_pixels: int) -> str:
@@ -28,73 +28,66 @@ def write_shard(folder: Path, namespace: str, entries: list[dict], embeddings: l
     atomic_write_bytes(folder / f"{namespace}-{name}.safetensors", data)
 
 
-class EmbeddingCache(Mapping):
-    """Cached embeddings by key, as locations (the previous index's memory-mapped rows, or a shard and
-    row); `rows` reads them back holding at most one shard's tensor at a time, so a build's memory
-    does not grow with the number of items. `shard_loads` counts the shards read (for the tests)."""
+class EmbeddingCache:
+    """Cached embeddings read back by place (source, row) from an `ItemTable`'s sources (the previous
+    index's ``embeddings.npy``, or shards), holding at most one shard's tensor at a time; the previous
+    index's rows go through a memory map closed after each call (its pages do not stay in the process),
+    so a build's memory does not grow with the number of items. `shard_loads` counts the shards read."""
 
-    def __init__(self):
-        self.where: dict[str, tuple[int, int]] = {}  # key -> (source, row)
-        self.sources: list = []  # np arrays (the previous index) or shard paths
+    def __init__(self, table: ItemTable):
+        self.table = table
         self.shard_loads = 0
         self._held: tuple[int, np.ndarray] | None = None
 
-    def add_source(self, source) -> int:
-        self.sources.append(source)
-        return len(self.sources) - 1
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        return self.rows([key])[0]
-
-    def __contains__(self, key) -> bool:
-        return key in self.where  # a location is known: nothing is read
-
-    def __iter__(self):
-        return iter(self.where)
-
-    def __len__(self) -> int:
-        return len(self.where)
-
     def _array(self, source: int) -> np.ndarray:
-        if not isinstance(self.sources[source], Path):
-            return self.sources[source]
         if self._held is None or self._held[0] != source:
             from safetensors import safe_open
 
             self._held = None  # the previous shard is let go before the next one is read
-            with safe_open(str(self.sources[source]), framework="pt") as handle:
-                self._held = (source, handle.get_tensor("embeddings").numpy())
-            self.shard_loads += 1
+            path = Path(self.table.source(source))
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    self._held = (source, handle.get_tensor("embeddings").numpy())
+                self.shard_loads += 1
+            else:
+                self._held = (source, load_rows(path)[1])  # the previous index folder
         return self._held[1]
 
-    def rows(self, keys: list[str]) -> np.ndarray:
-        """Float32 ``(len(keys), dim)`` embeddings of `keys`, in that order."""
-        places = [self.where[key] for key in keys]
+    def rows(self, places: list[tuple[int, int]]) -> np.ndarray:
+        """Float32 ``(len(places), dim)`` embeddings at `places` ((source, row) each), in that order."""
         out = None
-        for i, (source, row) in enumerate(places):
-            vector = self._array(source)[row]
+        start = 0
+        while start < len(places):
+            source = places[start][0]
+            stop = start
+            while stop < len(places) and places[stop][0] == source:
+                stop += 1
+            block = self._array(source)[np.array([row for _, row in places[start:stop]])]
             if out is None:
-                out = np.empty((len(keys), vector.shape[0]), np.float32)
-            out[i] = vector
+                out = np.empty((len(places), block.shape[1]), np.float32)
+            out[start:stop] = block
+            start = stop
+        if self._held is not None and isinstance(self._held[1], np.memmap):
+            self._held = None  # close the previous index's memory map
         return out if out is not None else np.zeros((0, 0), np.float32)
 
 
-def read_cache(out: Path, namespace: str) -> tuple[EmbeddingCache, dict[str, str], set[str]]:
-    """key -> embedding (an `EmbeddingCache`: locations, read lazily) and key -> skip reason, from the
-    previous index (same namespace) and the shards; and the keys the previous index held."""
+def read_cache(out: Path, namespace: str, table: ItemTable, fresh: bool = False) -> None:
+    """Fill `table` with the places of cached embeddings and the skip reasons by key: from the previous
+    index (same namespace; its keys are the table's `previous`) and the shards. With `fresh`, only the
+    shards not read before (those this build wrote) are added, marked fresh."""
     from safetensors import safe_open
 
-    done, bad = EmbeddingCache(), {}
-    if read_json(out / METADATA_FILE).get("namespace") == namespace:
+    if not fresh and read_json(out / METADATA_FILE).get("namespace") == namespace:
         try:
-            columns, embeddings = load_rows(out)
-            source = done.add_source(embeddings)
-            done.where.update((key, (source, row)) for row, key in enumerate(columns["key"]) if key)
+            source = table.add_source(str(out))
+            for start, keys in key_batches(out):
+                table.add_done((key, source, start + i) for i, key in enumerate(keys) if key)
             report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
-            bad.update((entry["key"], entry["reason"]) for entry in report.get("skipped", []) if entry.get("key"))
+            table.add_bad((entry["key"], entry["reason"]) for entry in report.get("skipped", []) if entry.get("key"))
         except (BrokenIndexError, OSError, ValueError, KeyError):
-            done, bad = EmbeddingCache(), {}  # an unreadable old index is rebuilt, never trusted
-    previous = set(done) | set(bad)
+            table.db.executescript("DELETE FROM done; DELETE FROM bad;")  # an unreadable old index is rebuilt, never trusted
+        table.db.execute("INSERT INTO previous SELECT key FROM done UNION SELECT key FROM bad")
     for shard in sorted((out / SHARDS_DIR).glob(f"{namespace}-*.safetensors")):
         try:
             with safe_open(str(shard), framework="pt") as handle:  # the header only: tensors stay on disk
@@ -104,14 +97,12 @@ def read_cache(out: Path, namespace: str) -> tuple[EmbeddingCache, dict[str, str
             continue
         if sum(entry.get("reason") is None for entry in entries) != rows:
             continue  # a shard whose header and tensor disagree is re-encoded
-        source, row = done.add_source(shard), 0
-        for entry in entries:
-            if entry.get("reason") is None:
-                done.where[entry["key"]] = (source, row)
-                row += 1
-            else:
-                bad[entry["key"]] = entry["reason"]
-    return done, bad, previous
+        source = table.add_source(str(shard))
+        if source is None:
+            continue  # read before
+        good = [entry["key"] for entry in entries if entry.get("reason") is None]
+        table.add_done(((key, source, row) for row, key in enumerate(good)), fresh)
+        table.add_bad(((entry["key"], entry["reason"]) for entry in entries if entry.get("reason") is not None), fresh)
 
 
 def read_json(path: Path) -> dict:

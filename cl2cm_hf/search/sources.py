@@ -46,9 +46,9 @@ def _file_item(item_id: str, path: Path) -> Item:
         return Item(item_id, str(path), f"unstat:{path}", problem=f"unreadable: {err.strerror or err}")
 
 
-def folder_items(folder: Path) -> list[Item]:
-    """Every non-hidden file below `folder` (sorted; id = relative posix path), symlinked
-    sub-folders followed once; folders that cannot be listed, and links that lead back into
+def folder_items(folder: Path, block: int = 1 << 16):
+    """Every non-hidden file below `folder` (id = relative posix path), in lists of about `block`,
+    symlinked sub-folders followed once; folders that cannot be listed, and links that lead back into
     `folder` (or above it: a loop) or to a folder already walked, become items with the reason."""
     items = []
     real_root = folder.resolve()
@@ -85,13 +85,24 @@ def folder_items(folder: Path) -> list[Item]:
             if not name.startswith("."):
                 path = Path(root) / name
                 items.append(_file_item(path.relative_to(folder).as_posix(), path))
-    return items
+        if len(items) >= block:
+            yield items[:]
+            items.clear()  # the callbacks above append to this list
+    yield items
 
 
-def list_items(list_file: Path) -> list[Item]:
-    """Paths listed one a line in `list_file` (relative to its folder); id = the line."""
-    lines = [line.strip() for line in list_file.read_text(encoding="utf-8", errors="surrogateescape").split("\n")]
-    return [_file_item(line, list_file.parent / line) for line in lines if line and not line.startswith("#")]
+def list_items(list_file: Path, block: int = 1 << 16):
+    """Paths listed one a line in `list_file` (relative to its folder; id = the line), `block` at a time."""
+    items = []
+    with open(list_file, encoding="utf-8", errors="surrogateescape") as handle:
+        for line in handle:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                items.append(_file_item(line, list_file.parent / line))
+                if len(items) == block:
+                    yield items
+                    items = []
+    yield items
 
 
 def _is_dataset(path: Path) -> bool:
@@ -115,8 +126,10 @@ def open_source(images=None, features=None):
     a worker of a distributed build (`cl2cm_hf.search.ray_build`) reads its chunks from."""
     if features is not None:
         from cl2cm_hf.data import open_visual_store
+        from cl2cm_hf.data.image_paths import IMAGES_FILE
 
-        return open_visual_store(Path(features))
+        folder = Path(features)
+        return open_visual_store(folder) if (folder / IMAGES_FILE).is_file() else SavedFeatures(folder, 1 << 16)
     return _open_dataset(Path(images)) if _is_dataset(Path(images)) else None
 
 
@@ -142,31 +155,76 @@ def dataset_items(folder: Path):
     return items, dataset
 
 
-def store_items(folder: Path):
-    """Items of a feature store or image/frame store (`open_visual_store`); keys hash the feature
-    rows, or the frame files' path + size + mtime."""
-    from cl2cm_hf.data import ImagePathStore, open_visual_store
+def store_items(folder: Path, window: int):
+    """(blocks of items, the source the encoder reads) of a feature store or image/frame store
+    (`open_visual_store`); keys hash the feature rows, or the frame files' path + size + mtime. A feature
+    store is read `window` rows at a time (`SavedFeatures`); an image/frame store is loaded whole."""
+    from cl2cm_hf.data import open_visual_store
+    from cl2cm_hf.data.image_paths import IMAGES_FILE
 
-    store = open_visual_store(folder)
+    if not (folder / IMAGES_FILE).is_file():
+        source = SavedFeatures(folder, window)
+        return source.items(), source
+    store = open_visual_store(folder)  # an ImagePathStore
     items = []
     for visual_id in store.ids:
-        if isinstance(store, ImagePathStore):
-            frames = store.paths(visual_id)
-            try:
-                key = "frames:" + "||".join(_file_key(p.absolute()) for p in frames)
-            except OSError as err:
-                items.append(Item(visual_id, str(frames[0]), f"missing:{frames[0]}", problem=f"unreadable: {err.strerror or err}"))
-                continue
-            items.append(Item(visual_id, str(frames[0].absolute()), key, files=tuple(str(p.absolute()) for p in frames)))
-        else:
-            values, mask = store.lookup([visual_id])
-            digest = hashlib.sha256(values.numpy().tobytes() + (b"" if mask is None else mask.numpy().tobytes()))
-            items.append(Item(visual_id, None, f"features:{visual_id}|{digest.hexdigest()}"))
-    return items, store
+        frames = store.paths(visual_id)
+        try:
+            key = "frames:" + "||".join(_file_key(p.absolute()) for p in frames)
+        except OSError as err:
+            items.append(Item(visual_id, str(frames[0]), f"missing:{frames[0]}", problem=f"unreadable: {err.strerror or err}"))
+            continue
+        items.append(Item(visual_id, str(frames[0].absolute()), key, files=tuple(str(p.absolute()) for p in frames)))
+    return [items], store
 
 
-def attach_pictures(items: list[Item], folder: Path) -> None:
-    """Give items without a file (feature rows) their picture in `folder`, if it has one."""
+class SavedFeatures:
+    """A saved feature store read a block of rows at a time (`cl2cm_hf.data.feature_rows`): `items` hashes
+    the rows in store order, `window` is the in-memory store of some items' rows (what the encoder reads)."""
+
+    BLOCK_BYTES = 64 << 20  # feature bytes read at a time (fewer than `rows` rows when rows are long)
+
+    def __init__(self, folder: Path, rows: int):
+        from cl2cm_hf.data.feature_rows import saved_row_bytes
+
+        self.folder = folder
+        self.rows = max(1, min(rows, self.BLOCK_BYTES // saved_row_bytes(folder)))
+
+    def items(self):
+        from cl2cm_hf.data.feature_rows import saved_id_blocks
+
+        start = 0
+        for ids in saved_id_blocks(self.folder, self.rows):
+            block = self.window_of(range(start, start + len(ids)), ids)
+            values, mask = block.lookup(ids)
+            values, mask = values.numpy(), None if mask is None else mask.numpy()
+            items = []
+            for i, visual_id in enumerate(ids):
+                if mask is None:
+                    data = values[i].tobytes()
+                else:  # the bytes of this row looked up alone (`lookup([id])`): its own frames and mask
+                    n = int(mask[i].sum())
+                    data = values[i, :n].tobytes() + mask[i, :n].tobytes()
+                digest = hashlib.sha256(data).hexdigest()
+                items.append(Item(visual_id, None, f"features:{visual_id}|{digest}", row=start + i))
+            yield items
+            start += len(ids)
+
+    def window_of(self, rows, ids):
+        from cl2cm_hf.data.feature_rows import saved_rows
+
+        rows = list(rows)
+        name = f"feature store {self.folder} (rows {rows[0]}..{rows[-1]})" if rows else f"feature store {self.folder}"
+        return saved_rows(self.folder, rows, ids, name)
+
+    def window(self, items: list[Item]):
+        """The store of `items`' rows, read now (a copy; what one encode call looks up)."""
+        items = sorted(items, key=lambda item: item.row)
+        return self.window_of([item.row for item in items], [item.id for item in items])
+
+
+def pictures_by_id(folder: Path) -> dict[str, Path]:
+    """The picture of each id in `folder` (``<id>.<ext>``, else the first file of ``<id>/``)."""
     folder = Path(folder).absolute()
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such pictures folder (expected <id>.<ext> or <id>/ frame files)")
@@ -182,6 +240,11 @@ def attach_pictures(items: list[Item], folder: Path) -> None:
             first = next((p for p in sorted(entry.iterdir()) if p.is_file() and not name_problem(p.name)), None)
             if first is not None:
                 shown[entry.name] = first
+    return shown
+
+
+def attach_pictures(items: list[Item], shown: dict[str, Path]) -> None:
+    """Give items without a file (feature rows) their picture (`pictures_by_id`), if they have one."""
     for item in items:
         if item.path is None and item.id in shown:
             item.path = str(shown[item.id].resolve())  # a symlink: the file it points to, as the page shows it
@@ -213,35 +276,33 @@ def _refuse_bad_names(items: list[Item]) -> None:
             item.key, item.problem = f"badname:{item.path or item.id}", problem
 
 
-def collect_items(images=None, features=None):
-    """(items sorted by id, the source description, a dataset or store the loader needs)."""
+def collect_items(images=None, features=None, window: int = 1 << 16):
+    """(blocks of items, in no order: `ItemTable` sorts them; the source description; the dataset or
+    store the loader needs). Folders, list files and feature stores come about `window` items at a time;
+    datasets and image/frame stores in one block."""
     if (images is None) == (features is None):
         raise CL2CMError("pass images= (a folder, a list file or a datasets folder) or features= (a store folder)")
     if features is not None:
         folder = Path(features)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such feature or image store folder")
-        items, source = store_items(folder)
+        blocks, source = store_items(folder, window)
         kind = "features"
     else:
         path = Path(images)
         source = None
         if _is_dataset(path):
             items, source = dataset_items(path)
-            kind = "dataset"
+            blocks, kind = [items], "dataset"
         elif path.is_dir():
-            items, kind = folder_items(path), "folder"
+            blocks, kind = folder_items(path, window), "folder"
         elif path.is_file():
-            items, kind = list_items(path), "list"
+            blocks, kind = list_items(path, window), "list"
         else:
             raise FileNotFoundError(f"{path}: no such image folder, list file or datasets folder")
+    return (_named(block) for block in blocks), {"kind": kind, "path": str(Path(images or features).absolute())}, source
+
+
+def _named(items: list[Item]) -> list[Item]:
     _refuse_bad_names(items)
-    items.sort(key=lambda item: item.id)
-    seen = set()
-    for item in items:
-        if item.key.startswith("badname:"):
-            continue
-        if item.id in seen:
-            raise CL2CMError(f"{images or features}: id {item.id!r} appears twice; ids must be unique")
-        seen.add(item.id)
-    return items, {"kind": kind, "path": str(Path(images or features).absolute())}, source
+    return items

@@ -85,9 +85,13 @@ def test_cli_engine_ray_errors(world, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_worker_build_equals_one_process(world, cluster, tmp_path):
+@pytest.mark.parametrize("window", [None, 16], ids=["one_window", "three_windows"])
+def test_two_worker_build_equals_one_process(world, cluster, tmp_path, monkeypatch, window):
+    from cl2cm_hf.search import index_build
     from cl2cm_hf.search.ray_build import build_index_on_ray
 
+    if window:  # the build plans 16 items at a time: a Ray job a window, in the one cluster
+        monkeypatch.setattr(index_build, "WINDOW", window)
     report = build_index_on_ray(world / "model", tmp_path / "index", features=world / "store", workers=2, **SETTINGS)
     assert (report.count, report.encoded, report.reused) == (ROWS, ROWS, 0)
     _same_index(tmp_path / "index", world / "reference")

@@ -10,11 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import build_wordpiece_tokenizer, features_config
+from conftest import save_features_world
 
-from cl2cm_hf import CL2CMCrossModalModel, build_processor
-from cl2cm_hf.data import VisualFeatureStore
 from cl2cm_hf.search import SearchIndex, build_index
 
 pytestmark = pytest.mark.slow  # starts processes
@@ -36,12 +33,7 @@ print(json.dumps({"status": status, "loaded": [m for m in json.loads(sys.argv[1]
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
     """A features index with a faiss file (flat), so that ``--exact`` has an index to leave unread."""
-    root = tmp_path_factory.mktemp("call")
-    torch.manual_seed(0)
-    CL2CMCrossModalModel(features_config()).save_pretrained(root / "model")
-    build_processor(build_wordpiece_tokenizer(), "").save_pretrained(root / "model")
-    store = VisualFeatureStore.from_arrays([f"item{i:03d}" for i in range(ROWS)], torch.randn(ROWS, features_config().visual_feature_dim))
-    store.save(root / "store")
+    root = save_features_world(tmp_path_factory.mktemp("call"), ROWS)
     pytest.importorskip("faiss")
     build_index(root / "model", root / "index", features=root / "store", num_workers=0, faiss="flat", progress=False)
     return root / "index"

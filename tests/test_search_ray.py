@@ -8,12 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-from conftest import build_wordpiece_tokenizer, features_config
+from conftest import save_features_world
 
-from cl2cm_hf import CL2CMCrossModalModel, build_processor
 from cl2cm_hf.cli.index import main as index_main
-from cl2cm_hf.data import VisualFeatureStore
 from cl2cm_hf.search import SearchIndex, build_index
 
 ROWS, CHUNK, BATCH = 40, 8, 4  # five chunks (shards) of two batches
@@ -24,12 +21,7 @@ SETTINGS = dict(batch_size=BATCH, chunk_size=CHUNK, num_workers=0, faiss="none",
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ray")
-    torch.manual_seed(0)
-    CL2CMCrossModalModel(features_config()).save_pretrained(root / "model")
-    build_processor(build_wordpiece_tokenizer(), "").save_pretrained(root / "model")
-    features = torch.randn(ROWS, features_config().visual_feature_dim)
-    VisualFeatureStore.from_arrays([f"item{i:03d}" for i in range(ROWS)], features).save(root / "store")
+    root = save_features_world(tmp_path_factory.mktemp("ray"), ROWS)
     build_index(root / "model", root / "reference", features=root / "store", **SETTINGS)
     (root / "kill").mkdir()
     return root

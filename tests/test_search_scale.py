@@ -10,9 +10,8 @@ import weakref
 import numpy as np
 import pytest
 import torch
-from conftest import build_wordpiece_tokenizer, features_config
+from conftest import features_config, save_features_world
 
-from cl2cm_hf import CL2CMCrossModalModel, build_processor
 from cl2cm_hf.data import VisualFeatureStore
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search import SearchIndex, build_index, fingerprint, index_build, shards
@@ -23,14 +22,7 @@ ROWS = 40
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scale")
-    torch.manual_seed(0)
-    CL2CMCrossModalModel(features_config()).save_pretrained(root / "model")
-    build_processor(build_wordpiece_tokenizer(), "").save_pretrained(root / "model")
-    config = features_config()
-    store = VisualFeatureStore.from_arrays([f"item{i:03d}" for i in range(ROWS)], torch.randn(ROWS, config.visual_feature_dim))
-    store.save(root / "store")
-    return root
+    return save_features_world(tmp_path_factory.mktemp("scale"), ROWS)
 
 
 def test_build_reads_one_shard_at_a_time_and_writes_in_blocks(features, tmp_path, monkeypatch):

@@ -4,7 +4,10 @@ also when a worker is killed mid-job (its chunk is redone, no shard duplicated);
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -25,6 +28,20 @@ def world(tmp_path_factory):
     build_index(root / "model", root / "reference", features=root / "store", **SETTINGS)
     (root / "kill").mkdir()
     return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_files():
+    """Ray's session files (sockets, logs) in a folder of this module's own, removed at the end, not in
+    /tmp/ray; short, as Ray's socket paths must be."""
+    folder, before = tempfile.mkdtemp(prefix="cl2cm-ray-"), os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = folder
+    yield folder
+    if before is None:
+        os.environ.pop("RAY_TMPDIR")
+    else:
+        os.environ["RAY_TMPDIR"] = before
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

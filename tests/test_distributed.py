@@ -48,10 +48,12 @@ def torchrun(nproc: int, *args: str) -> list[str]:
     ]
 
 
-def subprocess_env() -> dict:
+def subprocess_env(tmp: Path) -> dict:
+    """The environment of a torchrun child: offline, one thread, this checkout first; temporary files
+    (torchrun's ``torchelastic_*`` folders) under the test's `tmp`, not left in the system's."""
     return {
         **os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "TMPDIR": str(tmp),
     }
 
 
@@ -70,7 +72,7 @@ def equivalence(tmp_path_factory):
     fixture = helper.build_fixture(seed=0)
     torch.save(fixture, folder / "fixture.pt")
     proc = subprocess.Popen(
-        torchrun(helper.WORLD, str(HELPER), str(folder / "fixture.pt"), str(folder)), env=subprocess_env(),
+        torchrun(helper.WORLD, str(HELPER), str(folder / "fixture.pt"), str(folder)), env=subprocess_env(folder),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -164,11 +166,11 @@ def test_two_process_training_run_ends_with_the_weights_of_one_process(tmp_path,
     run = [str(REPO / "trainer" / "run.py"), str(REPO / "trainer" / "configs" / "demo.yaml"), *options]
     single = subprocess.Popen(
         [sys.executable, *run, *TRAIN, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", str(2 * B)],
-        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
     )
     double = subprocess.Popen(
         torchrun(2, *run, *TRAIN, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", str(B)),
-        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
     )
     logs = {}
     try:

@@ -94,14 +94,14 @@ def test_console_scripts_fail_with_nonzero_status_naming_the_culprit(installed, 
 def test_a_card_renders_from_the_installed_package(installed):
     bin_dir, cwd = installed
     script = (
-        "import sys, tempfile, pathlib\n"
+        "import sys, pathlib\n"
         "from transformers import BertConfig\n"
         "import cl2cm_hf\n"
         "from cl2cm_hf import CL2CMCrossModalConfig, CL2CMCrossModalModel\n"
         "from cl2cm_hf.evaluation.records import records_from_metrics\n"
         "from cl2cm_hf.hub import build_card\n"
         "from cl2cm_hf.retrieval import metrics_from_ranks\n"
-        "folder = pathlib.Path(tempfile.mkdtemp()) / 'ckpt'\n"
+        "folder = pathlib.Path('ckpt').absolute()\n"  # in the fixture's folder (cwd), not left in the system's
         "text = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)\n"
         "CL2CMCrossModalModel(CL2CMCrossModalConfig(text_config=text.to_dict(), visual_feature_dim=8, projection_dim=8)).save_pretrained(folder)\n"
         "records = records_from_metrics(metrics_from_ranks([1, 2, 3], [1, 1, 2]), dataset='demo', split='test', lang='de')\n"

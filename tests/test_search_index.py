@@ -120,10 +120,10 @@ def world(tmp_path_factory):
             "reference": root / "reference", "report": report}
 
 
-def _env() -> dict:
+def _env(tmp: Path) -> dict:
     """The distributed tests' environment with this process's thread count: the same batches on
     the same number of threads give the same bits (1 thread vs 2 differs in the last place)."""
-    return {**subprocess_env(), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    return {**subprocess_env(tmp), "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
 def _same_index(a: Path, b: Path, atol: float = 0.0) -> None:
@@ -179,7 +179,7 @@ def test_sixteen_bit_and_alpha_are_converted_not_clipped(world):
 def test_killed_build_then_rerun_gives_the_same_index(world, tmp_path):
     out = tmp_path / "index"
     proc = subprocess.Popen([sys.executable, str(HELPER), str(world["model"]), str(world["photos"]), str(out), "--slow", "0.4"],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
         while len(list((out / "shards").glob("*.safetensors"))) < 2:
@@ -207,7 +207,7 @@ def test_two_processes_build_the_one_process_index(world, tmp_path):
     # (seen at ~6e-8 even with one thread each), so the rows are compared to 1e-6.
     out = tmp_path / "index"
     result = subprocess.run(torchrun(2, str(HELPER), str(world["model"]), str(world["photos"]), str(out)),
-                            env=_env(), capture_output=True, text=True, timeout=300)
+                            env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     _same_index(out, world["reference"], atol=1e-6)
 

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 SHARD_ROWS = 1_000_000
 QUERIES = 1000
@@ -67,25 +66,18 @@ def shard_arrays(paths: list[Path]) -> list[np.ndarray]:
 
 
 def exact_top(folder: Path, shards: list[np.ndarray], queries: np.ndarray, log=print) -> np.ndarray:
-    """``(queries, K)`` global row numbers of the exact top-K (float32 scores of the float16 rows), cached."""
+    """``(queries, K)`` global row numbers of the exact top-K (float32 scores of the float16 rows), cached:
+    `cl2cm_hf.search.ann.exact_top` over the shards, block by block."""
+    from cl2cm_hf.search.ann import ShardRows
+    from cl2cm_hf.search.ann import exact_top as exact
+
     path = folder / f"exact_top{K}_n{sum(len(s) for s in shards)}.npy"
     if path.exists():
         return np.load(path)
-    q = torch.from_numpy(queries)
-    best_s = torch.full((len(queries), K), -np.inf)
-    best_i = torch.zeros((len(queries), K), dtype=torch.int64)
-    offset = 0
-    for s, shard in enumerate(shards):
-        for a in range(0, len(shard), 200_000):
-            block = torch.from_numpy(np.asarray(shard[a : a + 200_000], dtype=np.float32))
-            scores, rows = torch.topk(q @ block.T, K, dim=1)
-            merged_s, order = torch.topk(torch.cat([best_s, scores], 1), K, dim=1)
-            best_i = torch.gather(torch.cat([best_i, rows + offset + a], 1), 1, order)
-            best_s = merged_s
-        offset += len(shard)
-        log(f"exact: shard {s + 1}/{len(shards)}")
-    np.save(path, best_i.numpy())
-    return best_i.numpy()
+    log(f"exact: top {K} of {len(queries)} queries over {len(shards)} shards")
+    best = exact(ShardRows(shards), queries, K)
+    np.save(path, best)
+    return best
 
 
 def rss_bytes(field: str = "VmRSS") -> int:

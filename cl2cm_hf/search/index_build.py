@@ -271,11 +271,13 @@ def _encode_windows(table, state, model, processor, source, out, namespace, chun
             if chunk_number % state.num_processes == state.process_index:
                 mine.append(chunk)
             chunk_number += 1
-        if mine and encoder is not None:
-            encoder([item for item, _, _ in rows], mine, out / SHARDS_DIR, namespace, video=video, batch_size=batch_size,
+        if not mine:
+            continue
+        items = [item for item, _, _ in rows]
+        if encoder is not None:
+            encoder(items, mine, out / SHARDS_DIR, namespace, video=video, batch_size=batch_size,
                     num_workers=num_workers, max_pixels=max_pixels)
-        elif mine:
-            items = [item for item, _, _ in rows]
+        else:
             read = source.window([items[p] for chunk in mine for p in chunk]) if isinstance(source, SavedFeatures) else source
             encode_chunks(model, processor, items, read, mine, out / SHARDS_DIR, namespace, batch_size,
                           num_workers, max_pixels, device, progress, video)

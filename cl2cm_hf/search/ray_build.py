@@ -82,9 +82,9 @@ def _killed_for_test(number: int) -> None:
 
 class RayEncoder:
     """`build_index`'s ``encoder``: a window's pending chunks as one Ray Data job (module docstring).
-    ``with encoder:`` connects to the cluster at `address` (``"auto"``, ``"ray://HOST:10001"``), or starts
-    a local one of `workers` CPUs, unless Ray is already initialised in this process, for the whole
-    build; a cluster it started is shut down at the end. Workers run on a GPU when they are given one
+    Its first call connects to the cluster at `address` (``"auto"``, ``"ray://HOST:10001"``), or starts
+    a local one of `workers` CPUs, unless Ray is already initialised in this process; the connection
+    lasts the ``with encoder:`` block (the build), and a cluster it started is shut down at its end. Workers run on a GPU when they are given one
     (`gpus_per_worker`), else on the CPU."""
 
     def __init__(self, model, *, images=None, videos=None, features=None, address: str | None = None, workers: int = 2,
@@ -102,29 +102,31 @@ class RayEncoder:
         self._started = False
 
     def __enter__(self) -> RayEncoder:
-        """Connect to the cluster (or start the local one) for the whole build: `build_index` calls the
-        encoder once a window of items."""
-        ray = require_ray()
-        self._started = not ray.is_initialized()
+        """The build's span: the cluster is joined (or the local one started) at the first window with
+        chunks to encode, so a refused ``--out`` or a rerun with nothing new starts no Ray."""
+        return self
+
+    def __exit__(self, *exc) -> None:
         if self._started:
+            require_ray().shutdown()
+            self._started = False
+
+    def _connect(self):
+        ray = require_ray()
+        if not ray.is_initialized():
             try:
                 # "local": a new cluster even where `ray start` runs one (ray.init(address=None) would join it)
                 ray.init(address=self.address or "local", num_cpus=None if self.address else self.workers,
                          include_dashboard=False, logging_level=logging.WARNING)
             except ConnectionError as err:
                 raise CL2CMError(f"ray address {self.address!r}: no Ray cluster to join ({err})") from None
+            self._started = True
         ray.data.DataContext.get_current().enable_progress_bars = self.progress
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._started:
-            require_ray().shutdown()
+        return ray
 
     def __call__(self, items, chunks, shards: Path, namespace: str, *, video, batch_size: int, num_workers: int,
                  max_pixels: int) -> None:
-        ray = require_ray()
-        if not ray.is_initialized():
-            raise CL2CMError("RayEncoder: use it inside `with encoder:` (or with Ray initialised)")
+        ray = self._connect()
         # Items travel as JSON (the project never unpickles; Ray's own transport is its business).
         rows = [{"chunk": n, "items": json.dumps([asdict(items[i]) for i in chunk])} for n, chunk in enumerate(chunks)]
         settings = {"video": video, "batch_size": batch_size, "num_workers": num_workers, "max_pixels": max_pixels}

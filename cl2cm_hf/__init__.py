@@ -1,32 +1,35 @@
-"""cl2cm-hf: CL2CM cross-lingual cross-modal retrieval on the Hugging Face stack."""
+"""cl2cm-hf: CL2CM cross-lingual cross-modal retrieval on the Hugging Face stack.
 
-from transformers import AutoConfig, AutoModel, AutoProcessor
-from transformers.models.auto.video_processing_auto import AutoVideoProcessor  # the top-level name needs torchvision
+Importing the package imports nothing heavy: its names load on first use (PEP 562), and the first
+of them registers the CL2CM model types with transformers' Auto classes (`cl2cm_hf.auto_classes`).
+So a one-call search (``cl2cm-search``) imports neither torch nor transformers."""
 
-from cl2cm_hf.configuration_cl2cm import CL2CMCrossLingualConfig, CL2CMCrossModalConfig
-from cl2cm_hf.losses import gather_with_grad, info_nce, relational_distillation, sinkhorn_ot_loss, vse_triplet
-from cl2cm_hf.modeling_cl2cm import CL2CMCrossLingualModel, CL2CMCrossLingualOutput, CL2CMCrossModalModel, CL2CMCrossModalOutput
-from cl2cm_hf.processing_cl2cm import CL2CMProcessor, CL2CMTextProcessor, build_processor
-from cl2cm_hf.video_processing_cl2cm import CL2CMVideoProcessor, video_processor_for
+import importlib
 
-# In-process use: AutoConfig/AutoModel resolve our model types from the installed package.
-AutoConfig.register(CL2CMCrossLingualConfig.model_type, CL2CMCrossLingualConfig, exist_ok=True)
-AutoConfig.register(CL2CMCrossModalConfig.model_type, CL2CMCrossModalConfig, exist_ok=True)
-AutoModel.register(CL2CMCrossLingualConfig, CL2CMCrossLingualModel, exist_ok=True)
-AutoModel.register(CL2CMCrossModalConfig, CL2CMCrossModalModel, exist_ok=True)
-# One processor class per config type: stage-1 models read text only; cross-modal folders name
-# their own class (text-only or with an image processor) in processor_config.json.
-AutoProcessor.register(CL2CMCrossLingualConfig, CL2CMTextProcessor, exist_ok=True)
-AutoProcessor.register(CL2CMCrossModalConfig, CL2CMProcessor, exist_ok=True)
-AutoVideoProcessor.register(CL2CMCrossModalConfig, CL2CMVideoProcessor, exist_ok=True)
-# Saved checkpoints: auto_map in config.json and the code files copied next to the weights.
-CL2CMCrossLingualConfig.register_for_auto_class()
-CL2CMCrossModalConfig.register_for_auto_class()
-CL2CMCrossLingualModel.register_for_auto_class("AutoModel")
-CL2CMCrossModalModel.register_for_auto_class("AutoModel")
-CL2CMTextProcessor.register_for_auto_class("AutoProcessor")
-CL2CMProcessor.register_for_auto_class("AutoProcessor")
-CL2CMVideoProcessor.register_for_auto_class("AutoVideoProcessor")
+# Name -> its module.
+_EXPORTS = {
+    "CL2CMCrossLingualConfig": "configuration_cl2cm", "CL2CMCrossModalConfig": "configuration_cl2cm",
+    "CL2CMCrossLingualModel": "modeling_cl2cm", "CL2CMCrossModalModel": "modeling_cl2cm",
+    "CL2CMCrossLingualOutput": "modeling_cl2cm", "CL2CMCrossModalOutput": "modeling_cl2cm",
+    "CL2CMProcessor": "processing_cl2cm", "CL2CMTextProcessor": "processing_cl2cm", "build_processor": "processing_cl2cm",
+    "CL2CMVideoProcessor": "video_processing_cl2cm", "video_processor_for": "video_processing_cl2cm",
+    "gather_with_grad": "losses", "info_nce": "losses", "vse_triplet": "losses", "relational_distillation": "losses",
+    "sinkhorn_ot_loss": "losses",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    importlib.import_module(f"{__name__}.auto_classes")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __all__ = [
     "CL2CMCrossLingualConfig",

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor, ProcessorMixin
 
+import cl2cm_hf.auto_classes  # noqa: F401 (registers the Auto classes: every user of models goes through here)
 from cl2cm_hf.checkpoint_safety import check_auto_map, check_config_files, check_processor_config, check_tokenizer_files, read_json_object
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.processing_cl2cm import CL2CMTextProcessor

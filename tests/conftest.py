@@ -66,15 +66,15 @@ def features_config(**kwargs):
     return CL2CMCrossModalConfig(text_config=tiny_bert_config().to_dict(), **kwargs)
 
 
-def save_features_world(root: Path, rows: int) -> Path:
+def save_features_world(root: Path, rows: int, text_prefix: str = "") -> Path:
     """`root/model`: a features checkpoint (random weights, seed 0) with its processor; `root/store`:
     `rows` random feature rows with ids item000, item001, ... Returns `root`."""
     from cl2cm_hf import CL2CMCrossModalModel, build_processor
     from cl2cm_hf.data import VisualFeatureStore
 
     torch.manual_seed(0)
-    CL2CMCrossModalModel(features_config()).save_pretrained(root / "model")
-    build_processor(build_wordpiece_tokenizer(), "").save_pretrained(root / "model")
+    CL2CMCrossModalModel(features_config(text_prefix=text_prefix)).save_pretrained(root / "model")
+    build_processor(build_wordpiece_tokenizer(), text_prefix).save_pretrained(root / "model")
     ids = [f"item{i:03d}" for i in range(rows)]
     VisualFeatureStore.from_arrays(ids, torch.randn(rows, features_config().visual_feature_dim)).save(root / "store")
     return root

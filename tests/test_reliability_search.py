@@ -22,8 +22,8 @@ from cl2cm_hf.search import ModelMismatchError, OutFolderError, SearchIndex, Unk
 
 pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `make test-fast`
 
-SMALL = {"batch_size": 2, "chunk_size": 4, "num_workers": 0, "progress": False, "faiss": "none"}
-CLI_SMALL = ["--batch-size", "2", "--num-workers", "0", "--no-progress", "--faiss", "none"]
+SMALL = {"batch_size": 2, "chunk_size": 4, "num_workers": 0, "progress": False, "faiss": "none", "query_encoder": False}
+CLI_SMALL = ["--batch-size", "2", "--num-workers", "0", "--no-progress", "--faiss", "none", "--no-query-encoder"]
 
 
 def _save_model(folder: Path, seed: int) -> Path:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cl2cm_hf import retrieval
-from cl2cm_hf.retrieval import metrics_from_ranks, ranks, retrieval_metrics, topk
+from cl2cm_hf.retrieval import metrics_from_ranks, ranks, retrieval_metrics, topk, topk_numpy
 from cl2cm_hf.retrieval._tiles import tile_sizes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -211,6 +211,36 @@ def test_streamed_topk_of_few_queries_keeps_exact_ties(n_queries):
             torch.testing.assert_close(index, ref_index, rtol=0, atol=0, msg=f"k={k}")
             torch.testing.assert_close(scores, ref_scores)
         assert torch.equal(topk(queries, gallery, k)[1], ref_index)  # default block and segment sizes
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_numpy_topk_is_the_torch_topk_bit_for_bit(seed, tmp_path):
+    """`topk_numpy` (a search without torch) gives `topk`'s scores and rows exactly: ties, duplicates,
+    candidates that need a second round (margin 0), a float16 memmap gallery read in small blocks."""
+    rng = np.random.default_rng(seed)
+    d = (1, 3, 8, 64, 100, 256)[seed]
+    gallery = rng.integers(-2, 3, size=(5000, d)).astype(np.float32) / 4 if seed % 2 else rng.standard_normal((5000, d), np.float32)
+    gallery[4000:4010] = gallery[7]
+    queries = rng.standard_normal((3, d)).astype(np.float32)
+    queries[0] = gallery[7]
+    stored = np.lib.format.open_memmap(tmp_path / "g.npy", "w+", np.float16, gallery.shape)
+    stored[:] = gallery
+    for source in (gallery, stored):
+        for k, block, margin in ((1, None, None), (10, 333, 0), (50, 4096, 2), (5000, None, None)):
+            scores, rows = topk_numpy(queries, source, k, block_rows=block, margin=margin)
+            ref_scores, ref_rows = topk(queries, source, k)
+            assert np.array_equal(rows, ref_rows.numpy()) and np.array_equal(scores, ref_scores.numpy()), (k, block, margin)
+
+
+def test_numpy_topk_errors_name_the_input():
+    gallery = np.ones((4, 3), np.float32)
+    gallery[2, 1] = np.nan
+    with pytest.raises(ValueError, match="gallery has non-finite values .* row 2"):
+        topk_numpy(np.ones((1, 3)), gallery, 1, block_rows=2)
+    with pytest.raises(ValueError, match="dims differ"):
+        topk_numpy(np.ones((1, 2)), np.ones((4, 3)), 1)
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 4\]"):
+        topk_numpy(np.ones((1, 3)), np.ones((4, 3)), 5)
 
 
 def test_topk_equals_torch_topk_without_ties():

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow  # trains, starts processes or a browser: not in `
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "tests" / "search" / "build.py"
-SMALL = {"batch_size": 2, "chunk_size": 4, "num_workers": 0, "progress": False}  # as tests/search/build.py
+SMALL = {"batch_size": 2, "chunk_size": 4, "num_workers": 0, "progress": False, "query_encoder": False}  # as tests/search/build.py
 CONVERTED = ["grey.png", "cmyk.jpg", "rgba.png", "palette.png", "sixteen.png"]
 BROKEN = {"empty.jpg": "empty file", "truncated.jpg": "truncated", "notes.txt": "not an image",
           "bomb.png": "too many pixels", "locked.png": "permission denied"}
@@ -115,7 +115,7 @@ def world(tmp_path_factory):
     image_processor = ViTImageProcessorPil(size={"height": 16, "width": 16})
     build_processor(build_wordpiece_tokenizer(), "query: ", image_processor).save_pretrained(root / "model")
     good = _write_folder(root / "photos")
-    report = build_index(root / "model", root / "reference", images=root / "photos", **SMALL)
+    report = build_index(root / "model", root / "reference", images=root / "photos", **{**SMALL, "query_encoder": True})
     return {"root": root, "model": root / "model", "photos": root / "photos", "good": good,
             "reference": root / "reference", "report": report}
 
@@ -270,7 +270,8 @@ def test_frame_feature_store_and_dataset_with_captions(world, tmp_path):
     for name in ("clip0.png", "clip1.jpg", "clip2/01.png", "clip2/00.png", "clip10.png"):
         (pictures / name).write_bytes(b"shown, not decoded")
     assert index_main([str(tmp_path / "features_model"), "--features", str(tmp_path / "frames"), "--pictures", str(pictures),
-                       "--out", str(tmp_path / "frames_index"), "--batch-size", "2", "--num-workers", "0", "--no-progress"]) == 0
+                       "--out", str(tmp_path / "frames_index"), "--batch-size", "2", "--num-workers", "0", "--no-progress",
+                       "--no-query-encoder"]) == 0
     shown = SearchIndex.load(tmp_path / "frames_index")
     assert shown.paths == [str(pictures / "clip0.png"), str(pictures / "clip1.jpg"), str(pictures / "clip2" / "00.png"), None, None]
     np.testing.assert_array_equal(shown.embeddings, index.embeddings)

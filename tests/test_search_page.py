@@ -413,7 +413,7 @@ def test_fast_demo_feature_run_finds_the_scene(browser, tmp_path):
     world = demo_world_of(final)
     world.render_images(tmp_path / "pictures")
     build_index(final, tmp_path / "index", features=final / "test_gallery", pictures=tmp_path / "pictures", faiss="none",
-                num_workers=0, progress=False)
+                num_workers=0, progress=False, query_encoder=False)
     index = SearchIndex.load(tmp_path / "index")
     assert [Path(path).name for path in index.paths] == [f"{i}.png" for i in index.ids]  # each row shows its own scene
     check_demo_queries_find_their_scene(browser, tmp_path / "index", demo_test_queries(world), tmp_path)
@@ -454,6 +454,6 @@ def test_demo_pixel_model_reaches_its_recipe_sumr_and_serves_its_top_k(browser, 
     assert recorded == pytest.approx(measured, abs=0.5), (recorded, measured)
     assert min(measured.values()) >= PIXEL_MIN_SUMR, measured
     build_index(demo_pixel_run, tmp_path / "index", features=demo_pixel_run / "test_gallery", faiss="none",
-                num_workers=0, progress=False)
+                num_workers=0, progress=False, query_encoder=False)
     queries = demo_test_queries(world)
     check_demo_queries_find_their_scene(browser, tmp_path / "index", queries, tmp_path, min_right=PIXEL_MIN_RIGHT)

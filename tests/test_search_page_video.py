@@ -76,7 +76,7 @@ def video_index(tmp_path_factory):
     world = demo_world_of(final)
     write_demo_clips(world, open_visual_store(final / "test_gallery").ids, root / "clips")
     build_index(final, root / "index", features=final / "test_gallery", pictures=root / "clips", faiss="none",
-                num_workers=0, progress=False)
+                num_workers=0, progress=False, query_encoder=False)
     return root / "index", scene_queries(world)
 
 

@@ -19,7 +19,7 @@ from cl2cm_hf.search import SearchIndex, build_index
 ROWS, CHUNK, BATCH = 40, 8, 4  # five chunks (shards) of two batches
 # Same batches and chunks as the reference: each item is embedded in the same batch, so the embeddings are
 # expected equal bit for bit (the workers run torch on one thread, the reference on more: checked, not assumed).
-SETTINGS = dict(batch_size=BATCH, chunk_size=CHUNK, num_workers=0, faiss="none", progress=False)
+SETTINGS = dict(batch_size=BATCH, chunk_size=CHUNK, num_workers=0, faiss="none", progress=False, query_encoder=False)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_killed_worker_chunk_is_redone_once(world, cluster, tmp_path):
 @pytest.mark.slow
 def test_cli_engine_ray(world, cluster, tmp_path, capsys):
     args = [str(world / "model"), "--features", str(world / "store"), "--out", str(tmp_path / "index"), "--batch-size", str(BATCH),
-            "--chunk-size", str(CHUNK), "--num-workers", "0", "--faiss", "none", "--no-progress"]
+            "--chunk-size", str(CHUNK), "--num-workers", "0", "--faiss", "none", "--no-progress", "--no-query-encoder"]
     assert index_main([*args, "--engine", "ray", "--ray-workers", "2"]) == 0
     assert f"{ROWS} items indexed ({ROWS} encoded" in capsys.readouterr().out
     _same_index(tmp_path / "index", world / "reference")

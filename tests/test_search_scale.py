@@ -38,14 +38,14 @@ def test_build_reads_one_shard_at_a_time_and_writes_in_blocks(features, tmp_path
     monkeypatch.setattr(shards.EmbeddingCache, "rows", spy)
     monkeypatch.setattr(index_build, "WRITE_ROWS", 4)
     build_index(features / "model", tmp_path / "index", features=features / "store", batch_size=4, chunk_size=8,
-                num_workers=0, faiss="none", progress=False)
+                num_workers=0, faiss="none", progress=False, query_encoder=False)
     blocks = [c for c in calls if c[0] > 1]
     assert blocks and max(c[0] for c in blocks) == 4  # embeddings.npy is filled 4 rows at a time
     assert max(c[2] for c in calls) <= 8  # never more than one shard (chunk_size rows) held
     assert calls[-1][1] == ROWS // 8  # 5 shards, each read once: no shard is read twice
     built = SearchIndex.load(tmp_path / "index")
     reference = build_index(features / "model", tmp_path / "one_shard", features=features / "store", batch_size=64,
-                            chunk_size=64, num_workers=0, faiss="none", progress=False)
+                            chunk_size=64, num_workers=0, faiss="none", progress=False, query_encoder=False)
     assert reference.count == ROWS and isinstance(built.embeddings, np.memmap)
     np.testing.assert_array_equal(built.embeddings, SearchIndex.load(tmp_path / "one_shard").embeddings)
     assert built.ids == [f"item{i:03d}" for i in range(ROWS)] and built.ids.index("item007") == 7
@@ -81,7 +81,7 @@ def test_build_holds_a_window_of_items_whatever_the_number_of_rows(features, tmp
     ids = [f"item{i:03d}" for i in np.random.default_rng(rows).permutation(rows)]
     VisualFeatureStore.from_arrays(ids, torch.randn(rows, features_config().visual_feature_dim)).save(tmp_path / "store")
     live = _live_items(monkeypatch)
-    kwargs = dict(features=tmp_path / "store", batch_size=4, chunk_size=4, num_workers=0, faiss="none", progress=False)
+    kwargs = dict(features=tmp_path / "store", batch_size=4, chunk_size=4, num_workers=0, faiss="none", progress=False, query_encoder=False)
     first = build_index(features / "model", tmp_path / "index", **kwargs)
     assert first.count == first.encoded == rows and live["peak"] <= 3 * window
     built = SearchIndex.load(tmp_path / "index")
@@ -107,7 +107,7 @@ def test_a_repeated_id_in_another_block_of_the_store_is_refused(features, tmp_pa
     save_file(load_file(tensors), tensors)  # no ids digest: ids.json is taken as it is
     (tmp_path / "store" / "ids.json").write_text(json.dumps({"ids": ids[:9] + ["item001"]}))
     with pytest.raises(CL2CMError, match="'item001' appears twice"):
-        build_index(features / "model", tmp_path / "index", features=tmp_path / "store", num_workers=0, faiss="none", progress=False)
+        build_index(features / "model", tmp_path / "index", features=tmp_path / "store", num_workers=0, faiss="none", progress=False, query_encoder=False)
     assert not (tmp_path / "index" / "metadata.json").exists()
 
 
@@ -142,7 +142,7 @@ def test_ivfpq_index_built_from_rows_memory_mapped_and_reranked(features, tmp_pa
 def test_ivfpq_through_build_index_and_search_index(features, tmp_path):
     pytest.importorskip("faiss")
     report = build_index(features / "model", tmp_path / "index", features=features / "store", num_workers=0,
-                         faiss="ivfpq", ann_budget_mb=1, progress=False)
+                         faiss="ivfpq", ann_budget_mb=1, progress=False, query_encoder=False)
     info = report.metadata["faiss"]
     assert info["type"] == "ivfpq" and info["factory"] == "IVF1,Flat" and info["recall@10_rerank"] == 1.0
     index = SearchIndex.load(tmp_path / "index")
@@ -152,7 +152,7 @@ def test_ivfpq_through_build_index_and_search_index(features, tmp_path):
 
 
 def test_unchanged_checkpoint_is_not_hashed_again(features, tmp_path, monkeypatch):
-    build_index(features / "model", tmp_path / "index", features=features / "store", num_workers=0, faiss="none", progress=False)
+    build_index(features / "model", tmp_path / "index", features=features / "store", num_workers=0, faiss="none", progress=False, query_encoder=False)
 
     def hashed(model):
         raise AssertionError("model_fingerprint called")

@@ -31,7 +31,7 @@ from cl2cm_hf.search import SearchIndex, build_index
 from cl2cm_hf.search.decode_video import BadVideo, VideoSettings, open_video
 
 pytestmark = pytest.mark.slow  # builds indexes with a DataLoader worker process: not in `make test-fast`
-SMALL = {"batch_size": 3, "chunk_size": 3, "num_workers": 0, "progress": False, "faiss": "none"}
+SMALL = {"batch_size": 3, "chunk_size": 3, "num_workers": 0, "progress": False, "faiss": "none", "query_encoder": False}
 GOOD = ["clip0.mp4", "clip1.mp4", "clip2.mp4", "clip3.webm", "sub/clip4.mp4", "noext"]
 BROKEN = {"audio.mp4": "no video stream (audio only)", "zero.mp4": "no video stream", "empty.mp4": "empty file",
           "cut.mp4": "truncated", "notes.mp4": "not a video", "long.mp4": "too long",
@@ -103,7 +103,7 @@ def test_a_still_image_beside_videos_is_embedded_as_a_picture(world, tmp_path):
 def test_videos_only_refuses_a_still_image_and_decodes_in_a_worker(world, tmp_path, capsys):
     code = index_main([str(world / "model"), "--videos", str(world / "videos"), "--out", str(tmp_path / "index"),
                        "--max-video-seconds", "4", "--num-workers", "1", "--batch-size", "4", "--faiss", "none",
-                       "--no-progress"])
+                       "--no-progress", "--no-query-encoder"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "still.png: a still image, not a video" in out and "audio.mp4: no video stream (audio only)" in out

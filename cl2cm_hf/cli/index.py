@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                              "ivfpq (compressed to fit --ann-budget-mb, re-ranked exactly from the stored rows), none")
     parser.add_argument("--ann-budget-mb", type=int_option("ann_budget_mb"), default=1024,
                         help="RAM for the served --faiss ivfpq index; the codes are chosen to fit (see cl2cm_hf.search.ann)")
+    parser.add_argument("--no-query-encoder", action="store_true",
+                        help="do not export the text tower to ONNX (a cl2cm-search call then loads torch and the checkpoint)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
     engine = parser.add_argument_group("engine", "where the encoding runs: this process (or torchrun's), or a Ray Data job")
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                        faiss=args.faiss, device=args.device, progress=not args.no_progress, pictures=args.pictures,
                        compare=args.compare, overwrite=args.overwrite, videos=args.videos,
                        num_frames=args.num_frames, max_video_seconds=args.max_video_seconds,
-                       ann_budget_mb=args.ann_budget_mb)
+                       ann_budget_mb=args.ann_budget_mb, query_encoder=not args.no_query_encoder)
         if args.engine == "local":
             return show(build_index(args.model, args.out, **options))
         from cl2cm_hf.search.ray_build import build_index_on_ray
@@ -88,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         if report.metadata.get("faiss"):
             info = report.metadata["faiss"]
             print(f"  faiss {info['type']}: recall@{info['recall_k']} {info['recall@10']:.3f} against exact search")
+        encoder = report.metadata.get("query_encoder")
+        if encoder:
+            print(f"  query encoder (ONNX): within {encoder['max_abs_diff']:.1e} of the model on {encoder['probes']} probe queries"
+                  if encoder["written"] else f"  no query encoder: {printable(encoder['reason'])}")
         if report.count == 0:
             print(f"cl2cm-index: error: nothing was indexed: all {len(report.skipped)} items were skipped "
                   f"(reasons above and in {printable(str(report.out / REPORT_FILE))})", file=sys.stderr)

@@ -12,12 +12,15 @@ Modules, one job each
 ``search``
     ``topk(queries, gallery, k, chunk_size=None)``: exact top-k gallery items per query by inner
     product, as ``(scores, indices)`` tensors.
-``faiss_index``
+``search_numpy``
+    ``topk_numpy``: the same answer as `topk`, bit for bit, in numpy, for a few queries in a process
+    that does not import torch (a one-call search).
+``faiss_index``, ``faiss_import``
     ``build_faiss_index``, ``faiss_search``, ``faiss_recall_at_k``: optional approximate search
-    (``pip install cl2cm-hf[faiss]``) and its recall against `topk`.
-``_inputs``, ``_canonical``, ``_tiles`` (private)
-    Input adaptation and checks; canonical float64 scores and the float32 error bound; tile sizes,
-    buffers and the worker threads.
+    (``pip install cl2cm-hf[faiss]``) and its recall against `topk`; ``import_faiss`` with the hint.
+``_inputs``, ``_bounds``, ``_canonical``, ``_tiles`` (private)
+    Input adaptation and checks; the float32 error bound and k's range (no torch); canonical float64
+    scores; tile sizes, buffers and the worker threads.
 
 Scores, ties and exactness
 --------------------------
@@ -58,11 +61,31 @@ threads as torch has intra-op threads, each running single-threaded ops (see
 ``_tiles.TileWorkers``); thread and matmul-precision settings change only inside that context.
 """
 
-from cl2cm_hf.retrieval._tiles import DEFAULT_MEMORY_BUDGET
-from cl2cm_hf.retrieval.faiss_index import build_faiss_index, faiss_recall_at_k, faiss_search
-from cl2cm_hf.retrieval.metrics import DIRECTIONS, METRIC_KEYS, METRIC_MODULE_PATH, RECALL_KS, metrics_from_ranks, recall_at_k
-from cl2cm_hf.retrieval.ranking import RetrievalRanks, ranks, retrieval_metrics
-from cl2cm_hf.retrieval.search import topk
+import importlib
+
+# Name -> its module, imported on first use (PEP 562): the numpy search and the metrics do not import torch.
+_EXPORTS = {
+    "DEFAULT_MEMORY_BUDGET": "_tiles",
+    "build_faiss_index": "faiss_index", "faiss_recall_at_k": "faiss_index", "faiss_search": "faiss_index",
+    "import_faiss": "faiss_import",
+    "DIRECTIONS": "metrics", "METRIC_KEYS": "metrics", "METRIC_MODULE_PATH": "metrics", "RECALL_KS": "metrics",
+    "metrics_from_ranks": "metrics", "recall_at_k": "metrics",
+    "RetrievalRanks": "ranking", "ranks": "ranking", "retrieval_metrics": "ranking",
+    "topk": "search", "topk_numpy": "search_numpy",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -74,9 +97,11 @@ __all__ = [
     "build_faiss_index",
     "faiss_recall_at_k",
     "faiss_search",
+    "import_faiss",
     "metrics_from_ranks",
     "ranks",
     "recall_at_k",
     "retrieval_metrics",
     "topk",
+    "topk_numpy",
 ]

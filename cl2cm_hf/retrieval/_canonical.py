@@ -1,4 +1,4 @@
-"""Canonical scores and the float32 error bound that decides when they are needed.
+"""Canonical scores (torch), computed where the float32 error bound (`_bound`) says they are needed.
 
 A float32 matmul does not give the same bits for the same pair in tiles of different shapes, so
 ranks and top-k are defined on the canonical score of a pair: the float64 inner product of the
@@ -13,12 +13,10 @@ import math
 import torch
 
 from cl2cm_hf.errors import CL2CMError
+from cl2cm_hf.retrieval._bounds import NORM_MARGIN
 
 PAIR_BATCH = 1 << 14  # pairs per batch where rows are gathered for canonical re-scoring
 _PAIR_WORKSPACE = 1 << 19  # float64 elements of each canonical-score workspace (4 MiB)
-_UNIT_ROUNDOFF_32 = 2.0**-24
-_UNIT_ROUNDOFF_64 = 2.0**-53
-_SMALLEST_NORMAL_32 = 2.0**-126
 
 
 def canonical_dot(a: torch.Tensor, b: torch.Tensor, workspace: dict | None = None) -> torch.Tensor:
@@ -54,17 +52,6 @@ def canonical_dot(a: torch.Tensor, b: torch.Tensor, workspace: dict | None = Non
     return out
 
 
-def error_factor(d: int) -> tuple[float, float]:
-    """(relative, absolute) bound of |float32 tile score - canonical score| per unit of |q| |g|.
-
-    gamma_d of float32 (any summation order, FMA or not) plus gamma_d of the canonical float64 sum,
-    doubled as a margin for the norms' own rounding; the absolute term covers flushed subnormals."""
-    def gamma(n, u):
-        return n * u / (1.0 - n * u)
-
-    return 2.0 * (gamma(d, _UNIT_ROUNDOFF_32) + gamma(d, _UNIT_ROUNDOFF_64)), 4.0 * (d + 2) * _SMALLEST_NORMAL_32
-
-
 def norms(x: torch.Tensor, name: str, offset: int = 0) -> torch.Tensor:
     """Row norms (float64), rounded up a little (float32 norms are within ~d u of the truth, far
     inside the factor-2 margin of the error bound). They double as the check that every value is
@@ -76,14 +63,7 @@ def norms(x: torch.Tensor, name: str, offset: int = 0) -> torch.Tensor:
             bad = int(torch.nonzero(~finite_rows)[0, 0]) + offset
             raise CL2CMError(f"{name} has non-finite values (NaN or inf), first in row {bad}")
         raise CL2CMError(f"{name} has rows too large for float32 scores; L2-normalise the embeddings")
-    return row_norms.double() * (1.0 + 2.0**-10)
-
-
-def check_magnitude(max_query_norm: float, max_gallery_norm: float) -> None:
-    if max_query_norm * max_gallery_norm > 1e36:
-        raise CL2CMError(
-            "embedding norms are too large for float32 scores (|q| * |g| > 1e36); L2-normalise the embeddings"
-        )
+    return row_norms.double() * NORM_MARGIN
 
 
 def round_down(x: torch.Tensor) -> torch.Tensor:

@@ -79,9 +79,3 @@ def check_text_to_visual(text_to_visual, n_text: int, n_visual: int) -> np.ndarr
             f"{n_visual} visual items ({bad.size} caption(s) out of range)"
         )
     return index
-
-
-def check_k(k, n_gallery: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_gallery:
-        raise CL2CMError(f"k must be an integer in [1, {n_gallery}] (the gallery size), got {k!r}")
-    return int(k)

@@ -11,18 +11,8 @@ import torch
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.retrieval._canonical import norms
 from cl2cm_hf.retrieval._inputs import Rows
+from cl2cm_hf.retrieval.faiss_import import import_faiss
 from cl2cm_hf.retrieval.search import topk
-
-
-def import_faiss():
-    try:
-        import faiss
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "approximate search needs faiss: pip install 'cl2cm-hf[faiss]' (faiss-cpu); exact search "
-            "(cl2cm_hf.retrieval.topk / ranks) needs nothing more"
-        ) from exc
-    return faiss
 
 
 def _float32_numpy(block: torch.Tensor) -> np.ndarray:

@@ -10,7 +10,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from cl2cm_hf.retrieval._canonical import PAIR_BATCH, canonical_dot, check_magnitude, error_factor, norms, round_down, round_up
+from cl2cm_hf.retrieval._bounds import check_magnitude, error_factor
+from cl2cm_hf.retrieval._canonical import PAIR_BATCH, canonical_dot, norms, round_down, round_up
 from cl2cm_hf.retrieval._inputs import Rows, check_pair, check_text_to_visual
 from cl2cm_hf.retrieval._tiles import Buffer, TileWorkers, tile_sizes
 from cl2cm_hf.retrieval.metrics import metrics_from_ranks

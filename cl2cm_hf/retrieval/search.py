@@ -13,8 +13,9 @@ import math
 import torch
 
 from cl2cm_hf.errors import CL2CMError
-from cl2cm_hf.retrieval._canonical import PAIR_BATCH, canonical_dot, check_magnitude, error_factor, norms
-from cl2cm_hf.retrieval._inputs import Rows, check_k, check_pair
+from cl2cm_hf.retrieval._bounds import check_k, check_magnitude, error_factor
+from cl2cm_hf.retrieval._canonical import PAIR_BATCH, canonical_dot, norms
+from cl2cm_hf.retrieval._inputs import Rows, check_pair
 from cl2cm_hf.retrieval._tiles import DEFAULT_MEMORY_BUDGET, Buffer, TileWorkers, tile_sizes
 
 _STREAM_BLOCK_BYTES = 2 * 2**20  # gallery rows per streamed matmul: its norms are then taken from cache

@@ -42,11 +42,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cl2cm_hf.errors import CL2CMError
-from cl2cm_hf.retrieval.faiss_index import import_faiss
-from cl2cm_hf.retrieval.search import topk
+from cl2cm_hf.retrieval.faiss_import import import_faiss
 
 ANN_FILE = "ann.index"
 BLOCK_ROWS = 1 << 18  # rows added (and read for exact search) at a time: 256 MiB of float32 at d=256
@@ -150,7 +148,12 @@ def choose_nprobe(recalls: dict[int, float], target: float = TARGET_RECALL) -> i
 
 
 def exact_top(rows: ShardRows, queries: np.ndarray, k: int) -> np.ndarray:
-    """Row numbers of the exact top-`k` of each query over all rows, read block by block (`topk` per block)."""
+    """Row numbers of the exact top-`k` of each query over all rows, read block by block (`topk` per block:
+    many queries, the build's recall measurement)."""
+    import torch
+
+    from cl2cm_hf.retrieval.search import topk
+
     best_s = torch.full((len(queries), k), -np.inf)
     best_i = torch.zeros((len(queries), k), dtype=torch.int64)
     for start, block in rows.blocks():

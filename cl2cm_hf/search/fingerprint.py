@@ -9,10 +9,7 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from cl2cm_hf.errors import CL2CMError
-from cl2cm_hf.inference import load_model_and_processor
 
 # Files of a checkpoint folder that do not change what it computes (cards, plots, copied galleries).
 _NOT_MODEL = (".md", ".png", ".jpg", ".jpeg", ".svg")
@@ -22,11 +19,14 @@ class ModelMismatchError(CL2CMError):
     """The model given to search an index is not the one the index was built with."""
 
 
-def load_checkpoint(name: str | os.PathLike, device: torch.device | str | None = None):
+def load_checkpoint(name: str | os.PathLike, device=None):
     """The cross-modal checkpoint `name` (folder or hub id) in eval mode and its processor.
 
     Every path through which the search package loads a model goes through here, so what a
-    checkpoint is allowed to run is decided in this one function."""
+    checkpoint is allowed to run is decided in this one function. (Torch and transformers are
+    imported here, not with the module: a search with the index's query encoder needs neither.)"""
+    from cl2cm_hf.inference import load_model_and_processor
+
     model, processor = load_model_and_processor(str(name))
     return (model.to(device) if device is not None else model), processor
 
@@ -64,6 +64,8 @@ def model_fingerprint(model) -> dict:
     and bytes). Equal fingerprints mean the same embeddings; the dtype counts (bf16 is another model)."""
     config = {k: v for k, v in model.config.to_dict().items()
               if k not in ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype")}
+    import torch
+
     weights = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)

@@ -94,6 +94,7 @@ from cl2cm_hf.search.index_files import (
 )
 from cl2cm_hf.search.item_table import ItemTable
 from cl2cm_hf.search.out_folder import INDEX_MARKER, check_out_folder, mark_index_folder
+from cl2cm_hf.search.query_encoder import QUERY_ENCODER_DIR, QUERY_MAX_LENGTH, export_query_encoder
 from cl2cm_hf.search.shards import EmbeddingCache, cache_namespace, read_cache, read_json
 from cl2cm_hf.search.sources import COMPARE, SavedFeatures, attach_pictures, collect_items, pictures_by_id, rekey_by_content
 
@@ -175,7 +176,8 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
                 num_workers: int = 2, chunk_size: int = 1024, max_pixels: int = DEFAULT_MAX_PIXELS,
                 faiss: str = "auto", device=None, progress: bool = True, pictures=None, compare: str = "mtime",
                 overwrite: bool = False, videos=None, num_frames: int | None = None,
-                max_video_seconds: float = DEFAULT_MAX_SECONDS, ann_budget_mb: int = 1024, encoder=None) -> IndexReport:
+                max_video_seconds: float = DEFAULT_MAX_SECONDS, ann_budget_mb: int = 1024, encoder=None,
+                query_encoder: bool = True) -> IndexReport:
     """Index `images` (folder, list file or datasets folder: pictures, and videos recognised by
     extension or container), `videos` (the same, videos only: a still image is skipped with the
     reason) or `features` (store folder) with the checkpoint `model` (a folder or hub id) into
@@ -194,7 +196,9 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     `cl2cm_hf.search.ann`) or ``"none"``. `encoder`: encodes the pending chunks instead of this process
     (`cl2cm_hf.search.ray_build`), called as ``encoder(items, chunks, shards_folder, namespace, video=,
     batch_size=, num_workers=, max_pixels=)``; it must leave one shard a chunk, as `encode_chunks` writes
-    them. Returns the `IndexReport` (complete on rank 0)."""
+    them. `query_encoder`: also write the text tower as ONNX (`cl2cm_hf.search.query_encoder`: a text
+    search in a fresh process then imports neither torch nor transformers; a few seconds of export).
+    Returns the `IndexReport` (complete on rank 0)."""
     from accelerate import PartialState
 
     started = time.perf_counter()
@@ -248,7 +252,8 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
                                   num_workers, max_pixels, device, progress and state.is_main_process, video, encoder)
         state.wait_for_everyone()
         report = _finish(table, state, out, pending, model, loaded_model, revision, namespace, source_path,
-                         source_info, compare, max_pixels, faiss, ann_budget_mb, pictures, features, video)
+                         source_info, compare, max_pixels, faiss, ann_budget_mb, pictures, features, video,
+                         loaded_processor if query_encoder else None)
     finally:
         table.close()
     state.wait_for_everyone()
@@ -285,14 +290,17 @@ def _encode_windows(table, state, model, processor, source, out, namespace, chun
 
 
 def _finish(table, state, out, pending, model, loaded_model, revision, namespace, source_path, source_info,
-            compare, max_pixels, faiss, ann_budget_mb, pictures, features, video) -> IndexReport:
-    """The report; on the main process, the index folder written (or the previous one kept when nothing changed)."""
+            compare, max_pixels, faiss, ann_budget_mb, pictures, features, video, query_processor) -> IndexReport:
+    """The report; on the main process, the index folder written (or the previous one kept when nothing
+    changed), with the query encoder of `loaded_model` and `query_processor` when that is given."""
     report = IndexReport(out, reused=len(table) - pending, removed=table.counts()["removed"])
     unchanged = not pending and not report.removed and not (out / SHARDS_DIR).exists()  # no shard: none left, none new
     old = read_json(out / METADATA_FILE)
     fingerprint = model_fingerprint(loaded_model)
+    wanted = query_processor is not None
     if state.is_main_process and unchanged and (old.get("faiss_request"), old.get("ann_budget_mb"), old.get("pictures"), old.get("model_fingerprint"),
-                                                 old.get("source")) == (faiss, ann_budget_mb, pictures, fingerprint, source_info):
+                                                 old.get("source"), old.get("query_encoder_request")) == (
+                                                     faiss, ann_budget_mb, pictures, fingerprint, source_info, wanted):
         # Nothing changed since the last complete build: keep it (a faiss rebuild can take minutes).
         report.metadata = json.loads((out / METADATA_FILE).read_text(encoding="utf-8"))
         report.count = report.metadata["count"]
@@ -308,10 +316,13 @@ def _finish(table, state, out, pending, model, loaded_model, revision, namespace
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": source_info,
             "cache_key": f"{COMPARE[compare]}; sha256 of the content (dataset bytes, feature rows)", "compare": compare,
             "max_pixels": max_pixels, "faiss_request": faiss, "ann_budget_mb": ann_budget_mb, "pictures": pictures,
-            "video": None if features is not None else asdict(video),
+            "video": None if features is not None else asdict(video), "query_encoder_request": wanted,
         }
         with atomic_directory(out) as tmp:
             mark_index_folder(tmp, source_path)
+            if wanted:
+                metadata["query_encoder"] = export_query_encoder(loaded_model, query_processor, tmp / QUERY_ENCODER_DIR,
+                                                                 QUERY_MAX_LENGTH)
             report.count, report.skipped = _write_index(tmp, table, counts["kept"], metadata, faiss, ann_budget_mb << 20)
         report.metadata = metadata
         report.encoded = counts["encoded"]

@@ -23,6 +23,9 @@ reader sees the previous complete index or the new one, never a mix):
     the items that were skipped: ``{"skipped": [{"id", "file", "reason", "key"}]}``.
 ``faiss.index``
     when faiss was importable at build time.
+``query_encoder/``
+    the text tower as ONNX with its tokenizer (`cl2cm_hf.search.query_encoder`), unless the build was
+    asked not to write it or could not (metadata ``query_encoder``: ``written`` and why not).
 ``shards/``
     only while a build is running or after one was killed: finished batches of embeddings.
 

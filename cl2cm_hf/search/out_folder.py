@@ -19,6 +19,7 @@ from cl2cm_hf.atomic import atomic_write_text, folder_target
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.ann import ANN_FILE
 from cl2cm_hf.search.index_files import DATA_DIR, EMBEDDINGS_FILE, FAISS_FILE, INDEX_FORMAT, METADATA_FILE, REPORT_FILE, SHARDS_DIR
+from cl2cm_hf.search.query_encoder import QUERY_ENCODER_DIR, QUERY_ENCODER_FILES
 
 INDEX_MARKER = ".cl2cm-index"
 _MARKER_TMP = f".{INDEX_MARKER}.*.tmp"  # the marker's temporary, left by a kill while it was written
@@ -27,6 +28,7 @@ _LAYOUT = {
     INDEX_MARKER: None, METADATA_FILE: None, REPORT_FILE: None, FAISS_FILE: None, EMBEDDINGS_FILE: None, ANN_FILE: None,
     DATA_DIR: ("data-*.arrow", "dataset_info.json", "state.json"),
     SHARDS_DIR: ("*.safetensors", ".*.tmp"),
+    QUERY_ENCODER_DIR: QUERY_ENCODER_FILES,
 }
 
 

@@ -4,7 +4,7 @@ Importing the package imports nothing heavy: its names load on first use (PEP 56
 of them registers the CL2CM model types with transformers' Auto classes (`cl2cm_hf.auto_classes`).
 So a one-call search (``cl2cm-search``) imports neither torch nor transformers."""
 
-import importlib
+from cl2cm_hf.lazy_exports import lazy_exports
 
 # Name -> its module.
 _EXPORTS = {
@@ -18,17 +18,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    importlib.import_module(f"{__name__}.auto_classes")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, first="cl2cm_hf.auto_classes")
 
 
 __all__ = [

@@ -61,7 +61,7 @@ threads as torch has intra-op threads, each running single-threaded ops (see
 ``_tiles.TileWorkers``); thread and matmul-precision settings change only inside that context.
 """
 
-import importlib
+from cl2cm_hf.lazy_exports import lazy_exports
 
 # Name -> its module, imported on first use (PEP 562): the numpy search and the metrics do not import torch.
 _EXPORTS = {
@@ -75,16 +75,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
 __all__ = [

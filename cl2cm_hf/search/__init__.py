@@ -9,7 +9,7 @@ checkpoints and tells whether a model is an index's, ``index`` is `SearchIndex`,
 index folders searched as one; ``out_folder`` where an index may be written; ``checks`` option ranges and printable
 names. The tools (``cl2cm-index``, ``cl2cm-search``, ``cl2cm-app``) are in `cl2cm_hf.cli`."""
 
-import importlib
+from cl2cm_hf.lazy_exports import lazy_exports
 
 # Name -> its module, imported on first use (PEP 562): `cl2cm-search` with a text query loads the index
 # and the model only; building (datasets, decoders, DataLoader workers) stays unimported.
@@ -26,16 +26,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
 __all__ = [

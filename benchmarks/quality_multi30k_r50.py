@@ -544,7 +544,8 @@ def render_tuning(jsonl: Path, title: str, reference: str = "cl2cm") -> str:
 def merge_reports(paths: list[Path], out: Path, extra_markdown: str | None) -> None:
     parts = [json.loads(p.read_text()) for p in paths]
     merged = dict(parts[0])
-    merged["command"] = " ; ".join(p["command"] for p in parts) + "  (in parallel, then --merge)"
+    merged["command"] = " ; ".join(p["command"] for p in parts) + "  (each tower its own process, then --merge)"
+    merged["commit"] = " ; ".join(dict.fromkeys(f"{', '.join(p['towers'])}: {p['commit']}" for p in parts))
     merged["runtime_s"] = max(p["runtime_s"] for p in parts)
     merged["complete"] = all(p["complete"] for p in parts)
     merged["load_average"] = "; ".join(f"{', '.join(p['towers'])}: {p.get('load_average', '?')}" for p in parts)

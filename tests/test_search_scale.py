@@ -14,7 +14,7 @@ from conftest import features_config, save_features_world
 
 from cl2cm_hf.data import VisualFeatureStore
 from cl2cm_hf.errors import CL2CMError
-from cl2cm_hf.search import SearchIndex, build_index, fingerprint, index_build, shards
+from cl2cm_hf.search import SearchIndex, build_index, fingerprint, index_build, shards, sources
 from cl2cm_hf.search.ann import ShardRows
 
 ROWS = 40
@@ -95,6 +95,32 @@ def test_build_holds_a_window_of_items_whatever_the_number_of_rows(features, tmp
     whole = build_index(features / "model", tmp_path / "whole", **kwargs)  # one window
     np.testing.assert_array_equal(SearchIndex.load(tmp_path / "whole").embeddings, built.embeddings)
     assert whole.count == rows
+
+
+def test_a_dataset_is_listed_a_window_at_a_time(tmp_path, monkeypatch):
+    """A `datasets` folder's items come `window` rows at a time, embedded images read `IMAGE_ROWS` at a time:
+    the same items (ids, keys, captions, rows, the row without an image) as in one block, and a bounded
+    number of them alive while the blocks are consumed."""
+    from datasets import Dataset, Features, Image, Value
+
+    signature = b"\x89PNG\r\n\x1a\n"  # never decoded: the listing hashes the bytes
+    rows = 50
+    images = [None if i == 7 else {"bytes": signature + bytes([i]), "path": f"p{i}.png"} for i in range(rows)]
+    Dataset.from_dict({"id": [f"d{i:02d}" for i in range(rows)], "image": images, "caption": [f"c{i}" for i in range(rows)]},
+                      features=Features({"id": Value("string"), "image": Image(), "caption": Value("string")})
+                      ).save_to_disk(str(tmp_path / "dataset"))
+    monkeypatch.setattr(sources, "IMAGE_ROWS", 3)
+    whole = [item for block in sources.dataset_items(tmp_path / "dataset", 1000)[0] for item in block]
+    assert [(i.id, i.caption, i.row) for i in whole] == [(f"d{i:02d}", f"c{i}", i) for i in range(rows)]
+    assert whole[7].problem == "no image in this row" and whole[8].key.startswith("sha256:")
+    live = _live_items(monkeypatch)
+    seen = []
+    for block in sources.dataset_items(tmp_path / "dataset", 8)[0]:
+        assert len(block) <= 8
+        seen += [(i.id, i.path, i.key, i.caption, i.row, i.problem) for i in block]
+        del block
+    assert seen == [(i.id, i.path, i.key, i.caption, i.row, i.problem) for i in whole]
+    assert live["peak"] <= 2 * 8
 
 
 def test_a_repeated_id_in_another_block_of_the_store_is_refused(features, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from pathlib import Path
 from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search.checks import name_problem, printable
 
+IMAGE_ROWS = 256  # dataset rows whose embedded image bytes are read (and hashed) at a time
 COMPARE = {"mtime": "path + size + mtime (files)", "hash": "path + sha256 of the content (files)"}
 
 
@@ -133,26 +134,37 @@ def open_source(images=None, features=None):
     return _open_dataset(Path(images)) if _is_dataset(Path(images)) else None
 
 
-def dataset_items(folder: Path):
-    """Rows of a `datasets` folder: (items, dataset with undecoded images)."""
+def dataset_items(folder: Path, window: int):
+    """(blocks of about `window` items, the dataset with undecoded images) of a `datasets` folder: ids
+    and captions are read a window at a time, embedded image bytes `IMAGE_ROWS` rows at a time."""
     dataset = _open_dataset(folder)
-    ids = dataset["id"] if "id" in dataset.column_names else [str(i) for i in range(len(dataset))]
-    captions = dataset["caption"] if "caption" in dataset.column_names else [None] * len(dataset)
-    items = []
-    for row in range(len(dataset)):
-        if "image" in dataset.column_names:
-            image = dataset[row]["image"] or {}
-            data, path = image.get("bytes"), image.get("path")
-            if data is not None:
-                key = "sha256:" + hashlib.sha256(data).hexdigest()
-                items.append(Item(str(ids[row]), path, key, captions[row], row))
-                continue
-        else:
-            path = dataset[row]["path"]
-        item = _file_item(str(ids[row]), folder / path) if path else Item(str(ids[row]), None, f"row:{row}", problem="no image in this row")
-        item.caption, item.row = captions[row], row
-        items.append(item)
-    return items, dataset
+    columns = dataset.column_names
+    light = [c for c in ("id", "caption", "path") if c in columns]
+
+    def blocks():
+        for start in range(0, len(dataset), window):
+            stop = min(start + window, len(dataset))
+            part = dataset.select_columns(light)[start:stop] if light else {}
+            ids = part["id"] if "id" in columns else [str(i) for i in range(start, stop)]
+            captions = part.get("caption") or [None] * (stop - start)
+            if "image" in columns:
+                images = (image for a in range(start, stop, IMAGE_ROWS) for image in dataset[a : min(a + IMAGE_ROWS, stop)]["image"])
+            else:
+                images = ({"path": path} for path in part["path"])
+            items = []
+            for row, item_id, caption, image in zip(range(start, stop), ids, captions, images):
+                data, path = (image or {}).get("bytes"), (image or {}).get("path")
+                if data is not None:
+                    item = Item(str(item_id), path, "sha256:" + hashlib.sha256(data).hexdigest(), caption, row)
+                elif path:
+                    item = _file_item(str(item_id), folder / path)
+                    item.caption, item.row = caption, row
+                else:
+                    item = Item(str(item_id), None, f"row:{row}", caption, row, problem="no image in this row")
+                items.append(item)
+            yield items
+
+    return blocks(), dataset
 
 
 def store_items(folder: Path, window: int):
@@ -278,8 +290,8 @@ def _refuse_bad_names(items: list[Item]) -> None:
 
 def collect_items(images=None, features=None, window: int = 1 << 16):
     """(blocks of items, in no order: `ItemTable` sorts them; the source description; the dataset or
-    store the loader needs). Folders, list files and feature stores come about `window` items at a time;
-    datasets and image/frame stores in one block."""
+    store the loader needs). Folders, list files, datasets and feature stores come about `window` items
+    at a time; image/frame stores (one JSON file) in one block."""
     if (images is None) == (features is None):
         raise CL2CMError("pass images= (a folder, a list file or a datasets folder) or features= (a store folder)")
     if features is not None:
@@ -292,8 +304,8 @@ def collect_items(images=None, features=None, window: int = 1 << 16):
         path = Path(images)
         source = None
         if _is_dataset(path):
-            items, source = dataset_items(path)
-            blocks, kind = [items], "dataset"
+            blocks, source = dataset_items(path, window)
+            kind = "dataset"
         elif path.is_dir():
             blocks, kind = folder_items(path, window), "folder"
         elif path.is_file():

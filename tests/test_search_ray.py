@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -33,14 +34,18 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def ray_files():
     """Ray's session files (sockets, logs) in a folder of this module's own, removed at the end, not in
-    /tmp/ray; short, as Ray's socket paths must be."""
-    folder, before = tempfile.mkdtemp(prefix="cl2cm-ray-"), os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = folder
+    /tmp/ray; short, as Ray's socket paths must be. The clusters' auth token is given in the environment:
+    a new local cluster would otherwise write one to ~/.ray/auth_token."""
+    folder = tempfile.mkdtemp(prefix="cl2cm-ray-")
+    settings = {"RAY_TMPDIR": folder, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     yield folder
-    if before is None:
-        os.environ.pop("RAY_TMPDIR")
-    else:
-        os.environ["RAY_TMPDIR"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = value
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -123,3 +123,22 @@ def test_asking_for_it_rebuilds_and_an_unchanged_rerun_keeps_it(world, tmp_path)
     written = (out / QUERY_ENCODER_DIR / MODEL_FILE).stat().st_mtime_ns
     build_index(world / "model", out, features=world / "store", **SETTINGS)
     assert (out / QUERY_ENCODER_DIR / MODEL_FILE).stat().st_mtime_ns == written  # kept, not exported again
+
+
+def test_concurrent_first_uses_read_the_checkpoint_once(world):
+    """The page's request threads: two image queries at once on an index loaded with its encoder."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    index = SearchIndex.load(world / "index")
+    load, calls = index._load_model, []
+
+    def slow_load():
+        calls.append(1)
+        time.sleep(0.2)
+        return load()
+
+    index._load_model = slow_load
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(lambda _: index.model, range(4)))
+    assert len(calls) == 1 and models[0] is not None and all(m is models[0] for m in models)

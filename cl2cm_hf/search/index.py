@@ -7,6 +7,7 @@ encoder (`cl2cm_hf.search.query_encoder`) answers text and "more like this" quer
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,7 @@ class SearchIndex:
         self.embeddings = embeddings
         self._model, self._processor = model, processor
         self._load_model = load_model  # () -> (model, processor, mismatch): the checkpoint, read when first needed
+        self._loading = threading.Lock()
         self.query_encoder = query_encoder
         self.faiss_index = faiss_index
         self.device = device
@@ -171,10 +173,11 @@ class SearchIndex:
         return self._processor
 
     def _read_checkpoint(self) -> None:
-        if self._model is None and self._load_model is not None:
-            load, self._load_model = self._load_model, None
-            self._model, self._processor, mismatch = load()
-            self.model_mismatch = self.model_mismatch or mismatch
+        with self._loading:  # the page's request threads: one reads it, the others wait for it
+            if self._model is None and self._load_model is not None:
+                self._model, self._processor, mismatch = self._load_model()
+                self._load_model = None
+                self.model_mismatch = self.model_mismatch or mismatch
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         """Text embeddings ``(n, dim)``: the query encoder's, else through the checkpoint's processor (its

@@ -142,7 +142,7 @@ class SearchIndex:
                    load_model=None if model is not None else lambda: (first.model, first.processor, first.model_mismatch))
 
     @classmethod
-    def from_store(cls, store, model, processor, *, device=None, max_length: int = 64) -> SearchIndex:
+    def from_store(cls, store, model, processor, *, device=None, max_length: int = QUERY_MAX_LENGTH) -> SearchIndex:
         """An in-memory index over a visual store (a run's test gallery): its items encoded once with
         `model`, searched like a built index; nothing is written."""
         from cl2cm_hf.inference import encode_visual

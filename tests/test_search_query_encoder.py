@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import save_features_world
 
+from cl2cm_hf.errors import CL2CMError
 from cl2cm_hf.search import BrokenIndexError, ModelMismatchError, SearchIndex, UnknownQueryError, build_index, load_checkpoint
 from cl2cm_hf.search import query_encoder as query_encoder_module
 from cl2cm_hf.search.query_encoder import MODEL_FILE, QUERY_ENCODER_DIR
@@ -115,6 +116,8 @@ def test_a_damaged_encoder_is_a_broken_index(world, tmp_path):
 
 def test_asking_for_it_rebuilds_and_an_unchanged_rerun_keeps_it(world, tmp_path):
     out = tmp_path / "index"
+    with pytest.raises(CL2CMError, match="query_encoder must be True or False"):
+        build_index(world / "model", out, features=world / "store", query_encoder="no", **SETTINGS)
     build_index(world / "model", out, features=world / "store", query_encoder=False, **SETTINGS)
     assert not (out / QUERY_ENCODER_DIR).exists()
     assert json.loads((out / "metadata.json").read_text())["query_encoder_request"] is False

@@ -205,6 +205,8 @@ def build_index(model, out, *, images=None, features=None, processor=None, batch
     batch_size, num_workers = check_int("batch_size", batch_size), check_int("num_workers", num_workers)
     chunk_size, max_pixels = check_int("chunk_size", chunk_size), check_int("max_pixels", max_pixels)
     ann_budget_mb = check_int("ann_budget_mb", ann_budget_mb)
+    if not isinstance(query_encoder, bool):
+        raise CL2CMError(f"query_encoder must be True or False, got {query_encoder!r}")
     for name, value, allowed in (("faiss", faiss, FAISS_KINDS), ("compare", compare, tuple(COMPARE))):
         if value not in allowed:
             raise CL2CMError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")

@@ -337,11 +337,9 @@ def _query_encoder(folder: Path, metadata: dict, device, max_length: int) -> Que
     if not metadata.get("model_files") or metadata["model_files"] != model_files(metadata["model"]):
         return None
     try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return None
-    try:
         encoder = QueryEncoder.load(folder / info["dir"])
+    except ImportError:
+        return None  # onnxruntime (or tokenizers) is not installed here: the checkpoint answers
     except Exception as err:  # missing or damaged files: onnxruntime's, tokenizers' and json's own errors
         raise BrokenIndexError(f"{folder / info['dir']}: the query encoder cannot be read ({printable(str(err))}); "
                                "rebuild the index (cl2cm-index)") from None

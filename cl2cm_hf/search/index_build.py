@@ -59,10 +59,10 @@ new items in shards of `chunk_size` (C), and finally write ``data/`` and ``embed
 (two while the next is fetched; a few hundred bytes each: ids, paths, keys), one shard tensor (C x d x 4
 bytes) and one block of embeddings (W x d x 4: 16 MiB at d = 64), the DataLoader's prefetched batches, and
 for ``--features`` one block of feature rows (at most `SavedFeatures.BLOCK_BYTES` = 64 MiB, fewer rows
-when rows are long) read through a memory map closed after each block. Folders and list files are
-listed, and feature stores read from ``ids.json`` on, a window at a time. Not bounded by this: the skip
-report (one entry per skipped item), datasets and image/frame stores (listed as one list before it goes
-to the table), the folders walked (one entry per folder) and ``--pictures`` (one entry per picture).
+when rows are long) read through a memory map closed after each block. Folders, list files and
+datasets are listed, and feature stores read from ``ids.json`` on, a window at a time. Not bounded by
+this: the skip report (one entry per skipped item), image/frame stores (listed as one list before it
+goes to the table), the folders walked (one entry per folder) and ``--pictures`` (one entry per picture).
 """
 
 from __future__ import annotations

@@ -70,8 +70,13 @@ class ItemTable:
     def add_bad(self, reasons: Iterable[tuple[str, str]], fresh: bool = False) -> None:
         self.db.executemany(f"INSERT OR REPLACE INTO bad VALUES (?, ?, {int(fresh)})", reasons)
 
-    def add_previous(self, keys: Iterable[str]) -> None:
-        self.db.executemany("INSERT OR IGNORE INTO previous VALUES (?)", ((k,) for k in keys))
+    def forget_cached(self) -> None:
+        """Drop every cached place and skip reason read so far (an unreadable previous index)."""
+        self.db.executescript("DELETE FROM done; DELETE FROM bad;")
+
+    def mark_previous(self) -> None:
+        """The keys cached or skipped so far are the previous index's (what `counts` calls removed when gone)."""
+        self.db.execute("INSERT OR IGNORE INTO previous SELECT key FROM done UNION SELECT key FROM bad")
 
     def windows(self, size: int) -> Iterator[list[tuple[Item, tuple[int, int] | None, str | None]]]:
         """Items sorted by id, `size` at a time: (item, (source, row) of its cached embedding or None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -60,10 +61,10 @@ def export_query_encoder(model, processor, folder: Path, max_length: int) -> dic
         (folder / INFO_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
         diff = _check_against(QueryEncoder.load(folder), model, processor, max_length)
     except Exception as err:  # the exporter's or onnxruntime's own errors: searches use the checkpoint
-        _remove(folder)
+        shutil.rmtree(folder)  # this build's own new folder
         return {"written": False, "reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]}
     if not diff <= TOLERANCE:
-        _remove(folder)
+        shutil.rmtree(folder)  # this build's own new folder
         return {"written": False, "reason": f"ONNX and eager embeddings differ by {diff:.3g} (> {TOLERANCE})"}
     return {"written": True, "dir": QUERY_ENCODER_DIR, "max_abs_diff": diff, "probes": len(PROBES),
             "seconds": round(time.perf_counter() - started, 2)}
@@ -116,12 +117,6 @@ def _check_against(encoder: QueryEncoder, model, processor, max_length: int) -> 
         eager = encode_texts(model.get_text_features, processor, list(PROBES), max_length=max_length,
                              device=next(model.parameters()).device).numpy()
     return float(np.abs(encoder.encode(list(PROBES)) - eager).max())
-
-
-def _remove(folder: Path) -> None:
-    for path in folder.iterdir():
-        path.unlink()
-    folder.rmdir()
 
 
 class QueryEncoder:

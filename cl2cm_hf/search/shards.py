@@ -4,6 +4,7 @@ reasons by cache key, from the previous index of the same namespace and the shar
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -55,18 +56,14 @@ class EmbeddingCache:
 
     def rows(self, places: list[tuple[int, int]]) -> np.ndarray:
         """Float32 ``(len(places), dim)`` embeddings at `places` ((source, row) each), in that order."""
-        out = None
-        start = 0
-        while start < len(places):
-            source = places[start][0]
-            stop = start
-            while stop < len(places) and places[stop][0] == source:
-                stop += 1
-            block = self._array(source)[np.array([row for _, row in places[start:stop]])]
+        out, start = None, 0
+        for source, run in itertools.groupby(places, key=lambda place: place[0]):  # runs of one source
+            rows = np.array([row for _, row in run])
+            block = self._array(source)[rows]
             if out is None:
                 out = np.empty((len(places), block.shape[1]), np.float32)
-            out[start:stop] = block
-            start = stop
+            out[start : start + len(rows)] = block
+            start += len(rows)
         if self._held is not None and isinstance(self._held[1], np.memmap):
             self._held = None  # close the previous index's memory map
         return out if out is not None else np.zeros((0, 0), np.float32)
@@ -86,8 +83,8 @@ def read_cache(out: Path, namespace: str, table: ItemTable, fresh: bool = False)
             report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
             table.add_bad((entry["key"], entry["reason"]) for entry in report.get("skipped", []) if entry.get("key"))
         except (BrokenIndexError, OSError, ValueError, KeyError):
-            table.db.executescript("DELETE FROM done; DELETE FROM bad;")  # an unreadable old index is rebuilt, never trusted
-        table.db.execute("INSERT INTO previous SELECT key FROM done UNION SELECT key FROM bad")
+            table.forget_cached()  # an unreadable old index is rebuilt, never trusted
+        table.mark_previous()
     for shard in sorted((out / SHARDS_DIR).glob(f"{namespace}-*.safetensors")):
         try:
             with safe_open(str(shard), framework="pt") as handle:  # the header only: tensors stay on disk

@@ -140,11 +140,12 @@ def dataset_items(folder: Path, window: int):
     dataset = _open_dataset(folder)
     columns = dataset.column_names
     light = [c for c in ("id", "caption", "path") if c in columns]
+    names = dataset.select_columns(light) if light else None  # the columns without image bytes
 
     def blocks():
         for start in range(0, len(dataset), window):
             stop = min(start + window, len(dataset))
-            part = dataset.select_columns(light)[start:stop] if light else {}
+            part = names[start:stop] if names is not None else {}
             ids = part["id"] if "id" in columns else [str(i) for i in range(start, stop)]
             captions = part.get("caption") or [None] * (stop - start)
             if "image" in columns:

@@ -57,7 +57,7 @@ def test_multi30k_r50_source_gives_a_fold(tmp_path):
 
     values = load_config(CONFIGS / "multi30k_r50_e5.yaml", [
         "--fold", "1", "--shared_root", str(SHARED), "--output_dir", str(tmp_path),
-        "--tokenizer", str(tmp_path / "tok"), "--text_model", "null", "--cl_freeze_text_layers", "1",
+        "--tokenizer", str(tmp_path / "tok"), "--text_model", "null", "--cl_freeze_text_layers", "1", "--freeze_text_layers", "1",
     ])
     build_wordpiece_tokenizer().save_pretrained(tmp_path / "tok")
     model_args, data_args, _, training_args = parse_config(values)
